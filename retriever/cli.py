@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -10,20 +13,45 @@ from typing import Any
 from .errors import UserError
 
 
-def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, **kwargs: Any) -> tuple:
-    """Parse ``argv`` into one instance per dataclass, with ``--help`` generated from their fields.
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the script docstring's layout (examples) and show defaults."""
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The inline ``# comment`` after each field of a dataclass: our configs document fields there."""
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.M))
+
+
+def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
+          description: str | None = None) -> tuple:
+    """Parse ``argv`` into one instance per dataclass; ``--help`` text comes from field comments.
 
     Bad arguments exit with status 2 (argparse's convention), as every other user error does.
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(list(dataclass_types), **kwargs)
+    parser = HfArgumentParser(list(dataclass_types), description=description)
+    parser.formatter_class = _HelpFormatter
+    comments: dict[str, str] = {}
+    for cls in dataclass_types:
+        comments.update(field_comments(cls))
+    for action in parser._actions:
+        if not action.help and action.dest in comments:
+            action.help = comments[action.dest].replace("%", "%%")
     return parser.parse_args_into_dataclasses(args=argv)
 
 
 def run(main: Callable[[], Any]) -> None:
     """Run a script's ``main``: a :class:`UserError` becomes one ``error:`` line and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     for noisy in ("httpx", "urllib3", "datasets", "filelock", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

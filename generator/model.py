@@ -1,0 +1,183 @@
+"""Load and save the BART generator (model + tokenizer) as an ordinary transformers directory.
+
+A generator directory holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and the
+tokenizer files; ``BartForConditionalGeneration.from_pretrained`` and ``AutoTokenizer.from_pretrained``
+read it without any code from this package. :func:`load_generator` adds one thing on top: it applies
+``config.layer_norm_eps`` when present (see :func:`apply_layer_norm_eps`), which BART's modules ignore.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BartForConditionalGeneration,
+    PreTrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from retriever.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "apply_layer_norm_eps",
+    "load_generator",
+    "load_pretrained_config",
+    "resolve_pretrained",
+    "save_generator",
+]
+
+
+def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
+    """Return ``name_or_path`` as a local model directory or a hub id, or raise :class:`UserError`.
+
+    A path that exists must be a directory with a ``config.json``; an absolute or ``.``/``~`` path that
+    does not exist is an error; any other string is taken to be a hub id.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path} is a file; expected a model directory with a config.json")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model directory: it has no config.json")
+        return str(path)
+    if path.is_absolute() or str(name_or_path).startswith((".", "~")):
+        raise UserError(f"model directory {path} does not exist")
+    return str(name_or_path)
+
+
+def load_pretrained_config(name_or_path: str | os.PathLike) -> PreTrainedConfig:
+    """Read the config of a local directory or hub id, turning every failure into a :class:`UserError`."""
+    source = resolve_pretrained(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as err:
+        raise UserError(f"cannot load a model config from {source!r}: {err}") from err
+
+
+def apply_layer_norm_eps(model: nn.Module, eps: float | None = None) -> nn.Module:
+    """Set ``eps`` on every ``nn.LayerNorm`` of ``model`` (in place) and return ``model``.
+
+    BART builds its layer norms with PyTorch's default ``eps=1e-5`` and has no config option for it.
+    A BART warm-started from BERT (``eps=1e-12``) records BERT's value as ``config.layer_norm_eps``;
+    with ``eps=None`` that value is used, and a model without it is left unchanged.
+    """
+    if eps is None:
+        eps = getattr(getattr(model, "config", None), "layer_norm_eps", None)
+    if eps is None:
+        return model
+    for module in model.modules():
+        if isinstance(module, nn.LayerNorm):
+            module.eps = float(eps)
+    return model
+
+
+def load_generator(
+    name_or_path: str | os.PathLike, dtype: torch.dtype | str | None = None
+) -> tuple[BartForConditionalGeneration, PreTrainedTokenizerBase]:
+    """Load a BART generator and its tokenizer from a local directory or a hub id.
+
+    Args:
+        name_or_path: directory written by :func:`save_generator` / ``save_pretrained``, or a hub id
+            such as ``"facebook/bart-large"`` (needs network access or a warm cache).
+        dtype: parameter dtype; ``None`` means ``torch.float32`` (safe for training), ``"auto"`` keeps
+            the dtype the weights were stored in.
+
+    Returns:
+        ``(model, tokenizer)``; the model is in eval mode on the CPU, with ``config.layer_norm_eps``
+        applied when the config has one.
+
+    Raises:
+        UserError: the path is missing, is not a model directory, or holds something other than BART.
+    """
+    config = load_pretrained_config(name_or_path)
+    if config.model_type != "bart":
+        raise UserError(
+            f"{name_or_path} holds a {config.model_type!r} model; expected 'bart' "
+            "(warm-start one from BERT with scripts/make_starter_generator.py)"
+        )
+    source = resolve_pretrained(name_or_path)
+    try:
+        model = BartForConditionalGeneration.from_pretrained(
+            source, config=config, dtype=torch.float32 if dtype is None else dtype
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load the generator from {name_or_path!r}: {err}") from err
+    apply_layer_norm_eps(model)
+    model.eval()
+    return model, tokenizer
+
+
+def save_generator(
+    model: BartForConditionalGeneration,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` to ``out_dir`` atomically; return its path.
+
+    Everything is written to a fresh directory next to ``out_dir`` and renamed into place, so readers
+    never see a half-written model. An existing ``out_dir`` is replaced only when it is empty or is a
+    model directory (has a ``config.json``); anything else raises :class:`UserError`.
+
+    Args:
+        dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the size);
+            ``None`` keeps the model's dtype. The model itself is not changed.
+    """
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists():
+        if not out.is_dir():
+            raise UserError(f"cannot save the generator to {out}: it is a file")
+        if any(out.iterdir()) and not (out / "config.json").is_file():
+            raise UserError(
+                f"refusing to replace {out}: it is not empty and is not a model directory"
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        state_dict = None
+        if dtype is not None:
+            state_dict = {
+                k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()
+            }
+        model.save_pretrained(tmp, state_dict=state_dict)
+        if dtype is not None:
+            # save_pretrained records the in-memory dtype; record the stored one instead
+            config = copy.deepcopy(model.config)
+            config.dtype = str(dtype).removeprefix("torch.")
+            config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved generator to %s", out)
+    return out
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first, then deleted."""
+    if not target.exists():
+        os.replace(new, target)
+        return
+    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(target, old)
+    try:
+        os.replace(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,53 @@
+"""From a corpus file and an encoder to an index directory, in one resumable call."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .corpus import CorpusConfig, load_corpus
+from .encode import EncodeConfig, encode_corpus
+from .encoder import Encoder
+from .errors import UserError
+from .index import DenseIndex, IndexConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    encode: EncodeConfig = field(default_factory=EncodeConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    overwrite: bool = False  # replace an existing index directory
+
+
+def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str | os.PathLike,
+                config: BuildConfig = BuildConfig(), accelerator=None) -> DenseIndex:
+    """Read, encode and index a corpus; write ``out_dir`` atomically and return the index.
+
+    Embedding shards go to ``<out_dir>.encoding/`` while the run lasts, so a killed run restarted
+    with the same arguments resumes encoding where it stopped; the folder is removed on success.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not config.overwrite:
+        raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    work = out_dir.with_name(out_dir.name + ".encoding")
+    fresh = not work.exists()
+    try:
+        passages = load_corpus(corpus_path, work / "passages.arrow", config.corpus)
+    except BaseException:
+        if fresh:  # a bad corpus leaves nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("%d passages from %s", len(passages), corpus_path)
+    vectors = encode_corpus(encoder, passages, work, config.encode, accelerator)
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
+    index = DenseIndex.build(vectors, passages, encoder.identity(), config.index)
+    index.save(out_dir, overwrite=config.overwrite)
+    shutil.rmtree(work, ignore_errors=True)
+    return DenseIndex.load(out_dir)

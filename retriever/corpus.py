@@ -1,0 +1,220 @@
+"""Passage corpora: read DPR TSV, JSONL or SQuAD JSON into a memory-mapped Arrow table.
+
+Every reader yields ``{"id", "title", "text"}`` rows and checks them as it goes: a missing field,
+a non-UTF-8 byte, an empty text or a duplicate id raises :class:`UserError` naming file and row.
+The rows are streamed into an Arrow file that :class:`datasets.Dataset` memory-maps, so memory does
+not grow with the corpus (DPR's 21M-passage Wikipedia is 13 GB of text).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+from datasets import Dataset, concatenate_datasets
+
+from .errors import UserError
+
+SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
+_WS = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    passage_words: int = 0  # split each document into passages of this many words (DPR: 100); 0 = keep
+    batch_rows: int = 10_000  # rows per Arrow record batch while streaming to disk
+
+
+def collapse_ws(text: str) -> str:
+    """Collapse runs of whitespace to one space and strip; used to match gold contexts to passages."""
+    return _WS.sub(" ", text).strip()
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    return path
+
+
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """Yield decoded lines, naming the line of the first non-UTF-8 byte."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise UserError(
+                    f"{path}: line {lineno}: byte {raw[err.start]:#04x} is not valid UTF-8"
+                ) from None
+
+
+def _read_tsv(path: Path) -> Iterator[dict]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    reader = csv.reader(_utf8_lines(path), delimiter="\t", quotechar='"')
+    header = next(reader, None)
+    if header is None:
+        raise UserError(f"{path}: empty file")
+    cols = [h.strip().lower() for h in header]
+    missing = {"id", "text"} - set(cols)
+    if missing:
+        raise UserError(f"{path}: header {header!r} lacks column(s) {sorted(missing)}")
+    i_id, i_text = cols.index("id"), cols.index("text")
+    i_title = cols.index("title") if "title" in cols else None
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        if len(row) < len(cols):
+            raise UserError(f"{path}: line {line}: {len(row)} field(s), expected {len(cols)}")
+        title = row[i_title] if i_title is not None else ""
+        yield {"id": row[i_id], "title": title, "text": row[i_text], "_where": f"line {line}"}
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    for lineno, line in enumerate(_utf8_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}: line {lineno}: expected a JSON object")
+        for field in ("id", "text"):
+            if field not in obj:
+                raise UserError(f"{path}: line {lineno}: missing field {field!r}")
+        yield {
+            "id": str(obj["id"]),
+            "title": str(obj.get("title", "")),
+            "text": str(obj["text"]),
+            "_where": f"line {lineno}",
+        }
+
+
+def load_json(path: Path) -> object:
+    """Parse a whole JSON file, turning decode errors into one-line :class:`UserError`s."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: byte offset {err.start}: not valid UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def _read_squad(path: Path) -> Iterator[dict]:
+    data = load_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise UserError(f"{path}: not SQuAD v1.1 JSON (no top-level 'data' list)")
+    for a, article in enumerate(data["data"]):
+        title = str(article.get("title", "")).replace("_", " ")
+        for p, para in enumerate(article.get("paragraphs", [])):
+            if "context" not in para:
+                raise UserError(f"{path}: data[{a}].paragraphs[{p}]: missing field 'context'")
+            yield {
+                "id": f"{a}-{p}",
+                "title": title,
+                "text": collapse_ws(para["context"]),
+                "_where": f"data[{a}].paragraphs[{p}]",
+            }
+
+
+def corpus_format(path: Path) -> str:
+    """``tsv``, ``jsonl`` or ``squad``, from the file name."""
+    name = path.name.lower()
+    if name.endswith((".tsv", ".tsv.txt", ".csv")):
+        return "tsv"
+    if name.endswith(".jsonl"):
+        return "jsonl"
+    if name.endswith(".json"):
+        return "squad"
+    raise UserError(f"{path}: unknown corpus format (expected .tsv, .jsonl or SQuAD .json)")
+
+
+def split_words(text: str, n: int) -> list[str]:
+    """Split ``text`` into consecutive chunks of ``n`` words, as DPR cut Wikipedia into passages."""
+    words = text.split()
+    return [" ".join(words[i : i + n]) for i in range(0, len(words), n)] or [""]
+
+
+def iter_passages(path: str | os.PathLike, config: CorpusConfig = CorpusConfig()) -> Iterator[dict]:
+    """Yield checked ``{"id", "title", "text"}`` rows from a corpus file (see the module doc)."""
+    path = _check_file(path)
+    reader = {"tsv": _read_tsv, "jsonl": _read_jsonl, "squad": _read_squad}[corpus_format(path)]
+    seen: set[str] = set()
+    for row in reader(path):
+        where = row.pop("_where")
+        if not row["id"].strip():
+            raise UserError(f"{path}: {where}: empty passage id")
+        if not row["text"].strip():
+            raise UserError(f"{path}: {where}: passage {row['id']!r} has an empty text")
+        if row["id"] in seen:
+            raise UserError(f"{path}: {where}: duplicate passage id {row['id']!r}")
+        seen.add(row["id"])
+        if config.passage_words > 0:
+            for j, chunk in enumerate(split_words(row["text"], config.passage_words)):
+                yield {"id": f"{row['id']}_{j}", "title": row["title"], "text": chunk}
+        else:
+            yield row
+
+
+def write_arrow(rows: Iterator[dict], arrow_path: str | os.PathLike, batch_rows: int = 10_000) -> int:
+    """Stream rows into an Arrow IPC stream file (the format ``Dataset.from_file`` maps); returns count.
+
+    Written to a temporary name and renamed, so a failure leaves no partial file.
+    """
+    arrow_path = Path(arrow_path)
+    arrow_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=arrow_path.parent, prefix=".tmp-", suffix=".arrow")
+    os.close(fd)
+    count = 0
+    try:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
+            buf: dict[str, list[str]] = {"id": [], "title": [], "text": []}
+            for row in rows:
+                for key in buf:
+                    buf[key].append(row[key])
+                count += 1
+                if len(buf["id"]) >= batch_rows:
+                    writer.write_batch(pa.record_batch(buf, schema=SCHEMA))
+                    buf = {key: [] for key in buf}
+            if buf["id"]:
+                writer.write_batch(pa.record_batch(buf, schema=SCHEMA))
+        os.replace(tmp, arrow_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def load_corpus(
+    path: str | os.PathLike,
+    arrow_path: str | os.PathLike | None = None,
+    config: CorpusConfig = CorpusConfig(),
+) -> Dataset:
+    """Read a corpus file into a memory-mapped :class:`datasets.Dataset` with columns id, title, text.
+
+    ``arrow_path`` is where the Arrow file goes (default: a fresh temporary directory).
+    Raises :class:`UserError` for a missing, empty or malformed corpus.
+    """
+    if arrow_path is None:
+        arrow_path = Path(tempfile.mkdtemp(prefix="ragqa-corpus-")) / "passages.arrow"
+    count = write_arrow(iter_passages(path, config), arrow_path, config.batch_rows)
+    if count == 0:
+        Path(arrow_path).unlink(missing_ok=True)
+        raise UserError(f"{path}: the corpus holds no passages")
+    return Dataset.from_file(str(arrow_path))
+
+
+def open_shards(paths: list[Path]) -> Dataset:
+    """Memory-map Arrow shards written by :func:`write_arrow` as one table, in order."""
+    parts = [Dataset.from_file(str(p)) for p in paths]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)

@@ -1,0 +1,131 @@
+"""Batch encoding of questions and corpora with an :class:`~retriever.encoder.Encoder`.
+
+Texts are tokenised once, sorted by token length (so each batch pads to nearly its own length),
+encoded in batches under ``torch.inference_mode`` and put back in input order. A corpus is encoded
+in fixed-size shards saved as ``.npy`` files; a killed run finds the finished shards and continues
+where it stopped, and several processes (``accelerate launch``) split the shards between them.
+
+Glossary: N texts, L tokens, D embedding dimension.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    batch_size: int = 64  # texts per forward pass
+    shard_size: int = 8192  # passages per resumable shard file
+    dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "fp16" or "bf16"
+    progress: bool = True  # show a progress bar
+
+
+def to_numpy32(x: torch.Tensor) -> np.ndarray:
+    """The one conversion to FAISS's input type: contiguous float32 numpy on the CPU."""
+    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+
+
+def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``name`` on ``device`` (None = run in full precision)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (N, L)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)  # (N, L)
+    for i, ids in enumerate(batch):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        mask[i, : len(ids)] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+@torch.inference_mode()
+def encode_texts(encoder: Encoder, texts: list[str], titles: list[str] | None = None,
+                 config: EncodeConfig = EncodeConfig(), desc: str = "encoding") -> np.ndarray:
+    """Encode texts (with titles: passages) into a float32 array (N, D), in input order."""
+    device = next(encoder.parameters()).device
+    ids = encoder.tokenize(texts, titles, padding=False)["input_ids"]
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    out = np.empty((len(texts), encoder.dim), dtype=np.float32)
+    pad_id = encoder.tokenizer.pad_token_id or 0
+    amp = autocast_dtype(config.dtype, device)
+    was_training = encoder.training
+    encoder.eval()
+    bar = tqdm(total=len(texts), desc=desc, disable=not config.progress, unit="text")
+    for start in range(0, len(texts), config.batch_size):
+        idx = order[start : start + config.batch_size]
+        input_ids, mask = _pad([ids[i] for i in idx], pad_id, device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out[idx] = to_numpy32(encoder(input_ids, mask))
+        bar.update(len(idx))
+    bar.close()
+    encoder.train(was_training)
+    return out
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
+    os.close(fd)
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _shard_done(path: Path, rows: int, dim: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError):
+        return False
+    return arr.shape == (rows, dim)
+
+
+def encode_corpus(encoder: Encoder, passages, work_dir: str | os.PathLike,
+                  config: EncodeConfig = EncodeConfig(), accelerator=None) -> np.ndarray:
+    """Encode a passage table (columns title, text) into (N, D) float32, resumably.
+
+    Shard ``i`` covers rows ``[i*shard_size, (i+1)*shard_size)`` and is written atomically to
+    ``work_dir/shard-{i:05d}.npy``; shards already there with the right shape are skipped. With an
+    ``accelerate.Accelerator``, process ``r`` of ``W`` encodes shards ``i % W == r``, and every
+    process returns the full matrix once all are done.
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    n = len(passages)
+    shards = range(0, (n + config.shard_size - 1) // config.shard_size)
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    todo = []
+    for i in shards:
+        rows = min(config.shard_size, n - i * config.shard_size)
+        if i % world == rank and not _shard_done(work_dir / f"shard-{i:05d}.npy", rows, encoder.dim):
+            todo.append(i)
+    if len(todo) < len(shards) // world:
+        log.info("resuming: %d of %d shards left for this process", len(todo), len(shards))
+    for count, i in enumerate(todo, start=1):
+        part = passages[i * config.shard_size : (i + 1) * config.shard_size]
+        vecs = encode_texts(encoder, part["text"], part["title"], config,
+                            desc=f"shard {count}/{len(todo)}")
+        _save_npy_atomic(work_dir / f"shard-{i:05d}.npy", vecs)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return np.concatenate([np.load(work_dir / f"shard-{i:05d}.npy") for i in shards])

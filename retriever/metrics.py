@@ -1,0 +1,55 @@
+"""Retrieval metrics as DPR reports them: top-k accuracy, gold-passage recall, MRR.
+
+Top-k accuracy (Karpukhin et al. 2020, Sec. 5.1): the fraction of questions for which at least one
+of the top-k passages contains a gold answer string. Both sides are normalised as SQuAD's
+evaluation script does (lowercase, drop punctuation and the articles a/an/the, collapse
+whitespace) and the answer must occur on word boundaries.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 answer normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def has_answer(passage: str, answers: Sequence[str]) -> bool:
+    """True if a normalised gold answer occurs, on word boundaries, in the normalised passage."""
+    hay = f" {normalize_answer(passage)} "
+    for ans in answers:
+        norm = normalize_answer(ans)
+        if norm and f" {norm} " in hay:
+            return True
+    return False
+
+
+def retrieval_metrics(
+    hit_matrix: Sequence[Sequence[bool]],
+    ks: Sequence[int],
+    gold_matrix: Sequence[Sequence[bool]] | None = None,
+) -> dict:
+    """Aggregate per-question hits into DPR's figures.
+
+    ``hit_matrix[q][r]`` says whether the passage at rank r (0-based) for question q holds an answer;
+    ``gold_matrix`` the same for "is a gold passage". Returns ``{"n", "top_k_accuracy": {k: frac},
+    "gold_recall": {k: frac} or None, "mrr": float}``; MRR is over the first answer-bearing passage
+    within the retrieved list (0 when none is found).
+    """
+    n = len(hit_matrix)
+    first = [next((r for r, hit in enumerate(row) if hit), None) for row in hit_matrix]
+    acc = {str(k): sum(f is not None and f < k for f in first) / n for k in ks}
+    mrr = sum(1.0 / (f + 1) for f in first if f is not None) / n
+    gold = None
+    if gold_matrix is not None:
+        gold_first = [next((r for r, g in enumerate(row) if g), None) for row in gold_matrix]
+        gold = {str(k): sum(f is not None and f < k for f in gold_first) / n for k in ks}
+    return {"n": n, "top_k_accuracy": acc, "gold_recall": gold, "mrr": mrr}

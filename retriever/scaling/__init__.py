@@ -1,0 +1,94 @@
+"""Scaling laws for dense retrieval (Fang et al., SIGIR 2024, "Scaling Laws For Dense Retrieval").
+
+Modules, one per concept:
+
+- :mod:`.entropy`: contrastive entropy, the continuous metric the laws are fitted to.
+- :mod:`.laws`: the model-size, data-size and joint laws, and the non-embedding parameter count.
+- :mod:`.measurements`: reading measurement rows (JSON lines or CSV).
+- :mod:`.fit`: robust least-squares fitting, R^2, standard errors, hold-out check.
+- :mod:`.plot`: measurements with fitted curves on log axes.
+- :mod:`.cost`: the cost model Z(N, D) = Z_data D + Z_train N + Z_infer N.
+- :mod:`.select`: the cheapest (N, D) for a target loss and the best (N, D) for a budget.
+
+Nothing here imports torch or matplotlib at import time; those are imported where needed.
+"""
+
+from __future__ import annotations
+
+from .cost import CostBreakdown, CostModel
+from .entropy import (
+    contrastive_entropy,
+    negative_pool_indices,
+    pair_contrastive_entropy,
+    sample_negative_indices,
+)
+from .fit import (
+    FitConfig,
+    FitResult,
+    HoldoutResult,
+    fit_data_size_law,
+    fit_joint_law,
+    fit_measurements,
+    fit_model_size_law,
+    holdout_largest_n,
+)
+from .laws import (
+    DataSizeLaw,
+    JointLaw,
+    ModelSizeLaw,
+    count_non_embedding_params,
+    data_size_law,
+    joint_law,
+    load_laws,
+    model_size_law,
+    published_msmarco_path,
+    save_laws,
+)
+from .measurements import Measurement, read_measurements
+from .select import (
+    Choice,
+    Encoder,
+    GridConfig,
+    Selection,
+    min_cost_for_loss,
+    min_loss_for_budget,
+    nearest_encoder,
+    parse_encoders,
+)
+
+__all__ = [
+    "Choice",
+    "CostBreakdown",
+    "CostModel",
+    "DataSizeLaw",
+    "Encoder",
+    "FitConfig",
+    "FitResult",
+    "GridConfig",
+    "HoldoutResult",
+    "JointLaw",
+    "Measurement",
+    "ModelSizeLaw",
+    "Selection",
+    "contrastive_entropy",
+    "count_non_embedding_params",
+    "data_size_law",
+    "fit_data_size_law",
+    "fit_joint_law",
+    "fit_measurements",
+    "fit_model_size_law",
+    "holdout_largest_n",
+    "joint_law",
+    "load_laws",
+    "min_cost_for_loss",
+    "min_loss_for_budget",
+    "model_size_law",
+    "nearest_encoder",
+    "negative_pool_indices",
+    "pair_contrastive_entropy",
+    "parse_encoders",
+    "published_msmarco_path",
+    "read_measurements",
+    "sample_negative_indices",
+    "save_laws",
+]
