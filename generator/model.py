@@ -1,9 +1,10 @@
 """Load and save the BART generator (model + tokenizer) as an ordinary transformers directory.
 
-A generator directory holds ``config.json``, ``model.safetensors``, ``generation_config.json`` and the
-tokenizer files; ``BartForConditionalGeneration.from_pretrained`` and ``AutoTokenizer.from_pretrained``
-read it without any code from this package. :func:`load_generator` adds one thing on top: it applies
-``config.layer_norm_eps`` when present (see :func:`apply_layer_norm_eps`), which BART's modules ignore.
+A generator directory holds ``config.json``, ``model.safetensors``, ``generation_config.json``
+and the tokenizer files; ``BartForConditionalGeneration.from_pretrained`` and
+``AutoTokenizer.from_pretrained`` read it without any code from this package. :func:`load_generator`
+adds one thing: it applies ``config.layer_norm_eps`` when present (see
+:func:`apply_layer_norm_eps`), which BART's modules ignore.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import copy
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -42,8 +42,8 @@ __all__ = [
 def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
     """Return ``name_or_path`` as a local model directory or a hub id, or raise :class:`UserError`.
 
-    A path that exists must be a directory with a ``config.json``; an absolute or ``.``/``~`` path that
-    does not exist is an error; any other string is taken to be a hub id.
+    A path that exists must be a directory with a ``config.json``; an absolute or ``.``/``~`` path
+    that does not exist is an error; any other string is taken to be a hub id.
     """
     path = Path(name_or_path).expanduser()
     if path.exists():
@@ -58,7 +58,7 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
 
 
 def load_pretrained_config(name_or_path: str | os.PathLike) -> PreTrainedConfig:
-    """Read the config of a local directory or hub id, turning every failure into a :class:`UserError`."""
+    """Read the config of a local directory or hub id; any failure becomes a :class:`UserError`."""
     source = resolve_pretrained(name_or_path)
     try:
         return AutoConfig.from_pretrained(source)
@@ -91,15 +91,15 @@ def load_generator(
     Args:
         name_or_path: directory written by :func:`save_generator` / ``save_pretrained``, or a hub id
             such as ``"facebook/bart-large"`` (needs network access or a warm cache).
-        dtype: parameter dtype; ``None`` means ``torch.float32`` (safe for training), ``"auto"`` keeps
-            the dtype the weights were stored in.
+        dtype: parameter dtype; ``None`` means ``torch.float32`` (safe for training), ``"auto"``
+            keeps the dtype the weights were stored in.
 
     Returns:
         ``(model, tokenizer)``; the model is in eval mode on the CPU, with ``config.layer_norm_eps``
         applied when the config has one.
 
     Raises:
-        UserError: the path is missing, is not a model directory, or holds something other than BART.
+        UserError: the path is missing, is not a model directory, or holds a non-BART model.
     """
     config = load_pretrained_config(name_or_path)
     if config.model_type != "bart":
@@ -129,9 +129,9 @@ def save_generator(
 ) -> Path:
     """Write ``model`` (safetensors) and ``tokenizer`` to ``out_dir`` atomically; return its path.
 
-    Everything is written to a fresh directory next to ``out_dir`` and renamed into place, so readers
-    never see a half-written model. An existing ``out_dir`` is replaced only when it is empty or is a
-    model directory (has a ``config.json``); anything else raises :class:`UserError`.
+    Everything is written to a fresh directory next to ``out_dir`` and renamed into place, so
+    readers never see a half-written model. An existing ``out_dir`` is replaced only when it is
+    empty or is a model directory (has a ``config.json``); anything else raises :class:`UserError`.
 
     Args:
         dtype: store floating-point weights in this dtype (e.g. ``torch.float16`` halves the size);
@@ -146,13 +146,10 @@ def save_generator(
                 f"refusing to replace {out}: it is not empty and is not a model directory"
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")  # same filesystem as out
+    tmp.mkdir()
     try:
-        state_dict = None
-        if dtype is not None:
-            state_dict = {
-                k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()
-            }
+        state_dict = None if dtype is None else _cast_state_dict(model, dtype)
         model.save_pretrained(tmp, state_dict=state_dict)
         if dtype is not None:
             # save_pretrained records the in-memory dtype; record the stored one instead
@@ -165,6 +162,22 @@ def save_generator(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("saved generator to %s", out)
+    return out
+
+
+def _cast_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with floating tensors cast to ``dtype``; tied tensors stay shared, so
+    ``save_pretrained`` still stores them once."""
+    cast: dict[tuple[int, torch.Size], torch.Tensor] = {}
+    out = {}
+    for key, tensor in model.state_dict().items():
+        if not tensor.is_floating_point():
+            out[key] = tensor
+            continue
+        ident = (tensor.data_ptr(), tensor.shape)
+        if ident not in cast:
+            cast[ident] = tensor.detach().to(dtype)
+        out[key] = cast[ident]
     return out
 
 

@@ -25,7 +25,8 @@ Three details make the BART encoder reproduce BERT's ``last_hidden_state`` exact
 * BART's layer norms use PyTorch's ``eps=1e-5`` with no config option, BERT's use ``1e-12``. The
   BERT value is set on the modules and stored as ``config.layer_norm_eps``;
   :func:`generator.model.load_generator` re-applies it. Plain ``from_pretrained`` ignores it, which
-  changes activations by about 1e-4 relative, harmless once fine-tuning starts.
+  moves all-MiniLM-L6-v2's encoder output by about 1e-3 relative: no longer BERT's exact states,
+  but harmless once fine-tuning starts.
 
 Special tokens follow BART's layout with BERT's tokens: ``bos=[CLS]``, ``eos=[SEP]``, ``pad=[PAD]``
 and ``decoder_start=[SEP]`` (BART starts decoding from ``eos``), so the BERT tokenizer's targets
@@ -41,7 +42,7 @@ import os
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import (
     AutoTokenizer,
     BartConfig,
@@ -57,7 +58,12 @@ from .model import apply_layer_norm_eps, load_pretrained_config, resolve_pretrai
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CrossAttentionInit", "bart_config_from_bert", "bert_to_bart_state_dict", "warm_start_bart"]
+__all__ = [
+    "CrossAttentionInit",
+    "bart_config_from_bert",
+    "bert_to_bart_state_dict",
+    "warm_start_bart",
+]
 
 CrossAttentionInit = Literal["random", "copy_self"]
 
@@ -150,9 +156,10 @@ def bert_to_bart_state_dict(
     emb = "embeddings."
     word = bert_state[emb + "word_embeddings.weight"]  # (V, D)
     # BERT adds token type 0 to every token of a single-segment input; BART has no token types
-    pos = bert_state[emb + "position_embeddings.weight"] + bert_state[
-        emb + "token_type_embeddings.weight"
-    ][0]  # (P, D)
+    pos = (
+        bert_state[emb + "position_embeddings.weight"]
+        + bert_state[emb + "token_type_embeddings.weight"][0]
+    )  # (P, D)
     pos = torch.cat([pos.new_zeros(POSITION_OFFSET, pos.shape[1]), pos])  # (P + 2, D)
 
     out = {
@@ -191,24 +198,28 @@ def _init_cross_attention(model: BartForConditionalGeneration, std: float, seed:
 
 
 def _load_bert(name_or_path: str | os.PathLike) -> tuple[BertModel, PreTrainedTokenizerBase]:
-    """Load a BERT checkpoint (float32, no pooler) and its tokenizer; raise UserError if unusable."""
+    """Load a BERT checkpoint (float32) and its tokenizer; raise UserError if unusable."""
     config = load_pretrained_config(name_or_path)
     if config.model_type != "bert":
-        raise UserError(f"{name_or_path} holds a {config.model_type!r} model; expected a BERT model")
+        raise UserError(
+            f"{name_or_path} holds a {config.model_type!r} model; expected a BERT model"
+        )
     source = resolve_pretrained(name_or_path)
     try:
         bert, info = BertModel.from_pretrained(
             source,
             config=config,
             dtype=torch.float32,
-            add_pooling_layer=False,
             output_loading_info=True,
         )
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        # BART's forward takes no token_type_ids, so the tokenizer must not return them
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, model_input_names=["input_ids", "attention_mask"]
+        )
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load BERT from {name_or_path!r}: {err}") from err
-    if info["missing_keys"]:
-        missing = sorted(info["missing_keys"])
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith("pooler."))
+    if missing:
         raise UserError(f"{name_or_path} lacks BERT weights, e.g. {missing[:3]}")
     return bert, tokenizer
 
@@ -248,7 +259,8 @@ def warm_start_bart(
     Returns:
         ``(model, tokenizer)``: the float32 model in eval mode on the CPU, with
         ``lm_head.weight`` tied to ``model.shared.weight`` and BERT's layer-norm epsilon applied;
-        the BERT tokenizer with ``bos_token=[CLS]`` and ``eos_token=[SEP]`` set.
+        the BERT tokenizer with ``bos_token=[CLS]`` and ``eos_token=[SEP]`` set, returning only
+        ``input_ids`` and ``attention_mask``.
 
     Raises:
         UserError: an unreadable or non-BERT checkpoint, or an invalid option.
@@ -267,7 +279,11 @@ def warm_start_bart(
         bert.state_dict(), config, copy_cross_attention=cross_attention == "copy_self"
     )
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}
+    tied = {
+        "model.encoder.embed_tokens.weight",
+        "model.decoder.embed_tokens.weight",
+        "lm_head.weight",
+    }
     untouched = {k for k in missing if k not in tied and ".encoder_attn" not in k}
     if unexpected or untouched or (cross_attention == "copy_self" and len(missing) != len(tied)):
         raise RuntimeError(f"BERT->BART mapping is incomplete: {sorted(untouched)} {unexpected}")
@@ -291,6 +307,10 @@ def warm_start_bart(
 def _check_tied(model: BartForConditionalGeneration) -> None:
     """The LM head and both token embeddings must be one tensor with ``model.shared``."""
     shared = model.model.shared.weight
-    for module in (model.lm_head, model.model.encoder.embed_tokens, model.model.decoder.embed_tokens):
-        if not isinstance(module, nn.Module) or module.weight.data_ptr() != shared.data_ptr():
+    for module in (
+        model.lm_head,
+        model.model.encoder.embed_tokens,
+        model.model.decoder.embed_tokens,
+    ):
+        if module.weight.data_ptr() != shared.data_ptr():
             raise RuntimeError("BART's LM head / token embeddings are not tied to model.shared")

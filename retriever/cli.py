@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import UserError
@@ -62,3 +65,23 @@ def run(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def check_output_parent(path: str | os.PathLike) -> None:
+    """Fail early (before hours of work) when an output file's directory does not exist."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: directory {parent} does not exist")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically; a missing parent directory is a :class:`UserError`."""
+    path = Path(path)
+    check_output_parent(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -133,7 +133,10 @@ class Encoder(nn.Module):
     def fingerprint(self) -> str:
         """SHA-256 (first 16 hex digits) of the weights and pooling: the encoder's identity."""
         if self._fingerprint is None:
-            h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+            # max_length only truncates inputs: hash it at its default, so the same weights keep one
+            # identity whatever --max_length built an index (and default fingerprints are unchanged)
+            ident = asdict(replace(self.config, max_length=EncoderConfig.max_length))
+            h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
             for key, tensor in sorted(self.state_dict().items()):
                 h.update(key.encode())
                 h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())

@@ -173,12 +173,19 @@ class DenseIndex:
             return scores, rows
         return self._searcher().search(queries, k)
 
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """Stored vectors (n, D) float32 of FAISS ids ``rows`` (approximate for IVF-PQ)."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
+        if self.config.index_type == "ivfpq" and not self.index.direct_map.type:
+            self.index.make_direct_map()
+        return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
+            np.zeros((0, self.manifest["dim"]), dtype=np.float32)
+
     def row_of(self, passage_id: str) -> int | None:
         """Row number (FAISS id) of a live passage id, or None."""
-        if self._row_of is None:
-            self._row_of = {pid: i for i, pid in enumerate(self.passages["id"])}
-            for r in self.removed:
-                self._row_of.pop(self.passages[int(r)]["id"], None)
+        if self._row_of is None:  # skip removed rows: an id removed and then re-added stays live
+            removed = set(self.removed.tolist())
+            self._row_of = {pid: i for i, pid in enumerate(self.passages["id"]) if i not in removed}
         return self._row_of.get(passage_id)
 
     def fetch(self, rows: np.ndarray) -> list[dict]:

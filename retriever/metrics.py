@@ -22,9 +22,13 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
-def has_answer(passage: str, answers: Sequence[str]) -> bool:
-    """True if a normalised gold answer occurs, on word boundaries, in the normalised passage."""
-    hay = f" {normalize_answer(passage)} "
+def has_answer(passage: str, answers: Sequence[str], normalized: bool = False) -> bool:
+    """True if a normalised gold answer occurs, on word boundaries, in the normalised passage.
+
+    ``normalized=True`` says ``passage`` already went through :func:`normalize_answer` (callers
+    checking many questions against one passage normalise it once).
+    """
+    hay = f" {passage if normalized else normalize_answer(passage)} "
     for ans in answers:
         norm = normalize_answer(ans)
         if norm and f" {norm} " in hay:

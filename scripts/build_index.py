@@ -7,12 +7,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
 from retriever.build import BuildConfig, build_index
-from retriever.cli import parse, run
+from retriever.cli import parse, run, write_json
 from retriever.corpus import CorpusConfig
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
@@ -43,8 +42,7 @@ def main() -> None:
     print(f"indexed {len(index)} passages (dim {figures['dim']}, {index_cfg.index_type}) "
           f"in {seconds:.1f}s -> {args.out}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+        write_json(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,8 @@ class JointLaw:
         n = np.asarray(n, dtype=np.float64)
         if target <= self.delta:
             return np.full(n.shape, np.inf)
-        room = (target - self.delta) ** (1.0 / self.beta) - _power(self.a, n, self.alpha / self.beta)
+        model_term = _power(self.a, n, self.alpha / self.beta)
+        room = (target - self.delta) ** (1.0 / self.beta) - model_term
         with np.errstate(divide="ignore"):
             return np.where(room > 0, self.b / np.where(room > 0, room, 1.0), np.inf)
 
@@ -179,7 +180,7 @@ def load_laws(path: str | Path) -> dict[str, Law]:
 
 
 def save_laws(path: str | Path, entries: dict[str, dict[str, Any]], **meta: Any) -> Path:
-    """Write ``{"laws": entries, **meta}`` as JSON; each entry holds a law's parameters and extras."""
+    """Write ``{"laws": entries, **meta}`` as JSON; entries hold law parameters and extras."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**meta, "laws": entries}, indent=2) + "\n")

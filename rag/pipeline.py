@@ -1,0 +1,236 @@
+"""RAG end to end: retrieve with the question encoder, generate with BART, answer with provenance.
+
+p(z|x) is the softmax of the inner products between the question embedding and the top-k passage
+vectors (Lewis et al. 2020, Sec. 2.2). The passage vectors come from the (fixed) index, and the
+question embedding is computed with gradient, so the RAG loss trains the question encoder through
+the document scores, as in the paper. ``mode="closed_book"`` is the baseline without retrieval:
+the generator reads the question alone (RAG-Sequence with one empty passage is plain BART).
+
+A model directory (written by :meth:`RagModel.save_pretrained`, read by ``from_pretrained``)::
+
+    rag_config.json      mode, k, lengths, decoding, and the index it was trained with
+    question_encoder/    retriever.encoder.Encoder directory (paired with the index's encoder)
+    generator/           BART directory (safetensors)
+
+Glossary: B questions, K passages per question, L generator input length, T answer length,
+D retriever dimension.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from generator.inputs import build_generator_inputs
+from generator.model import load_generator, save_generator
+from retriever.encoder import Encoder
+from retriever.errors import UserError
+from retriever.index import DenseIndex, SearchResult
+from retriever.search import check_questions
+
+from .decode import DecodeConfig, rag_sequence_generate, rag_token_generate
+from .marginal import rag_loss
+
+log = logging.getLogger(__name__)
+MODES = ("sequence", "token", "closed_book")
+CONFIG_NAME = "rag_config.json"
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    mode: str = "sequence"  # "sequence" (RAG-Sequence), "token" (RAG-Token) or "closed_book"
+    k: int = 5  # passages retrieved per question
+    max_input_length: int = 256  # generator tokens per "title / text // question" input
+    max_answer_length: int = 24  # longest generated answer in tokens (decoder start included)
+    num_beams: int = 4  # beam width; 1 = greedy
+    decoding: str = "thorough"  # RAG-Sequence: "thorough" or "fast"; ignored by RAG-Token
+    label_smoothing: float = 0.0  # epsilon of label smoothing in the training loss
+    index: str = ""  # index directory the model was trained with (default for --index)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"mode {self.mode!r} is not one of {MODES}")
+        if self.decoding not in ("thorough", "fast"):
+            raise UserError(f"decoding {self.decoding!r} is not 'thorough' or 'fast'")
+        if self.k <= 0:
+            raise UserError(f"k must be a positive number of passages, got {self.k}")
+
+
+@dataclass
+class Answer:
+    """An answer and where it came from: the passages (id, title, text, score) it was generated
+    from, best first; ``score`` is log p(y|x) (RAG-Sequence) or the search score (RAG-Token)."""
+
+    question: str
+    answer: str
+    score: float
+    passages: list[dict]
+
+
+def fit_passages(tokenizer, questions: list[str], titles: list[list[str]],
+                 texts: list[list[str]], max_length: int) -> list[list[str]]:
+    """Cut passage texts (at a token boundary) so that title, text *and question* fit max_length.
+
+    transformers' RAG truncates the joined string from the right, which drops the question when
+    the passage is long; trimming the passage instead keeps the input format and the question.
+    """
+    flat = [t for row in texts for t in row]
+    enc = tokenizer(flat, add_special_tokens=False, return_offsets_mapping=True)
+    q_len = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    t_len = tokenizer([t for row in titles for t in row], add_special_tokens=False)["input_ids"]
+    out, i = [], 0
+    for b, row in enumerate(texts):
+        kept = []
+        for _ in row:
+            budget = max(8, max_length - q_len[b] - len(t_len[i]) - 8)  # 8: separators, specials
+            offsets = enc["offset_mapping"][i]
+            kept.append(flat[i] if len(offsets) <= budget else flat[i][: offsets[budget - 1][1]])
+            i += 1
+        out.append(kept)
+    return out
+
+
+class RagModel(nn.Module):
+    """Question encoder + index + BART generator, in one of the modes of :class:`RagConfig`."""
+
+    def __init__(self, question_encoder: Encoder | None, generator, tokenizer,
+                 index: DenseIndex | None, config: RagConfig = RagConfig()):
+        super().__init__()
+        self.question_encoder = question_encoder
+        self.generator = generator
+        self.tokenizer = tokenizer
+        self.index = index
+        self.config = config
+        if config.mode != "closed_book":
+            if index is None or question_encoder is None:
+                raise UserError(f"mode {config.mode!r} needs an index and a question encoder")
+            index.check_question_encoder(question_encoder.identity(),
+                                         question_encoder.paired_context_fingerprint)
+
+    # --------------------------------------------------------------- inputs
+    def retrieve(self, questions: list[str], k: int | None = None,
+                 ) -> tuple[torch.Tensor, SearchResult]:
+        """Doc scores (B, K) float with gradient into the question encoder, and the passages."""
+        k = k or self.config.k
+        self.index._check_k(k)
+        enc = self.question_encoder
+        device = next(enc.parameters()).device
+        tok = enc.tokenize(questions)
+        q = enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
+        result = self.index.search(q.detach().float().cpu().numpy(), k)
+        B = len(questions)
+        docs = torch.from_numpy(self.index.vectors(result.rows)).view(B, k, -1)  # (B, K, D)
+        doc_scores = torch.einsum("bd,bkd->bk", q.float(), docs.to(q.device))  # (B, K)
+        return doc_scores, result
+
+    def generator_inputs(self, questions: list[str], result: SearchResult | None
+                         ) -> dict[str, torch.Tensor]:
+        """Tokenised "title / text // question" inputs (B, K, L) (closed book: (B, 1, L))."""
+        if result is None:
+            enc = self.tokenizer(questions, max_length=self.config.max_input_length,
+                                 truncation=True, padding=True, return_tensors="pt")
+            return {key: enc[key][:, None, :] for key in ("input_ids", "attention_mask")}
+        titles = [[p["title"] for p in row] for row in result.passages]
+        texts = [[p["text"] for p in row] for row in result.passages]
+        texts = fit_passages(self.tokenizer, questions, titles, texts, self.config.max_input_length)
+        return build_generator_inputs(self.tokenizer, questions, titles, texts,
+                                      self.config.max_input_length, pad_to_max_length=False)
+
+    def labels(self, answers: list[str]) -> torch.Tensor:
+        """Decoder targets (B, T): start symbol [+ forced BOS], answer tokens, EOS, right-padded."""
+        gen = self.generator.generation_config
+        start = [gen.decoder_start_token_id]
+        if getattr(gen, "forced_bos_token_id", None) is not None:
+            start.append(gen.forced_bos_token_id)
+        body = self.tokenizer(answers, add_special_tokens=False, truncation=True,
+                              max_length=self.config.max_answer_length - len(start) - 1)["input_ids"]
+        seqs = [start + ids + [gen.eos_token_id] for ids in body]
+        width = max(len(s) for s in seqs)
+        pad = self.generator.config.pad_token_id
+        return torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # (B, T)
+
+    def _prepare(self, questions: list[str]) -> tuple[dict, torch.Tensor, SearchResult | None]:
+        questions = check_questions(questions)
+        device = next(self.generator.parameters()).device
+        if self.config.mode == "closed_book":
+            doc_scores, result = torch.zeros(len(questions), 1, device=device), None
+        else:
+            doc_scores, result = self.retrieve(questions)
+        inputs = {k: v.to(device) for k, v in self.generator_inputs(questions, result).items()}
+        return inputs, doc_scores.to(device), result
+
+    # ------------------------------------------------------------- training
+    def loss(self, questions: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RAG NLL: ``(mean loss, per-question NLL (B,))`` (Lewis et al. 2020, Eqs. 1-2)."""
+        inputs, doc_scores, _ = self._prepare(questions)
+        labels = self.labels(answers).to(doc_scores.device)
+        mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
+        return rag_loss(mode, self.generator, inputs["input_ids"], inputs["attention_mask"],
+                        doc_scores, labels, epsilon=self.config.label_smoothing)
+
+    # ------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def answer(self, questions: list[str], num_beams: int | None = None) -> list[Answer]:
+        """Generate one answer per question, with the passages it was generated from."""
+        inputs, doc_scores, result = self._prepare(questions)
+        cfg = DecodeConfig(num_beams=num_beams or self.config.num_beams,
+                           max_length=self.config.max_answer_length)
+        if self.config.mode == "token":
+            out = rag_token_generate(self.generator, inputs["input_ids"],
+                                     inputs["attention_mask"], doc_scores, cfg)
+        else:
+            out = rag_sequence_generate(self.generator, inputs["input_ids"],
+                                        inputs["attention_mask"], doc_scores, cfg,
+                                        fast=self.config.decoding == "fast")
+        texts = self.tokenizer.batch_decode(out.sequences[:, 0], skip_special_tokens=True)
+        return [Answer(question=q, answer=t.strip(), score=float(s),
+                       passages=result.passages[b] if result is not None else [])
+                for b, (q, t, s) in enumerate(zip(questions, texts, out.scores[:, 0].tolist(),
+                                                  strict=True))]
+
+    # ------------------------------------------------------------ save/load
+    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
+        """Write the model directory (see module doc) atomically."""
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        try:
+            if self.question_encoder is not None:
+                self.question_encoder.save_pretrained(tmp / "question_encoder")
+            save_generator(self.generator, self.tokenizer, tmp / "generator")
+            (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | os.PathLike, index: DenseIndex | str | None = None,
+                        **overrides) -> RagModel:
+        """Load a model directory; ``index`` (object or directory) defaults to the trained one."""
+        model_dir = Path(model_dir)
+        if not (model_dir / CONFIG_NAME).is_file():
+            raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME})")
+        saved = json.loads((model_dir / CONFIG_NAME).read_text())
+        known = {f.name for f in fields(RagConfig)}
+        config = RagConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides})
+        generator, tokenizer = load_generator(model_dir / "generator")
+        if config.mode == "closed_book":
+            return cls(None, generator, tokenizer, None, config)
+        if index is None or isinstance(index, str | os.PathLike):
+            path = index or config.index
+            if not path:
+                raise UserError(f"{model_dir}: no index recorded; pass an index directory")
+            index = DenseIndex.load(path)
+        q_enc = Encoder.from_pretrained(str(model_dir / "question_encoder"))
+        return cls(q_enc, generator, tokenizer, index, config)

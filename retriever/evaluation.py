@@ -1,0 +1,65 @@
+"""Evaluate a retriever on a question set: DPR top-k accuracy, gold-passage recall, MRR."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tqdm.auto import tqdm
+
+from .corpus import collapse_ws
+from .errors import UserError
+from .index import DenseIndex
+from .metrics import has_answer, normalize_answer, retrieval_metrics
+from .questions import Question
+from .search import Retriever
+
+
+def gold_passage_ids(index: DenseIndex, questions: Sequence[Question]) -> list[set[str]] | None:
+    """Gold passage ids per question, when every question knows its gold passage, else None.
+
+    DPR-format questions name them (``positive_ctxs``); SQuAD questions carry their paragraph,
+    matched to the passage with the same whitespace-collapsed text.
+    """
+    if all(q.positive_ids for q in questions):
+        return [set(q.positive_ids) for q in questions]
+    if not all(q.gold_context for q in questions):
+        return None
+    by_text: dict[str, set[str]] = {}
+    for pid, text in zip(index.passages["id"], index.passages["text"], strict=True):
+        by_text.setdefault(collapse_ws(text), set()).add(pid)
+    golds = [by_text.get(q.gold_context, set()) for q in questions]
+    return golds if any(golds) else None
+
+
+def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
+                       ks: Sequence[int] = (1, 5, 20, 100), batch_size: int = 128,
+                       progress: bool = True) -> dict:
+    """Retrieve the top ``max(ks)`` passages per question and score them (see ``metrics``).
+
+    Returns ``{"n", "top_k_accuracy": {"k": frac}, "gold_recall": {...} | None, "mrr"}``.
+    """
+    ks = sorted(set(ks))
+    if not ks or ks[0] <= 0:
+        raise UserError(f"k values must be positive, got {list(ks)}")
+    top = ks[-1]
+    retriever.index._check_k(top)
+    golds = gold_passage_ids(retriever.index, questions)
+    hits, gold_hits = [], []
+    norm_text: dict[int, str] = {}  # row -> normalised passage text, computed once per passage
+    bar = tqdm(total=len(questions), desc="retrieving", unit="q", disable=not progress)
+    for start in range(0, len(questions), batch_size):
+        chunk = questions[start : start + batch_size]
+        result = retriever.retrieve([q.question for q in chunk], top)
+        for j, (q, passages, rows) in enumerate(zip(chunk, result.passages, result.rows,
+                                                    strict=True)):
+            for p, row in zip(passages, rows, strict=False):
+                if row not in norm_text:
+                    norm_text[row] = normalize_answer(p["text"])
+            hits.append([has_answer(norm_text[r], q.answers, normalized=True)
+                         for r in rows[: len(passages)]])
+            if golds is not None:
+                gold = golds[start + j]
+                gold_hits.append([p["id"] in gold for p in passages])
+        bar.update(len(chunk))
+    bar.close()
+    return retrieval_metrics(hits, ks, gold_hits if golds is not None else None)

@@ -1,0 +1,235 @@
+"""DPR training of the question encoder (and optionally the context encoder), with accelerate.
+
+Loss (Karpukhin et al. 2020, Eq. 2): for question q_i with positive passage p_i^+ and negatives
+p_j^-, the negative log-likelihood of the positive under a softmax over inner products,
+
+    L_i = -log exp(s(q_i, p_i^+)) / (exp(s(q_i, p_i^+)) + sum_j exp(s(q_i, p_j^-)))
+
+with in-batch negatives (every other question's positive and hard negatives in the batch) plus
+hard negatives mined with BM25 (bm25s) or given in DPR's training JSON. A passage that is another
+question's positive but also *this* question's positive (SQuAD has ~5 questions per paragraph) is
+masked out rather than treated as a negative.
+
+By default only the question encoder trains: the context encoder is frozen, so the index built with
+it stays valid and the passage vectors are read from it instead of being recomputed every step.
+
+Glossary: B questions per batch, H hard negatives per question, C = B * (1 + H) candidate passages,
+D embedding dimension, R rows (passages) in the corpus.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .encode import EncodeConfig, encode_texts
+from .encoder import Encoder
+from .errors import UserError
+from .index import DenseIndex
+from .metrics import has_answer
+from .questions import Question
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3  # passes over the training questions
+    batch_size: int = 32  # questions per step (per process); in-batch negatives grow with it
+    hard_negatives: int = 1  # BM25 hard negatives per question (DPR used 1)
+    bm25_depth: int = 30  # BM25 results searched for a hard negative
+    lr: float = 2e-5  # AdamW peak learning rate (DPR: 2e-5)
+    weight_decay: float = 0.0  # AdamW weight decay
+    warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then linear decay
+    grad_accum: int = 1  # gradient accumulation steps
+    max_grad_norm: float = 2.0  # gradient clipping (DPR: 2.0)
+    score_scale: float = 0.0  # multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1
+    train_context_encoder: bool = False  # also train the context encoder (the index must be rebuilt)
+    mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+    seed: int = 0  # shuffling and initialisation seed
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    positive: int  # row of the gold passage in the index
+    negatives: tuple[int, ...]  # rows of hard negatives
+
+
+def dpr_loss(q: torch.Tensor, ctx: torch.Tensor, positive_col: torch.Tensor,
+             exclude: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+    """DPR's NLL of the positive among all candidates (see module doc).
+
+    q (B, D) questions; ctx (C, D) candidate passages; positive_col (B,) long, the column of each
+    question's positive in ctx; exclude (B, C) bool marks columns to drop (duplicates of the
+    positive). Returns the mean loss, a scalar float tensor.
+    """
+    scores = scale * q @ ctx.T  # (B, C)
+    if exclude is not None:
+        scores = scores.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(scores, positive_col)
+
+
+def positives_from_index(index: DenseIndex, questions: Sequence[Question]) -> list[int | None]:
+    """Row of each question's gold passage in ``index`` (DPR positive ids or SQuAD context)."""
+    from .evaluation import gold_passage_ids
+
+    golds = gold_passage_ids(index, questions)
+    if golds is None:
+        raise UserError("training questions must name their gold passage (SQuAD JSON or DPR JSON)")
+    return [min((index.row_of(g) for g in gold if index.row_of(g) is not None), default=None)
+            for gold in golds]
+
+
+def mine_bm25_negatives(index: DenseIndex, questions: Sequence[Question], positives: Sequence[int],
+                        n: int, depth: int) -> list[tuple[int, ...]]:
+    """For each question, the top BM25 passages that are not its positive and hold no gold answer."""
+    import bm25s
+
+    texts = [f"{t} {x}" for t, x in zip(index.passages["title"], index.passages["text"], strict=True)]
+    bm25 = bm25s.BM25()
+    bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+    depth = min(depth, len(texts))
+    rows, _ = bm25.retrieve(bm25s.tokenize([q.question for q in questions], stopwords="en",
+                                           show_progress=False), k=depth, show_progress=False)
+    out = []
+    for q, pos, cand in zip(questions, positives, rows, strict=True):
+        picked = [int(r) for r in cand if int(r) != pos and not has_answer(texts[int(r)], q.answers)]
+        out.append(tuple(picked[:n]))
+    return out
+
+
+def build_examples(index: DenseIndex, questions: Sequence[Question], config: TrainConfig,
+                   ) -> list[Example]:
+    """Training examples: question, gold row, hard-negative rows (given, else BM25-mined)."""
+    positives = positives_from_index(index, questions)
+    keep = [i for i, p in enumerate(positives) if p is not None]
+    if len(keep) < len(questions):
+        log.warning("%d of %d training questions have no gold passage in the index; skipped",
+                    len(questions) - len(keep), len(questions))
+    if not keep:
+        raise UserError("no training question's gold passage is in the index")
+    questions = [questions[i] for i in keep]
+    positives = [positives[i] for i in keep]
+    if config.hard_negatives and all(q.hard_negative_ids for q in questions):
+        negatives = [tuple(r for r in (index.row_of(h) for h in q.hard_negative_ids)
+                           if r is not None)[: config.hard_negatives] for q in questions]
+    elif config.hard_negatives:
+        negatives = mine_bm25_negatives(index, questions, positives, config.hard_negatives,
+                                        config.bm25_depth)
+    else:
+        negatives = [()] * len(questions)
+    return [Example(q.question, p, n) for q, p, n in zip(questions, positives, negatives, strict=True)]
+
+
+def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarray) -> torch.Tensor:
+    """Vectors (len(rows), D) of the given rows: read from a flat/HNSW index, else re-encoded."""
+    if index.config.index_type in ("flat", "hnsw"):
+        return torch.from_numpy(index.vectors(rows))
+    part = index.passages[rows.tolist()]
+    return torch.from_numpy(encode_texts(context_encoder, part["text"], part["title"],
+                                         EncodeConfig(), desc="encoding passages"))
+
+
+def _batch_candidates(batch: list[Example], hard: int) -> tuple[list[int], torch.Tensor]:
+    """Candidate rows (C,) for a batch, positives first, and each question's positive column (B,)."""
+    rows = [ex.positive for ex in batch]
+    for ex in batch:
+        rows += list(ex.negatives)[:hard]  # a question short of negatives just brings fewer
+    return rows, torch.arange(len(batch))
+
+
+def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
+                    scale: float) -> torch.Tensor:
+    """Encode a batch of questions and return the DPR loss against its candidates."""
+    rows, positive_col = _batch_candidates(batch, config.hard_negatives)
+    device = next(q_enc.parameters()).device
+    tok = q_enc.tokenize([ex.question for ex in batch])
+    q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
+    ctx = ctx_lookup(rows).to(device=device, dtype=q.dtype)  # (C, D)
+    rows_t = torch.tensor(rows, device=device)  # (C,)
+    gold = rows_t[positive_col]  # (B,)
+    exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
+    exclude[torch.arange(len(batch)), positive_col.to(device)] = False  # ... except the positive
+    return dpr_loss(q, ctx, positive_col.to(device), exclude, scale)
+
+
+def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequence[Question],
+              config: TrainConfig = TrainConfig(), evaluate=None, accelerator=None) -> list[dict]:
+    """Train ``q_enc`` (and ``ctx_enc`` if configured) with DPR's loss; returns per-epoch logs.
+
+    ``evaluate(q_enc) -> dict`` runs after each epoch (e.g. dev top-k accuracy).
+    """
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    acc = accelerator or Accelerator(mixed_precision=config.mixed_precision,
+                                     gradient_accumulation_steps=config.grad_accum)
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    examples = build_examples(index, train, config)
+    scale = config.score_scale or (20.0 if ctx_enc.config.normalize else 1.0)
+    if config.train_context_encoder:
+        def ctx_lookup(rows):
+            part = index.passages[rows]
+            tok = ctx_enc.tokenize(part["text"], part["title"])
+            dev = next(ctx_enc.parameters()).device
+            return ctx_enc(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+        params = list(q_enc.parameters()) + list(ctx_enc.parameters())
+    else:
+        all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
+        vecs = context_vectors(index, ctx_enc, all_rows)
+        slot = {int(r): i for i, r in enumerate(all_rows)}
+
+        def ctx_lookup(rows):
+            return vecs[[slot[r] for r in rows]]
+        ctx_enc.requires_grad_(False)
+        params = list(q_enc.parameters())
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(examples) / (config.batch_size * acc.num_processes))
+    total = steps_per_epoch * config.epochs // config.grad_accum
+    sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), max(total, 1))
+    if config.train_context_encoder:
+        q_enc, ctx_enc, opt, sched = acc.prepare(q_enc, ctx_enc, opt, sched)
+    else:
+        q_enc, opt, sched = acc.prepare(q_enc, opt, sched)
+    model = acc.unwrap_model(q_enc)
+    logs = []
+    for epoch in range(config.epochs):
+        q_enc.train()
+        order = list(range(len(examples)))
+        random.Random(config.seed + epoch).shuffle(order)
+        mine = order[acc.process_index :: acc.num_processes]
+        bar = tqdm(range(0, len(mine), config.batch_size), desc=f"epoch {epoch + 1}",
+                   disable=not acc.is_local_main_process)
+        total_loss = 0.0
+        for start in bar:
+            batch = [examples[i] for i in mine[start : start + config.batch_size]]
+            with acc.accumulate(q_enc):
+                loss = train_step_loss(model, batch, ctx_lookup, config, scale)
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(params, config.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+            total_loss += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        entry = {"epoch": epoch + 1, "loss": total_loss / max(1, len(bar))}
+        model.refresh_fingerprint()
+        if evaluate is not None and acc.is_main_process:
+            q_enc.eval()
+            entry["dev"] = evaluate(model)
+        logs.append(entry)
+        log.info("epoch %d: %s", epoch + 1, entry)
+    acc.wait_for_everyone()
+    return logs

@@ -1,0 +1,162 @@
+"""Retriever benchmarks, printed as figures and ratios (record them in docs/benchmarks.md).
+
+1. Corpus encoding, passages/s: ours (``retriever.encode.encode_texts``) against
+   sentence-transformers' ``SentenceTransformer.encode`` on the same model, texts, batch size and
+   max length, alternating runs; outputs are checked to agree.
+2. Search overhead: ``DenseIndex.search_knn`` against a bare ``faiss.Index.search`` on the same
+   index and queries (goal <= 1.10x), and the full ``search`` with passage lookup for reference.
+3. HNSW on synthetic 384-d vectors: recall@10 against exact flat search and queries/s.
+
+Example:
+    python scripts/bench_retriever.py --corpus ../shared/data/squad-open/corpus.tsv --json runs/bench.json
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+
+from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.corpus import load_corpus, open_shards, write_arrow
+from retriever.encode import EncodeConfig, encode_texts
+from retriever.encoder import Encoder, resolve
+from retriever.index import DenseIndex, IndexConfig
+
+
+@dataclass(frozen=True)
+class Args:
+    corpus: str = "../shared/data/squad-open/corpus.tsv"  # passages to encode for part 1
+    encoder: str = "all-MiniLM-L6-v2"  # a sentence-transformers model folder or packaged name
+    n_passages: int = 512  # passages encoded per run in part 1
+    batch_size: int = 32  # batch size for both encoders
+    max_length: int = 256  # max tokens for both encoders
+    repeats: int = 3  # timed runs per contender (alternating); the median is reported
+    n_vectors: int = 100_000  # synthetic vectors for parts 2 and 3
+    n_queries: int = 1_000  # queries for parts 2 and 3
+    dim: int = 384  # synthetic vector dimension
+    k: int = 10  # neighbours per query
+    skip_encoding: bool = False  # skip part 1
+    json: str | None = None  # write all figures here
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_encoding(args: Args) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    texts = load_corpus(args.corpus)["text"][: args.n_passages]
+    ours = Encoder.from_pretrained(args.encoder, max_length=args.max_length).eval()
+    st = SentenceTransformer(resolve(args.encoder), device="cpu")
+    st.max_seq_length = args.max_length
+    cfg = EncodeConfig(batch_size=args.batch_size, progress=False)
+
+    def run_ours():
+        return encode_texts(ours, texts, config=cfg)
+
+    def run_st():
+        return st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True,
+                         show_progress_bar=False)
+
+    a, b = run_ours(), run_st()  # warm-up, and the agreement check
+    cos = float(np.min(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+    t_ours, t_st = [], []
+    for _ in range(args.repeats):  # alternate so background load hits both alike
+        t_ours.append(_median_time(run_ours, 1))
+        t_st.append(_median_time(run_st, 1))
+    ours_ps = len(texts) / statistics.median(t_ours)
+    st_ps = len(texts) / statistics.median(t_st)
+    return {"passages": len(texts), "batch_size": args.batch_size, "max_length": args.max_length,
+            "ours_passages_per_s": round(ours_ps, 2), "st_passages_per_s": round(st_ps, 2),
+            "ratio": round(ours_ps / st_ps, 3), "min_cosine_ours_vs_st": round(cos, 6)}
+
+
+def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
+    """Clustered unit vectors (a Gaussian mixture), closer to real embeddings than pure noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 100), dim)).astype(np.float32)
+    x = centres[rng.integers(0, len(centres), n)] + 0.5 * rng.standard_normal((n, dim))
+    x = x.astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _index(vectors: np.ndarray, config: IndexConfig) -> DenseIndex:
+    tmp = Path(tempfile.mkdtemp(prefix="ragqa-bench-")) / "passages.arrow"
+    write_arrow(({"id": str(i), "title": "", "text": "x"} for i in range(len(vectors))), tmp)
+    identity = {"name": "synthetic", "fingerprint": "synthetic", "dim": vectors.shape[1]}
+    return DenseIndex.build(vectors, open_shards([tmp]), identity, config)
+
+
+def bench_search(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
+    index = _index(base, IndexConfig(index_type="flat"))
+    bare = index.index
+    index.search_knn(queries[:10], args.k)
+
+    t_bare = _median_time(lambda: bare.search(queries, args.k), args.repeats)
+    t_ours = _median_time(lambda: index.search_knn(queries, args.k), args.repeats)
+    t_full = _median_time(lambda: index.search(queries, args.k), args.repeats)
+    same = np.array_equal(bare.search(queries, args.k)[1], index.search_knn(queries, args.k)[1])
+    return {"vectors": len(base), "queries": len(queries), "k": args.k,
+            "bare_faiss_s": round(t_bare, 4), "search_knn_s": round(t_ours, 4),
+            "overhead_ratio": round(t_ours / t_bare, 3), "search_with_passages_s": round(t_full, 4),
+            "same_results": bool(same)}
+
+
+def bench_hnsw(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
+    exact = faiss.IndexFlatIP(base.shape[1])
+    exact.add(base)
+    _, truth = exact.search(queries, args.k)
+    start = time.perf_counter()
+    index = _index(base, IndexConfig(index_type="hnsw"))
+    build_s = time.perf_counter() - start
+    t = _median_time(lambda: index.search_knn(queries, args.k), args.repeats)
+    _, got = index.search_knn(queries, args.k)
+    recall = np.mean([len(set(g) & set(t_)) / args.k for g, t_ in zip(got, truth, strict=True)])
+    t_flat = _median_time(lambda: exact.search(queries, args.k), args.repeats)
+    return {"vectors": len(base), "dim": base.shape[1], "k": args.k,
+            "ef_search": index.config.hnsw_ef_search, "m": index.config.hnsw_m,
+            "build_s": round(build_s, 1), f"recall_at_{args.k}": round(float(recall), 4),
+            "hnsw_queries_per_s": round(len(queries) / t, 1),
+            "flat_queries_per_s": round(len(queries) / t_flat, 1)}
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    report = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                          "faiss": faiss.__version__, "torch": torch.__version__}}
+    if not args.skip_encoding:
+        report["encoding"] = bench_encoding(args)
+        e = report["encoding"]
+        print(f"encoding: ours {e['ours_passages_per_s']} passages/s, sentence-transformers "
+              f"{e['st_passages_per_s']} passages/s, ratio {e['ratio']} (goal >= 1.0); "
+              f"min cosine {e['min_cosine_ours_vs_st']}")
+    base = synthetic(args.n_vectors, args.dim, seed=0)
+    queries = synthetic(args.n_queries, args.dim, seed=1)
+    report["search"] = s = bench_search(args, base, queries)
+    print(f"search: bare faiss {s['bare_faiss_s']}s, search_knn {s['search_knn_s']}s, overhead "
+          f"{s['overhead_ratio']}x (goal <= 1.10x); with passages {s['search_with_passages_s']}s")
+    report["hnsw"] = h = bench_hnsw(args, base, queries)
+    print(f"hnsw: recall@{args.k} {h[f'recall_at_{args.k}']}, {h['hnsw_queries_per_s']} q/s "
+          f"(flat {h['flat_queries_per_s']} q/s), build {h['build_s']}s")
+    if args.json:
+        write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    run(main)

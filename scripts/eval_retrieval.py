@@ -1,0 +1,53 @@
+"""Retrieval accuracy on a question set: DPR top-k accuracy, gold-passage recall and MRR.
+
+Example:
+    python scripts/eval_retrieval.py --index runs/index-l6 \\
+        --questions ../shared/data/squad-open/dev.json --json runs/eval-l6.json
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.encoder import Encoder
+from retriever.errors import UserError
+from retriever.evaluation import evaluate_retrieval
+from retriever.index import DenseIndex
+from retriever.questions import read_questions
+from retriever.search import Retriever
+
+
+@dataclass(frozen=True)
+class Args:
+    index: str = field(metadata={"help": "index directory written by build_index.py"})
+    questions: str = field(metadata={"help": "SQuAD JSON, NQ-open JSONL, WebQuestions JSON or DPR TSV"})
+    question_encoder: str | None = None  # hub id or directory; default: the index's own encoder
+    ks: str = "1,5,20,100"  # comma-separated k values for top-k accuracy
+    batch_size: int = 128  # questions per batch
+    limit: int = 0  # evaluate only the first N questions; 0 = all
+    json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr"} here
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    try:
+        ks = [int(k) for k in args.ks.split(",")]
+    except ValueError:
+        raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
+    index = DenseIndex.load(args.index)
+    questions = read_questions(args.questions)
+    if args.limit > 0:
+        questions = questions[: args.limit]
+    encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
+    metrics = evaluate_retrieval(Retriever(encoder, index), questions, ks, args.batch_size)
+    print(json.dumps(metrics, indent=2))
+    if args.json:
+        write_json(args.json, metrics)
+
+
+if __name__ == "__main__":
+    run(main)

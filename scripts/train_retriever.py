@@ -1,0 +1,97 @@
+"""Train the question encoder with DPR's loss (in-batch + BM25 hard negatives) against a frozen index.
+
+The context encoder stays frozen by default, so the index built with it stays valid and the trained
+question encoder (written to --out) is paired with it. Give --index, or --corpus to build one first.
+
+Example:
+    python scripts/train_retriever.py --train ../shared/data/squad-open/train.json \\
+        --dev ../shared/data/squad-open/dev.json --index runs/index-l6 --out runs/qenc-l6
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retriever.build import BuildConfig, build_index
+from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.encoder import Encoder
+from retriever.errors import UserError
+from retriever.evaluation import evaluate_retrieval
+from retriever.index import DenseIndex
+from retriever.questions import read_questions
+from retriever.search import Retriever
+from retriever.train import TrainConfig, train_dpr
+
+log = logging.getLogger("train_retriever")
+
+
+@dataclass(frozen=True)
+class Args:
+    train: str = field(metadata={"help": "training questions with gold passages: SQuAD JSON or DPR JSON"})
+    out: str = field(metadata={"help": "directory for the trained question encoder"})
+    dev: str | None = None  # dev questions; top-k accuracy is reported after every epoch
+    index: str | None = None  # index directory built with the (frozen) context encoder
+    corpus: str | None = None  # corpus file: build an index in <out>.index first (when no --index)
+    encoder: str | None = None  # context encoder; default: the index's encoder
+    question_encoder: str | None = None  # initial question encoder; default: same as --encoder
+    dev_ks: str = "1,5,20,100"  # k values reported on dev
+    dev_limit: int = 0  # evaluate on the first N dev questions only; 0 = all
+    train_limit: int = 0  # train on the first N questions only; 0 = all
+    eval_before: bool = False  # also evaluate the untrained question encoder on dev first
+    json: str | None = None  # write the per-epoch log (loss, dev metrics) here
+
+
+def main() -> None:
+    args, config = parse([Args, TrainConfig], description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    if args.index is None and args.corpus is None:
+        raise UserError("give --index DIR or --corpus PATH")
+    train = read_questions(args.train)
+    if args.train_limit > 0:
+        train = train[: args.train_limit]
+    dev = read_questions(args.dev) if args.dev else None
+    if args.dev_limit > 0 and dev:
+        dev = dev[: args.dev_limit]
+    if args.index is not None:
+        index = DenseIndex.load(args.index)
+        ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
+    else:
+        ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
+        index_dir = Path(args.out).with_name(Path(args.out).name + ".index")
+        index = build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=True))
+        log.info("built %s", index_dir)
+    index.check_question_encoder(ctx_enc.identity(), where="index")
+    q_enc = Encoder.from_pretrained(args.question_encoder or ctx_enc.name)
+    ks = [int(k) for k in args.dev_ks.split(",")]
+
+    def evaluate(model: Encoder) -> dict:
+        model.paired_context_fingerprint = ctx_enc.fingerprint
+        return evaluate_retrieval(Retriever(model, index), dev, ks, progress=False)
+
+    before = None
+    if args.eval_before and dev and not config.train_context_encoder:
+        before = evaluate(q_enc)
+    if before:
+        print(f"dev before training: top-k {before['top_k_accuracy']}")
+    logs = train_dpr(q_enc, ctx_enc, index, train, config,
+                     evaluate if dev and not config.train_context_encoder else None)
+    q_enc.paired_context_fingerprint = ctx_enc.fingerprint
+    q_enc.save_pretrained(args.out)
+    if config.train_context_encoder:
+        ctx_enc.refresh_fingerprint()
+        ctx_enc.save_pretrained(Path(args.out) / "context_encoder")
+        print("context encoder trained: rebuild the index with --encoder "
+              f"{Path(args.out) / 'context_encoder'}")
+    for entry in logs:
+        print(f"epoch {entry['epoch']}: loss {entry['loss']:.4f}"
+              + (f", dev top-k {entry['dev']['top_k_accuracy']}" if "dev" in entry else ""))
+    print(f"question encoder -> {args.out}")
+    if args.json:
+        write_json(args.json, {"before": before, "epochs": logs, "config": config.__dict__})
+
+
+if __name__ == "__main__":
+    run(main)

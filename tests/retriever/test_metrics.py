@@ -1,0 +1,59 @@
+"""Answer normalisation, answer matching and DPR's retrieval figures on hand-worked cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from retriever.metrics import has_answer, normalize_answer, retrieval_metrics
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("The Eiffel Tower", "eiffel tower"),
+    ("  an   apple,  a day!  ", "apple day"),
+    ("U.S.A.", "usa"),
+    ("Theatre and another", "theatre and another"),  # articles only as whole words
+    ("A", ""),
+    ("rock 'n' roll", "rock n roll"),
+    ("Café", "café"),
+])
+def test_normalize_answer(text, expected):
+    assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize("passage,answers,expected", [
+    ("Paris is the capital of France.", ["paris"], True),
+    ("Paris is the capital of France.", ["The Capital"], True),  # article and case ignored
+    ("Paris is the capital of France.", ["capital of france!"], True),  # punctuation ignored
+    ("The Parisian capital.", ["Paris"], False),  # not on a word boundary
+    ("It cost 1969 dollars.", ["969"], False),
+    ("Landed in July, 1969.", ["July 1969"], True),  # punctuation between words dropped
+    ("nothing here", ["x", "nothing"], True),  # any of several answers
+    ("nothing here", ["", "the"], False),  # answers that normalise to nothing never match
+    ("the end", [], False),
+])
+def test_has_answer(passage, answers, expected):
+    assert has_answer(passage, answers) is expected
+
+
+def test_retrieval_metrics_hand_case():
+    hits = [
+        [False, True, False],  # first answer at rank 2
+        [True, True, False],  # rank 1
+        [False, False, False],  # none
+    ]
+    gold = [
+        [False, False, True],  # gold at rank 3
+        [True, False, False],  # rank 1
+        [False, False, False],
+    ]
+    got = retrieval_metrics(hits, [1, 2, 3], gold)
+    assert got["n"] == 3
+    assert got["top_k_accuracy"] == pytest.approx({"1": 1 / 3, "2": 2 / 3, "3": 2 / 3})
+    assert got["gold_recall"] == pytest.approx({"1": 1 / 3, "2": 1 / 3, "3": 2 / 3})
+    assert got["mrr"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def test_retrieval_metrics_without_gold():
+    got = retrieval_metrics([[False, False, True, True]], [1, 5])
+    assert got == {"n": 1, "top_k_accuracy": {"1": 0.0, "5": 1.0}, "gold_recall": None,
+                   "mrr": pytest.approx(1 / 3)}
