@@ -26,6 +26,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from retriever.encoder import packaged_model_path
 from retriever.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
         return str(path)
     if path.is_absolute() or str(name_or_path).startswith((".", "~")):
         raise UserError(f"model directory {path} does not exist")
-    return str(name_or_path)
+    packaged = packaged_model_path(str(name_or_path))  # e.g. all-MiniLM-L6-v2 from PyPI
+    return packaged if packaged is not None else str(name_or_path)
 
 
 def load_pretrained_config(name_or_path: str | os.PathLike) -> PreTrainedConfig:

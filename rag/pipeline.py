@@ -114,6 +114,12 @@ class RagModel(nn.Module):
                 raise UserError(f"mode {config.mode!r} needs an index and a question encoder")
             index.check_question_encoder(question_encoder.identity(),
                                          question_encoder.paired_context_fingerprint)
+            # training moves the question encoder away from the index's encoder: remember the pair
+            question_encoder.paired_context_fingerprint = index.manifest["encoder"]["fingerprint"]
+
+    def forward(self, questions: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss (what accelerate/DDP call): see :meth:`loss`."""
+        return self.loss(questions, answers)
 
     # --------------------------------------------------------------- inputs
     def retrieve(self, questions: list[str], k: int | None = None,
@@ -197,16 +203,23 @@ class RagModel(nn.Module):
                                                   strict=True))]
 
     # ------------------------------------------------------------ save/load
-    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
-        """Write the model directory (see module doc) atomically."""
+    def save_pretrained(self, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None,
+                        half: bool = False) -> None:
+        """Write the model directory (see module doc) atomically, plus any ``extra_files``.
+
+        ``half`` stores the weights in float16 (half the size; loading restores float32).
+        """
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
         try:
             if self.question_encoder is not None:
-                self.question_encoder.save_pretrained(tmp / "question_encoder")
-            save_generator(self.generator, self.tokenizer, tmp / "generator")
+                self.question_encoder.save_pretrained(tmp / "question_encoder", half=half)
+            save_generator(self.generator, self.tokenizer, tmp / "generator",
+                           dtype=torch.float16 if half else None)
             (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
             if out_dir.exists():
                 shutil.rmtree(out_dir)
             os.replace(tmp, out_dir)

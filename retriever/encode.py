@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .encoder import Encoder
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ class EncodeConfig:
     shard_size: int = 8192  # passages per resumable shard file
     dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "fp16" or "bf16"
     progress: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:  # fail at argument parsing, not after reading the corpus
+        if self.dtype not in ("auto", "fp32", "fp16", "bf16"):
+            raise UserError(f"dtype {self.dtype!r} is not one of auto, fp32, fp16, bf16")
 
 
 def to_numpy32(x: torch.Tensor) -> np.ndarray:

@@ -152,18 +152,24 @@ class Encoder(nn.Module):
         return {"name": self.name, "fingerprint": self.fingerprint, "dim": self.dim,
                 **asdict(self.config)}
 
-    def save_pretrained(self, out_dir: str | os.PathLike) -> None:
-        """Write backbone (safetensors), tokenizer and our config; atomic (temp dir, then rename)."""
+    def save_pretrained(self, out_dir: str | os.PathLike, half: bool = False) -> None:
+        """Write backbone (safetensors), tokenizer and our config; atomic (temp dir, then rename).
+
+        ``half`` stores float16 weights (loading restores float32); the fingerprint is unchanged.
+        """
         out_dir = Path(out_dir)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
         try:
-            self.backbone.save_pretrained(tmp, safe_serialization=True)
+            fingerprint = self.fingerprint
+            state = {k: v.half() if half and v.is_floating_point() else v
+                     for k, v in self.backbone.state_dict().items()}
+            self.backbone.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             if self.projection is not None:
                 save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
                           str(tmp / PROJECTION_NAME))
-            meta = {**asdict(self.config), "name": self.name, "fingerprint": self.fingerprint,
+            meta = {**asdict(self.config), "name": self.name, "fingerprint": fingerprint,
                     "paired_context_fingerprint": self.paired_context_fingerprint}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
             if out_dir.exists():
@@ -199,13 +205,13 @@ class Encoder(nn.Module):
 
             archs = hf_config.architectures or []
             model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
-            backbone = model_cls.from_pretrained(path)
+            backbone = model_cls.from_pretrained(path, dtype=torch.float32)
         else:
             try:  # BERT-family models build a pooler we do not need unless pooling == "pooler"
                 backbone = AutoModel.from_pretrained(
-                    path, add_pooling_layer=base.pooling == "pooler")
+                    path, add_pooling_layer=base.pooling == "pooler", dtype=torch.float32)
             except TypeError:
-                backbone = AutoModel.from_pretrained(path)
+                backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
         enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,
                   paired_context_fingerprint=meta.get("paired_context_fingerprint"))
         if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():

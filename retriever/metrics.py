@@ -57,3 +57,9 @@ def retrieval_metrics(
         gold_first = [next((r for r, g in enumerate(row) if g), None) for row in gold_matrix]
         gold = {str(k): sum(f is not None and f < k for f in gold_first) / n for k in ks}
     return {"n": n, "top_k_accuracy": acc, "gold_recall": gold, "mrr": mrr}
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals a normalised gold answer (SQuAD EM), else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,14 @@ def tiny_encoder_dir(tmp_path_factory) -> Path:
 def tiny_encoder_dir_16(tmp_path_factory) -> Path:
     """Another tiny BERT, of hidden size (and so embedding dimension) 16."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-16"), hidden=16, seed=1)
+
+
+@pytest.fixture
+def private_tempdir(tmp_path_factory, monkeypatch) -> Path:
+    """Send the library's own temporary files (default Arrow paths, added shards) under pytest's tmp."""
+    path = tmp_path_factory.mktemp("tempfiles")
+    monkeypatch.setattr(tempfile, "tempdir", str(path))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,8 @@ import pytest
 from retriever.corpus import CorpusConfig, iter_passages, load_corpus, split_words
 from retriever.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("private_tempdir")
+
 
 def rows(dataset) -> list[dict]:
     return [dict(r) for r in dataset]
@@ -53,8 +55,9 @@ def test_result_is_memory_mapped_arrow(corpus_tsv, tmp_path):
     assert not [p for p in arrow.parent.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_default_arrow_path_is_on_disk(corpus_jsonl):
-    assert load_corpus(corpus_jsonl).cache_files
+def test_default_arrow_path_is_a_fresh_temporary_file(corpus_jsonl, private_tempdir):
+    files = [f["filename"] for f in load_corpus(corpus_jsonl).cache_files]
+    assert len(files) == 1 and files[0].startswith(str(private_tempdir))
 
 
 def test_split_words_into_100_word_passages(tmp_path):

@@ -9,6 +9,7 @@ from datasets import Dataset
 import retriever.encode as encode_mod
 from retriever.encode import EncodeConfig, encode_corpus, encode_texts
 from retriever.encoder import Encoder
+from retriever.errors import UserError
 
 QUIET = EncodeConfig(batch_size=2, shard_size=3, progress=False)
 
@@ -53,6 +54,11 @@ def test_encode_texts_leaves_training_mode(encoder):
     encoder.eval()
 
 
+def test_unknown_dtype_is_a_user_error():
+    with pytest.raises(UserError, match="'fp8'"):
+        EncodeConfig(dtype="fp8")
+
+
 class Spy:
     """Wraps ``encode_texts``: records the first text of each call, can fail on call number ``fail_on``."""
 
@@ -60,7 +66,7 @@ class Spy:
         self.calls: list[str] = []
         self.fail_on = fail_on
 
-    def __call__(self, encoder, texts, titles=None, config=EncodeConfig(), desc=""):
+    def __call__(self, encoder, texts, titles=None, config=QUIET, desc=""):
         self.calls.append(texts[0])
         if len(self.calls) == self.fail_on:
             raise RuntimeError("killed")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.encoder import CONFIG_NAME, Encoder, EncoderConfig
+from retriever.encoder import CONFIG_NAME, Encoder
 from retriever.errors import UserError
 
 TEXTS = ["What is the capital of France?", "Paris", "the theory of relativity was developed by Einstein"]

@@ -13,6 +13,8 @@ from retriever.corpus import open_shards, write_arrow
 from retriever.errors import UserError
 from retriever.index import DenseIndex, IndexConfig
 
+pytestmark = pytest.mark.usefixtures("private_tempdir")
+
 DIM = 32
 IDENTITY = {"name": "random", "fingerprint": "f" * 16, "dim": DIM}
 

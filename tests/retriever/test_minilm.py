@@ -41,11 +41,13 @@ def test_matches_sentence_transformers(minilm, monkeypatch):
 
 
 PASSAGES = [
-    ("eiffel", "Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889."),
+    ("eiffel", "Eiffel Tower",
+     "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889."),
     ("photosynthesis", "Photosynthesis",
      "Photosynthesis is the process by which green plants turn sunlight, water and carbon dioxide "
      "into glucose and oxygen."),
-    ("everest", "Mount Everest", "Mount Everest, in the Himalayas, is Earth's highest mountain above sea level."),
+    ("everest", "Mount Everest",
+     "Mount Everest, in the Himalayas, is Earth's highest mountain above sea level."),
     ("python", "Python (programming language)",
      "Python is a high-level programming language first released by Guido van Rossum in 1991."),
     ("penicillin", "Penicillin", "Alexander Fleming discovered penicillin, the first antibiotic, in 1928."),

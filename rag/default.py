@@ -1,0 +1,40 @@
+"""The embedded default: a small corpus shipped with the package, indexed on first use and cached.
+
+``scripts/ask.py`` uses it when no ``--index`` is given, so a fresh machine answers questions
+offline. The index is cached under ``$RAGQA_CACHE`` (default ``~/.cache/ragqa``), keyed by the
+context encoder's fingerprint, and rebuilt only when that encoder changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from retriever.build import BuildConfig, build_index
+from retriever.encode import EncodeConfig
+from retriever.encoder import Encoder
+from retriever.index import DenseIndex
+
+log = logging.getLogger(__name__)
+DEFAULT_DIR = Path(__file__).parent / "default"
+CORPUS = DEFAULT_DIR / "corpus.jsonl"
+QUESTIONS = DEFAULT_DIR / "questions.jsonl"
+MODEL = DEFAULT_DIR / "model"
+CONTEXT_ENCODER = "all-MiniLM-L6-v2"
+
+
+def cache_dir() -> Path:
+    """``$RAGQA_CACHE`` or ``~/.cache/ragqa``."""
+    return Path(os.environ.get("RAGQA_CACHE", Path.home() / ".cache" / "ragqa"))
+
+
+def default_index(context_encoder: Encoder | None = None) -> DenseIndex:
+    """The embedded corpus's index, built with ``context_encoder`` (default: all-MiniLM-L6-v2)."""
+    encoder = context_encoder or Encoder.from_pretrained(CONTEXT_ENCODER)
+    path = cache_dir() / f"default-index-{encoder.fingerprint}"
+    if (path / "manifest.json").is_file():
+        return DenseIndex.load(path)
+    log.info("indexing the embedded corpus (first use) -> %s", path)
+    return build_index(CORPUS, encoder, path,
+                       BuildConfig(encode=EncodeConfig(progress=False), overwrite=True))

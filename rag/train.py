@@ -1,0 +1,194 @@
+"""Joint fine-tuning of the question encoder and the generator (Lewis et al. 2020, Sec. 2.4).
+
+The context encoder and the index stay fixed, as in the paper; only the question encoder (through
+the document scores) and the BART generator train, on the RAG-Sequence or RAG-Token NLL. accelerate
+handles mixed precision, gradient accumulation and several processes.
+
+Checkpoints go to ``<out>.checkpoint/`` (model directory, optimizer and scheduler state, progress),
+written to a temporary directory and renamed, so a killed run restarted with the same command
+resumes from the last one; it is removed once the final model is in ``<out>``. Optimizer state is
+loaded with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from retriever.metrics import exact_match
+from retriever.questions import Question
+
+from .pipeline import RagModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 1  # passes over the training questions
+    max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
+    batch_size: int = 8  # questions per step (per process)
+    lr: float = 3e-5  # AdamW peak learning rate (the paper: 3e-5)
+    warmup_ratio: float = 0.05  # linear warm-up fraction, then linear decay
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_accum: int = 1  # gradient accumulation steps
+    max_grad_norm: float = 1.0  # gradient clipping
+    train_question_encoder: bool = True  # False keeps the retriever fixed (faster; "frozen" RAG)
+    freeze_generator_encoder: bool = False  # train only the BART decoder (no backward through the
+    # encoder or the shared embeddings/LM head: ~2.5x cheaper steps, for CPU-sized runs)
+    mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = after each epoch only
+    eval_limit: int = 500  # dev questions per evaluation (0 = all)
+    eval_beams: int = 1  # beam width for dev evaluation (1 = greedy, fastest)
+    save_every: int = 200  # optimizer steps between checkpoints
+    seed: int = 0  # data order and initialisation
+
+
+def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 16,
+                    num_beams: int = 1) -> float:
+    """SQuAD exact match (percent) of ``model``'s answers on ``dev``."""
+    was_training = model.training
+    model.eval()
+    scores = []
+    for start in range(0, len(dev), batch_size):
+        chunk = dev[start : start + batch_size]
+        answers = model.answer([q.question for q in chunk], num_beams=num_beams)
+        scores += [exact_match(a.answer, q.answers) for a, q in zip(answers, chunk, strict=True)]
+    model.train(was_training)
+    return 100.0 * sum(scores) / max(1, len(scores))
+
+
+def checkpoint_dir(out: str | os.PathLike) -> Path:
+    """Where the checkpoint of a run writing ``out`` lives: ``<out>.checkpoint``."""
+    return Path(f"{Path(out)}.checkpoint")
+
+
+def _save_checkpoint(ckpt: Path, model: RagModel, opt, sched, state: dict) -> None:
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=ckpt.parent, prefix=f".{ckpt.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp / "model")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        old = ckpt.with_name(f".{ckpt.name}.old")
+        if ckpt.exists():
+            os.replace(ckpt, old)
+        os.replace(tmp, ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def resume_dir(out: str | os.PathLike) -> Path | None:
+    """The checkpoint's model directory when ``out`` holds one (load the model from it)."""
+    path = checkpoint_dir(out)
+    return path / "model" if (path / "state.json").is_file() else None
+
+
+def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
+             config: FinetuneConfig = FinetuneConfig(), dev: Sequence[Question] | None = None,
+             accelerator=None, on_eval: Callable[[dict], None] | None = None) -> list[dict]:
+    """Fine-tune ``model`` on (question, first gold answer) pairs; returns the evaluation log.
+
+    Resumes from ``<out>.checkpoint`` when present (the caller loads the model from
+    :func:`resume_dir`). The final model directory is ``out``, with ``train_log.json`` in it.
+    """
+    from accelerate import Accelerator
+    from transformers import get_linear_schedule_with_warmup
+
+    out = Path(out)
+    ckpt = checkpoint_dir(out)
+    acc = accelerator or Accelerator(mixed_precision=config.mixed_precision,
+                                     gradient_accumulation_steps=config.grad_accum)
+    torch.manual_seed(config.seed)
+    pairs = [(q.question, q.answers[0]) for q in train if q.answers]
+    if model.question_encoder is not None:
+        model.question_encoder.requires_grad_(config.train_question_encoder)
+    if config.freeze_generator_encoder:
+        model.generator.get_encoder().requires_grad_(False)
+        model.generator.get_input_embeddings().requires_grad_(False)  # tied to the LM head
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    per_epoch = math.ceil(len(pairs) / (config.batch_size * acc.num_processes * config.grad_accum))
+    total = config.max_steps or per_epoch * config.epochs
+    sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), total)
+    state = {"step": 0, "epoch": 0, "batch": 0, "log": []}
+    if (ckpt / "state.json").is_file():
+        state = json.loads((ckpt / "state.json").read_text())
+        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+        sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+        log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
+                 state["batch"])
+    wrapped, opt, sched = acc.prepare(model, opt, sched)
+    model.train()
+    bar = tqdm(total=total, initial=state["step"], desc="fine-tuning",
+               disable=not acc.is_local_main_process)
+
+    def evaluate() -> None:
+        if dev and acc.is_main_process:
+            subset = dev[: config.eval_limit] if config.eval_limit else dev
+            entry = {"step": state["step"], "dev_em": dev_exact_match(
+                acc.unwrap_model(wrapped), subset, num_beams=config.eval_beams), "n": len(subset)}
+            state["log"].append(entry)
+            log.info("step %d: dev EM %.2f on %d questions", entry["step"], entry["dev_em"],
+                     entry["n"])
+            if on_eval:
+                on_eval(entry)
+
+    while state["epoch"] < config.epochs and not (config.max_steps and
+                                                  state["step"] >= config.max_steps):
+        order = list(range(len(pairs)))
+        random.Random(config.seed + state["epoch"]).shuffle(order)
+        mine = order[acc.process_index :: acc.num_processes]
+        batches = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        for b in range(state["batch"], len(batches)):
+            batch = [pairs[i] for i in batches[b]]
+            with acc.accumulate(wrapped):
+                loss, _ = wrapped([q for q, _ in batch], [a for _, a in batch])
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    acc.clip_grad_norm_(params, config.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad()
+            state["batch"] = b + 1
+            if not acc.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if config.eval_every and state["step"] % config.eval_every == 0:
+                evaluate()
+            if acc.is_main_process and state["step"] % config.save_every == 0:
+                _save_checkpoint(ckpt, acc.unwrap_model(wrapped), opt, sched, state)
+            if config.max_steps and state["step"] >= config.max_steps:
+                break
+        else:
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+            if not config.eval_every:
+                evaluate()
+    bar.close()
+    if not state["log"] or state["log"][-1]["step"] != state["step"]:
+        evaluate()
+    if acc.is_main_process:
+        unwrapped = acc.unwrap_model(wrapped)
+        if unwrapped.question_encoder is not None:
+            unwrapped.question_encoder.refresh_fingerprint()
+        unwrapped.save_pretrained(out, extra_files={"train_log.json": json.dumps(
+            {"config": asdict(config), "log": state["log"], "steps": state["step"]}, indent=2)})
+        shutil.rmtree(ckpt, ignore_errors=True)
+    acc.wait_for_everyone()
+    return state["log"]

@@ -1,0 +1,73 @@
+"""Answer open-domain questions, with the passages each answer came from.
+
+Examples:
+    python scripts/ask.py "Who designed the Eiffel Tower?"
+    python scripts/ask.py "Who wrote Hamlet?" --json
+    printf 'question one\nquestion two\n' | python scripts/ask.py      # one answer per line
+    python scripts/ask.py "..." --model runs/rag-seq --index runs/index-l6 --k 10
+
+Without --model, the starter model shipped in rag/default/model is used; without --index, the
+model's own index, or for the starter the embedded corpus (indexed on first use and cached).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+
+from rag import default
+from rag.pipeline import RagModel
+from retriever.cli import parse, run
+from retriever.errors import UserError
+
+
+@dataclass(frozen=True)
+class Args:
+    question: list[str] = field(default_factory=list, metadata={
+        "nargs": "*", "help": "question(s); none = read one question per line from stdin"})
+    model: str | None = None  # RAG model directory (finetune.py --out); default: the starter
+    index: str | None = None  # index directory; default: the model's index or the embedded corpus
+    k: int = 0  # passages per question; 0 = the model's own k
+    num_beams: int = 0  # beam width; 0 = the model's own
+    json: bool = False  # print one JSON object per question (question, answer, score, passages)
+    batch_size: int = 8  # questions answered together
+
+
+def _load(args: Args) -> RagModel:
+    overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams)) if val}
+    model_dir = args.model or default.MODEL
+    if args.model is None and not (default.MODEL / "rag_config.json").is_file():
+        raise UserError(f"no starter model in {default.MODEL}; pass --model DIR (see README)")
+    index = args.index
+    if index is None and args.model is None:
+        index = default.default_index()
+    return RagModel.from_pretrained(model_dir, index, **overrides)
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    questions = list(args.question)
+    from_stdin = not questions
+    if from_stdin:
+        if sys.stdin.isatty():
+            raise UserError("give a question, or pipe questions on standard input")
+        questions = [line.strip() for line in sys.stdin if line.strip()]
+        if not questions:
+            raise UserError("no questions on standard input")
+    model = _load(args).eval()
+    for start in range(0, len(questions), args.batch_size):
+        for ans in model.answer(questions[start : start + args.batch_size]):
+            if args.json:
+                print(json.dumps(asdict(ans)))
+            elif from_stdin or len(questions) > 1:
+                print(ans.answer)
+            else:
+                print(ans.answer)
+                for rank, p in enumerate(ans.passages, start=1):
+                    print(f"  [{rank}] {p['title']} (id {p['id']}, score {p['score']:.3f}): "
+                          f"{p['text'][:160]}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,94 @@
+"""Fine-tune RAG: question encoder and BART generator jointly, context encoder and index fixed.
+
+Writes a model directory (question_encoder/, generator/, rag_config.json naming mode, k and index)
+to --out; checkpoints go to <out>.checkpoint/ and a killed run resumes from them when restarted
+with the same command. --mode closed_book trains the same generator without retrieval (baseline).
+
+Example (the starter generator, warm-started from the packaged all-MiniLM-L6-v2):
+    python scripts/finetune.py --train ../shared/data/squad-open/train.json \\
+        --dev ../shared/data/squad-open/dev.json --index runs/index-l6 \\
+        --question_encoder runs/qenc-l6 --generator starter --mode sequence --out runs/rag-seq
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rag.pipeline import RagConfig, RagModel
+from rag.train import FinetuneConfig, finetune, resume_dir
+from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.encoder import Encoder
+from retriever.errors import UserError
+from retriever.index import DenseIndex
+from retriever.questions import read_questions
+
+log = logging.getLogger("finetune")
+
+
+@dataclass(frozen=True)
+class Args:
+    train: str = field(metadata={"help": "training questions with answers (any supported format)"})
+    out: str = field(metadata={"help": "model directory to write"})
+    dev: str | None = None  # dev questions for exact match during training
+    question_encoder: str | None = None  # question encoder; default: the index's encoder
+    generator: str = "starter"  # BART directory or hub id; "starter" = warm-start from MiniLM-L6
+    starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
+    starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
+    starter_cross_attention: str = "copy_self"  # starter: "random" or "copy_self" initialisation
+    train_limit: int = 0  # use only the first N training questions; 0 = all
+    save_dtype: str = "fp32"  # dtype of the saved generator: "fp32" or "fp16" (half the size)
+    json: str | None = None  # write the dev evaluation log here
+
+
+def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
+    from generator.model import load_generator
+    from generator.warmstart import warm_start_bart
+
+    resumed = resume_dir(args.out)
+    if resumed is not None:
+        log.info("resuming from %s", resumed)
+        return RagModel.from_pretrained(resumed, rag_cfg.index or None, **rag_cfg.__dict__)
+    if args.generator == "starter":
+        generator, tokenizer = warm_start_bart(
+            "all-MiniLM-L6-v2", encoder_layers=args.starter_encoder_layers,
+            decoder_layers=args.starter_decoder_layers,
+            cross_attention=args.starter_cross_attention)
+    else:
+        generator, tokenizer = load_generator(args.generator)
+    if rag_cfg.mode == "closed_book":
+        return RagModel(None, generator, tokenizer, None, rag_cfg)
+    if not rag_cfg.index:
+        raise UserError("--index DIR is required (except with --mode closed_book)")
+    index = DenseIndex.load(rag_cfg.index)
+    q_enc = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
+    return RagModel(q_enc, generator, tokenizer, index, rag_cfg)
+
+
+def main() -> None:
+    args, rag_cfg, config = parse([Args, RagConfig, FinetuneConfig], description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    train = read_questions(args.train)
+    if args.train_limit > 0:
+        train = train[: args.train_limit]
+    dev = read_questions(args.dev) if args.dev else None
+    model = build_model(args, rag_cfg)
+    logs = finetune(model, train, args.out, config, dev,
+                    on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
+                                            f"({e['n']} questions)", flush=True))
+    if args.save_dtype == "fp16":  # re-save the final model at half the size
+        final = RagModel.from_pretrained(args.out, model.index)
+        log_text = (Path(args.out) / "train_log.json").read_text()
+        final.save_pretrained(args.out, extra_files={"train_log.json": log_text}, half=True)
+    print(f"model -> {args.out}")
+    print(json.dumps(logs))
+    if args.json:
+        write_json(args.json, {"mode": rag_cfg.mode, "k": rag_cfg.k, "log": logs,
+                               "config": config.__dict__})
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,129 @@
+"""Retriever (question side) and evaluate_retrieval against a brute-force recomputation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.build import BuildConfig, build_index
+from retriever.encode import EncodeConfig, encode_texts
+from retriever.encoder import Encoder
+from retriever.errors import UserError
+from retriever.evaluation import evaluate_retrieval, gold_passage_ids
+from retriever.index import DenseIndex
+from retriever.metrics import has_answer
+from retriever.questions import Question, read_questions
+from retriever.search import Retriever, check_questions
+
+QUIET = EncodeConfig(progress=False)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_encoder_dir) -> Encoder:
+    return Encoder.from_pretrained(str(tiny_encoder_dir), pooling="mean")
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("search") / "idx"
+
+
+@pytest.fixture(scope="module")
+def index(encoder, corpus_tsv, index_dir):
+    return build_index(corpus_tsv, encoder, index_dir, BuildConfig(encode=QUIET))
+
+
+def test_build_index_writes_a_loadable_directory(index, index_dir, encoder, passages):
+    assert len(index) == len(passages)
+    assert list(index.passages["id"]) == [p["id"] for p in passages]
+    assert index.manifest["encoder"] == encoder.identity()
+    expected = encode_texts(encoder, [p["text"] for p in passages], [p["title"] for p in passages], QUIET)
+    got = np.stack([index.index.reconstruct(i) for i in range(len(passages))])
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert not index_dir.with_name("idx.encoding").exists()  # work folder removed on success
+    assert DenseIndex.load(index_dir).manifest == index.manifest
+
+
+def test_build_index_refuses_existing_and_leaves_nothing_on_bad_corpus(index, index_dir, encoder,
+                                                                       tmp_path):
+    with pytest.raises(UserError, match="already exists"):
+        build_index(tmp_path / "whatever.tsv", encoder, index_dir)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("id\ttext\ttitle\n1\tx\tT\n1\ty\tT\n")
+    with pytest.raises(UserError, match="duplicate"):
+        build_index(bad, encoder, tmp_path / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv"]
+
+
+def test_retrieve_equals_brute_force(index, encoder, questions):
+    texts = [q for q, _, _ in questions]
+    result = Retriever(encoder, index).retrieve(texts, k=3)
+    q = encode_texts(encoder, texts, config=QUIET)
+    vectors = np.stack([index.index.reconstruct(i) for i in range(len(index))])
+    scores = q @ vectors.T
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(result.rows, expected)
+    np.testing.assert_allclose(result.scores, np.take_along_axis(scores, expected, 1), atol=1e-5)
+
+
+def test_retriever_refuses_bad_questions_and_k(index, encoder):
+    retriever = Retriever(encoder, index)
+    with pytest.raises(UserError, match="question 1 is empty"):
+        retriever.retrieve(["fine", "  "], k=1)
+    for k in (0, 9):
+        with pytest.raises(UserError, match="k"):
+            retriever.retrieve(["fine"], k=k)
+
+
+def test_check_questions_truncates_long_ones():
+    assert check_questions(["  a  ", "b" * 50], max_chars=10) == ["a", "b" * 10]
+
+
+def test_retriever_refuses_foreign_question_encoders(index, tiny_encoder_dir, tiny_encoder_dir_16):
+    with pytest.raises(UserError, match="dim"):
+        Retriever(Encoder.from_pretrained(str(tiny_encoder_dir_16), pooling="mean"), index)
+    with pytest.raises(UserError, match="fingerprint"):
+        Retriever(Encoder.from_pretrained(str(tiny_encoder_dir), pooling="cls"), index)
+    paired = Encoder.from_pretrained(str(tiny_encoder_dir), pooling="cls")
+    paired.paired_context_fingerprint = index.manifest["encoder"]["fingerprint"]
+    Retriever(paired, index).retrieve(["paris"], k=1)
+
+
+def test_gold_passage_ids(index, squad_questions):
+    squad = read_questions(squad_questions)
+    assert gold_passage_ids(index, squad) == [{p} for p in list(index.passages["id"])]
+    dpr = [Question("q", ("a",), positive_ids=("nile", "x"))]
+    assert gold_passage_ids(index, dpr) == [{"nile", "x"}]
+    assert gold_passage_ids(index, [Question("q", ("a",))]) is None
+
+
+def test_evaluate_retrieval_equals_recomputation(index, encoder, squad_questions):
+    questions = read_questions(squad_questions)
+    ks = [1, 2, 5]
+    got = evaluate_retrieval(Retriever(encoder, index), questions, ks, batch_size=3, progress=False)
+
+    result = Retriever(encoder, index).retrieve([q.question for q in questions], k=5)
+    acc, recall, rr = {k: 0 for k in ks}, {k: 0 for k in ks}, 0.0
+    for i, (q, passages) in enumerate(zip(questions, result.passages, strict=True)):
+        answer_ranks = [r for r, p in enumerate(passages) if has_answer(p["text"], q.answers)]
+        gold_rank = [r for r, p in enumerate(passages) if p["id"] == index.passages[i]["id"]]
+        for k in ks:
+            acc[k] += bool(answer_ranks) and answer_ranks[0] < k
+            recall[k] += bool(gold_rank) and gold_rank[0] < k
+        rr += 1 / (answer_ranks[0] + 1) if answer_ranks else 0
+    n = len(questions)
+    assert got["n"] == n
+    assert got["top_k_accuracy"] == pytest.approx({str(k): acc[k] / n for k in ks})
+    assert got["gold_recall"] == pytest.approx({str(k): recall[k] / n for k in ks})
+    assert got["mrr"] == pytest.approx(rr / n)
+    assert got["top_k_accuracy"]["5"] > 0
+
+
+def test_evaluate_retrieval_bad_ks(index, encoder, squad_questions):
+    questions = read_questions(squad_questions)
+    with pytest.raises(UserError, match="positive"):
+        evaluate_retrieval(Retriever(encoder, index), questions, [0, 1], progress=False)
+    with pytest.raises(UserError, match="larger than the index"):
+        evaluate_retrieval(Retriever(encoder, index), questions, [1, 1000], progress=False)

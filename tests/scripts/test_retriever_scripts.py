@@ -1,0 +1,201 @@
+"""build_index.py, eval_retrieval.py and train_retriever.py as a user runs them.
+
+A fresh interpreter spends seconds importing torch, transformers, datasets and faiss, and a dozen of
+them overran the suite's time budget. So one subprocess (``sys.executable``, cwd the project root,
+offline environment) imports those once and then *forks* one child per script run: each run is still
+its own process, with the script executed as ``__main__``, its own stdout/stderr and exit status, and
+an uncaught exception printing a traceback exactly as the interpreter would. A bad input must exit
+with status 2 and one ``error:`` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retriever.build import BuildConfig, build_index
+from retriever.encode import EncodeConfig
+from retriever.encoder import Encoder
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ["build_index.py", "eval_retrieval.py", "train_retriever.py"]
+
+# Runs the jobs given as JSON on stdin, one forked child each, in order; prints {name: exit status}.
+FORK_RUNNER = r"""
+import json, os, runpy, sys, traceback
+import retriever.build, retriever.evaluation, retriever.search, retriever.train
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel, BertTokenizerFast
+from transformers import HfArgumentParser
+
+def child(script, args, out, err):
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(script, run_name="__main__")
+        code = 0
+    except SystemExit as exc:  # as the interpreter reports it
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, int) and exc.code is not None:
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+status = {}
+for job in json.load(sys.stdin):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        child(job["script"], job["args"], job["out"], job["err"])
+    status[job["name"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(status))
+"""
+
+
+class Run:
+    """Outcome of one script run: ``returncode``, ``stdout``, ``stderr``."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_scripts(jobs: dict[str, list], work: Path) -> dict[str, Run]:
+    """Run ``{name: [script, *args]}`` (in order) and return each run's outcome."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    spec = [{"name": name, "script": str(ROOT / "scripts" / script), "args": [str(a) for a in args],
+             "out": str(work / f"{name}.out"), "err": str(work / f"{name}.err")}
+            for name, (script, *args) in jobs.items()]
+    proc = subprocess.run([sys.executable, "-c", FORK_RUNNER], input=json.dumps(spec), cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    status = json.loads(proc.stdout.splitlines()[-1])
+    return {name: Run(status[name], (work / f"{name}.out").read_text(),
+                      (work / f"{name}.err").read_text()) for name in jobs}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv, squad_questions):
+    """Run every scenario once (in parallel); returns ``{name: (CompletedProcess, paths)}``."""
+    tmp = tmp_path_factory.mktemp("scripts")
+    # an index built in-process, for the eval failures
+    lib_idx = tmp / "lib-idx"
+    build_index(corpus_tsv, Encoder.from_pretrained(str(tiny_encoder_dir)), lib_idx,
+                BuildConfig(encode=EncodeConfig(progress=False)))
+    no_manifest = tmp / "no-manifest"
+    shutil.copytree(lib_idx, no_manifest)
+    (no_manifest / "manifest.json").unlink()
+    non_utf8 = tmp / "non-utf8.tsv"
+    non_utf8.write_bytes(b"id\ttext\ttitle\n1\tok\tT\n2\tcaf\xe9\tT\n")
+    duplicates = tmp / "dup.tsv"
+    duplicates.write_text("id\ttext\ttitle\n1\tone\tT\n2\ttwo\tT\n1\tthree\tT\n")
+
+    def build(corpus, out):
+        return ["build_index.py", "--corpus", corpus, "--encoder", tiny_encoder_dir, "--out", out,
+                "--no_progress"]
+
+    def evaluate(index, *extra):
+        return ["eval_retrieval.py", "--index", index, "--questions", squad_questions, *extra]
+
+    scenarios = {
+        "build_missing_corpus": build(tmp / "nope.tsv", tmp / "out-missing"),
+        "build_non_utf8": build(non_utf8, tmp / "out-non-utf8"),
+        "build_duplicates": build(duplicates, tmp / "out-dup"),
+        "build_bad_dtype": [*build(corpus_tsv, tmp / "out-dtype"), "--dtype", "fp8"],
+        "eval_k_too_large": evaluate(lib_idx, "--ks", "1,1000"),
+        "eval_no_manifest": evaluate(no_manifest, "--ks", "1,2"),
+        "eval_other_dim": evaluate(lib_idx, "--ks", "1,2", "--question_encoder", tiny_encoder_dir_16),
+        **{f"help_{s}": [s, "--help"] for s in SCRIPTS},
+    }
+    idx = tmp / "idx"
+    # the happy path, end to end (with a non-default --max_length on purpose)
+    scenarios["build"] = [*build(corpus_tsv, idx), "--max_length", "64", "--json", tmp / "build.json"]
+    scenarios["eval"] = evaluate(idx, "--ks", "1,2", "--json", tmp / "eval.json")
+    # a question encoder trained against the index's (frozen) context encoder is accepted by it
+    scenarios["train"] = ["train_retriever.py", "--train", squad_questions, "--index", idx,
+                          "--out", tmp / "qenc", "--epochs", "1", "--batch_size", "4",
+                          "--hard_negatives", "0", "--json", tmp / "train.json"]
+    scenarios["eval_trained"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc")
+    logs = tmp / "logs"
+    logs.mkdir()
+    results = run_scripts(scenarios, logs)
+    return results, tmp
+
+
+def describe(proc: Run) -> str:
+    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+
+
+def test_build_then_eval(runs, corpus_tsv):
+    results, tmp = runs
+    build, evaluation = results["build"], results["eval"]
+    assert build.returncode == 0, describe(build)
+    assert evaluation.returncode == 0, describe(evaluation)
+    assert not (tmp / "idx.encoding").exists()
+    figures = json.loads((tmp / "build.json").read_text())
+    assert figures["count"] == 8 and figures["dim"] == 32 and figures["index_type"] == "flat"
+
+    metrics = json.loads((tmp / "eval.json").read_text())
+    assert set(metrics) == {"n", "top_k_accuracy", "gold_recall", "mrr"}
+    assert metrics["n"] == 8
+    for figures_by_k in (metrics["top_k_accuracy"], metrics["gold_recall"]):
+        assert set(figures_by_k) == {"1", "2"}
+        assert all(0 <= v <= 1 for v in figures_by_k.values())
+        assert figures_by_k["1"] <= figures_by_k["2"]
+    assert 0 <= metrics["mrr"] <= 1
+    assert json.loads(evaluation.stdout) == metrics
+
+
+def test_train_then_eval_with_the_trained_question_encoder(runs):
+    results, tmp = runs
+    train, evaluation = results["train"], results["eval_trained"]
+    assert train.returncode == 0, describe(train)
+    saved = json.loads((tmp / "qenc" / "ragqa_encoder.json").read_text())
+    manifest = json.loads((tmp / "idx" / "manifest.json").read_text())
+    assert saved["paired_context_fingerprint"] == manifest["encoder"]["fingerprint"]
+    assert saved["fingerprint"] != manifest["encoder"]["fingerprint"]  # it did train
+    assert len(json.loads((tmp / "train.json").read_text())["epochs"]) == 1
+    assert evaluation.returncode == 0, describe(evaluation)
+    assert json.loads(evaluation.stdout)["n"] == 8
+
+
+@pytest.mark.parametrize("name,fragments", [
+    ("build_missing_corpus", ["nope.tsv", "no such file"]),
+    ("build_non_utf8", ["non-utf8.tsv", "line 3", "UTF-8"]),
+    ("build_duplicates", ["dup.tsv", "line 4", "duplicate passage id '1'"]),
+    ("build_bad_dtype", ["dtype 'fp8'"]),
+    ("eval_k_too_large", ["k=1000", "larger than the index"]),
+    ("eval_no_manifest", ["no-manifest", "manifest.json"]),
+    ("eval_other_dim", ["dim 16", "dim 32"]),
+])
+def test_bad_input_is_one_error_line(runs, name, fragments):
+    results, tmp = runs
+    proc = results[name]
+    assert proc.returncode == 2, describe(proc)
+    assert "Traceback" not in proc.stderr, describe(proc)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, describe(proc)
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    if name.startswith("build_"):
+        out = tmp / {"build_missing_corpus": "out-missing", "build_non_utf8": "out-non-utf8",
+                     "build_duplicates": "out-dup", "build_bad_dtype": "out-dtype"}[name]
+        assert not out.exists() and not out.with_name(out.name + ".encoding").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help(runs, script):
+    proc = runs[0][f"help_{script}"]
+    assert proc.returncode == 0, describe(proc)
+    assert "usage:" in proc.stdout and "Example:" in proc.stdout
