@@ -123,7 +123,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     per_epoch = math.ceil(len(pairs) / (config.batch_size * acc.num_processes * config.grad_accum))
-    total = config.max_steps or per_epoch * config.epochs
+    total = min(config.max_steps or math.inf, per_epoch * config.epochs)  # the loop stops at both
     sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), total)
     state = {"step": 0, "epoch": 0, "batch": 0, "log": []}
     if (ckpt / "state.json").is_file():

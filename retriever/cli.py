@@ -30,10 +30,12 @@ def field_comments(cls: type) -> dict[str, str]:
 
 
 def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
-          description: str | None = None) -> tuple:
+          description: str | None = None, positionals: str | None = None) -> tuple:
     """Parse ``argv`` into one instance per dataclass; ``--help`` text comes from field comments.
 
-    Bad arguments exit with status 2 (argparse's convention), as every other user error does.
+    With ``positionals`` (a name for the usage line), bare arguments are allowed anywhere and
+    returned as a final list of strings. Bad arguments exit with status 2 (argparse's convention),
+    as every other user error does.
     """
     from transformers import HfArgumentParser
 
@@ -45,7 +47,14 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     for action in parser._actions:
         if not action.help and action.dest in comments:
             action.help = comments[action.dest].replace("%", "%%")
-    return parser.parse_args_into_dataclasses(args=argv)
+    if positionals:
+        parser.usage = f"%(prog)s [{positionals} ...] [options]"
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    bare = [u for u in unknown if not u.startswith("-")] if positionals else []
+    rest = [u for u in unknown if u not in bare]
+    if rest:  # HfArgumentParser raises ValueError (a traceback): argparse's error instead
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return (*parsed, bare) if positionals else tuple(parsed)
 
 
 def run(main: Callable[[], Any]) -> None:

@@ -231,9 +231,14 @@ class DenseIndex:
         """Append passages (dicts with id, title, text) and their vectors (n, D) without rebuild."""
         if len(rows) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors for {len(rows)} passages")
+        if np.ndim(vectors) != 2 or np.shape(vectors)[1] != self.manifest["dim"]:
+            raise UserError(f"vectors of shape {np.shape(vectors)} do not match the index "
+                            f"dimension {self.manifest['dim']}")
+        seen: set[str] = set()
         for r in rows:
-            if self.row_of(r["id"]) is not None:
+            if self.row_of(r["id"]) is not None or r["id"] in seen:
                 raise UserError(f"passage id {r['id']!r} is already in the index")
+            seen.add(r["id"])
         start = int(self.manifest["rows"])
         tmp_dir = Path(tempfile.mkdtemp(prefix="ragqa-add-"))
         shard = tmp_dir / f"{len(self._shard_files) + len(self._pending):05d}.arrow"
@@ -315,6 +320,8 @@ class DenseIndex:
             raise UserError(f"{manifest_file}: not valid JSON") from None
         if manifest.get("format") != FORMAT:
             raise UserError(f"{manifest_file}: not a ragqa index manifest")
+        if not manifest.get("passage_shards"):
+            raise UserError(f"{manifest_file}: lists no passage shards")
         files = [index_dir / "index.faiss"] + [index_dir / s for s in manifest["passage_shards"]]
         for f in files:
             if not f.is_file():

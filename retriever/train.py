@@ -53,6 +53,7 @@ class TrainConfig:
     max_grad_norm: float = 2.0  # gradient clipping (DPR: 2.0)
     score_scale: float = 0.0  # multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1
     train_context_encoder: bool = False  # also train the context encoder (the index must be rebuilt)
+    freeze_embeddings: bool = False  # keep the word embeddings fixed (cheaper steps; small data)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     seed: int = 0  # shuffling and initialisation seed
 
@@ -193,6 +194,9 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             return vecs[[slot[r] for r in rows]]
         ctx_enc.requires_grad_(False)
         params = list(q_enc.parameters())
+    if config.freeze_embeddings:
+        for enc in (q_enc, ctx_enc):
+            enc.backbone.get_input_embeddings().requires_grad_(False)
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / (config.batch_size * acc.num_processes))

@@ -3,18 +3,20 @@
 Examples:
     python scripts/ask.py "Who designed the Eiffel Tower?"
     python scripts/ask.py "Who wrote Hamlet?" --json
-    printf 'question one\nquestion two\n' | python scripts/ask.py      # one answer per line
+    printf 'question one\\nquestion two\\n' | python scripts/ask.py      # one answer per line
     python scripts/ask.py "..." --model runs/rag-seq --index runs/index-l6 --k 10
 
-Without --model, the starter model shipped in rag/default/model is used; without --index, the
-model's own index, or for the starter the embedded corpus (indexed on first use and cached).
+Questions are the bare arguments (anywhere on the line); with none, one question per line is
+read from standard input. Without --model, the starter model shipped in rag/default/model is
+used; without --index, the model's own index, or for the starter the embedded corpus (indexed on
+first use and cached in ~/.cache/ragqa).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from rag import default
 from rag.pipeline import RagModel
@@ -24,8 +26,6 @@ from retriever.errors import UserError
 
 @dataclass(frozen=True)
 class Args:
-    question: list[str] = field(default_factory=list, metadata={
-        "nargs": "*", "help": "question(s); none = read one question per line from stdin"})
     model: str | None = None  # RAG model directory (finetune.py --out); default: the starter
     index: str | None = None  # index directory; default: the model's index or the embedded corpus
     k: int = 0  # passages per question; 0 = the model's own k
@@ -46,8 +46,7 @@ def _load(args: Args) -> RagModel:
 
 
 def main() -> None:
-    (args,) = parse([Args], description=__doc__)
-    questions = list(args.question)
+    args, questions = parse([Args], description=__doc__, positionals="QUESTION")
     from_stdin = not questions
     if from_stdin:
         if sys.stdin.isatty():

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -63,11 +64,13 @@ print(json.dumps(status))
 """
 
 
+@dataclass(frozen=True)
 class Run:
-    """Outcome of one script run: ``returncode``, ``stdout``, ``stderr``."""
+    """Outcome of one script run."""
 
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 def run_scripts(jobs: dict[str, list], work: Path) -> dict[str, Run]:
@@ -87,7 +90,7 @@ def run_scripts(jobs: dict[str, list], work: Path) -> dict[str, Run]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv, squad_questions):
-    """Run every scenario once (in parallel); returns ``{name: (CompletedProcess, paths)}``."""
+    """Run every scenario once, in order; returns ``({name: Run}, the scenarios' directory)``."""
     tmp = tmp_path_factory.mktemp("scripts")
     # an index built in-process, for the eval failures
     lib_idx = tmp / "lib-idx"
@@ -109,10 +112,10 @@ def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv, sq
         return ["eval_retrieval.py", "--index", index, "--questions", squad_questions, *extra]
 
     scenarios = {
-        "build_missing_corpus": build(tmp / "nope.tsv", tmp / "out-missing"),
-        "build_non_utf8": build(non_utf8, tmp / "out-non-utf8"),
-        "build_duplicates": build(duplicates, tmp / "out-dup"),
-        "build_bad_dtype": [*build(corpus_tsv, tmp / "out-dtype"), "--dtype", "fp8"],
+        "build_missing_corpus": build(tmp / "nope.tsv", tmp / "out-build_missing_corpus"),
+        "build_non_utf8": build(non_utf8, tmp / "out-build_non_utf8"),
+        "build_duplicates": build(duplicates, tmp / "out-build_duplicates"),
+        "build_bad_dtype": [*build(corpus_tsv, tmp / "out-build_bad_dtype"), "--dtype", "fp8"],
         "eval_k_too_large": evaluate(lib_idx, "--ks", "1,1000"),
         "eval_no_manifest": evaluate(no_manifest, "--ks", "1,2"),
         "eval_other_dim": evaluate(lib_idx, "--ks", "1,2", "--question_encoder", tiny_encoder_dir_16),
@@ -137,7 +140,7 @@ def describe(proc: Run) -> str:
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
 
 
-def test_build_then_eval(runs, corpus_tsv):
+def test_build_then_eval(runs):
     results, tmp = runs
     build, evaluation = results["build"], results["eval"]
     assert build.returncode == 0, describe(build)
@@ -188,10 +191,9 @@ def test_bad_input_is_one_error_line(runs, name, fragments):
     assert len(errors) == 1, describe(proc)
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
-    if name.startswith("build_"):
-        out = tmp / {"build_missing_corpus": "out-missing", "build_non_utf8": "out-non-utf8",
-                     "build_duplicates": "out-dup", "build_bad_dtype": "out-dtype"}[name]
-        assert not out.exists() and not out.with_name(out.name + ".encoding").exists()
+    if name.startswith("build_"):  # a failed build leaves neither <out> nor <out>.encoding
+        assert not (tmp / f"out-{name}").exists()
+        assert not (tmp / f"out-{name}.encoding").exists()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

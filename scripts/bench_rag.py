@@ -1,0 +1,208 @@
+"""Benchmark the RAG core against transformers' RAG classes on one random generator.
+
+On the same random BART, passages and doc scores, in one run (alternating contenders, after a
+warm-up, median of ``--repeats``):
+
+1. RAG-Sequence thorough decoding: ``rag.decode.rag_sequence_generate`` against
+   ``RagSequenceForGeneration.generate`` (goal: 3x faster).
+2. RAG-Token beam search: ``rag.decode.rag_token_generate`` against
+   ``RagTokenForGeneration.generate`` (goal: 1.5x faster).
+3. A training step (forward + backward, both modes): ``rag.marginal.rag_loss`` against the
+   transformers RAG forward with ``labels``, in questions/s.
+
+Token sequences must be identical and losses agree to 1e-4; the script prints both checks. Weights
+are random, so "outputs" are only meaningful as an equivalence check.
+
+Example:
+    python scripts/bench_rag.py --json runs/bench_rag.json
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from rag.decode import DecodeConfig, rag_sequence_generate, rag_token_generate
+from rag.marginal import rag_loss
+from retriever.cli import check_output_parent, parse, run, write_json
+
+
+@dataclass(frozen=True)
+class Args:
+    vocab_size: int = 8000  # generator vocabulary V
+    d_model: int = 256  # generator hidden size D
+    layers: int = 3  # encoder layers and decoder layers (each)
+    heads: int = 4  # attention heads
+    ffn_dim: int = 1024  # feed-forward width
+    init_std: float = 0.2  # weight init std (BART's 0.02 makes a random model emit EOS at once)
+    eos_bias: float = 3.5  # added to EOS's logit bias so that hypotheses end at varied lengths
+    questions: int = 8  # B, questions per batch
+    passages: int = 5  # K, passages per question
+    context_length: int = 96  # L, tokens per "title / text // question" input (some padded)
+    num_beams: int = 4  # beam width for both decoders
+    max_length: int = 20  # longest output, decoder start included
+    target_length: int = 16  # T, label length for the training step
+    repeats: int = 5  # timed runs per contender (alternating); the median is reported
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+    seed: int = 0  # weights, inputs and scores
+    json: str | None = None  # write all figures here
+
+
+def build_models(args: Args):
+    """The random generator and transformers' RAG-Sequence / RAG-Token models sharing it."""
+    from transformers import (
+        BartConfig,
+        BartForConditionalGeneration,
+        DPRConfig,
+        DPRQuestionEncoder,
+        RagConfig,
+        RagSequenceForGeneration,
+        RagTokenForGeneration,
+    )
+
+    torch.manual_seed(args.seed)
+    bart = BartConfig(
+        vocab_size=args.vocab_size, d_model=args.d_model, encoder_layers=args.layers,
+        decoder_layers=args.layers, encoder_attention_heads=args.heads,
+        decoder_attention_heads=args.heads, encoder_ffn_dim=args.ffn_dim,
+        decoder_ffn_dim=args.ffn_dim, max_position_embeddings=max(args.context_length, 64),
+        init_std=args.init_std,
+    )
+    generator = BartForConditionalGeneration(bart).eval()
+    with torch.no_grad():
+        generator.final_logits_bias[0, bart.eos_token_id] += args.eos_bias
+    # RagModel builds a question encoder from its config when given none: keep that one tiny
+    dpr = DPRConfig(vocab_size=32, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                    intermediate_size=8, max_position_embeddings=8)
+    config = RagConfig.from_question_encoder_generator_configs(dpr, bart, n_docs=args.passages)
+    seq = RagSequenceForGeneration(config, question_encoder=DPRQuestionEncoder(dpr),
+                                   generator=generator).eval()
+    tok = RagTokenForGeneration(config, question_encoder=DPRQuestionEncoder(dpr),
+                                generator=generator).eval()
+    return generator, seq, tok
+
+
+def make_batch(args: Args, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random (B, K, L) passages, right-padded to random lengths >= L/2, and (B, K) doc scores."""
+    g = torch.Generator().manual_seed(args.seed + 1)
+    B, K, L = args.questions, args.passages, args.context_length
+    ids = torch.randint(4, args.vocab_size, (B, K, L), generator=g)
+    lengths = torch.randint(L // 2, L + 1, (B, K, 1), generator=g)
+    mask = (torch.arange(L) < lengths).long()  # (B, K, L)
+    ids = ids.masked_fill(mask == 0, pad)
+    return ids, mask, torch.randn(B, K, generator=g) * 2
+
+
+def timed(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds per contender over ``repeats`` alternating runs, after one warm-up each."""
+    for fn in contenders.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def bench_decoding(args: Args, generator, hf_seq, hf_tok, ids, mask, scores) -> dict:
+    B, K, L = ids.shape
+    cfg = DecodeConfig(num_beams=args.num_beams, max_length=args.max_length)
+    flat = {"context_input_ids": ids.view(B * K, L), "context_attention_mask": mask.view(B * K, L),
+            "doc_scores": scores, "n_docs": K, **cfg.generate_kwargs()}
+    # transformers' RAG-Sequence search ignores the context mask, so ours does too for this check
+    ours_seq = lambda: rag_sequence_generate(generator, ids, mask, scores, cfg,  # noqa: E731
+                                             attend_to_padding=True)
+    ours_tok = lambda: rag_token_generate(generator, ids, mask, scores, cfg)  # noqa: E731
+    with torch.no_grad():
+        hf_seq_out, hf_tok_out = hf_seq.generate(**flat), hf_tok.generate(**flat)
+    seq_out, tok_out = ours_seq(), ours_tok()
+    result = {
+        "sequence_identical": torch.equal(seq_out.sequences.flatten(0, 1), hf_seq_out),
+        "token_identical": torch.equal(tok_out.sequences.flatten(0, 1), hf_tok_out),
+        "sequence_mean_len": _mean_len(hf_seq_out, generator.config.pad_token_id),
+        "token_mean_len": _mean_len(hf_tok_out, generator.config.pad_token_id),
+    }
+    with torch.no_grad():
+        t = timed({"ours": ours_seq, "hf": lambda: hf_seq.generate(**flat)}, args.repeats)
+        result.update(sequence_ours_s=t["ours"], sequence_hf_s=t["hf"])
+        t = timed({"ours": ours_tok, "hf": lambda: hf_tok.generate(**flat)}, args.repeats)
+        result.update(token_ours_s=t["ours"], token_hf_s=t["hf"])
+    return result
+
+
+def _mean_len(seqs: torch.Tensor, pad: int) -> float:
+    return seqs[:, 1:].ne(pad).sum(1).float().mean().item()
+
+
+def bench_training(args: Args, generator, hf_models: dict, ids, mask, scores) -> dict:
+    B, K, L = ids.shape
+    g = torch.Generator().manual_seed(args.seed + 2)
+    labels = torch.randint(4, args.vocab_size, (B, args.target_length), generator=g)
+    labels[:, 0] = generator.config.decoder_start_token_id
+    labels[B // 2 :, args.target_length // 2 :] = generator.config.pad_token_id
+    generator.train()
+    result = {}
+    for mode, hf in hf_models.items():
+        doc_scores = scores.clone().requires_grad_(True)
+
+        def ours(mode=mode, doc_scores=doc_scores):
+            generator.zero_grad(set_to_none=True)
+            loss, _ = rag_loss(mode, generator, ids, mask, doc_scores, labels)
+            loss.backward()
+            return loss.detach()
+
+        def theirs(hf=hf, doc_scores=doc_scores):
+            generator.zero_grad(set_to_none=True)
+            out = hf(context_input_ids=ids.view(B * K, L), context_attention_mask=mask.view(B * K, L),
+                     doc_scores=doc_scores, labels=labels, n_docs=K, reduce_loss=False)
+            loss = out.loss.mean()
+            loss.backward()
+            return loss.detach()
+
+        result[f"{mode}_loss_abs_diff"] = (ours() - theirs()).abs().item()
+        t = timed({"ours": ours, "hf": theirs}, args.repeats)
+        result[f"{mode}_train_ours_qps"] = B / t["ours"]
+        result[f"{mode}_train_hf_qps"] = B / t["hf"]
+    generator.eval()
+    return result
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator, hf_seq, hf_tok = build_models(args)
+    ids, mask, scores = make_batch(args, generator.config.pad_token_id)
+    figures = bench_decoding(args, generator, hf_seq, hf_tok, ids, mask, scores)
+    figures.update(bench_training(args, generator, {"sequence": hf_seq, "token": hf_tok},
+                                  ids, mask, scores))
+    s, t = figures, figures
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor()}")
+    print(f"B={args.questions} K={args.passages} L={args.context_length} beams={args.num_beams} "
+          f"max_length={args.max_length} D={args.d_model} layers={args.layers} V={args.vocab_size}")
+    print(f"RAG-Sequence thorough: ours {s['sequence_ours_s']:.3f}s  transformers "
+          f"{s['sequence_hf_s']:.3f}s  speedup {s['sequence_hf_s'] / s['sequence_ours_s']:.2f}x  "
+          f"identical={s['sequence_identical']}  mean answer length {s['sequence_mean_len']:.1f}")
+    print(f"RAG-Token beam:        ours {t['token_ours_s']:.3f}s  transformers "
+          f"{t['token_hf_s']:.3f}s  speedup {t['token_hf_s'] / t['token_ours_s']:.2f}x  "
+          f"identical={t['token_identical']}  mean answer length {t['token_mean_len']:.1f}")
+    for mode in ("sequence", "token"):
+        ours, hf = figures[f"{mode}_train_ours_qps"], figures[f"{mode}_train_hf_qps"]
+        print(f"train step ({mode:8s}):  ours {ours:.1f} q/s  transformers {hf:.1f} q/s  "
+              f"speedup {ours / hf:.2f}x  |loss diff| {figures[f'{mode}_loss_abs_diff']:.2e}")
+    if args.json:
+        write_json(args.json, {"args": asdict(args), "torch": torch.__version__,
+                               "threads": torch.get_num_threads(), **figures})
+
+
+if __name__ == "__main__":
+    run(main)

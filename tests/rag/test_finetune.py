@@ -1,0 +1,107 @@
+"""Joint fine-tuning on tiny models: the loss goes down, and a killed run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rag.pipeline import RagModel
+from rag.train import FinetuneConfig, checkpoint_dir, dev_exact_match, finetune, resume_dir
+from retriever.questions import Question
+
+
+@pytest.fixture
+def train(questions) -> list[Question]:
+    """The eight fixture questions with their answers."""
+    return [Question(question=q, answers=tuple(a), id=gold) for q, a, gold in questions]
+
+
+def batch_loss(model: RagModel, train: list[Question]) -> float:
+    model.eval()
+    with torch.no_grad():
+        return model.loss([q.question for q in train], [q.answers[0] for q in train])[0].item()
+
+
+def test_a_few_steps_lower_the_training_loss(make_rag, train, tmp_path):
+    model = make_rag("sequence")
+    before = batch_loss(model, train)
+    config = FinetuneConfig(epochs=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, save_every=100)
+    finetune(model, train, tmp_path / "out", config)
+    after = batch_loss(model, train)
+    assert after < 0.8 * before, (before, after)
+    assert (tmp_path / "out" / "rag_config.json").is_file()
+    log = json.loads((tmp_path / "out" / "train_log.json").read_text())
+    assert log["steps"] == 6
+    assert not checkpoint_dir(tmp_path / "out").exists()
+
+
+def test_dev_exact_match_is_a_percentage(make_rag, train):
+    model = make_rag("token")
+    model.train()
+    em = dev_exact_match(model, train[:3], batch_size=2)
+    assert 0.0 <= em <= 100.0
+    assert model.training  # restored
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def count_calls(model: RagModel, crash_after: int | None = None) -> list[int]:
+    """Patch ``model.forward`` to count training calls (and raise after ``crash_after`` of them)."""
+    calls = []
+    forward = model.forward
+
+    def counted(questions, answers):
+        if crash_after is not None and len(calls) >= crash_after:
+            raise Crash("killed")
+        calls.append(len(questions))
+        return forward(questions, answers)
+
+    model.forward = counted
+    return calls
+
+
+def test_killed_run_resumes_from_its_checkpoint(make_rag, train, tmp_path, rag_index_dir):
+    out = tmp_path / "run" / "model"
+    ckpt = checkpoint_dir(out)
+    config = FinetuneConfig(max_steps=4, batch_size=2, lr=1e-3, save_every=1)
+    model = make_rag("sequence")
+    calls = count_calls(model, crash_after=2)
+    with pytest.raises(Crash):
+        finetune(model, train, out, config)
+    assert len(calls) == 2
+    assert json.loads((ckpt / "state.json").read_text())["step"] == 2
+    assert not out.exists()
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers  # no half-written temporary or old checkpoint directories
+    state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert state["state"]  # Adam moments of the two steps taken
+    torch.load(ckpt / "scheduler.pt", weights_only=True)
+
+    assert resume_dir(out) == ckpt / "model"
+    resumed = RagModel.from_pretrained(resume_dir(out))
+    calls = count_calls(resumed)
+    finetune(resumed, train, out, config)
+    assert len(calls) == 2  # batches 3 and 4 only
+    assert json.loads((out / "train_log.json").read_text())["steps"] == 4
+    assert not ckpt.exists() and resume_dir(out) is None
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]
+    final = RagModel.from_pretrained(out)  # a model directory, paired with the index
+    assert final.config.index == str(rag_index_dir)
+    assert final.question_encoder.fingerprint != final.index.manifest["encoder"]["fingerprint"]
+
+
+def test_schedule_ends_with_the_epochs_when_max_steps_is_larger(make_rag, train, tmp_path):
+    """max_steps only caps the run: the linear decay must reach zero at the last epoch's end."""
+    out = tmp_path / "model"
+    config = FinetuneConfig(epochs=1, max_steps=100, batch_size=2, lr=1e-3, warmup_ratio=0.0,
+                            save_every=1)
+    model = make_rag("token")
+    count_calls(model, crash_after=2)
+    with pytest.raises(Crash):
+        finetune(model, train, out, config)
+    sched = torch.load(checkpoint_dir(out) / "scheduler.pt", weights_only=True)
+    assert sched["_last_lr"] == pytest.approx([1e-3 * (4 - 2) / 4])  # 8 questions: 4 steps in all
