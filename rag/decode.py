@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
@@ -26,7 +27,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from .marginal import check_rag_inputs, sequence_log_marginal
 
 _NEG = -1.0e9  # transformers' beam search "impossible" score; reused so ties break the same way
-_CHUNK_ELEMENTS = 2**25  # cap on rows * T * V logits held at once while rescoring
+_CHUNK_ELEMENTS = 2**25  # cap on floats per intermediate (logits, copied KV cache)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,9 @@ def encode_passages(
     B, K, L = context_input_ids.shape
     mask = None if context_attention_mask is None else context_attention_mask.reshape(B * K, L)
     # transformers boundary: passages flattened to (B*K, L)
-    out = generator.get_encoder()(input_ids=context_input_ids.reshape(B * K, L), attention_mask=mask)
+    out = generator.get_encoder()(
+        input_ids=context_input_ids.reshape(B * K, L), attention_mask=mask
+    )
     return out.last_hidden_state.view(B, K, L, -1)  # (B, K, L, D)
 
 
@@ -364,7 +367,7 @@ def rag_sequence_generate(
         attend_to_padding: run the beam search without ``context_attention_mask``, as
             ``RagSequenceForGeneration.generate`` does in transformers 5 (it passes
             ``attention_mask=None`` and ``generate`` does not rebuild masks for encoder-decoder
-            models). Scoring always uses the mask. Set it to reproduce transformers on padded inputs.
+            models). Scoring always uses the mask. Set it to match transformers on padded inputs.
 
     Returns:
         :class:`RagDecoded` with (B, R, T) sequences and (B, R) log p(y|x).
@@ -426,9 +429,10 @@ def _score_hypotheses(
 ) -> Tensor:
     """Teacher-forced log p(hyps[m, t+1] | x, z, hyps[m, :t+1]) under each passage of its question.
 
-    Every hypothesis starts with the decoder start symbol, so the first decoder step (and with it
-    the cross-attention keys/values) is computed once per (question, passage) and its KV cache is
-    copied to each hypothesis; the rest runs in chunks of hypotheses, one decoder call per chunk.
+    Reuses what the hypotheses share: the encoder output; the first decoder step (every hypothesis
+    starts with the decoder start symbol), whose KV cache, cross-attention included, is copied to
+    each (hypothesis, passage) row; and the output layer's normaliser, computed once per distinct
+    (question, passage, prefix) since beam hypotheses share long prefixes.
 
     Args:
         enc: (B, K, L, D) encoder states; mask: (B, K, L).
@@ -439,31 +443,79 @@ def _score_hypotheses(
     """
     B, K, L, D = enc.shape
     M, T = hyps.shape
-    pad = generator.config.pad_token_id
+    if not hyps[:, 0].eq(hyps[0, 0]).all():
+        raise ValueError("hypotheses must all start with the decoder start symbol")
+    decoder = generator.get_decoder()
     flat_enc, flat_mask = enc.reshape(B * K, L, D), mask.reshape(B * K, L)  # transformers boundary
-    logits0, cache0 = _decoder_step(
-        generator, hyps[:1, :1].expand(B * K, 1), flat_enc, flat_mask, None
+    first = decoder(
+        input_ids=hyps[:1, :1].expand(B * K, 1),
+        encoder_hidden_states=flat_enc,
+        encoder_attention_mask=flat_mask,
+        use_cache=True,
     )
-    logp0 = torch.log_softmax(logits0[:, 0], dim=-1)  # (B*K, V)
-    V = logp0.shape[-1]
-    out = logp0.new_zeros(M, K, T - 1)
-    per_chunk = max(1, _CHUNK_ELEMENTS // (K * T * V))
+    cache0 = first.past_key_values
+    hidden = enc.new_empty(M, K, T - 1, D)  # decoder states that predict hyps[:, 1:]
+    passage = torch.arange(K, device=hyps.device)
+    per_chunk = max(1, _CHUNK_ELEMENTS // (K * L * D * 2 * len(cache0)))  # bounds the copied cache
     for lo in range(0, M, per_chunk):
         h = hyps[lo : lo + per_chunk]  # (m, T)
         m = h.shape[0]
-        rows = (q_idx[lo : lo + per_chunk, None] * K + torch.arange(K, device=h.device)).view(-1)
-        targets = h[:, None, 1:].expand(m, K, T - 1)  # (m, K, T-1)
-        first = logp0[rows].view(m, K, V).gather(2, targets[:, :, :1])  # (m, K, 1)
-        chunk = [first]
+        rows = (q_idx[lo : lo + m, None] * K + passage).view(-1)  # (m*K,) rows of (B*K)
+        hidden[lo : lo + m, :, 0] = first.last_hidden_state[rows, 0].view(m, K, D)
         if T > 2:
             inputs = h[:, None, 1 : T - 1].expand(m, K, T - 2).reshape(m * K, T - 2)  # (m*K, T-2)
-            logits, _ = _decoder_step(
-                generator, inputs, flat_enc[rows], flat_mask[rows], _cache_rows(cache0, rows)
+            out = decoder(
+                input_ids=inputs,
+                encoder_hidden_states=flat_enc[rows],
+                encoder_attention_mask=flat_mask[rows],
+                past_key_values=_cache_rows(cache0, rows),
+                use_cache=True,
             )
-            rest = torch.log_softmax(logits, dim=-1).view(m, K, T - 2, V)  # (m, K, T-2, V)
-            chunk.append(rest.gather(3, targets[:, :, 1:, None])[..., 0])  # (m, K, T-2)
-        out[lo : lo + m] = torch.cat(chunk, dim=2).masked_fill(targets.eq(pad), 0.0)
-    return out
+            hidden[lo : lo + m, :, 1:] = out.last_hidden_state.view(m, K, T - 2, D)
+    weight, bias = _output_layer(generator)  # (V, D), (V,)
+    targets = hyps[:, 1:]  # (M, T-1)
+    gold = torch.einsum("mktd,mtd->mkt", hidden, weight[targets]) + bias[targets][:, None, :]
+    return (gold - _log_normaliser(hidden, hyps, q_idx, weight, bias)).masked_fill(
+        targets.eq(generator.config.pad_token_id)[:, None, :], 0.0
+    )
+
+
+def _output_layer(generator: PreTrainedModel) -> tuple[Tensor, Tensor]:
+    """(V, D) weight and (V,) bias of a BART-family LM head: logits = h W^T + final_logits_bias."""
+    weight = generator.get_output_embeddings().weight
+    bias = getattr(generator, "final_logits_bias", None)
+    bias = weight.new_zeros(weight.shape[0]) if bias is None else bias.view(-1)
+    return weight, bias
+
+
+def _log_normaliser(
+    hidden: Tensor, hyps: Tensor, q_idx: Tensor, weight: Tensor, bias: Tensor
+) -> Tensor:
+    """logsumexp_v of the logits for every (hypothesis, passage, position), each distinct
+    (question, prefix) computed once.
+
+    Args:
+        hidden: (M, K, T-1, D) decoder states; hyps: (M, T); q_idx: (M,).
+
+    Returns:
+        (M, K, T-1) float.
+    """
+    M, K, T1, D = hidden.shape
+    same = (hyps[:, None, :T1] == hyps[None, :, :T1]).int().cumprod(dim=2).bool()  # (M, M, T-1)
+    same &= (q_idx[:, None] == q_idx[None, :])[:, :, None]
+    owner = same.int().argmax(dim=1)  # (M, T-1): first hypothesis sharing the prefix
+    m_idx, t_idx = (owner == torch.arange(M, device=hyps.device)[:, None]).nonzero(as_tuple=True)
+    states = hidden[m_idx, :, t_idx].reshape(-1, D)  # (U*K, D) distinct prefixes
+    per_chunk = max(1, _CHUNK_ELEMENTS // weight.shape[0])
+    lse = torch.cat(
+        [
+            torch.logsumexp(F.linear(part, weight, bias), dim=-1)
+            for part in states.split(per_chunk)
+        ]
+    )
+    table = hidden.new_zeros(M, T1, K)
+    table[m_idx, t_idx] = lse.view(-1, K)
+    return table.gather(0, owner[:, :, None].expand(M, T1, K)).transpose(1, 2)  # (M, K, T-1)
 
 
 def _generated_logprobs(out, pad: int) -> Tensor:

@@ -10,8 +10,7 @@ Example:
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rag.compare import load_run, plot_em_vs_k, runs_table, sweep_problem
@@ -21,27 +20,22 @@ from retriever.errors import UserError
 
 @dataclass(frozen=True)
 class Args:
-    runs: list[str] = field(default_factory=list, metadata={
-        "nargs": "+", "help": "benchmark reports (benchmark.py --json), given first"})
     plot: str | None = None  # image of EM against k (k sweeps only); default: next to the first run
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    if argv and not argv[0].startswith("-"):  # the reports first, as in the examples above
-        argv = ["--runs", *argv]
-    (args,) = parse([Args], argv, description=__doc__)
-    if not args.runs:
+    args, paths = parse([Args], description=__doc__, positionals="RUN.json")
+    if not paths:
         raise UserError("give one benchmark report or more")
     if args.plot:
         check_output_parent(args.plot)
-    runs = [load_run(path) for path in args.runs]
+    runs = [load_run(path) for path in paths]
     problem = sweep_problem(runs)
     if args.plot and problem:
         raise UserError(f"--plot: no EM-against-k plot, {problem}")
     print(runs_table(runs))
     if problem is None:
-        first = Path(args.runs[0])
+        first = Path(paths[0])
         out = args.plot or first.with_name(f"{first.stem}_em_vs_k.png")
         plot_em_vs_k(runs, out)
         print(f"\nEM against k: {out}")

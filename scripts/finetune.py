@@ -38,7 +38,8 @@ class Args:
     starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
     starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
     starter_cross_attention: str = "copy_self"  # starter: "random" or "copy_self" initialisation
-    train_limit: int = 0  # use only the first N training questions; 0 = all
+    train_offset: int = 0  # skip the first N training questions (continue on unseen ones)
+    train_limit: int = 0  # then use only the next N training questions; 0 = all
     save_dtype: str = "fp32"  # dtype of the saved generator: "fp32" or "fp16" (half the size)
     json: str | None = None  # write the dev evaluation log here
 
@@ -71,7 +72,7 @@ def main() -> None:
     args, rag_cfg, config = parse([Args, RagConfig, FinetuneConfig], description=__doc__)
     if args.json:
         check_output_parent(args.json)
-    train = read_questions(args.train)
+    train = read_questions(args.train)[args.train_offset :]
     if args.train_limit > 0:
         train = train[: args.train_limit]
     dev = read_questions(args.dev) if args.dev else None
