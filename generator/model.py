@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from transformers import (
 
 from retriever.encoder import packaged_model_path
 from retriever.errors import UserError
+from retriever.fsutil import atomic_directory
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +146,7 @@ def save_generator(
             raise UserError(
                 f"refusing to replace {out}: it is not empty and is not a model directory"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")  # same filesystem as out
-    tmp.mkdir()
-    try:
+    with atomic_directory(out) as tmp:
         state_dict = None if dtype is None else _cast_state_dict(model, dtype)
         model.save_pretrained(tmp, state_dict=state_dict)
         if dtype is not None:
@@ -159,10 +155,6 @@ def save_generator(
             config.dtype = str(dtype).removeprefix("torch.")
             config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("saved generator to %s", out)
     return out
 
@@ -181,18 +173,3 @@ def _cast_state_dict(model: nn.Module, dtype: torch.dtype) -> dict[str, torch.Te
             cast[ident] = tensor.detach().to(dtype)
         out[key] = cast[ident]
     return out
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first, then deleted."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.old")
-    os.replace(target, old)
-    try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from retriever.cli import check_output_parent
 from retriever.errors import UserError
+from retriever.fsutil import atomic_file
 from retriever.metrics import normalize_answer, retrieval_metrics
 from retriever.questions import Question, read_questions
 
@@ -229,11 +230,5 @@ def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write one JSON object per line, atomically; a missing directory is a :class:`UserError`."""
     path = Path(path)
     check_output_parent(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

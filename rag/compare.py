@@ -13,6 +13,7 @@ from pathlib import Path
 
 from retriever.corpus import load_json
 from retriever.errors import UserError
+from retriever.fsutil import atomic_file
 
 REQUIRED = ("n", "exact_match", "f1", "top_k_accuracy", "answer_in_passages", "config")
 NOT_SETTINGS = ("k", "device", "batch_size", "versions")  # may differ within a k sweep
@@ -102,10 +103,5 @@ def plot_em_vs_k(runs: Sequence[Run], out: str | os.PathLike) -> None:
     ax.set_title(f"{Path(str(cfg.get('model'))).name}: {cfg.get('mode')}, {cfg.get('decoding')}")
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
-    try:
+    with atomic_file(out) as tmp:
         fig.savefig(tmp, format=fmt)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -19,15 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from .marginal import check_rag_inputs, sequence_log_marginal
+from .marginal import check_rag_inputs, hypothesis_logprobs, sequence_log_marginal
 
 _NEG = -1.0e9  # transformers' beam search "impossible" score; reused so ties break the same way
-_CHUNK_ELEMENTS = 2**25  # cap on floats per intermediate (logits, copied KV cache)
 
 
 @dataclass(frozen=True)
@@ -162,15 +160,13 @@ def _decoder_step(
     return out.logits, out.past_key_values
 
 
-def _cache_rows(cache: EncoderDecoderCache, rows: Tensor) -> EncoderDecoderCache:
-    """A new cache made of ``rows`` of ``cache`` (self- and cross-attention, every layer)."""
+class _PassageCache(EncoderDecoderCache):
+    """KV cache for ``generate``'s beam search over passages: a beam reorder stays within one
+    passage, whose beams share their cross-attention keys/values, so only self-attention is
+    reordered (``EncoderDecoderCache`` copies the L-long cross-attention cache at every step)."""
 
-    def pick(part: DynamicCache) -> DynamicCache:
-        return DynamicCache(
-            [(k.index_select(0, rows), v.index_select(0, rows)) for k, v, *_ in part]
-        )
-
-    return EncoderDecoderCache(pick(cache.self_attention_cache), pick(cache.cross_attention_cache))
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
 
 
 def _marginalise(logits: Tensor, doc_logprior: Tensor) -> Tensor:
@@ -180,7 +176,7 @@ def _marginalise(logits: Tensor, doc_logprior: Tensor) -> Tensor:
     return torch.logsumexp(logp + doc_logprior[:, :, None], dim=1)  # (R, V)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def rag_token_generate(
     generator: PreTrainedModel,
     context_input_ids: Tensor,
@@ -276,7 +272,7 @@ def _token_beam(
     V = first.shape[-1]
     fan_out = torch.arange(B, device=dev)[:, None, None] * K + torch.arange(K, device=dev)
     fan_out = fan_out.expand(B, N, K).reshape(-1)  # (B*N*K,) source row of each (b, n, k)
-    cache = _cache_rows(cache, fan_out)
+    cache.batch_select_indices(fan_out)
     beam_enc, beam_mask = flat_enc[fan_out], flat_mask[fan_out]  # (B*N*K, L, D), (B*N*K, L)
     beam_prior = doc_logprior.repeat_interleave(N, dim=0)  # (B*N, K)
     passage = torch.arange(K, device=dev)
@@ -341,7 +337,7 @@ def _can_improve(
     return torch.any(best_running > worst, dim=-1, keepdim=True)
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def rag_sequence_generate(
     generator: PreTrainedModel,
     context_input_ids: Tensor,
@@ -367,7 +363,8 @@ def rag_sequence_generate(
         attend_to_padding: run the beam search without ``context_attention_mask``, as
             ``RagSequenceForGeneration.generate`` does in transformers 5 (it passes
             ``attention_mask=None`` and ``generate`` does not rebuild masks for encoder-decoder
-            models). Scoring always uses the mask. Set it to match transformers on padded inputs.
+            models); thorough scoring still uses the mask. Set it to match transformers on
+            padded inputs.
 
     Returns:
         :class:`RagDecoded` with (B, R, T) sequences and (B, R) log p(y|x).
@@ -377,14 +374,16 @@ def rag_sequence_generate(
     B, K, L = context_input_ids.shape
     N = config.num_beams
     tok = _special_tokens(generator, context_input_ids.device)
-    enc = encode_passages(generator, context_input_ids, context_attention_mask)  # (B, K, L, D)
-    search_mask = None if attend_to_padding else context_attention_mask.reshape(B * K, L)
-    search_enc = encode_passages(generator, context_input_ids, None) if attend_to_padding else enc
+    search_mask = None if attend_to_padding else context_attention_mask
+    enc = encode_passages(generator, context_input_ids, search_mask)  # (B, K, L, D)
     # transformers boundary: all B*K passages in one generate call
     out = generator.generate(
         input_ids=context_input_ids.reshape(B * K, L),
-        attention_mask=search_mask,
-        encoder_outputs=BaseModelOutput(last_hidden_state=search_enc.flatten(0, 1)),
+        attention_mask=None if search_mask is None else search_mask.reshape(B * K, L),
+        encoder_outputs=BaseModelOutput(last_hidden_state=enc.flatten(0, 1)),
+        past_key_values=_PassageCache(
+            DynamicCache(config=generator.config), DynamicCache(config=generator.config)
+        ),
         num_return_sequences=N,
         return_dict_in_generate=True,
         output_logits=fast,
@@ -405,7 +404,9 @@ def rag_sequence_generate(
         src = in_beam.int().argmax(dim=-1) + torch.arange(K, device=cands.device) * N  # (B, C, K)
         tok_logp = own[q_idx[:, None], src[q_idx, c_idx]]  # (M, K, T-1)
     else:
-        tok_logp = _score_hypotheses(generator, enc, context_attention_mask, hyps, q_idx)
+        if attend_to_padding:  # scoring attends with the mask, as transformers' does
+            enc = encode_passages(generator, context_input_ids, context_attention_mask)
+        tok_logp = hypothesis_logprobs(generator, enc, context_attention_mask, hyps, q_idx)
         available = None
 
     # transformers' exclude_bos_score: the first target is skipped only if every candidate of the
@@ -422,100 +423,6 @@ def rag_sequence_generate(
     scores, best = torch.topk(table, k=config.num_return_sequences, dim=1)  # (B, R)
     sequences = cands.gather(1, best[:, :, None].expand(-1, -1, T))  # (B, R, T)
     return RagDecoded(sequences, scores)
-
-
-def _score_hypotheses(
-    generator: PreTrainedModel, enc: Tensor, mask: Tensor, hyps: Tensor, q_idx: Tensor
-) -> Tensor:
-    """Teacher-forced log p(hyps[m, t+1] | x, z, hyps[m, :t+1]) under each passage of its question.
-
-    Reuses what the hypotheses share: the encoder output; the first decoder step (every hypothesis
-    starts with the decoder start symbol), whose KV cache, cross-attention included, is copied to
-    each (hypothesis, passage) row; and the output layer's normaliser, computed once per distinct
-    (question, passage, prefix) since beam hypotheses share long prefixes.
-
-    Args:
-        enc: (B, K, L, D) encoder states; mask: (B, K, L).
-        hyps: (M, T) int64 hypotheses; q_idx: (M,) question of each.
-
-    Returns:
-        (M, K, T-1) float, 0 at padded targets.
-    """
-    B, K, L, D = enc.shape
-    M, T = hyps.shape
-    if not hyps[:, 0].eq(hyps[0, 0]).all():
-        raise ValueError("hypotheses must all start with the decoder start symbol")
-    decoder = generator.get_decoder()
-    flat_enc, flat_mask = enc.reshape(B * K, L, D), mask.reshape(B * K, L)  # transformers boundary
-    first = decoder(
-        input_ids=hyps[:1, :1].expand(B * K, 1),
-        encoder_hidden_states=flat_enc,
-        encoder_attention_mask=flat_mask,
-        use_cache=True,
-    )
-    cache0 = first.past_key_values
-    hidden = enc.new_empty(M, K, T - 1, D)  # decoder states that predict hyps[:, 1:]
-    passage = torch.arange(K, device=hyps.device)
-    per_chunk = max(1, _CHUNK_ELEMENTS // (K * L * D * 2 * len(cache0)))  # bounds the copied cache
-    for lo in range(0, M, per_chunk):
-        h = hyps[lo : lo + per_chunk]  # (m, T)
-        m = h.shape[0]
-        rows = (q_idx[lo : lo + m, None] * K + passage).view(-1)  # (m*K,) rows of (B*K)
-        hidden[lo : lo + m, :, 0] = first.last_hidden_state[rows, 0].view(m, K, D)
-        if T > 2:
-            inputs = h[:, None, 1 : T - 1].expand(m, K, T - 2).reshape(m * K, T - 2)  # (m*K, T-2)
-            out = decoder(
-                input_ids=inputs,
-                encoder_hidden_states=flat_enc[rows],
-                encoder_attention_mask=flat_mask[rows],
-                past_key_values=_cache_rows(cache0, rows),
-                use_cache=True,
-            )
-            hidden[lo : lo + m, :, 1:] = out.last_hidden_state.view(m, K, T - 2, D)
-    weight, bias = _output_layer(generator)  # (V, D), (V,)
-    targets = hyps[:, 1:]  # (M, T-1)
-    gold = torch.einsum("mktd,mtd->mkt", hidden, weight[targets]) + bias[targets][:, None, :]
-    return (gold - _log_normaliser(hidden, hyps, q_idx, weight, bias)).masked_fill(
-        targets.eq(generator.config.pad_token_id)[:, None, :], 0.0
-    )
-
-
-def _output_layer(generator: PreTrainedModel) -> tuple[Tensor, Tensor]:
-    """(V, D) weight and (V,) bias of a BART-family LM head: logits = h W^T + final_logits_bias."""
-    weight = generator.get_output_embeddings().weight
-    bias = getattr(generator, "final_logits_bias", None)
-    bias = weight.new_zeros(weight.shape[0]) if bias is None else bias.view(-1)
-    return weight, bias
-
-
-def _log_normaliser(
-    hidden: Tensor, hyps: Tensor, q_idx: Tensor, weight: Tensor, bias: Tensor
-) -> Tensor:
-    """logsumexp_v of the logits for every (hypothesis, passage, position), each distinct
-    (question, prefix) computed once.
-
-    Args:
-        hidden: (M, K, T-1, D) decoder states; hyps: (M, T); q_idx: (M,).
-
-    Returns:
-        (M, K, T-1) float.
-    """
-    M, K, T1, D = hidden.shape
-    same = (hyps[:, None, :T1] == hyps[None, :, :T1]).int().cumprod(dim=2).bool()  # (M, M, T-1)
-    same &= (q_idx[:, None] == q_idx[None, :])[:, :, None]
-    owner = same.int().argmax(dim=1)  # (M, T-1): first hypothesis sharing the prefix
-    m_idx, t_idx = (owner == torch.arange(M, device=hyps.device)[:, None]).nonzero(as_tuple=True)
-    states = hidden[m_idx, :, t_idx].reshape(-1, D)  # (U*K, D) distinct prefixes
-    per_chunk = max(1, _CHUNK_ELEMENTS // weight.shape[0])
-    lse = torch.cat(
-        [
-            torch.logsumexp(F.linear(part, weight, bias), dim=-1)
-            for part in states.split(per_chunk)
-        ]
-    )
-    table = hidden.new_zeros(M, T1, K)
-    table[m_idx, t_idx] = lse.view(-1, K)
-    return table.gather(0, owner[:, :, None].expand(M, T1, K)).transpose(1, 2)  # (M, K, T-1)
 
 
 def _generated_logprobs(out, pad: int) -> Tensor:

@@ -9,7 +9,8 @@ the generator reads the question alone (RAG-Sequence with one empty passage is p
 A model directory (written by :meth:`RagModel.save_pretrained`, read by ``from_pretrained``)::
 
     rag_config.json      mode, k, lengths, decoding, and the index it was trained with
-    question_encoder/    retriever.encoder.Encoder directory (paired with the index's encoder)
+    question_encoder/    retriever.encoder.Encoder directory (paired with the index's encoder);
+                         may be left out when rag_config.json names an untrained encoder instead
     generator/           BART directory (safetensors)
 
 Glossary: B questions, K passages per question, L generator input length, T answer length,
@@ -21,8 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from generator.inputs import build_generator_inputs
 from generator.model import load_generator, save_generator
 from retriever.encoder import Encoder
 from retriever.errors import UserError
+from retriever.fsutil import atomic_directory
 from retriever.index import DenseIndex, SearchResult
 from retriever.search import check_questions
 
@@ -54,6 +54,8 @@ class RagConfig:
     decoding: str = "thorough"  # RAG-Sequence: "thorough" or "fast"; ignored by RAG-Token
     label_smoothing: float = 0.0  # epsilon of label smoothing in the training loss
     index: str = ""  # index directory the model was trained with (default for --index)
+    question_encoder: str = ""  # question encoder to start from (default: the index's encoder);
+    # also what a model directory without question_encoder/ loads
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -209,10 +211,7 @@ class RagModel(nn.Module):
 
         ``half`` stores the weights in float16 (half the size; loading restores float32).
         """
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-        try:
+        with atomic_directory(out_dir) as tmp:
             if self.question_encoder is not None:
                 self.question_encoder.save_pretrained(tmp / "question_encoder", half=half)
             save_generator(self.generator, self.tokenizer, tmp / "generator",
@@ -220,12 +219,6 @@ class RagModel(nn.Module):
             (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, index: DenseIndex | str | None = None,
@@ -245,5 +238,8 @@ class RagModel(nn.Module):
             if not path:
                 raise UserError(f"{model_dir}: no index recorded; pass an index directory")
             index = DenseIndex.load(path)
-        q_enc = Encoder.from_pretrained(str(model_dir / "question_encoder"))
+        q_dir = model_dir / "question_encoder"
+        if not q_dir.is_dir() and not config.question_encoder:
+            raise UserError(f"{model_dir}: no question_encoder/ and no question_encoder in config")
+        q_enc = Encoder.from_pretrained(str(q_dir) if q_dir.is_dir() else config.question_encoder)
         return cls(q_enc, generator, tokenizer, index, config)

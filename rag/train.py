@@ -18,7 +18,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from retriever.fsutil import atomic_directory
 from retriever.metrics import exact_match
 from retriever.questions import Question
 
@@ -75,21 +75,11 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
 
 
 def _save_checkpoint(ckpt: Path, model: RagModel, opt, sched, state: dict) -> None:
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=ckpt.parent, prefix=f".{ckpt.name}.tmp-"))
-    try:
+    with atomic_directory(ckpt) as tmp:
         model.save_pretrained(tmp / "model")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        old = ckpt.with_name(f".{ckpt.name}.old")
-        if ckpt.exists():
-            os.replace(ckpt, old)
-        os.replace(tmp, ckpt)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resume_dir(out: str | os.PathLike) -> Path | None:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
 from .errors import UserError
+from .fsutil import atomic_file
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _WS = re.compile(r"\s+")
@@ -173,25 +174,19 @@ def write_arrow(rows: Iterator[dict], arrow_path: str | os.PathLike, batch_rows:
     """
     arrow_path = Path(arrow_path)
     arrow_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=arrow_path.parent, prefix=".tmp-", suffix=".arrow")
-    os.close(fd)
     count = 0
-    try:
-        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as writer:
-            buf: dict[str, list[str]] = {"id": [], "title": [], "text": []}
-            for row in rows:
-                for key in buf:
-                    buf[key].append(row[key])
-                count += 1
-                if len(buf["id"]) >= batch_rows:
-                    writer.write_batch(pa.record_batch(buf, schema=SCHEMA))
-                    buf = {key: [] for key in buf}
-            if buf["id"]:
+    with (atomic_file(arrow_path) as tmp, pa.OSFile(str(tmp), "wb") as sink,
+          pa.ipc.new_stream(sink, SCHEMA) as writer):
+        buf: dict[str, list[str]] = {"id": [], "title": [], "text": []}
+        for row in rows:
+            for key in buf:
+                buf[key].append(row[key])
+            count += 1
+            if len(buf["id"]) >= batch_rows:
                 writer.write_batch(pa.record_batch(buf, schema=SCHEMA))
-        os.replace(tmp, arrow_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                buf = {key: [] for key in buf}
+        if buf["id"]:
+            writer.write_batch(pa.record_batch(buf, schema=SCHEMA))
     return count
 
 

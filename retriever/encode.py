@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .encoder import Encoder
 from .errors import UserError
+from .fsutil import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,8 @@ def encode_texts(encoder: Encoder, texts: list[str], titles: list[str] | None = 
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _shard_done(path: Path, rows: int, dim: int) -> bool:

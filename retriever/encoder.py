@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
+from .fsutil import atomic_directory
 
 CONFIG_NAME = "ragqa_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
@@ -157,10 +156,7 @@ class Encoder(nn.Module):
 
         ``half`` stores float16 weights (loading restores float32); the fingerprint is unchanged.
         """
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-        try:
+        with atomic_directory(out_dir) as tmp:
             fingerprint = self.fingerprint
             state = {k: v.half() if half and v.is_floating_point() else v
                      for k, v in self.backbone.state_dict().items()}
@@ -172,12 +168,6 @@ class Encoder(nn.Module):
             meta = {**asdict(self.config), "name": self.name, "fingerprint": fingerprint,
                     "paired_context_fingerprint": self.paired_context_fingerprint}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: EncoderConfig | None = None,

@@ -33,6 +33,7 @@ from datasets import Dataset
 
 from .corpus import open_shards, write_arrow
 from .errors import UserError
+from .fsutil import atomic_directory
 
 log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -276,9 +277,7 @@ class DenseIndex:
         out_dir = Path(out_dir)
         if out_dir.exists() and not overwrite:
             raise UserError(f"{out_dir}: already exists (use overwrite to replace it)")
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-        try:
+        with atomic_directory(out_dir) as tmp:
             (tmp / "passages").mkdir()
             names = []
             for i, src in enumerate(self._shard_files + self._pending):
@@ -290,16 +289,6 @@ class DenseIndex:
                 np.save(tmp / "removed.npy", self.removed)
             manifest = {**self.manifest, "passage_shards": names}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            old = None
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         self.manifest["passage_shards"] = names
         self._shard_files = [out_dir / name for name in names]
         self._pending = []

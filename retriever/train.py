@@ -6,9 +6,10 @@ p_j^-, the negative log-likelihood of the positive under a softmax over inner pr
     L_i = -log exp(s(q_i, p_i^+)) / (exp(s(q_i, p_i^+)) + sum_j exp(s(q_i, p_j^-)))
 
 with in-batch negatives (every other question's positive and hard negatives in the batch) plus
-hard negatives mined with BM25 (bm25s) or given in DPR's training JSON. A passage that is another
-question's positive but also *this* question's positive (SQuAD has ~5 questions per paragraph) is
-masked out rather than treated as a negative.
+hard negatives mined with BM25 (bm25s), given in DPR's training JSON, or mined with the starting
+dense retriever itself (its top-ranked passages without a gold answer; Xiong et al. 2021, ANCE).
+A candidate that is another question's positive but also *this* question's positive (SQuAD has
+~5 questions per paragraph) is masked out rather than treated as a negative.
 
 By default only the question encoder trains: the context encoder is frozen, so the index built with
 it stays valid and the passage vectors are read from it instead of being recomputed every step.
@@ -44,8 +45,9 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     epochs: int = 3  # passes over the training questions
     batch_size: int = 32  # questions per step (per process); in-batch negatives grow with it
-    hard_negatives: int = 1  # BM25 hard negatives per question (DPR used 1)
-    bm25_depth: int = 30  # BM25 results searched for a hard negative
+    hard_negatives: int = 1  # hard negatives per question (DPR used 1)
+    negatives: str = "bm25"  # "bm25" (DPR) or "dense": the starting encoder's own top wrong passages
+    bm25_depth: int = 30  # results searched for hard negatives
     lr: float = 2e-5  # AdamW peak learning rate (DPR: 2e-5)
     weight_decay: float = 0.0  # AdamW weight decay
     warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then linear decay
@@ -108,8 +110,32 @@ def mine_bm25_negatives(index: DenseIndex, questions: Sequence[Question], positi
     return out
 
 
+def mine_dense_negatives(index: DenseIndex, q_enc: Encoder, questions: Sequence[Question],
+                         positives: Sequence[int], n: int, depth: int) -> list[tuple[int, ...]]:
+    """Hard negatives from the retriever itself (as ANCE/RocketQA mine them): the top-ranked
+    passages of the starting question encoder that are not the positive and hold no gold answer."""
+    from .metrics import normalize_answer
+
+    vecs = encode_texts(q_enc, [q.question for q in questions], config=EncodeConfig(),
+                        desc="mining dense negatives")
+    _, rows = index.search_knn(vecs, min(depth, len(index)))
+    texts: dict[int, str] = {}
+    out = []
+    for q, pos, cand in zip(questions, positives, rows, strict=True):
+        picked = []
+        for r in (int(r) for r in cand if r >= 0 and int(r) != pos):
+            if r not in texts:
+                texts[r] = normalize_answer(index.passages[r]["text"])
+            if not has_answer(texts[r], q.answers, normalized=True):
+                picked.append(r)
+            if len(picked) == n:
+                break
+        out.append(tuple(picked))
+    return out
+
+
 def build_examples(index: DenseIndex, questions: Sequence[Question], config: TrainConfig,
-                   ) -> list[Example]:
+                   q_enc: Encoder | None = None) -> list[Example]:
     """Training examples: question, gold row, hard-negative rows (given, else BM25-mined)."""
     positives = positives_from_index(index, questions)
     keep = [i for i, p in enumerate(positives) if p is not None]
@@ -123,7 +149,14 @@ def build_examples(index: DenseIndex, questions: Sequence[Question], config: Tra
     if config.hard_negatives and all(q.hard_negative_ids for q in questions):
         negatives = [tuple(r for r in (index.row_of(h) for h in q.hard_negative_ids)
                            if r is not None)[: config.hard_negatives] for q in questions]
+    elif config.hard_negatives and config.negatives == "dense":
+        if q_enc is None:
+            raise ValueError("dense negatives need the question encoder")
+        negatives = mine_dense_negatives(index, q_enc, questions, positives,
+                                         config.hard_negatives, config.bm25_depth)
     elif config.hard_negatives:
+        if config.negatives != "bm25":
+            raise UserError(f"negatives {config.negatives!r} is not 'bm25' or 'dense'")
         negatives = mine_bm25_negatives(index, questions, positives, config.hard_negatives,
                                         config.bm25_depth)
     else:
@@ -176,7 +209,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
                                      gradient_accumulation_steps=config.grad_accum)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    examples = build_examples(index, train, config)
+    examples = build_examples(index, train, config, q_enc)
     scale = config.score_scale or (20.0 if ctx_enc.config.normalize else 1.0)
     if config.train_context_encoder:
         def ctx_lookup(rows):

@@ -33,7 +33,6 @@ class Args:
     train: str = field(metadata={"help": "training questions with answers (any supported format)"})
     out: str = field(metadata={"help": "model directory to write"})
     dev: str | None = None  # dev questions for exact match during training
-    question_encoder: str | None = None  # question encoder; default: the index's encoder
     generator: str = "starter"  # BART directory or hub id; "starter" = warm-start from MiniLM-L6
     starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
     starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
@@ -64,7 +63,7 @@ def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
     if not rag_cfg.index:
         raise UserError("--index DIR is required (except with --mode closed_book)")
     index = DenseIndex.load(rag_cfg.index)
-    q_enc = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
+    q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
     return RagModel(q_enc, generator, tokenizer, index, rag_cfg)
 
 

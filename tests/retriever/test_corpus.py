@@ -52,7 +52,7 @@ def test_result_is_memory_mapped_arrow(corpus_tsv, tmp_path):
     ds = load_corpus(corpus_tsv, arrow)
     assert [f["filename"] for f in ds.cache_files] == [str(arrow)]
     assert arrow.is_file()
-    assert not [p for p in arrow.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in arrow.parent.iterdir() if ".tmp-" in p.name]
 
 
 def test_default_arrow_path_is_a_fresh_temporary_file(corpus_jsonl, private_tempdir):

@@ -1,18 +1,14 @@
 """benchmark.py and compare.py as a user runs them, on a tiny RAG model (random weights).
 
-As in ``test_retriever_scripts.py``, one subprocess (``sys.executable``, cwd the project root,
-offline environment) imports torch, transformers and the library once, then forks one child per
-script run with the script executed as ``__main__``. The weights are random, so the figures are
-checked for their shape, their consistency with the per-question predictions (retrieval accuracy
-recomputed from the retrieved passage ids), regex answers and determinism, not for quality.
+Each script run is its own forked process (the ``run_scripts`` fixture, ``conftest.py``). The
+weights are random, so the figures are checked for their shape, their consistency with the
+per-question predictions (retrieval accuracy recomputed from the retrieved passage ids), regex
+answers and determinism, not for quality.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,69 +21,9 @@ from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.metrics import has_answer
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Runs the jobs given as JSON on stdin, one forked child each, in order; prints {name: exit status}.
-FORK_RUNNER = r"""
-import json, os, runpy, sys, traceback
-import faiss, rag.benchmark, rag.compare, generator.model, retriever.build
-import matplotlib.backends.backend_agg, matplotlib.figure
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BartForConditionalGeneration
-from transformers import HfArgumentParser
-
-def child(script, args, out, err):
-    for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    sys.argv = [script, *args]
-    try:
-        runpy.run_path(script, run_name="__main__")
-        code = 0
-    except SystemExit as exc:  # as the interpreter reports it
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, int) and exc.code is not None:
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-status = {}
-for job in json.load(sys.stdin):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        child(job["script"], job["args"], job["out"], job["err"])
-    status[job["name"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(status))
-"""
-
-
-class Run:
-    """Outcome of one script run: ``returncode``, ``stdout``, ``stderr``."""
-
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-    def __repr__(self) -> str:
-        return f"exit {self.returncode}\nstdout:\n{self.stdout[-2000:]}\nstderr:\n{self.stderr[-4000:]}"
-
-
-def run_scripts(jobs: dict[str, list], work: Path) -> dict[str, Run]:
-    """Run ``{name: [script, *args]}`` in order and return each run's outcome."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "MPLBACKEND": "Agg"}
-    spec = [{"name": name, "script": str(ROOT / "scripts" / script), "args": [str(a) for a in args],
-             "out": str(work / f"{name}.out"), "err": str(work / f"{name}.err")}
-            for name, (script, *args) in jobs.items()]
-    proc = subprocess.run([sys.executable, "-c", FORK_RUNNER], input=json.dumps(spec), cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    status = json.loads(proc.stdout.splitlines()[-1])
-    return {name: Run(status[name], (work / f"{name}.out").read_text(),
-                      (work / f"{name}.err").read_text()) for name in jobs}
+PRELOAD = ["faiss", "rag.benchmark", "rag.compare", "generator.model", "retriever.build",
+           "matplotlib.backends.backend_agg", "matplotlib.figure",
+           "transformers:AutoConfig,AutoModel,AutoTokenizer,BartForConditionalGeneration,HfArgumentParser"]
 
 
 def write_question_files(tmp: Path, questions, squad_questions: Path) -> dict[str, Path]:
@@ -105,8 +41,8 @@ def write_question_files(tmp: Path, questions, squad_questions: Path) -> dict[st
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_jsonl, squad_questions,
-         questions):
+def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_jsonl,
+         squad_questions, questions):
     """A tiny RAG and closed-book model, then every scenario run once: ``({name: Run}, tmp)``."""
     tmp = tmp_path_factory.mktemp("bench-scripts")
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir), max_length=64)  # 128 positions
@@ -160,9 +96,7 @@ def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_jsonl, 
                                "--plot", tmp / "mixed.png"],
         "compare_not_a_report": ["compare.py", tmp / "squad.jsonl"],
     })
-    logs = tmp / "logs"
-    logs.mkdir()
-    return run_scripts(scenarios, logs), tmp
+    return run_scripts(scenarios, tmp / "logs", preload=PRELOAD, env={"MPLBACKEND": "Agg"}), tmp
 
 
 def report(tmp: Path, name: str) -> tuple[dict, list[dict]]:
@@ -251,13 +185,9 @@ def test_token_mode_and_closed_book(runs):
 ])
 def test_bad_input_is_one_error_line_and_no_output(runs, name, fragments):
     results, tmp = runs
-    proc = results[name]
-    assert proc.returncode == 2, proc
-    assert "Traceback" not in proc.stderr, proc
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc
+    error = results[name].error_line()
     for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+        assert fragment in error, error
     leftovers = [p.name for p in tmp.iterdir() if p.name.startswith((name, f".{name}", "mixed"))]
     assert not leftovers and not (tmp / "nowhere").exists()
 

@@ -1,18 +1,13 @@
 """ask.py and finetune.py as a user runs them, on a tiny RAG model (random weights).
 
-As in ``test_retriever_scripts.py``, one subprocess (``sys.executable``, cwd the project root, offline
-environment) imports torch, transformers and the library once and then forks one child per script
-run, with the script executed as ``__main__``, its own stdin, stdout, stderr and exit status. A bad
-input must exit with status 2 and exactly one ``error:`` line, never a traceback.
+Each script run is its own forked process, with its own stdin (the ``run_scripts`` fixture,
+``conftest.py``). A bad input must exit with status 2 and exactly one ``error:`` line, never a
+traceback.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -23,78 +18,14 @@ from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Runs the jobs given as JSON on stdin, one forked child each, in order; prints {name: exit status}.
-FORK_RUNNER = r"""
-import json, os, runpy, sys, traceback
-import accelerate, rag.default, rag.pipeline, rag.train, generator.warmstart, retriever.build
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BartForConditionalGeneration
-from transformers import HfArgumentParser, get_linear_schedule_with_warmup
-
-def child(job):
-    for fd, path, flags in ((0, job["stdin"], os.O_RDONLY),
-                            (1, job["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
-                            (2, job["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
-        os.dup2(os.open(path, flags, 0o644), fd)
-    sys.stdin = open(0, closefd=False)  # the runner's stdin object has been read to its end
-    sys.argv = [job["script"], *job["args"]]
-    try:
-        runpy.run_path(job["script"], run_name="__main__")
-        code = 0
-    except SystemExit as exc:  # as the interpreter reports it
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, int) and exc.code is not None:
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-status = {}
-for job in json.load(sys.stdin):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        child(job)
-    status[job["name"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(status))
-"""
-
-
-class Run:
-    """Outcome of one script run: ``returncode``, ``stdout``, ``stderr``."""
-
-    def __init__(self, returncode: int, stdout: str, stderr: str):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-    def __repr__(self) -> str:
-        return f"exit {self.returncode}\nstdout:\n{self.stdout[-2000:]}\nstderr:\n{self.stderr[-4000:]}"
-
-
-def run_scripts(jobs: dict[str, tuple[list, str]], work: Path) -> dict[str, Run]:
-    """Run ``{name: ([script, *args], stdin text)}`` in order and return each run's outcome."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "RAGQA_CACHE": str(work / "cache")}
-    spec = []
-    for name, ((script, *args), stdin) in jobs.items():
-        (work / f"{name}.in").write_text(stdin)
-        spec.append({"name": name, "script": str(ROOT / "scripts" / script),
-                     "args": [str(a) for a in args], "stdin": str(work / f"{name}.in"),
-                     "out": str(work / f"{name}.out"), "err": str(work / f"{name}.err")})
-    proc = subprocess.run([sys.executable, "-c", FORK_RUNNER], input=json.dumps(spec), cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    status = json.loads(proc.stdout.splitlines()[-1])
-    return {name: Run(status[name], (work / f"{name}.out").read_text(),
-                      (work / f"{name}.err").read_text()) for name in jobs}
+PRELOAD = ["accelerate", "rag.default", "rag.pipeline", "rag.train", "generator.warmstart",
+           "retriever.build", "transformers:AutoConfig,AutoModel,AutoTokenizer,"
+           "BartForConditionalGeneration,HfArgumentParser,get_linear_schedule_with_warmup"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_jsonl, squad_questions):
+def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_jsonl,
+         squad_questions):
     """A tiny model directory, then every scenario run once; returns ``({name: Run}, tmp)``."""
     tmp = tmp_path_factory.mktemp("rag-scripts")
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir), max_length=64)  # 128 positions
@@ -115,26 +46,25 @@ def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_jsonl, 
     model = tmp / "model"
     q = "What is the capital of France?"
     scenarios = {
-        "ask_json": (["ask.py", q, "--model", model, "--json"], ""),
-        "ask_plain": (["ask.py", q, "--model", model], ""),
-        "ask_stdin": (["ask.py", "--model", model, "--json"],
-                      "What is the capital of France?\n\nWho created Python?\n"),
-        "ask_empty": (["ask.py", "", "--model", model], ""),
-        "ask_k_too_large": (["ask.py", q, "--model", model, "--k", "1000"], ""),
-        "ask_other_encoder": (["ask.py", q, "--model", model, "--index", tmp / "idx-mean"], ""),
-        "ask_other_dim": (["ask.py", q, "--model", model, "--index", tmp / "idx-16"], ""),
-        "ask_unknown_flag": (["ask.py", q, "--model", model, "--kk", "3"], ""),
-        "help_ask": (["ask.py", "--help"], ""),
-        "help_finetune": (["finetune.py", "--help"], ""),
-        "finetune": (["finetune.py", "--train", squad_questions, "--out", tmp / "ft",
-                      "--generator", tmp / "bart", "--question_encoder", tiny_encoder_dir,
-                      "--index", tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
-                      "--max_input_length", "64", "--max_answer_length", "8"], ""),
-        "ask_finetuned": (["ask.py", q, "--model", tmp / "ft", "--json"], ""),
+        "ask_json": ["ask.py", q, "--model", model, "--json"],
+        "ask_plain": ["ask.py", q, "--model", model],
+        "ask_stdin": ["ask.py", "--model", model, "--json"],
+        "ask_empty": ["ask.py", "", "--model", model],
+        "ask_k_too_large": ["ask.py", q, "--model", model, "--k", "1000"],
+        "ask_other_encoder": ["ask.py", q, "--model", model, "--index", tmp / "idx-mean"],
+        "ask_other_dim": ["ask.py", q, "--model", model, "--index", tmp / "idx-16"],
+        "ask_unknown_flag": ["ask.py", q, "--model", model, "--kk", "3"],
+        "help_ask": ["ask.py", "--help"],
+        "help_finetune": ["finetune.py", "--help"],
+        "finetune": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft",
+                     "--generator", tmp / "bart", "--question_encoder", tiny_encoder_dir,
+                     "--index", tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
+                     "--max_input_length", "64", "--max_answer_length", "8"],
+        "ask_finetuned": ["ask.py", q, "--model", tmp / "ft", "--json"],
     }
-    logs = tmp / "logs"
-    logs.mkdir()
-    return run_scripts(scenarios, logs), tmp
+    stdin = {"ask_stdin": "What is the capital of France?\n\nWho created Python?\n"}
+    return run_scripts(scenarios, tmp / "logs", preload=PRELOAD, stdin=stdin,
+                       env={"RAGQA_CACHE": str(tmp / "logs" / "cache")}), tmp
 
 
 def check_answer(line: str, question: str, k: int) -> None:
@@ -181,12 +111,9 @@ def test_ask_reads_one_question_per_line_from_stdin(runs):
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
     proc = runs[0][name]
-    assert proc.returncode == 2, proc
-    assert "Traceback" not in proc.stderr, proc
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, proc
+    error = proc.error_line()
     for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+        assert fragment in error, error
     assert proc.stdout == ""
 
 

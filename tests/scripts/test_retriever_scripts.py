@@ -1,22 +1,13 @@
 """build_index.py, eval_retrieval.py and train_retriever.py as a user runs them.
 
-A fresh interpreter spends seconds importing torch, transformers, datasets and faiss, and a dozen of
-them overran the suite's time budget. So one subprocess (``sys.executable``, cwd the project root,
-offline environment) imports those once and then *forks* one child per script run: each run is still
-its own process, with the script executed as ``__main__``, its own stdout/stderr and exit status, and
-an uncaught exception printing a traceback exactly as the interpreter would. A bad input must exit
-with status 2 and one ``error:`` line, never a traceback.
+Each script run is its own forked process (the ``run_scripts`` fixture, ``conftest.py``). A bad
+input must exit with status 2 and one ``error:`` line, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -24,72 +15,14 @@ from retriever.build import BuildConfig, build_index
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ["build_index.py", "eval_retrieval.py", "train_retriever.py"]
-
-# Runs the jobs given as JSON on stdin, one forked child each, in order; prints {name: exit status}.
-FORK_RUNNER = r"""
-import json, os, runpy, sys, traceback
-import retriever.build, retriever.evaluation, retriever.search, retriever.train
-from transformers import AutoConfig, AutoModel, AutoTokenizer, BertModel, BertTokenizerFast
-from transformers import HfArgumentParser
-
-def child(script, args, out, err):
-    for fd, path in ((1, out), (2, err)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    sys.argv = [script, *args]
-    try:
-        runpy.run_path(script, run_name="__main__")
-        code = 0
-    except SystemExit as exc:  # as the interpreter reports it
-        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
-        if not isinstance(exc.code, int) and exc.code is not None:
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-status = {}
-for job in json.load(sys.stdin):
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        child(job["script"], job["args"], job["out"], job["err"])
-    status[job["name"]] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-print(json.dumps(status))
-"""
-
-
-@dataclass(frozen=True)
-class Run:
-    """Outcome of one script run."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def run_scripts(jobs: dict[str, list], work: Path) -> dict[str, Run]:
-    """Run ``{name: [script, *args]}`` (in order) and return each run's outcome."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
-    spec = [{"name": name, "script": str(ROOT / "scripts" / script), "args": [str(a) for a in args],
-             "out": str(work / f"{name}.out"), "err": str(work / f"{name}.err")}
-            for name, (script, *args) in jobs.items()]
-    proc = subprocess.run([sys.executable, "-c", FORK_RUNNER], input=json.dumps(spec), cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    status = json.loads(proc.stdout.splitlines()[-1])
-    return {name: Run(status[name], (work / f"{name}.out").read_text(),
-                      (work / f"{name}.err").read_text()) for name in jobs}
+PRELOAD = ["retriever.build", "retriever.evaluation", "retriever.search", "retriever.train",
+           "transformers:AutoConfig,AutoModel,AutoTokenizer,BertModel,BertTokenizerFast,HfArgumentParser"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv, squad_questions):
+def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv,
+         squad_questions):
     """Run every scenario once, in order; returns ``({name: Run}, the scenarios' directory)``."""
     tmp = tmp_path_factory.mktemp("scripts")
     # an index built in-process, for the eval failures
@@ -130,21 +63,14 @@ def runs(tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv, sq
                           "--out", tmp / "qenc", "--epochs", "1", "--batch_size", "4",
                           "--hard_negatives", "0", "--json", tmp / "train.json"]
     scenarios["eval_trained"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc")
-    logs = tmp / "logs"
-    logs.mkdir()
-    results = run_scripts(scenarios, logs)
-    return results, tmp
-
-
-def describe(proc: Run) -> str:
-    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    return run_scripts(scenarios, tmp / "logs", preload=PRELOAD), tmp
 
 
 def test_build_then_eval(runs):
     results, tmp = runs
     build, evaluation = results["build"], results["eval"]
-    assert build.returncode == 0, describe(build)
-    assert evaluation.returncode == 0, describe(evaluation)
+    assert build.returncode == 0, build
+    assert evaluation.returncode == 0, evaluation
     assert not (tmp / "idx.encoding").exists()
     figures = json.loads((tmp / "build.json").read_text())
     assert figures["count"] == 8 and figures["dim"] == 32 and figures["index_type"] == "flat"
@@ -163,13 +89,13 @@ def test_build_then_eval(runs):
 def test_train_then_eval_with_the_trained_question_encoder(runs):
     results, tmp = runs
     train, evaluation = results["train"], results["eval_trained"]
-    assert train.returncode == 0, describe(train)
+    assert train.returncode == 0, train
     saved = json.loads((tmp / "qenc" / "ragqa_encoder.json").read_text())
     manifest = json.loads((tmp / "idx" / "manifest.json").read_text())
     assert saved["paired_context_fingerprint"] == manifest["encoder"]["fingerprint"]
     assert saved["fingerprint"] != manifest["encoder"]["fingerprint"]  # it did train
     assert len(json.loads((tmp / "train.json").read_text())["epochs"]) == 1
-    assert evaluation.returncode == 0, describe(evaluation)
+    assert evaluation.returncode == 0, evaluation
     assert json.loads(evaluation.stdout)["n"] == 8
 
 
@@ -184,13 +110,9 @@ def test_train_then_eval_with_the_trained_question_encoder(runs):
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
     results, tmp = runs
-    proc = results[name]
-    assert proc.returncode == 2, describe(proc)
-    assert "Traceback" not in proc.stderr, describe(proc)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, describe(proc)
+    error = results[name].error_line()
     for fragment in fragments:
-        assert fragment in errors[0], errors[0]
+        assert fragment in error, error
     if name.startswith("build_"):  # a failed build leaves neither <out> nor <out>.encoding
         assert not (tmp / f"out-{name}").exists()
         assert not (tmp / f"out-{name}.encoding").exists()
@@ -199,5 +121,5 @@ def test_bad_input_is_one_error_line(runs, name, fragments):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help(runs, script):
     proc = runs[0][f"help_{script}"]
-    assert proc.returncode == 0, describe(proc)
+    assert proc.returncode == 0, proc
     assert "usage:" in proc.stdout and "Example:" in proc.stdout

@@ -1,0 +1,72 @@
+"""Atomic writes: build a directory or file under a temporary name next to it, then rename it into place.
+
+The temporary sits in the target's own directory (so on the same filesystem, where ``os.replace`` is
+atomic): a reader, or a run killed half-way, sees the old version or the new one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+DIR_MODE = 0o755  # mkdtemp makes 0700; a saved model or index should read like any other directory
+FILE_MODE = 0o644  # likewise mkstemp's 0600
+
+
+@contextmanager
+def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh empty directory to fill; when the ``with`` block ends normally it becomes ``out_dir``.
+
+    The directory is ``.{name}.tmp-XXXX`` next to ``out_dir`` (whose parents are created), mode 0755.
+    On success an existing ``out_dir`` is moved aside (``.{name}.old-<pid>``), the new directory is
+    renamed into place and the old one deleted. On an exception the temporary directory is deleted,
+    ``out_dir`` is left as it was, and the exception propagates. Callers decide beforehand whether
+    replacing an existing ``out_dir`` is allowed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    old = None
+    try:
+        tmp.chmod(DIR_MODE)
+        yield tmp
+        if os.path.lexists(out_dir):
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            shutil.rmtree(old, ignore_errors=True)  # left by a run of ours that died here
+            os.replace(out_dir, old)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            if old is not None:
+                os.replace(old, out_dir)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; when the ``with`` block ends normally it replaces ``path``.
+
+    The temporary is ``.{name}.tmp-XXXX{suffix}`` next to ``path`` (same suffix, for writers such as
+    ``np.save`` that look at it), mode 0644; the parent directory must exist. On an exception it is
+    deleted, ``path`` is left as it was, and the exception propagates.
+    """
+    path = Path(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        tmp.chmod(FILE_MODE)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
