@@ -46,7 +46,8 @@ class TrainConfig:
     epochs: int = 3  # passes over the training questions
     batch_size: int = 32  # questions per step (per process); in-batch negatives grow with it
     hard_negatives: int = 1  # hard negatives per question (DPR used 1)
-    negatives: str = "bm25"  # "bm25" (DPR) or "dense": the starting encoder's own top wrong passages
+    negatives: str = "bm25"  # hard negatives: "bm25" (DPR), "dense" (the starting encoder's top wrong
+    # passages) or "corpus" (every indexed passage is a candidate; frozen context encoder only)
     bm25_depth: int = 30  # results searched for hard negatives
     lr: float = 2e-5  # AdamW peak learning rate (DPR: 2e-5)
     weight_decay: float = 0.0  # AdamW weight decay
@@ -146,7 +147,11 @@ def build_examples(index: DenseIndex, questions: Sequence[Question], config: Tra
         raise UserError("no training question's gold passage is in the index")
     questions = [questions[i] for i in keep]
     positives = [positives[i] for i in keep]
-    if config.hard_negatives and all(q.hard_negative_ids for q in questions):
+    if config.negatives == "corpus":
+        if config.train_context_encoder:
+            raise UserError("negatives 'corpus' needs the frozen context encoder")
+        negatives = [()] * len(questions)
+    elif config.hard_negatives and all(q.hard_negative_ids for q in questions):
         negatives = [tuple(r for r in (index.row_of(h) for h in q.hard_negative_ids)
                            if r is not None)[: config.hard_negatives] for q in questions]
     elif config.hard_negatives and config.negatives == "dense":
@@ -184,7 +189,11 @@ def _batch_candidates(batch: list[Example], hard: int) -> tuple[list[int], torch
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
                     scale: float) -> torch.Tensor:
     """Encode a batch of questions and return the DPR loss against its candidates."""
-    rows, positive_col = _batch_candidates(batch, config.hard_negatives)
+    if config.negatives == "corpus":  # ctx_lookup(None) gives every passage, in row order
+        positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
+        rows = [int(r) for r in ctx_lookup.rows]
+    else:
+        rows, positive_col = _batch_candidates(batch, config.hard_negatives)
     device = next(q_enc.parameters()).device
     tok = q_enc.tokenize([ex.question for ex in batch])
     q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
@@ -219,12 +228,16 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             return ctx_enc(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
         params = list(q_enc.parameters()) + list(ctx_enc.parameters())
     else:
-        all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
+        if config.negatives == "corpus":
+            all_rows = np.setdiff1d(np.arange(int(index.manifest["rows"])), index.removed)
+        else:
+            all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
         vecs = context_vectors(index, ctx_enc, all_rows)
         slot = {int(r): i for i, r in enumerate(all_rows)}
 
         def ctx_lookup(rows):
             return vecs[[slot[r] for r in rows]]
+        ctx_lookup.rows, ctx_lookup.slot = all_rows, slot
         ctx_enc.requires_grad_(False)
         params = list(q_enc.parameters())
     if config.freeze_embeddings:
