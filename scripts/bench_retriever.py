@@ -44,6 +44,7 @@ class Args:
     dim: int = 384  # synthetic vector dimension
     k: int = 10  # neighbours per query
     skip_encoding: bool = False  # skip part 1
+    skip_search: bool = False  # skip parts 2 and 3
     json: str | None = None  # write all figures here
 
 
@@ -146,6 +147,10 @@ def main() -> None:
         print(f"encoding: ours {e['ours_passages_per_s']} passages/s, sentence-transformers "
               f"{e['st_passages_per_s']} passages/s, ratio {e['ratio']} (goal >= 1.0); "
               f"min cosine {e['min_cosine_ours_vs_st']}")
+    if args.skip_search:
+        if args.json:
+            write_json(args.json, report)
+        return
     base = synthetic(args.n_vectors, args.dim, seed=0)
     queries = synthetic(args.n_queries, args.dim, seed=1)
     report["search"] = s = bench_search(args, base, queries)

@@ -9,6 +9,10 @@ Commands (each has --help):
              python scripts/scale.py select --budgets 1e4 1e5 --target_losses 0.1
              python scripts/scale.py select --budgets 1e4 --corpus_size 8841823 \\
                  --queries_served 1e11
+  sweep    train truncated all-MiniLM-L6-v2 encoders (first l layers) on D pairs and append one
+           measurement row per (l, D) to a JSON-lines file (resumable):
+             python scripts/scale.py sweep --corpus corpus.tsv --train train.json \\
+                 --dev dev.json --out runs.jsonl --layers 1,2,3 --train_sizes 500,4000
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from retriever.scaling import (
 )
 from retriever.scaling.plot import plot_fits
 from retriever.scaling.select import BERT_ENCODERS
+from retriever.scaling.sweep import SweepConfig, load_sweep_data, run_sweep
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,25 @@ class SelectArgs:
     encoders: list[str] = field(  # available encoders as NAME=N (non-embedding parameters)
         default_factory=lambda: [f"{e.name}={e.n_params:g}" for e in BERT_ENCODERS])
     json: str = ""  # write the selections here
+
+
+@dataclass(frozen=True)
+class SweepArgs:
+    """Inputs and outputs of ``scale.py sweep``."""
+
+    corpus: str  # passages (TSV, JSON lines or SQuAD JSON)
+    train: str  # SQuAD-style training questions (each with its gold context)
+    dev: str  # SQuAD-style evaluation questions
+    out: str  # JSON-lines measurement rows, appended as each (l, D) finishes
+    layers: str = "1,2,3,4,5,6"  # comma-separated encoder depths l
+    train_sizes: str = "4000"  # comma-separated training-set sizes D
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--{name} must be comma-separated integers, got {text!r}") from None
 
 
 def _write_json(path: str, payload: dict) -> None:
@@ -147,7 +171,26 @@ def select_command(argv: Sequence[str]) -> None:
                                 "selections": [s.to_dict() for s in selections]})
 
 
-COMMANDS = {"fit": fit_command, "select": select_command}
+def sweep_command(argv: Sequence[str]) -> None:
+    """``scale.py sweep``: train and measure each (l, D) not yet in --out, printing each row."""
+    import logging
+
+    import torch
+
+    args, config = parse([SweepArgs, SweepConfig], argv,
+                         description="scale.py sweep: measure truncated encoders for the laws.")
+    layers, sizes = _int_list(args.layers, "layers"), _int_list(args.train_sizes, "train_sizes")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    data = load_sweep_data(args.corpus, args.train, args.dev, config)
+    rows = run_sweep(data, layers, sizes, args.out, config, device=device)
+    for row in rows:
+        print(f"{row['name']}: N={row['n_params']} D={row['n_train_pairs']} "
+              f"CE={row['contrastive_entropy']:.4f}±{row['ce_std']:.4f}")
+    print(f"{len(rows)} new rows in {args.out}")
+
+
+COMMANDS = {"fit": fit_command, "select": select_command, "sweep": sweep_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

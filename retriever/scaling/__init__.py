@@ -9,6 +9,7 @@ Modules, one per concept:
 - :mod:`.plot`: measurements with fitted curves on log axes.
 - :mod:`.cost`: the cost model Z(N, D) = Z_data D + Z_train N + Z_infer N.
 - :mod:`.select`: the cheapest (N, D) for a target loss and the best (N, D) for a budget.
+- :mod:`.sweep`: measurement rows from truncated encoders (first l layers) trained on D pairs.
 
 Nothing here imports torch or matplotlib at import time; those are imported where needed.
 """

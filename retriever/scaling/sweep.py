@@ -1,0 +1,270 @@
+"""A small (N, D) sweep that produces measurement rows for the scaling laws (Fang et al., 2024).
+
+Encoder sizes are one pretrained checkpoint (by default all-MiniLM-L6-v2) truncated to its
+first l transformer layers. Truncation gives a clean model-size axis: every size shares the
+width, the tokenizer, the embedding tables and the pretraining run, and only depth varies, so
+N (non-embedding parameters) changes by one layer's worth at a time and nothing else moves.
+Training-set sizes D are nested prefixes of one seeded shuffle of the training questions.
+
+For each (l, D):
+
+1. both towers are copies of the l-layer encoder; the context tower is frozen, and its
+   vectors are computed once per l for every passage the sweep needs (training positives,
+   evaluation gold passages, the negative pool);
+2. the question tower is trained for one epoch over D (question, gold passage) pairs with
+   DPR's in-batch-negative loss (Karpukhin et al., 2020, Eq. 2), scores scaled by
+   ``score_scale`` since the model's outputs are L2-normalised;
+3. contrastive entropy (:mod:`.entropy`) is measured on (dev question, gold passage) pairs,
+   negatives drawn from a pool of corpus passages that excludes every dev gold passage. The
+   scores are the training scores, ``score_scale * q . p``, so the metric is the training
+   objective's cross-entropy against random negatives (with unscaled cosines every model would
+   sit near log(M + 1)).
+
+One row per (l, D) is appended to a JSON-lines file as soon as it is measured, in the format
+:func:`.measurements.read_measurements` reads; rows already in the file are skipped, so a
+killed sweep resumes where it stopped.
+
+Glossary: B batch of questions, C distinct candidate passages in a batch, H embedding size,
+P evaluation pairs, R negative-pool passages.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.errors import UserError
+
+from .entropy import contrastive_entropy, negative_pool_indices
+from .laws import count_non_embedding_params
+from .measurements import read_measurements
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """How each point of the sweep is trained and measured."""
+
+    model: str = "all-MiniLM-L6-v2"  # checkpoint whose first l layers make each encoder size
+    lr: float = 5e-5  # AdamW learning rate (linear warm-up over 10% of steps, then decay)
+    batch_size: int = 32  # questions per step; the other questions' positives are negatives
+    score_scale: float = 0.0  # multiply q . p in training and evaluation; 0 = 20 if normalised, else 1
+    max_length: int = 256  # tokens per passage (questions are far shorter)
+    eval_questions: int = 500  # first dev questions (with a gold passage) to measure on
+    pool_size: int = 1500  # random corpus passages in the negative pool (dev golds excluded)
+    num_negatives: int = 256  # negatives per evaluation pair (Fang et al.: 256)
+    repeats: int = 5  # negative redraws averaged by the contrastive entropy
+    seed: int = 0  # training-set shuffle, initialisation of dropout / batches, negative draws
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """Passages and question/gold-passage pairs, as corpus row indices."""
+
+    titles: list[str]  # corpus titles, by row
+    texts: list[str]  # corpus texts, by row
+    train_questions: list[str]  # shuffled training questions (D-prefixes are nested)
+    train_gold: np.ndarray  # (len(train_questions),) int64 corpus row of each gold passage
+    dev_questions: list[str]  # the evaluation questions
+    dev_gold: np.ndarray  # (P,) int64 corpus row of each gold passage
+    pool: np.ndarray  # (R,) int64 corpus rows of the negative pool
+
+
+def gold_rows(questions: Sequence[Any], texts: Sequence[str]) -> tuple[list[int], np.ndarray]:
+    """Match each question's ``gold_context`` to the corpus passage with the same text.
+
+    Texts are compared after ``collapse_ws``. Returns the positions (into ``questions``) of the
+    questions that matched and the (matched,) int64 corpus rows of their gold passages.
+    """
+    from retriever.corpus import collapse_ws
+
+    row_of = {}
+    for row, text in enumerate(texts):
+        row_of.setdefault(collapse_ws(text), row)
+    kept, rows = [], []
+    for i, q in enumerate(questions):
+        row = row_of.get(collapse_ws(q.gold_context)) if q.gold_context else None
+        if row is not None:
+            kept.append(i)
+            rows.append(row)
+    return kept, np.asarray(rows, dtype=np.int64)
+
+
+def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
+                    config: SweepConfig) -> SweepData:
+    """Read the corpus and SQuAD-style question files into a :class:`SweepData`.
+
+    Questions whose gold context matches no corpus passage are dropped (and counted in the
+    log). Raises :class:`UserError` when no training or dev question has a gold passage, or
+    when the pool is smaller than ``num_negatives``.
+    """
+    from retriever.corpus import load_corpus
+    from retriever.questions import read_questions
+
+    table = load_corpus(corpus)
+    ids, titles, texts = table["id"], table["title"], table["text"]
+    train_qs = read_questions(train, require_answers=False)
+    dev_qs = read_questions(dev, require_answers=False)
+    train_kept, train_gold = gold_rows(train_qs, texts)
+    dev_kept, dev_gold_all = gold_rows(dev_qs, texts)
+    if not train_kept or not dev_kept:
+        raise UserError(f"{train if not train_kept else dev}: no question's gold context "
+                        f"matches a passage of {corpus}")
+    log.info("gold passages found for %d/%d train and %d/%d dev questions",
+             len(train_kept), len(train_qs), len(dev_kept), len(dev_qs))
+    order = np.random.default_rng(config.seed).permutation(len(train_kept))
+    relevant = {ids[row] for row in dev_gold_all}  # every dev gold, not only the evaluated ones
+    pool = negative_pool_indices(ids, relevant, max_size=config.pool_size, seed=config.seed)
+    if len(pool) < config.num_negatives:
+        raise UserError(f"{corpus}: negative pool has {len(pool)} passages, fewer than "
+                        f"num_negatives={config.num_negatives}")
+    evaluated = dev_kept[: config.eval_questions]
+    return SweepData(
+        titles=list(titles), texts=list(texts),
+        train_questions=[train_qs[train_kept[i]].question for i in order],
+        train_gold=train_gold[order],
+        dev_questions=[dev_qs[i].question for i in evaluated],
+        dev_gold=dev_gold_all[: len(evaluated)],
+        pool=pool,
+    )
+
+
+def truncated_encoder(encoder, layers: int):
+    """A copy of ``encoder`` keeping only its first ``layers`` transformer layers."""
+    total = encoder.backbone.config.num_hidden_layers
+    if not 1 <= layers <= total:
+        raise UserError(f"layers must be in 1..{total} for {encoder.name}, got {layers}")
+    enc = copy.deepcopy(encoder)
+    enc.backbone.encoder.layer = enc.backbone.encoder.layer[:layers]
+    enc.backbone.config.num_hidden_layers = layers
+    enc.refresh_fingerprint()
+    return enc
+
+
+def _score_scale(encoder, config: SweepConfig) -> float:
+    if config.score_scale > 0:
+        return config.score_scale
+    return 20.0 if encoder.config.normalize else 1.0
+
+
+def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
+                         ctx_vecs: dict[int, np.ndarray], config: SweepConfig) -> float:
+    """One epoch of in-batch-negative DPR training of ``q_enc`` against frozen passage vectors.
+
+    ``gold`` (D,) holds each question's corpus row and ``ctx_vecs`` maps rows to (H,) float32
+    vectors. Duplicate positives in a batch are merged into one candidate column, so no
+    question is trained against its own gold passage as a negative. Returns the mean loss.
+    """
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from retriever.train import dpr_loss
+
+    device = next(q_enc.parameters()).device
+    scale = _score_scale(q_enc, config)
+    steps = (len(questions) + config.batch_size - 1) // config.batch_size
+    opt = torch.optim.AdamW(q_enc.parameters(), lr=config.lr)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    q_enc.train()
+    losses = []
+    for start in range(0, len(questions), config.batch_size):
+        batch_rows = gold[start : start + config.batch_size]  # (B,)
+        cands, positive_col = np.unique(batch_rows, return_inverse=True)  # (C,), (B,)
+        ctx = torch.from_numpy(np.stack([ctx_vecs[int(r)] for r in cands])).to(device)  # (C, H)
+        tok = q_enc.tokenize(list(questions[start : start + config.batch_size]))
+        q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, H)
+        loss = dpr_loss(q, ctx, torch.as_tensor(positive_col, device=device), scale=scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+    q_enc.eval()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def done_names(path: str | Path) -> set[str]:
+    """Names of the rows already in the measurements file (empty if it has none)."""
+    path = Path(path)
+    if not path.is_file() or not path.read_text().strip():
+        return set()
+    return {row.name for row in read_measurements(path)}
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+
+
+def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int],
+              out: str | Path, config: SweepConfig = SweepConfig(),
+              device: str = "cpu") -> list[dict[str, Any]]:
+    """Train and measure every (l, D) of ``layers`` x ``train_sizes`` not yet in ``out``.
+
+    Each finished point is appended to ``out`` (JSON lines: ``name``, ``n_params``,
+    ``n_train_pairs``, ``contrastive_entropy``, ``ce_std`` and run details). Returns the rows
+    written by this call. Raises :class:`UserError` when a D exceeds the training pairs.
+    """
+    import torch
+
+    from retriever.encode import EncodeConfig, encode_texts
+    from retriever.encoder import Encoder
+
+    out = Path(out)
+    too_big = [d for d in train_sizes if not 0 < d <= len(data.train_questions)]
+    if too_big:
+        raise UserError(f"train sizes {too_big} outside 1..{len(data.train_questions)} pairs")
+    base = Encoder.from_pretrained(config.model, max_length=config.max_length)
+    stem = Path(config.model).name
+    done = done_names(out)
+    encode_cfg = EncodeConfig(progress=False)
+    written = []
+    for n_layers in layers:
+        todo = [d for d in train_sizes if f"{stem}-l{n_layers}-d{d}" not in done]
+        if not todo:
+            continue
+        ctx_enc = truncated_encoder(base, n_layers).to(device).eval().requires_grad_(False)
+        need = np.unique(np.concatenate([data.train_gold[: max(todo)], data.dev_gold,
+                                         data.pool]))  # (rows,)
+        started = time.perf_counter()
+        vecs = encode_texts(ctx_enc, [data.texts[r] for r in need],
+                            [data.titles[r] for r in need], encode_cfg)  # (rows, H)
+        ctx_vecs = dict(zip(need.tolist(), vecs, strict=True))
+        log.info("l=%d: encoded %d passages in %.1fs", n_layers, len(need),
+                 time.perf_counter() - started)
+        gold_vecs = np.stack([ctx_vecs[int(r)] for r in data.dev_gold])  # (P, H)
+        pool_vecs = np.stack([ctx_vecs[int(r)] for r in data.pool])  # (R, H)
+        for d in todo:
+            started = time.perf_counter()
+            torch.manual_seed(config.seed)
+            q_enc = truncated_encoder(base, n_layers).to(device)
+            train_loss = train_question_tower(q_enc, data.train_questions[:d],
+                                              data.train_gold[:d], ctx_vecs, config)
+            scale = _score_scale(q_enc, config)
+            q_vecs = scale * encode_texts(q_enc, data.dev_questions, None, encode_cfg)  # (P, H)
+            mean, std = contrastive_entropy(q_vecs, gold_vecs, pool_vecs,
+                                            num_negatives=config.num_negatives,
+                                            repeats=config.repeats, seed=config.seed)
+            row = {"name": f"{stem}-l{n_layers}-d{d}",
+                   "n_params": count_non_embedding_params(q_enc),
+                   "n_train_pairs": d, "contrastive_entropy": mean, "ce_std": std,
+                   "layers": n_layers, "model": config.model, "train_loss": train_loss,
+                   "score_scale": scale, "eval_pairs": len(q_vecs), "pool_size": len(pool_vecs),
+                   "num_negatives": config.num_negatives, "repeats": config.repeats,
+                   "seed": config.seed, "seconds": round(time.perf_counter() - started, 1)}
+            _append_row(out, row)
+            written.append(row)
+            log.info("%s: N=%d CE=%.4f±%.4f (train loss %.3f, %.0fs)", row["name"],
+                     row["n_params"], mean, std, train_loss, row["seconds"])
+    return written
