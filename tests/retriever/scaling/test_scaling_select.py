@@ -161,4 +161,4 @@ def test_script_fit_then_select(tmp_path):
                                                            "delta": 0.0}}}))
         script.main(["select", "--fit", str(fit_json), "--budgets", "1e4"])
     with pytest.raises(UserError, match="expected a command"):
-        script.main(["sweep"])
+        script.main(["sweeps"])
