@@ -123,7 +123,7 @@ def load_model(model_dir: str | os.PathLike, index: str | os.PathLike | None,
     model = RagModel.from_pretrained(model_dir, index, **overrides)
     model.config, decoding = resolve_decoding(model.config, config)
     if model.index is not None:
-        model.index._check_k(model.config.k)
+        model.index.check_k(model.config.k)
     return model.eval(), decoding
 
 

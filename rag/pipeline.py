@@ -128,7 +128,7 @@ class RagModel(nn.Module):
                  ) -> tuple[torch.Tensor, SearchResult]:
         """Doc scores (B, K) float with gradient into the question encoder, and the passages."""
         k = k or self.config.k
-        self.index._check_k(k)
+        self.index.check_k(k)
         enc = self.question_encoder
         device = next(enc.parameters()).device
         tok = enc.tokenize(questions)

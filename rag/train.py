@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from retriever.fsutil import atomic_directory
 from retriever.metrics import exact_match
 from retriever.questions import Question
+from retriever.train import optimizer_step
 
 from .pipeline import RagModel
 
@@ -148,12 +149,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
             batch = [pairs[i] for i in batches[b]]
             with acc.accumulate(wrapped):
                 loss, _ = wrapped([q for q, _ in batch], [a for _, a in batch])
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, config.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
+                optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
             state["batch"] = b + 1
             if not acc.sync_gradients:
                 continue

@@ -80,7 +80,8 @@ def _read_tsv(path: Path) -> Iterator[dict]:
         yield {"id": row[i_id], "title": title, "text": row[i_text], "_where": f"line {line}"}
 
 
-def _read_jsonl(path: Path) -> Iterator[dict]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a JSON-lines file, checked."""
     for lineno, line in enumerate(_utf8_lines(path), start=1):
         if not line.strip():
             continue
@@ -90,6 +91,11 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
             raise UserError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
         if not isinstance(obj, dict):
             raise UserError(f"{path}: line {lineno}: expected a JSON object")
+        yield lineno, obj
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    for lineno, obj in json_lines(path):
         for field in ("id", "text"):
             if field not in obj:
                 raise UserError(f"{path}: line {lineno}: missing field {field!r}")

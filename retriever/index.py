@@ -141,7 +141,7 @@ class DenseIndex:
     def __len__(self) -> int:
         return int(self.manifest["count"])
 
-    def _check_k(self, k: int) -> None:
+    def check_k(self, k: int) -> None:
         if k <= 0:
             raise UserError(f"k must be a positive number of passages, got {k}")
         if k > len(self):
@@ -156,7 +156,7 @@ class DenseIndex:
 
     def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product: ``(scores (Q, k) float32, rows (Q, k) int64)``, best first."""
-        self._check_k(k)
+        self.check_k(k)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
             raise UserError(f"query vectors of shape {queries.shape} do not match the index "

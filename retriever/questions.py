@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import _check_file, _utf8_lines, collapse_ws, load_json
+from .corpus import _check_file, _utf8_lines, collapse_ws, json_lines, load_json
 from .errors import UserError
 
 
@@ -81,15 +81,9 @@ def _json_list(path: Path, data: list) -> list[Question]:
 
 def _jsonl(path: Path) -> list[Question]:
     out = []
-    for lineno, line in enumerate(_utf8_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
+    for lineno, obj in json_lines(path):
         where = f"{path}: line {lineno}"
-        if not isinstance(obj, dict) or "question" not in obj:
+        if "question" not in obj:
             raise UserError(f"{where}: expected an object with a 'question' field")
         out.append(
             Question(

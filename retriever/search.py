@@ -51,5 +51,5 @@ class Retriever:
 
     def retrieve(self, questions: list[str], k: int) -> SearchResult:
         """Top-k passages per question (ids, scores, passages), best first."""
-        self.index._check_k(k)
+        self.index.check_k(k)
         return self.index.search(self.encode(questions).numpy(), k)

@@ -186,19 +186,42 @@ def _batch_candidates(batch: list[Example], hard: int) -> tuple[list[int], torch
     return rows, torch.arange(len(batch))
 
 
+class FrozenContexts:
+    """Vectors of a frozen context encoder for a fixed set of index rows; ``self(rows)`` -> (C, D)."""
+
+    def __init__(self, index: DenseIndex, ctx_enc: Encoder, rows: np.ndarray):
+        self.rows = rows
+        self.slot = {int(r): i for i, r in enumerate(rows)}
+        self.vectors = context_vectors(index, ctx_enc, rows)  # (R, D)
+
+    def __call__(self, rows: list[int]) -> torch.Tensor:
+        return self.vectors[[self.slot[r] for r in rows]]
+
+
+def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: float) -> None:
+    """Backward, clip (when gradients sync), step and zero: one accelerate update, both trainers."""
+    acc.backward(loss)
+    if acc.sync_gradients:
+        acc.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+
+
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
                     scale: float) -> torch.Tensor:
     """Encode a batch of questions and return the DPR loss against its candidates."""
-    if config.negatives == "corpus":  # ctx_lookup(None) gives every passage, in row order
-        positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
-        rows = [int(r) for r in ctx_lookup.rows]
-    else:
-        rows, positive_col = _batch_candidates(batch, config.hard_negatives)
     device = next(q_enc.parameters()).device
     tok = q_enc.tokenize([ex.question for ex in batch])
     q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
-    ctx = ctx_lookup(rows).to(device=device, dtype=q.dtype)  # (C, D)
-    rows_t = torch.tensor(rows, device=device)  # (C,)
+    if config.negatives == "corpus":  # every passage is a candidate, in the lookup's row order
+        positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
+        ctx = ctx_lookup.vectors.to(device=device, dtype=q.dtype)  # (C, D), C = all rows
+        rows_t = torch.from_numpy(ctx_lookup.rows).to(device)  # (C,)
+    else:
+        rows, positive_col = _batch_candidates(batch, config.hard_negatives)
+        ctx = ctx_lookup(rows).to(device=device, dtype=q.dtype)  # (C, D)
+        rows_t = torch.tensor(rows, device=device)  # (C,)
     gold = rows_t[positive_col]  # (B,)
     exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
     exclude[torch.arange(len(batch)), positive_col.to(device)] = False  # ... except the positive
@@ -232,12 +255,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             all_rows = np.setdiff1d(np.arange(int(index.manifest["rows"])), index.removed)
         else:
             all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
-        vecs = context_vectors(index, ctx_enc, all_rows)
-        slot = {int(r): i for i, r in enumerate(all_rows)}
-
-        def ctx_lookup(rows):
-            return vecs[[slot[r] for r in rows]]
-        ctx_lookup.rows, ctx_lookup.slot = all_rows, slot
+        ctx_lookup = FrozenContexts(index, ctx_enc, all_rows)
         ctx_enc.requires_grad_(False)
         params = list(q_enc.parameters())
     if config.freeze_embeddings:
@@ -266,12 +284,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             batch = [examples[i] for i in mine[start : start + config.batch_size]]
             with acc.accumulate(q_enc):
                 loss = train_step_loss(model, batch, ctx_lookup, config, scale)
-                acc.backward(loss)
-                if acc.sync_gradients:
-                    acc.clip_grad_norm_(params, config.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
+                optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
             total_loss += loss.item()
             bar.set_postfix(loss=f"{loss.item():.4f}")
         entry = {"epoch": epoch + 1, "loss": total_loss / max(1, len(bar))}
