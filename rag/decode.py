@@ -23,7 +23,12 @@ from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from .marginal import check_rag_inputs, hypothesis_logprobs, sequence_log_marginal
+from .marginal import (
+    check_rag_inputs,
+    encoder_states,
+    hypothesis_logprobs,
+    sequence_log_marginal,
+)
 
 _NEG = -1.0e9  # transformers' beam search "impossible" score; reused so ties break the same way
 
@@ -124,7 +129,7 @@ def _process(scores: Tensor, cur_len: int, cfg: DecodeConfig, tok: _Tokens) -> T
 def encode_passages(
     generator: PreTrainedModel, context_input_ids: Tensor, context_attention_mask: Tensor | None
 ) -> Tensor:
-    """Run the generator's encoder once over all passages.
+    """Run the generator's encoder over all passages (length-bucketed, :func:`encoder_states`).
 
     Args:
         context_input_ids: (B, K, L) int64.
@@ -136,10 +141,8 @@ def encode_passages(
     B, K, L = context_input_ids.shape
     mask = None if context_attention_mask is None else context_attention_mask.reshape(B * K, L)
     # transformers boundary: passages flattened to (B*K, L)
-    out = generator.get_encoder()(
-        input_ids=context_input_ids.reshape(B * K, L), attention_mask=mask
-    )
-    return out.last_hidden_state.view(B, K, L, -1)  # (B, K, L, D)
+    states = encoder_states(generator, context_input_ids.reshape(B * K, L), mask)
+    return states.view(B, K, L, -1)  # (B, K, L, D)
 
 
 def _decoder_step(

@@ -45,6 +45,37 @@ def check_rag_inputs(
         )
 
 
+def encoder_states(generator: PreTrainedModel, input_ids: Tensor, attention_mask: Tensor | None,
+                   min_saving: float = 0.1) -> Tensor:
+    """The generator encoder's last hidden states (N, L, D) for (N, L) inputs, run in buckets.
+
+    Rows are sorted by their last attended position and cut into a few buckets, each trimmed to
+    its own longest row, so passages of uneven length do not pay for each other's padding (the
+    self-attention cost falls quadratically). Columns past a bucket's width come back as
+    zeros; attention masks hide them downstream, so results equal one padded pass up
+    to float rounding. Buckets are used only when they skip at least ``min_saving`` of the
+    padded tokens; otherwise, and for masks that are all ones, it is one ordinary call.
+    """
+    encoder = generator.get_encoder()
+    N, L = input_ids.shape
+    if attention_mask is None or N < 2 or bool(attention_mask[:, -1].all()):
+        return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    positions = torch.arange(1, L + 1, device=attention_mask.device)
+    width = (attention_mask.ne(0) * positions).amax(dim=1).clamp(min=1)  # (N,) last attended + 1
+    order = torch.argsort(width)  # (N,)
+    n_buckets = max(1, min(4, N // 4))
+    buckets = torch.tensor_split(order, n_buckets)
+    widths = [int(width[rows].max()) for rows in buckets]
+    if sum(w * len(rows) for w, rows in zip(widths, buckets, strict=True)) > (1 - min_saving) * N * L:
+        return encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    parts = []
+    for rows, w in zip(buckets, widths, strict=True):
+        states = encoder(input_ids=input_ids[rows, :w],
+                         attention_mask=attention_mask[rows, :w]).last_hidden_state  # (n, w, D)
+        parts.append(F.pad(states, (0, 0, 0, L - w)))  # (n, L, D)
+    return torch.cat(parts)[torch.argsort(order)]  # back to input order, (N, L, D)
+
+
 def generator_logits(
     generator: PreTrainedModel,
     context_input_ids: Tensor,
@@ -69,9 +100,11 @@ def generator_logits(
         raise ValueError(f"labels must be (B={B}, T>=2), got shape {tuple(labels.shape)}")
     decoder_input_ids = labels[:, None, :-1].expand(B, K, T - 1)  # (B, K, T-1)
     # transformers boundary: passages flattened to (B*K, ...)
+    ids, mask = context_input_ids.reshape(B * K, L), context_attention_mask.reshape(B * K, L)
+    states = encoder_states(generator, ids, mask)  # (B*K, L, D)
     out = generator(
-        input_ids=context_input_ids.reshape(B * K, L),
-        attention_mask=context_attention_mask.reshape(B * K, L),
+        encoder_outputs=(states,),
+        attention_mask=mask,
         decoder_input_ids=decoder_input_ids.reshape(B * K, T - 1),
         use_cache=False,
     )

@@ -8,14 +8,18 @@ Training-set sizes D are nested prefixes of one seeded shuffle of the training q
 
 For each (l, D):
 
-1. both towers are copies of the l-layer encoder; the context tower is frozen, and its
-   vectors are computed once per l for every passage the sweep needs (training positives,
-   evaluation gold passages, the negative pool);
-2. the question tower is trained for one epoch over D (question, gold passage) pairs with
-   DPR's in-batch-negative loss (Karpukhin et al., 2020, Eq. 2), scores scaled by
-   ``score_scale`` since the model's outputs are L2-normalised;
+1. both towers are copies of the l-layer encoder. By default the context tower is frozen, and
+   its vectors are computed once per l for every passage the sweep needs (training positives,
+   evaluation gold passages, the negative pool). With ``train_context`` one shared encoder
+   (siamese, as sentence-transformers trained MiniLM) encodes questions and passages and
+   trains on both, so every depth adapts its passage side too (several times dearer);
+2. the question tower (or the shared encoder) is trained for one epoch over D (question, gold
+   passage) pairs with DPR's in-batch-negative loss (Karpukhin et al., 2020, Eq. 2), scores
+   scaled by ``score_scale`` since the model's outputs are L2-normalised;
 3. contrastive entropy (:mod:`.entropy`) is measured on (dev question, gold passage) pairs,
-   negatives drawn from a pool of corpus passages that excludes every dev gold passage. The
+   negatives drawn from a pool of corpus passages that excludes every dev gold passage
+   (``eval_questions`` dev questions drawn at random by default: SQuAD lists its questions by
+   paragraph, so the first few hundred cover only a few dozen gold passages). The
    scores are the training scores, ``score_scale * q . p``, so the metric is the training
    objective's cross-entropy against random negatives (with unscaled cosines every model would
    sit near log(M + 1)).
@@ -59,7 +63,9 @@ class SweepConfig:
     batch_size: int = 32  # questions per step; the other questions' positives are negatives
     score_scale: float = 0.0  # multiply q . p in training and evaluation; 0 = 20 if normalised, else 1
     max_length: int = 256  # tokens per passage (questions are far shorter)
-    eval_questions: int = 500  # first dev questions (with a gold passage) to measure on
+    eval_questions: int = 500  # dev questions (with a gold passage) to measure on
+    eval_sample: str = "random"  # which dev questions: "random" (seeded) or "first"
+    train_context: bool = False  # train one shared encoder for questions and passages (siamese)
     pool_size: int = 1500  # random corpus passages in the negative pool (dev golds excluded)
     num_negatives: int = 256  # negatives per evaluation pair (Fang et al.: 256)
     repeats: int = 5  # negative redraws averaged by the contrastive entropy
@@ -127,13 +133,20 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
     if len(pool) < config.num_negatives:
         raise UserError(f"{corpus}: negative pool has {len(pool)} passages, fewer than "
                         f"num_negatives={config.num_negatives}")
-    evaluated = dev_kept[: config.eval_questions]
+    if config.eval_sample not in ("random", "first"):
+        raise UserError(f"eval_sample must be 'random' or 'first', not {config.eval_sample!r}")
+    picked = np.arange(len(dev_kept))
+    if config.eval_sample == "random":
+        picked = np.sort(np.random.default_rng(config.seed + 1).permutation(len(dev_kept))[
+            : config.eval_questions])
+    picked = picked[: config.eval_questions]
+    evaluated = [dev_kept[i] for i in picked]
     return SweepData(
         titles=list(titles), texts=list(texts),
         train_questions=[train_qs[train_kept[i]].question for i in order],
         train_gold=train_gold[order],
         dev_questions=[dev_qs[i].question for i in evaluated],
-        dev_gold=dev_gold_all[: len(evaluated)],
+        dev_gold=dev_gold_all[picked],
         pool=pool,
     )
 
@@ -157,12 +170,15 @@ def _score_scale(encoder, config: SweepConfig) -> float:
 
 
 def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
-                         ctx_vecs: dict[int, np.ndarray], config: SweepConfig) -> float:
-    """One epoch of in-batch-negative DPR training of ``q_enc`` against frozen passage vectors.
+                         ctx_vecs: dict[int, np.ndarray] | None, config: SweepConfig,
+                         data: SweepData | None = None) -> float:
+    """One epoch of in-batch-negative DPR training of ``q_enc``.
 
-    ``gold`` (D,) holds each question's corpus row and ``ctx_vecs`` maps rows to (H,) float32
-    vectors. Duplicate positives in a batch are merged into one candidate column, so no
-    question is trained against its own gold passage as a negative. Returns the mean loss.
+    ``gold`` (D,) holds each question's corpus row. Passages are scored by their frozen vectors
+    ``ctx_vecs`` (row -> (H,) float32), or, when ``config.train_context``, encoded by ``q_enc``
+    itself from ``data``'s texts at every step (one shared, trained encoder). Duplicate
+    positives in a batch are merged into one candidate column, so no question is trained
+    against its own gold passage as a negative. Returns the mean loss.
     """
     import torch
     from transformers import get_linear_schedule_with_warmup
@@ -179,7 +195,11 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     for start in range(0, len(questions), config.batch_size):
         batch_rows = gold[start : start + config.batch_size]  # (B,)
         cands, positive_col = np.unique(batch_rows, return_inverse=True)  # (C,), (B,)
-        ctx = torch.from_numpy(np.stack([ctx_vecs[int(r)] for r in cands])).to(device)  # (C, H)
+        if config.train_context:
+            ptok = q_enc.tokenize([data.texts[r] for r in cands], [data.titles[r] for r in cands])
+            ctx = q_enc(ptok["input_ids"].to(device), ptok["attention_mask"].to(device))  # (C, H)
+        else:
+            ctx = torch.from_numpy(np.stack([ctx_vecs[int(r)] for r in cands])).to(device)
         tok = q_enc.tokenize(list(questions[start : start + config.batch_size]))
         q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, H)
         loss = dpr_loss(q, ctx, torch.as_tensor(positive_col, device=device), scale=scale)
@@ -190,6 +210,15 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
         losses.append(float(loss.detach()))
     q_enc.eval()
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def _encode_rows(encoder, data: SweepData, rows: np.ndarray, encode_cfg) -> dict[int, np.ndarray]:
+    """Corpus row -> (H,) float32 vector of each passage in ``rows`` under ``encoder``."""
+    from retriever.encode import encode_texts
+
+    vecs = encode_texts(encoder, [data.texts[r] for r in rows], [data.titles[r] for r in rows],
+                        encode_cfg)  # (rows, H)
+    return dict(zip(rows.tolist(), vecs, strict=True))
 
 
 def done_names(path: str | Path) -> set[str]:
@@ -227,39 +256,43 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
         raise UserError(f"train sizes {too_big} outside 1..{len(data.train_questions)} pairs")
     base = Encoder.from_pretrained(config.model, max_length=config.max_length)
     stem = Path(config.model).name
+    tag = "-shared" if config.train_context else ""  # a shared, fully trained encoder
     done = done_names(out)
     encode_cfg = EncodeConfig(progress=False)
     written = []
     for n_layers in layers:
-        todo = [d for d in train_sizes if f"{stem}-l{n_layers}-d{d}" not in done]
+        todo = [d for d in train_sizes if f"{stem}-l{n_layers}-d{d}{tag}" not in done]
         if not todo:
             continue
-        ctx_enc = truncated_encoder(base, n_layers).to(device).eval().requires_grad_(False)
-        need = np.unique(np.concatenate([data.train_gold[: max(todo)], data.dev_gold,
-                                         data.pool]))  # (rows,)
-        started = time.perf_counter()
-        vecs = encode_texts(ctx_enc, [data.texts[r] for r in need],
-                            [data.titles[r] for r in need], encode_cfg)  # (rows, H)
-        ctx_vecs = dict(zip(need.tolist(), vecs, strict=True))
-        log.info("l=%d: encoded %d passages in %.1fs", n_layers, len(need),
-                 time.perf_counter() - started)
-        gold_vecs = np.stack([ctx_vecs[int(r)] for r in data.dev_gold])  # (P, H)
-        pool_vecs = np.stack([ctx_vecs[int(r)] for r in data.pool])  # (R, H)
+        ctx_vecs = None
+        if not config.train_context:  # frozen passage tower: encode every needed passage once
+            ctx_enc = truncated_encoder(base, n_layers).to(device).eval().requires_grad_(False)
+            need = np.unique(np.concatenate([data.train_gold[: max(todo)], data.dev_gold,
+                                             data.pool]))  # (rows,)
+            started = time.perf_counter()
+            ctx_vecs = _encode_rows(ctx_enc, data, need, encode_cfg)
+            log.info("l=%d: encoded %d passages in %.1fs", n_layers, len(need),
+                     time.perf_counter() - started)
         for d in todo:
             started = time.perf_counter()
             torch.manual_seed(config.seed)
             q_enc = truncated_encoder(base, n_layers).to(device)
             train_loss = train_question_tower(q_enc, data.train_questions[:d],
-                                              data.train_gold[:d], ctx_vecs, config)
+                                              data.train_gold[:d], ctx_vecs, config, data)
+            vecs = ctx_vecs or _encode_rows(q_enc, data, np.unique(np.concatenate(
+                [data.dev_gold, data.pool])), encode_cfg)  # the trained shared encoder
+            gold_vecs = np.stack([vecs[int(r)] for r in data.dev_gold])  # (P, H)
+            pool_vecs = np.stack([vecs[int(r)] for r in data.pool])  # (R, H)
             scale = _score_scale(q_enc, config)
             q_vecs = scale * encode_texts(q_enc, data.dev_questions, None, encode_cfg)  # (P, H)
             mean, std = contrastive_entropy(q_vecs, gold_vecs, pool_vecs,
                                             num_negatives=config.num_negatives,
                                             repeats=config.repeats, seed=config.seed)
-            row = {"name": f"{stem}-l{n_layers}-d{d}",
+            row = {"name": f"{stem}-l{n_layers}-d{d}{tag}",
                    "n_params": count_non_embedding_params(q_enc),
                    "n_train_pairs": d, "contrastive_entropy": mean, "ce_std": std,
                    "layers": n_layers, "model": config.model, "train_loss": train_loss,
+                   "train_context": config.train_context,
                    "score_scale": scale, "eval_pairs": len(q_vecs), "pool_size": len(pool_vecs),
                    "num_negatives": config.num_negatives, "repeats": config.repeats,
                    "seed": config.seed, "seconds": round(time.perf_counter() - started, 1)}

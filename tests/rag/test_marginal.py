@@ -155,3 +155,41 @@ def test_hypothesis_logprobs_match_teacher_forcing(tiny_bart, rag_batch):
             expected = bart_token_logprobs(tiny_bart, ids[q : q + 1], mask[q : q + 1],
                                            hyps[m : m + 1])[0]  # (K, T-1)
             torch.testing.assert_close(got[m].double(), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_encoder_states_buckets_equal_one_padded_pass(tiny_bart, left_padded):
+    """Length buckets give the padded pass's states where attended, zeros past each bucket,
+    the same gradients, and really run in several trimmed calls."""
+    import torch
+
+    from rag.marginal import encoder_states
+
+    g = torch.Generator().manual_seed(3)
+    N, L = 12, 40
+    lengths = torch.tensor([40, 5, 9, 33, 12, 7, 20, 6, 8, 11, 10, 4])
+    ids = torch.randint(4, 100, (N, L), generator=g)
+    mask = (torch.arange(L) < lengths[:, None]).long()  # (N, L) right-padded
+    if left_padded:  # only the leading columns are padding: no trailing column to trim
+        mask = mask.flip(1)
+    ids = ids.masked_fill(mask == 0, tiny_bart.config.pad_token_id)
+    encoder = tiny_bart.get_encoder()
+    calls = []
+    hook = encoder.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape),
+                                         with_kwargs=True)
+    try:
+        got = encoder_states(tiny_bart, ids, mask)
+    finally:
+        hook.remove()
+    want = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()[:, :, None]
+    torch.testing.assert_close(got * keep, want * keep, atol=1e-5, rtol=1e-5)
+    if left_padded:
+        assert len(calls) == 1
+    else:
+        assert len(calls) > 1 and max(shape[1] for shape in calls[:-1]) < L
+        assert got[lengths.argmin(), lengths.max() - 1 :].abs().max() == 0  # past its bucket
+        weight = encoder.layers[0].fc1.weight
+        (grad_got,) = torch.autograd.grad((got * keep).square().sum(), weight)
+        (grad_want,) = torch.autograd.grad((want * keep).square().sum(), weight)
+        torch.testing.assert_close(grad_got, grad_want, atol=1e-4, rtol=1e-4)

@@ -62,3 +62,30 @@ def test_truncated_encoder_keeps_first_layers(tiny_encoder_dir):
     assert len(base.backbone.encoder.layer) == 2  # the original is untouched
     with pytest.raises(UserError):
         truncated_encoder(base, 3)
+
+
+def test_eval_sample_random_is_seeded_and_differs_from_first(tmp_path, corpus_tsv, squad_questions,
+                                                              tiny_encoder_dir):
+    train, dev = _split_squad(tmp_path, squad_questions, {"Paris", "Nile", "Python"})
+    base = dict(model=str(tiny_encoder_dir), eval_questions=2, pool_size=3, num_negatives=2)
+    first = load_sweep_data(corpus_tsv, train, dev, SweepConfig(eval_sample="first", **base))
+    runs = [load_sweep_data(corpus_tsv, train, dev, SweepConfig(seed=s, **base)) for s in range(6)]
+    assert runs[0].dev_questions == load_sweep_data(
+        corpus_tsv, train, dev, SweepConfig(seed=0, **base)).dev_questions  # deterministic
+    picks = {tuple(r.dev_questions) for r in runs}
+    assert len(picks) > 1 and any(p != tuple(first.dev_questions) for p in picks)
+    for r in runs:  # each pick keeps its gold passages aligned with its questions
+        assert len(r.dev_questions) == len(r.dev_gold) == 2
+    with pytest.raises(UserError, match="eval_sample"):
+        load_sweep_data(corpus_tsv, train, dev, SweepConfig(eval_sample="last", **base))
+
+
+def test_train_context_trains_the_passage_side(sweep_inputs):
+    data, config, out = sweep_inputs
+    from dataclasses import replace
+
+    frozen = run_sweep(data, [1], [4], out, config)[0]
+    shared = run_sweep(data, [1], [4], out, replace(config, train_context=True))[0]
+    assert shared["name"].endswith("-shared") and shared["train_context"]
+    assert frozen["name"] != shared["name"] and len(read_measurements(out)) == 2
+    assert shared["contrastive_entropy"] != pytest.approx(frozen["contrastive_entropy"], abs=1e-6)
