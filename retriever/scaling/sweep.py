@@ -1,9 +1,14 @@
 """A small (N, D) sweep that produces measurement rows for the scaling laws (Fang et al., 2024).
 
-Encoder sizes are one pretrained checkpoint (by default all-MiniLM-L6-v2) truncated to its
-first l transformer layers. Truncation gives a clean model-size axis: every size shares the
-width, the tokenizer, the embedding tables and the pretraining run, and only depth varies, so
-N (non-embedding parameters) changes by one layer's worth at a time and nothing else moves.
+Encoder sizes are one pretrained checkpoint (by default all-MiniLM-L6-v2) cut to l of its
+transformer layers: by default the first l - 1 and the last (``keep="first_and_last"``), or the
+first l (``keep="first"``). Cutting gives a clean model-size axis: every size shares the width,
+the tokenizer, the embedding tables and the pretraining run, and only depth varies, so N
+(non-embedding parameters) changes by one layer's worth at a time and nothing else moves.
+Keeping the last layer matters: only its output was trained for mean-pooled similarity, and
+without it every shorter model starts from an intermediate representation that one epoch of
+training does not turn into an embedding (on squad-open, zero-shot contrastive entropy is then
+not even monotone in depth).
 Training-set sizes D are nested prefixes of one seeded shuffle of the training questions.
 
 For each (l, D):
@@ -58,7 +63,9 @@ log = logging.getLogger(__name__)
 class SweepConfig:
     """How each point of the sweep is trained and measured."""
 
-    model: str = "all-MiniLM-L6-v2"  # checkpoint whose first l layers make each encoder size
+    model: str = "all-MiniLM-L6-v2"  # checkpoint whose layers make each encoder size
+    keep: str = "first_and_last"  # size l keeps the "first" l layers, or the "first_and_last":
+    # layers 1..l-1 and the last one, so every size ends in the layer pretrained for pooling
     lr: float = 5e-5  # AdamW learning rate (linear warm-up over 10% of steps, then decay)
     batch_size: int = 32  # questions per step; the other questions' positives are negatives
     score_scale: float = 0.0  # multiply q . p in training and evaluation; 0 = 20 if normalised, else 1
@@ -151,13 +158,31 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
     )
 
 
-def truncated_encoder(encoder, layers: int):
-    """A copy of ``encoder`` keeping only its first ``layers`` transformer layers."""
+def kept_layers(total: int, layers: int, keep: str = "first") -> list[int]:
+    """Indices of the ``layers`` of ``total`` transformer layers an encoder size keeps.
+
+    ``"first"``: the first ``layers`` (the top ones dropped). ``"first_and_last"``: the first
+    ``layers - 1`` and the last one, so every size ends in the layer that was pretrained for the
+    pooled output (dropping layers below the top, as in Sajjad et al. 2023, "On the effect of
+    dropping layers of pre-trained transformer models").
+    """
+    if not 1 <= layers <= total:
+        raise UserError(f"layers must be in 1..{total}, got {layers}")
+    if keep == "first":
+        return list(range(layers))
+    if keep == "first_and_last":
+        return list(range(layers - 1)) + [total - 1]
+    raise UserError(f"keep must be 'first' or 'first_and_last', not {keep!r}")
+
+
+def truncated_encoder(encoder, layers: int, keep: str = "first"):
+    """A copy of ``encoder`` with ``layers`` of its transformer layers (see :func:`kept_layers`)."""
     total = encoder.backbone.config.num_hidden_layers
     if not 1 <= layers <= total:
         raise UserError(f"layers must be in 1..{total} for {encoder.name}, got {layers}")
     enc = copy.deepcopy(encoder)
-    enc.backbone.encoder.layer = enc.backbone.encoder.layer[:layers]
+    blocks = enc.backbone.encoder.layer
+    enc.backbone.encoder.layer = type(blocks)([blocks[i] for i in kept_layers(total, layers, keep)])
     enc.backbone.config.num_hidden_layers = layers
     enc.refresh_fingerprint()
     return enc
@@ -256,7 +281,8 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
         raise UserError(f"train sizes {too_big} outside 1..{len(data.train_questions)} pairs")
     base = Encoder.from_pretrained(config.model, max_length=config.max_length)
     stem = Path(config.model).name
-    tag = "-shared" if config.train_context else ""  # a shared, fully trained encoder
+    tag = ("-last" if config.keep == "first_and_last" else "") + (
+        "-shared" if config.train_context else "")  # which layers; a shared, trained encoder
     done = done_names(out)
     encode_cfg = EncodeConfig(progress=False)
     written = []
@@ -266,7 +292,8 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
             continue
         ctx_vecs = None
         if not config.train_context:  # frozen passage tower: encode every needed passage once
-            ctx_enc = truncated_encoder(base, n_layers).to(device).eval().requires_grad_(False)
+            ctx_enc = truncated_encoder(base, n_layers, config.keep).to(device)
+            ctx_enc = ctx_enc.eval().requires_grad_(False)
             need = np.unique(np.concatenate([data.train_gold[: max(todo)], data.dev_gold,
                                              data.pool]))  # (rows,)
             started = time.perf_counter()
@@ -276,7 +303,7 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
         for d in todo:
             started = time.perf_counter()
             torch.manual_seed(config.seed)
-            q_enc = truncated_encoder(base, n_layers).to(device)
+            q_enc = truncated_encoder(base, n_layers, config.keep).to(device)
             train_loss = train_question_tower(q_enc, data.train_questions[:d],
                                               data.train_gold[:d], ctx_vecs, config, data)
             vecs = ctx_vecs or _encode_rows(q_enc, data, np.unique(np.concatenate(
@@ -291,7 +318,8 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
             row = {"name": f"{stem}-l{n_layers}-d{d}{tag}",
                    "n_params": count_non_embedding_params(q_enc),
                    "n_train_pairs": d, "contrastive_entropy": mean, "ce_std": std,
-                   "layers": n_layers, "model": config.model, "train_loss": train_loss,
+                   "layers": n_layers, "keep": config.keep, "model": config.model,
+                   "train_loss": train_loss,
                    "train_context": config.train_context,
                    "score_scale": scale, "eval_pairs": len(q_vecs), "pool_size": len(pool_vecs),
                    "num_negatives": config.num_negatives, "repeats": config.repeats,

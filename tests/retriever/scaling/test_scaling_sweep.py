@@ -8,7 +8,13 @@ import pytest
 
 from retriever.errors import UserError
 from retriever.scaling import read_measurements
-from retriever.scaling.sweep import SweepConfig, load_sweep_data, run_sweep, truncated_encoder
+from retriever.scaling.sweep import (
+    SweepConfig,
+    kept_layers,
+    load_sweep_data,
+    run_sweep,
+    truncated_encoder,
+)
 
 
 def _split_squad(tmp_path, squad_questions, dev_titles: set[str]):
@@ -89,3 +95,29 @@ def test_train_context_trains_the_passage_side(sweep_inputs):
     assert shared["name"].endswith("-shared") and shared["train_context"]
     assert frozen["name"] != shared["name"] and len(read_measurements(out)) == 2
     assert shared["contrastive_entropy"] != pytest.approx(frozen["contrastive_entropy"], abs=1e-6)
+
+
+def test_kept_layers():
+    assert kept_layers(6, 1, "first") == [0]
+    assert kept_layers(6, 3, "first") == [0, 1, 2]
+    assert kept_layers(6, 1, "first_and_last") == [5]
+    assert kept_layers(6, 3, "first_and_last") == [0, 1, 5]
+    assert kept_layers(6, 6, "first_and_last") == list(range(6))
+    with pytest.raises(UserError, match="keep"):
+        kept_layers(6, 2, "middle")
+    with pytest.raises(UserError):
+        kept_layers(6, 0)
+
+
+def test_truncated_encoder_first_and_last_keeps_the_top_layer(tiny_encoder_dir):
+    import torch
+
+    from retriever.encoder import Encoder
+
+    base = Encoder.from_pretrained(str(tiny_encoder_dir))
+    one = truncated_encoder(base, 1, "first_and_last")
+    top = base.backbone.encoder.layer[1].state_dict()
+    got = one.backbone.encoder.layer[0].state_dict()
+    assert len(one.backbone.encoder.layer) == 1 and got.keys() == top.keys()
+    assert all(torch.equal(got[k], top[k]) for k in top)
+    assert one.identity() != truncated_encoder(base, 1, "first").identity()
