@@ -119,9 +119,10 @@ class RagModel(nn.Module):
             # training moves the question encoder away from the index's encoder: remember the pair
             question_encoder.paired_context_fingerprint = index.manifest["encoder"]["fingerprint"]
 
-    def forward(self, questions: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, questions: list[str], answers: list[str],
+                passages: list[tuple[str, str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss (what accelerate/DDP call): see :meth:`loss`."""
-        return self.loss(questions, answers)
+        return self.loss(questions, answers, passages)
 
     # --------------------------------------------------------------- inputs
     def retrieve(self, questions: list[str], k: int | None = None,
@@ -176,9 +177,26 @@ class RagModel(nn.Module):
         return inputs, doc_scores.to(device), result
 
     # ------------------------------------------------------------- training
-    def loss(self, questions: list[str], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """RAG NLL: ``(mean loss, per-question NLL (B,))`` (Lewis et al. 2020, Eqs. 1-2)."""
-        inputs, doc_scores, _ = self._prepare(questions)
+    def loss(self, questions: list[str], answers: list[str],
+             passages: list[tuple[str, str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RAG NLL: ``(mean loss, per-question NLL (B,))`` (Lewis et al. 2020, Eqs. 1-2).
+
+        ``passages`` (one ``(title, text)`` per question) replaces retrieval with that single
+        given passage, p(z|x) = 1: the generator trains as a reader on it and the question
+        encoder gets no gradient (a reader warm-up on gold passages).
+        """
+        if passages is None:
+            inputs, doc_scores, _ = self._prepare(questions)
+        else:
+            questions = check_questions(questions)
+            device = next(self.generator.parameters()).device
+            titles, texts = [[t] for t, _ in passages], [[x] for _, x in passages]
+            texts = fit_passages(self.tokenizer, questions, titles, texts,
+                                 self.config.max_input_length)
+            inputs = {k: v.to(device) for k, v in build_generator_inputs(
+                self.tokenizer, questions, titles, texts, self.config.max_input_length,
+                pad_to_max_length=False).items()}  # (B, 1, L)
+            doc_scores = torch.zeros(len(questions), 1, device=device)
         labels = self.labels(answers).to(doc_scores.device)
         mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
         return rag_loss(mode, self.generator, inputs["input_ids"], inputs["attention_mask"],

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from retriever.errors import UserError
 from retriever.fsutil import atomic_directory
 from retriever.metrics import exact_match
 from retriever.questions import Question
@@ -49,6 +50,9 @@ class FinetuneConfig:
     freeze_generator_encoder: bool = False  # train only the BART decoder (no backward through the
     # encoder or the shared embeddings/LM head: ~2.5x cheaper steps, for CPU-sized runs)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+    gold_window: int = 0  # > 0: reader warm-up: train the generator on each question's own gold
+    # paragraph (SQuAD context, found in the index for its title) cut to +-N characters around
+    # the answer, instead of on retrieved passages; the question encoder does not train
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = after each epoch only
     eval_limit: int = 500  # dev questions per evaluation (0 = all)
     eval_beams: int = 1  # beam width for dev evaluation (1 = greedy, fastest)
@@ -68,6 +72,43 @@ def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 
         scores += [exact_match(a.answer, q.answers) for a, q in zip(answers, chunk, strict=True)]
     model.train(was_training)
     return 100.0 * sum(scores) / max(1, len(scores))
+
+
+def answer_window(context: str, answer: str, width: int) -> str | None:
+    """``context`` cut to ``width`` characters either side of the first occurrence of ``answer``,
+    widened to whole words; None when the answer does not occur in it."""
+    start = context.find(answer)
+    if start < 0:
+        return None
+    a, b = max(0, start - width), min(len(context), start + len(answer) + width)
+    while a > 0 and not context[a - 1].isspace():
+        a -= 1
+    while b < len(context) and not context[b].isspace():
+        b += 1
+    return context[a:b].strip()
+
+
+def gold_examples(train: Sequence[Question], model: RagModel, width: int
+                  ) -> list[tuple[str, str, tuple[str, str]]]:
+    """(question, answer, (title, window)) for every question whose gold paragraph is in the
+    model's index and contains its first answer; titles come from the index's passages."""
+    from retriever.corpus import collapse_ws
+
+    if model.index is None:
+        raise UserError("gold_window needs an index (the titles of the gold paragraphs)")
+    table = model.index.passages
+    title_of = dict(zip(map(collapse_ws, table["text"]), table["title"], strict=True))
+    out = []
+    for q in train:
+        title = title_of.get(collapse_ws(q.gold_context)) if q.gold_context and q.answers else None
+        window = answer_window(collapse_ws(q.gold_context), q.answers[0], width) if title else None
+        if window:
+            out.append((q.question, q.answers[0], (title, window)))
+    if not out:
+        raise UserError("gold_window: no training question has a gold paragraph (SQuAD context) "
+                        "that is in the index and contains its answer")
+    log.info("reader warm-up on %d/%d questions with their gold paragraphs", len(out), len(train))
+    return out
 
 
 def checkpoint_dir(out: str | os.PathLike) -> Path:
@@ -105,9 +146,13 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     acc = accelerator or Accelerator(mixed_precision=config.mixed_precision,
                                      gradient_accumulation_steps=config.grad_accum)
     torch.manual_seed(config.seed)
-    pairs = [(q.question, q.answers[0]) for q in train if q.answers]
+    if config.gold_window > 0:
+        pairs = gold_examples(train, model, config.gold_window)
+    else:
+        pairs = [(q.question, q.answers[0], None) for q in train if q.answers]
     if model.question_encoder is not None:
-        model.question_encoder.requires_grad_(config.train_question_encoder)
+        model.question_encoder.requires_grad_(config.train_question_encoder
+                                              and config.gold_window <= 0)
     if config.freeze_generator_encoder:
         model.generator.get_encoder().requires_grad_(False)
         model.generator.get_input_embeddings().requires_grad_(False)  # tied to the LM head
@@ -148,7 +193,8 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         for b in range(state["batch"], len(batches)):
             batch = [pairs[i] for i in batches[b]]
             with acc.accumulate(wrapped):
-                loss, _ = wrapped([q for q, _ in batch], [a for _, a in batch])
+                gold = [p for _, _, p in batch] if config.gold_window > 0 else None
+                loss, _ = wrapped([q for q, _, _ in batch], [a for _, a, _ in batch], gold)
                 optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
             state["batch"] = b + 1
             if not acc.sync_gradients:

@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from rag.pipeline import RagModel
-from rag.train import FinetuneConfig, checkpoint_dir, dev_exact_match, finetune, resume_dir
+from rag.train import (
+    FinetuneConfig,
+    answer_window,
+    checkpoint_dir,
+    dev_exact_match,
+    finetune,
+    gold_examples,
+    resume_dir,
+)
+from retriever.errors import UserError
 from retriever.questions import Question
 
 
@@ -54,11 +63,11 @@ def count_calls(model: RagModel, crash_after: int | None = None) -> list[int]:
     calls = []
     forward = model.forward
 
-    def counted(questions, answers):
+    def counted(questions, answers, passages=None):
         if crash_after is not None and len(calls) >= crash_after:
             raise Crash("killed")
         calls.append(len(questions))
-        return forward(questions, answers)
+        return forward(questions, answers, passages)
 
     model.forward = counted
     return calls
@@ -105,3 +114,70 @@ def test_schedule_ends_with_the_epochs_when_max_steps_is_larger(make_rag, train,
         finetune(model, train, out, config)
     sched = torch.load(checkpoint_dir(out) / "scheduler.pt", weights_only=True)
     assert sched["_last_lr"] == pytest.approx([1e-3 * (4 - 2) / 4])  # 8 questions: 4 steps in all
+
+
+def test_answer_window_cuts_whole_words_around_the_first_answer():
+    text = "The Nile flows north through Egypt. It is long. Egypt is dry."
+    assert answer_window(text, "Egypt", 6) == "through Egypt. It is"  # cuts widen to words
+    assert answer_window(text, "Egypt", 0) == "Egypt."
+    assert answer_window(text, "The", 3) == "The Nile"
+    assert answer_window(text, "Amazon", 10) is None
+
+
+def _gold_questions(model: RagModel, train: list[Question]) -> list[Question]:
+    """The fixture questions with their gold passage's text as SQuAD's ``context``."""
+    text_of = dict(zip(model.index.passages["id"], model.index.passages["text"], strict=True))
+    return [Question(q.question, q.answers, q.id, gold_context=text_of[q.id]) for q in train]
+
+
+def test_gold_examples_take_titles_from_the_index(make_rag, train):
+    model = make_rag("sequence")
+    gold = _gold_questions(model, train)
+    title_of = dict(zip(model.index.passages["id"], model.index.passages["title"], strict=True))
+    no_context = Question("Where?", ("x",), "none")
+    examples = gold_examples([*gold, no_context], model, 1000)
+    assert [e[0] for e in examples] == [q.question for q in gold if q.answers[0] in q.gold_context]
+    for (question, answer, (title, window)), q in zip(examples, gold, strict=False):
+        assert question == q.question and answer == q.answers[0]
+        assert title == title_of[q.id] and answer in window
+    with pytest.raises(UserError, match="gold_window"):
+        gold_examples([no_context], model, 10)
+
+
+def test_loss_on_a_given_passage_is_the_generators_nll(make_rag, train):
+    """With one given passage p(z|x) = 1: the loss is the BART NLL of the answer on that input."""
+    from generator.inputs import build_generator_inputs
+
+    model = make_rag("sequence")
+    q, a = train[0].question, train[0].answers[0]
+    passage = ("Some Title", "A short passage about nothing in particular.")
+    _, nll = model.loss([q], [a], [passage])
+    enc = build_generator_inputs(model.tokenizer, [q], [[passage[0]]], [[passage[1]]],
+                                 model.config.max_input_length, pad_to_max_length=False)
+    labels = model.labels([a])  # (1, T) start symbol first
+    with torch.no_grad():
+        logits = model.generator(input_ids=enc["input_ids"][:, 0],
+                                 attention_mask=enc["attention_mask"][:, 0],
+                                 decoder_input_ids=labels[:, :-1]).logits
+    want = torch.nn.functional.cross_entropy(logits[0], labels[0, 1:], reduction="sum")
+    assert nll.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_reader_warm_up_trains_the_generator_only(make_rag, train, tmp_path):
+    model = make_rag("sequence")
+    gold = _gold_questions(model, train)
+    q_before = {k: v.clone() for k, v in model.question_encoder.state_dict().items()}
+    examples = gold_examples(gold, model, 1000)
+
+    def gold_loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            return model.loss([e[0] for e in examples], [e[1] for e in examples],
+                              [e[2] for e in examples])[0].item()
+
+    before = gold_loss()
+    config = FinetuneConfig(epochs=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, gold_window=1000)
+    finetune(model, gold, tmp_path / "out", config)
+    assert gold_loss() < 0.8 * before
+    after = model.question_encoder.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in q_before.items())
