@@ -147,8 +147,13 @@ class RagModel(nn.Module):
             enc = self.tokenizer(questions, max_length=self.config.max_input_length,
                                  truncation=True, padding=True, return_tensors="pt")
             return {key: enc[key][:, None, :] for key in ("input_ids", "attention_mask")}
-        titles = [[p["title"] for p in row] for row in result.passages]
-        texts = [[p["text"] for p in row] for row in result.passages]
+        return self._passage_inputs(questions, result.passages)
+
+    def _passage_inputs(self, questions: list[str], passages: list[list[dict]]
+                        ) -> dict[str, torch.Tensor]:
+        """Inputs (B, K, L) for K passage dicts (``title``, ``text``) per question."""
+        titles = [[p["title"] for p in row] for row in passages]
+        texts = [[p["text"] for p in row] for row in passages]
         texts = fit_passages(self.tokenizer, questions, titles, texts, self.config.max_input_length)
         return build_generator_inputs(self.tokenizer, questions, titles, texts,
                                       self.config.max_input_length, pad_to_max_length=False)
@@ -166,15 +171,20 @@ class RagModel(nn.Module):
         pad = self.generator.config.pad_token_id
         return torch.tensor([s + [pad] * (width - len(s)) for s in seqs])  # (B, T)
 
-    def _prepare(self, questions: list[str]) -> tuple[dict, torch.Tensor, SearchResult | None]:
+    def _prepare(self, questions: list[str], given: list[tuple[str, str]] | None = None
+                 ) -> tuple[dict, torch.Tensor, SearchResult | None]:
+        """Generator inputs, doc scores and search result; ``given`` (one ``(title, text)`` per
+        question) replaces retrieval with that single passage, p(z|x) = 1."""
         questions = check_questions(questions)
         device = next(self.generator.parameters()).device
-        if self.config.mode == "closed_book":
-            doc_scores, result = torch.zeros(len(questions), 1, device=device), None
+        doc_scores, result = torch.zeros(len(questions), 1), None
+        if given is not None:
+            inputs = self._passage_inputs(questions, [[{"title": t, "text": x}] for t, x in given])
         else:
-            doc_scores, result = self.retrieve(questions)
-        inputs = {k: v.to(device) for k, v in self.generator_inputs(questions, result).items()}
-        return inputs, doc_scores.to(device), result
+            if self.config.mode != "closed_book":
+                doc_scores, result = self.retrieve(questions)
+            inputs = self.generator_inputs(questions, result)
+        return ({k: v.to(device) for k, v in inputs.items()}, doc_scores.to(device), result)
 
     # ------------------------------------------------------------- training
     def loss(self, questions: list[str], answers: list[str],
@@ -185,18 +195,7 @@ class RagModel(nn.Module):
         given passage, p(z|x) = 1: the generator trains as a reader on it and the question
         encoder gets no gradient (a reader warm-up on gold passages).
         """
-        if passages is None:
-            inputs, doc_scores, _ = self._prepare(questions)
-        else:
-            questions = check_questions(questions)
-            device = next(self.generator.parameters()).device
-            titles, texts = [[t] for t, _ in passages], [[x] for _, x in passages]
-            texts = fit_passages(self.tokenizer, questions, titles, texts,
-                                 self.config.max_input_length)
-            inputs = {k: v.to(device) for k, v in build_generator_inputs(
-                self.tokenizer, questions, titles, texts, self.config.max_input_length,
-                pad_to_max_length=False).items()}  # (B, 1, L)
-            doc_scores = torch.zeros(len(questions), 1, device=device)
+        inputs, doc_scores, _ = self._prepare(questions, passages)
         labels = self.labels(answers).to(doc_scores.device)
         mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
         return rag_loss(mode, self.generator, inputs["input_ids"], inputs["attention_mask"],

@@ -142,11 +142,9 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
                         f"num_negatives={config.num_negatives}")
     if config.eval_sample not in ("random", "first"):
         raise UserError(f"eval_sample must be 'random' or 'first', not {config.eval_sample!r}")
-    picked = np.arange(len(dev_kept))
-    if config.eval_sample == "random":
-        picked = np.sort(np.random.default_rng(config.seed + 1).permutation(len(dev_kept))[
-            : config.eval_questions])
-    picked = picked[: config.eval_questions]
+    picked = (np.random.default_rng(config.seed + 1).permutation(len(dev_kept))
+              if config.eval_sample == "random" else np.arange(len(dev_kept)))
+    picked = np.sort(picked[: config.eval_questions])
     evaluated = [dev_kept[i] for i in picked]
     return SweepData(
         titles=list(titles), texts=list(texts),
@@ -177,12 +175,10 @@ def kept_layers(total: int, layers: int, keep: str = "first") -> list[int]:
 
 def truncated_encoder(encoder, layers: int, keep: str = "first"):
     """A copy of ``encoder`` with ``layers`` of its transformer layers (see :func:`kept_layers`)."""
-    total = encoder.backbone.config.num_hidden_layers
-    if not 1 <= layers <= total:
-        raise UserError(f"layers must be in 1..{total} for {encoder.name}, got {layers}")
+    kept = kept_layers(encoder.backbone.config.num_hidden_layers, layers, keep)
     enc = copy.deepcopy(encoder)
     blocks = enc.backbone.encoder.layer
-    enc.backbone.encoder.layer = type(blocks)([blocks[i] for i in kept_layers(total, layers, keep)])
+    enc.backbone.encoder.layer = type(blocks)([blocks[i] for i in kept])
     enc.backbone.config.num_hidden_layers = layers
     enc.refresh_fingerprint()
     return enc
@@ -306,8 +302,8 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
             q_enc = truncated_encoder(base, n_layers, config.keep).to(device)
             train_loss = train_question_tower(q_enc, data.train_questions[:d],
                                               data.train_gold[:d], ctx_vecs, config, data)
-            vecs = ctx_vecs or _encode_rows(q_enc, data, np.unique(np.concatenate(
-                [data.dev_gold, data.pool])), encode_cfg)  # the trained shared encoder
+            vecs = ctx_vecs if ctx_vecs is not None else _encode_rows(  # the trained shared one
+                q_enc, data, np.unique(np.concatenate([data.dev_gold, data.pool])), encode_cfg)
             gold_vecs = np.stack([vecs[int(r)] for r in data.dev_gold])  # (P, H)
             pool_vecs = np.stack([vecs[int(r)] for r in data.pool])  # (R, H)
             scale = _score_scale(q_enc, config)
