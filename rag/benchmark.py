@@ -59,6 +59,7 @@ class BenchmarkConfig:
     mode: str = ""  # "sequence", "token" or "closed_book"; "" = the model's own mode
     decoding: str = ""  # "thorough" or "fast" (RAG-Sequence), "greedy" or "beam"; "" = the model's own
     num_beams: int = 0  # beam width for thorough, fast and beam decoding; 0 = the model's own
+    max_input_length: int = 0  # generator tokens per passage input; 0 = the model's own
     limit: int = 0  # answer only the first N questions; 0 = all
     batch_size: int = 8  # questions answered together (latency is per batch, divided by its size)
     seed: int = 0  # seed of torch, numpy and random, set before answering
@@ -69,7 +70,7 @@ class BenchmarkConfig:
             raise UserError(f"mode {self.mode!r} is not one of {MODES}")
         if self.decoding and self.decoding not in DECODINGS:
             raise UserError(f"decoding {self.decoding!r} is not one of {DECODINGS}")
-        for name in ("k", "num_beams", "limit"):
+        for name in ("k", "num_beams", "max_input_length", "limit"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size <= 0:
@@ -119,7 +120,8 @@ def load_model(model_dir: str | os.PathLike, index: str | os.PathLike | None,
             and not (model_dir / "question_encoder").is_dir()):
         raise UserError(f"{model_dir}: a closed-book model (no question encoder) cannot run in "
                         f"mode {config.mode!r}")
-    overrides = {name: getattr(config, name) for name in ("k", "mode") if getattr(config, name)}
+    overrides = {name: getattr(config, name) for name in ("k", "mode", "max_input_length")
+                 if getattr(config, name)}
     model = RagModel.from_pretrained(model_dir, index, **overrides)
     model.config, decoding = resolve_decoding(model.config, config)
     if model.index is not None:
@@ -198,7 +200,8 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         "config": {
             "k": None if closed else rag.k, "mode": rag.mode, "decoding": decoding or rag.decoding,
             "num_beams": rag.num_beams, "limit": config.limit, "seed": config.seed,
-            "batch_size": config.batch_size, "max_answer_length": rag.max_answer_length,
+            "batch_size": config.batch_size, "max_input_length": rag.max_input_length,
+            "max_answer_length": rag.max_answer_length,
             "device": str(next(model.generator.parameters()).device), "versions": _versions(),
         },
     }

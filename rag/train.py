@@ -55,9 +55,16 @@ class FinetuneConfig:
     # the answer, instead of on retrieved passages; the question encoder does not train
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = after each epoch only
     eval_limit: int = 500  # dev questions per evaluation (0 = all)
+    eval_sample: str = "random"  # which eval_limit dev questions: "random" (drawn once, seeded by
+    # --seed; SQuAD's dev file is grouped by article, so its first questions share one article) or
+    # "first"
     eval_beams: int = 1  # beam width for dev evaluation (1 = greedy, fastest)
     save_every: int = 200  # optimizer steps between checkpoints
     seed: int = 0  # data order and initialisation
+
+    def __post_init__(self) -> None:
+        if self.eval_sample not in ("random", "first"):
+            raise UserError(f"eval_sample must be 'random' or 'first', not {self.eval_sample!r}")
 
 
 def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 16,
@@ -72,6 +79,17 @@ def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 
         scores += [exact_match(a.answer, q.answers) for a, q in zip(answers, chunk, strict=True)]
     model.train(was_training)
     return 100.0 * sum(scores) / max(1, len(scores))
+
+
+def dev_subset(dev: Sequence[Question], limit: int, sample: str = "random", seed: int = 0
+               ) -> list[Question]:
+    """The dev questions an evaluation answers: all (``limit`` 0), the first ``limit``, or
+    ``limit`` drawn at random (seeded) and kept in file order."""
+    if not limit or limit >= len(dev):
+        return list(dev)
+    if sample == "first":
+        return list(dev[:limit])
+    return [dev[i] for i in sorted(random.Random(seed).sample(range(len(dev)), limit))]
 
 
 def answer_window(context: str, answer: str, width: int) -> str | None:
@@ -173,9 +191,10 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     bar = tqdm(total=total, initial=state["step"], desc="fine-tuning",
                disable=not acc.is_local_main_process)
 
+    subset = dev_subset(dev or [], config.eval_limit, config.eval_sample, config.seed)
+
     def evaluate() -> None:
-        if dev and acc.is_main_process:
-            subset = dev[: config.eval_limit] if config.eval_limit else dev
+        if subset and acc.is_main_process:
             entry = {"step": state["step"], "dev_em": dev_exact_match(
                 acc.unwrap_model(wrapped), subset, num_beams=config.eval_beams), "n": len(subset)}
             state["log"].append(entry)

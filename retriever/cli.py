@@ -27,7 +27,17 @@ def field_comments(cls: type) -> dict[str, str]:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         return {}
-    return dict(re.findall(r"^\s+(\w+)\s*:[^#\n]*#\s*(.+)$", source, flags=re.M))
+    out: dict[str, str] = {}
+    last = None  # the field whose comment a following comment-only line continues
+    for line in source.splitlines():
+        if (m := re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$", line)):
+            last = m.group(1)
+            out[last] = m.group(2).strip()
+        elif last and (m := re.match(r"^\s+#\s*(.+)$", line)):
+            out[last] += " " + m.group(1).strip()
+        else:
+            last = None
+    return out
 
 
 def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,

@@ -13,6 +13,7 @@ from rag.train import (
     answer_window,
     checkpoint_dir,
     dev_exact_match,
+    dev_subset,
     finetune,
     gold_examples,
     resume_dir,
@@ -52,6 +53,19 @@ def test_dev_exact_match_is_a_percentage(make_rag, train):
     em = dev_exact_match(model, train[:3], batch_size=2)
     assert 0.0 <= em <= 100.0
     assert model.training  # restored
+
+
+def test_dev_subset_draws_across_the_file_and_keeps_its_order():
+    dev = [Question(question=f"q{i}", answers=("a",), id=str(i)) for i in range(100)]
+    first = dev_subset(dev, 10, "first")
+    drawn = dev_subset(dev, 10, "random", seed=3)
+    assert [q.id for q in first] == [str(i) for i in range(10)]
+    ids = [int(q.id) for q in drawn]
+    assert len(set(ids)) == 10 and ids == sorted(ids) and max(ids) >= 10
+    assert drawn == dev_subset(dev, 10, "random", seed=3)  # seeded
+    assert dev_subset(dev, 0) == dev and dev_subset(dev, 500) == dev
+    with pytest.raises(UserError, match="eval_sample"):
+        FinetuneConfig(eval_sample="last")
 
 
 class Crash(RuntimeError):

@@ -71,6 +71,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     scenarios.update({
         "bench_squad_again": bench("squad_again", files["squad"]),  # determinism
         "bench_k1": bench("k1", files["squad"], "--k", "1"),
+        "bench_short": bench("short", files["squad"], "--k", "1", "--max_input_length", "32"),
         "bench_k2": bench("k2", files["squad"], "--k", "2"),
         "bench_token": bench("token", files["nq"], "--mode", "token", "--decoding", "greedy",
                              "--limit", "4", "--index", tmp / "idx"),
@@ -121,6 +122,7 @@ def test_each_question_format(runs, passages, fmt, n):
     assert (config["k"], config["mode"], config["decoding"], config["num_beams"]) == (
         3, "sequence", "thorough", 2)
     assert config["index"] == str(tmp / "idx")  # the model's own
+    assert config["max_input_length"] == 64
     assert set(config["versions"]) == {"torch", "transformers", "faiss"}
     assert 0 <= metrics["latency_ms"]["p50"] <= metrics["latency_ms"]["p95"]
     assert metrics["questions_per_s"] > 0
@@ -138,6 +140,14 @@ def test_each_question_format(runs, passages, fmt, n):
     for k in (1, 3):
         assert metrics["top_k_accuracy"][str(k)] == pytest.approx(sum(any(h[:k]) for h in hits) / n)
     assert metrics["answer_in_passages"] == pytest.approx(metrics["top_k_accuracy"]["3"])
+
+
+def test_overrides_are_applied_and_reported(runs):
+    results, tmp = runs
+    assert results["bench_short"].returncode == 0, results["bench_short"]
+    metrics, rows = report(tmp, "short")
+    assert (metrics["config"]["k"], metrics["config"]["max_input_length"]) == (1, 32)
+    assert all(len(r["retrieved"]) == 1 for r in rows)
 
 
 def test_regex_answers_are_scored(runs):
