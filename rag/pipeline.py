@@ -56,6 +56,9 @@ class RagConfig:
     index: str = ""  # index directory the model was trained with (default for --index)
     question_encoder: str = ""  # question encoder to start from (default: the index's encoder);
     # also what a model directory without question_encoder/ loads
+    copy_spans: bool = True  # an answer whose tokens occur in a retrieved passage is returned as
+    # that stretch of the passage (its casing, spacing and punctuation: "Levi's Stadium", not
+    # "levi ' s stadium"); False returns the detokenised tokens as they are
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -98,6 +101,28 @@ def fit_passages(tokenizer, questions: list[str], titles: list[list[str]],
             i += 1
         out.append(kept)
     return out
+
+
+def copy_span(tokenizer, answer_ids: list[int], passages: list[dict]) -> str | None:
+    """The passage text the answer tokens were copied from, or None.
+
+    Searches the passages in order (best first), text before title, for ``answer_ids`` (without
+    special tokens) as a contiguous run of the passage's own tokens, and cuts the original string
+    at that run's character offsets. Needs a fast tokenizer (offsets); None without one.
+    """
+    if not answer_ids or not getattr(tokenizer, "is_fast", False):
+        return None
+    n = len(answer_ids)
+    for p in passages:
+        for field_name in ("text", "title"):
+            source = p.get(field_name) or ""
+            enc = tokenizer(source, add_special_tokens=False, return_offsets_mapping=True)
+            ids = enc["input_ids"]
+            for i in range(len(ids) - n + 1):
+                if ids[i : i + n] == answer_ids:
+                    offsets = enc["offset_mapping"]
+                    return source[offsets[i][0] : offsets[i + n - 1][1]]
+    return None
 
 
 class RagModel(nn.Module):
@@ -216,6 +241,12 @@ class RagModel(nn.Module):
                                         inputs["attention_mask"], doc_scores, cfg,
                                         fast=self.config.decoding == "fast")
         texts = self.tokenizer.batch_decode(out.sequences[:, 0], skip_special_tokens=True)
+        if result is not None and self.config.copy_spans:
+            special = set(self.tokenizer.all_special_ids)
+            for b, seq in enumerate(out.sequences[:, 0].tolist()):
+                span = copy_span(self.tokenizer, [t for t in seq if t not in special],
+                                 result.passages[b])
+                texts[b] = span if span is not None else texts[b]
         return [Answer(question=q, answer=t.strip(), score=float(s),
                        passages=result.passages[b] if result is not None else [])
                 for b, (q, t, s) in enumerate(zip(questions, texts, out.scores[:, 0].tolist(),

@@ -51,8 +51,10 @@ class FinetuneConfig:
     # encoder or the shared embeddings/LM head: ~2.5x cheaper steps, for CPU-sized runs)
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     gold_window: int = 0  # > 0: reader warm-up: train the generator on each question's own gold
-    # paragraph (SQuAD context, found in the index for its title) cut to +-N characters around
-    # the answer, instead of on retrieved passages; the question encoder does not train
+    # paragraph (SQuAD context, found in the index for its title) cut to the answer and 2N
+    # characters around it, instead of on retrieved passages; the question encoder does not train
+    gold_position: str = "random"  # where the answer sits in its gold window: "random" (drawn
+    # again each epoch) or "centred" (the reader then learns to copy from the middle of its input)
     eval_every: int = 0  # optimizer steps between dev evaluations; 0 = after each epoch only
     eval_limit: int = 500  # dev questions per evaluation (0 = all)
     eval_sample: str = "random"  # which eval_limit dev questions: "random" (drawn once, seeded by
@@ -63,6 +65,8 @@ class FinetuneConfig:
     seed: int = 0  # data order and initialisation
 
     def __post_init__(self) -> None:
+        if self.gold_position not in ("random", "centred"):
+            raise UserError(f"gold_position must be 'random' or 'centred', not {self.gold_position!r}")
         if self.eval_sample not in ("random", "first"):
             raise UserError(f"eval_sample must be 'random' or 'first', not {self.eval_sample!r}")
 
@@ -92,13 +96,20 @@ def dev_subset(dev: Sequence[Question], limit: int, sample: str = "random", seed
     return [dev[i] for i in sorted(random.Random(seed).sample(range(len(dev)), limit))]
 
 
-def answer_window(context: str, answer: str, width: int) -> str | None:
-    """``context`` cut to ``width`` characters either side of the first occurrence of ``answer``,
-    widened to whole words; None when the answer does not occur in it."""
+def answer_window(context: str, answer: str, width: int, rng: random.Random | None = None
+                  ) -> str | None:
+    """``context`` cut to ``2 * width`` characters of surrounding text around the first occurrence of
+    ``answer``, widened to whole words; None when the answer does not occur in it.
+
+    Without ``rng`` the answer sits in the middle (``width`` characters either side). With ``rng``
+    the split is drawn uniformly: a reader trained on centred windows learns to copy from the
+    middle of its input instead of reading it.
+    """
     start = context.find(answer)
     if start < 0:
         return None
-    a, b = max(0, start - width), min(len(context), start + len(answer) + width)
+    left = width if rng is None else rng.randint(0, 2 * width)
+    a, b = max(0, start - left), min(len(context), start + len(answer) + 2 * width - left)
     while a > 0 and not context[a - 1].isspace():
         a -= 1
     while b < len(context) and not context[b].isspace():
@@ -106,20 +117,23 @@ def answer_window(context: str, answer: str, width: int) -> str | None:
     return context[a:b].strip()
 
 
-def gold_examples(train: Sequence[Question], model: RagModel, width: int
+def gold_examples(train: Sequence[Question], model: RagModel, width: int, seed: int | None = None
                   ) -> list[tuple[str, str, tuple[str, str]]]:
     """(question, answer, (title, window)) for every question whose gold paragraph is in the
-    model's index and contains its first answer; titles come from the index's passages."""
+    model's index and contains its first answer; titles come from the index's passages.
+
+    ``seed`` None centres each answer in its window; otherwise its place is drawn at random
+    (see :func:`answer_window`)."""
     from retriever.corpus import collapse_ws
 
     if model.index is None:
         raise UserError("gold_window needs an index (the titles of the gold paragraphs)")
     table = model.index.passages
     title_of = dict(zip(map(collapse_ws, table["text"]), table["title"], strict=True))
-    out = []
+    out, rng = [], None if seed is None else random.Random(seed)
     for q in train:
         title = title_of.get(collapse_ws(q.gold_context)) if q.gold_context and q.answers else None
-        window = answer_window(collapse_ws(q.gold_context), q.answers[0], width) if title else None
+        window = answer_window(collapse_ws(q.gold_context), q.answers[0], width, rng) if title else None
         if window:
             out.append((q.question, q.answers[0], (title, window)))
     if not out:
@@ -164,10 +178,14 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     acc = accelerator or Accelerator(mixed_precision=config.mixed_precision,
                                      gradient_accumulation_steps=config.grad_accum)
     torch.manual_seed(config.seed)
-    if config.gold_window > 0:
-        pairs = gold_examples(train, model, config.gold_window)
-    else:
-        pairs = [(q.question, q.answers[0], None) for q in train if q.answers]
+
+    def epoch_pairs(epoch: int) -> list[tuple[str, str, tuple[str, str] | None]]:
+        if config.gold_window <= 0:
+            return [(q.question, q.answers[0], None) for q in train if q.answers]
+        seed = None if config.gold_position == "centred" else config.seed * 1_000_003 + epoch
+        return gold_examples(train, model, config.gold_window, seed)
+
+    pairs = epoch_pairs(0)
     if model.question_encoder is not None:
         model.question_encoder.requires_grad_(config.train_question_encoder
                                               and config.gold_window <= 0)
@@ -205,6 +223,8 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
 
     while state["epoch"] < config.epochs and not (config.max_steps and
                                                   state["step"] >= config.max_steps):
+        if state["epoch"] > 0 and config.gold_window > 0 and config.gold_position == "random":
+            pairs = epoch_pairs(state["epoch"])
         order = list(range(len(pairs)))
         random.Random(config.seed + state["epoch"]).shuffle(order)
         mine = order[acc.process_index :: acc.num_processes]

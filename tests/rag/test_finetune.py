@@ -138,6 +138,29 @@ def test_answer_window_cuts_whole_words_around_the_first_answer():
     assert answer_window(text, "Amazon", 10) is None
 
 
+def test_random_windows_move_the_answer_around():
+    import random
+
+    text = " ".join(f"w{i:02d}" for i in range(40))  # 40 words of 3 characters
+    rng = random.Random(0)
+    windows = [answer_window(text, "w20", 12, rng) for _ in range(200)]
+    assert all("w20" in w and len(w) <= 3 + 2 * 12 + 2 * 3 for w in windows)
+    places = {w.split().index("w20") for w in windows}  # words before the answer
+    assert places == {0, 1, 2, 3, 4, 5, 6}  # 0 to 24 characters on the left, widened to words
+    assert answer_window(text, "w20", 12) == "w17 w18 w19 w20 w21 w22 w23"  # centred
+
+
+def test_reader_windows_are_drawn_again_each_epoch(make_rag, train):
+    model = make_rag("sequence")
+    gold = _gold_questions(model, train)
+    first, again, other = (gold_examples(gold, model, 10, seed) for seed in (1, 1, 2))
+    assert first == again
+    assert [e[2] for e in first] != [e[2] for e in other]
+    assert all(e[1] in e[2][1] for e in other)
+    with pytest.raises(UserError, match="gold_position"):
+        FinetuneConfig(gold_position="left")
+
+
 def _gold_questions(model: RagModel, train: list[Question]) -> list[Question]:
     """The fixture questions with their gold passage's text as SQuAD's ``context``."""
     text_of = dict(zip(model.index.passages["id"], model.index.passages["text"], strict=True))

@@ -178,3 +178,46 @@ def test_index_object_can_be_passed_to_from_pretrained(make_rag, tmp_path, rag_i
     index = DenseIndex.load(rag_index_dir)
     loaded = RagModel.from_pretrained(tmp_path / "model", index, k=2)
     assert loaded.index is index and loaded.config.k == 2 and loaded.config.mode == "token"
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from retriever.encoder import packaged_model_path
+
+    return AutoTokenizer.from_pretrained(packaged_model_path("all-MiniLM-L6-v2"))
+
+
+def test_copy_span_returns_the_passage_text_the_tokens_came_from(minilm_tokenizer):
+    from rag.pipeline import copy_span
+
+    tok = minilm_tokenizer
+    passages = [{"title": "Weather", "text": "It rained."},
+                {"title": "Super Bowl 50", "text": "Played at Levi's Stadium; the score: 24–10, "
+                 "before 9.6% of TV homes."},
+                {"title": "Copy", "text": "levis stadium, Levi's Stadium again"}]
+
+    def ids(s: str) -> list[int]:
+        return tok(s, add_special_tokens=False)["input_ids"]
+
+    assert tok.decode(ids("Levi's Stadium")) == "levi ' s stadium"  # what decoding alone gives
+    assert copy_span(tok, ids("levi ' s stadium"), passages) == "Levi's Stadium"  # first passage
+    assert copy_span(tok, ids("24 – 10"), passages) == "24–10"
+    assert copy_span(tok, ids("9. 6 %"), passages) == "9.6%"
+    assert copy_span(tok, ids("super bowl"), passages) == "Super Bowl"  # from a title
+    assert copy_span(tok, ids("levi stadium"), passages) is None  # not a contiguous run
+    assert copy_span(tok, [], passages) is None
+
+
+@pytest.mark.parametrize("copy_spans", [True, False])
+def test_answers_use_copied_spans_when_configured(make_rag, monkeypatch, copy_spans):
+    import rag.pipeline
+
+    calls = []
+    monkeypatch.setattr(rag.pipeline, "copy_span",
+                        lambda tok, ids, passages: calls.append(passages) or "SPAN")
+    model = make_rag("sequence", copy_spans=copy_spans)
+    answers = model.answer(QUESTIONS, num_beams=1)
+    assert all((a.answer == "SPAN") == copy_spans for a in answers)
+    assert calls == ([a.passages for a in answers] if copy_spans else [])
