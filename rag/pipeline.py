@@ -228,9 +228,17 @@ class RagModel(nn.Module):
 
     # ------------------------------------------------------------- decoding
     @torch.no_grad()
-    def answer(self, questions: list[str], num_beams: int | None = None) -> list[Answer]:
-        """Generate one answer per question, with the passages it was generated from."""
-        inputs, doc_scores, result = self._prepare(questions)
+    def answer(self, questions: list[str], num_beams: int | None = None,
+               passages: list[tuple[str, str]] | None = None) -> list[Answer]:
+        """Generate one answer per question, with the passages it was generated from.
+
+        ``passages`` (one ``(title, text)`` per question) replaces retrieval with that single given
+        passage (reading mode; its ``id`` is ``""`` and its ``score`` 0).
+        """
+        inputs, doc_scores, result = self._prepare(questions, passages)
+        sources = (result.passages if result is not None else
+                   [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in passages]
+                   if passages is not None else [[] for _ in questions])
         cfg = DecodeConfig(num_beams=num_beams or self.config.num_beams,
                            max_length=self.config.max_answer_length)
         if self.config.mode == "token":
@@ -241,14 +249,12 @@ class RagModel(nn.Module):
                                         inputs["attention_mask"], doc_scores, cfg,
                                         fast=self.config.decoding == "fast")
         texts = self.tokenizer.batch_decode(out.sequences[:, 0], skip_special_tokens=True)
-        if result is not None and self.config.copy_spans:
+        if self.config.copy_spans:
             special = set(self.tokenizer.all_special_ids)
             for b, seq in enumerate(out.sequences[:, 0].tolist()):
-                span = copy_span(self.tokenizer, [t for t in seq if t not in special],
-                                 result.passages[b])
+                span = copy_span(self.tokenizer, [t for t in seq if t not in special], sources[b])
                 texts[b] = span if span is not None else texts[b]
-        return [Answer(question=q, answer=t.strip(), score=float(s),
-                       passages=result.passages[b] if result is not None else [])
+        return [Answer(question=q, answer=t.strip(), score=float(s), passages=sources[b])
                 for b, (q, t, s) in enumerate(zip(questions, texts, out.scores[:, 0].tolist(),
                                                   strict=True))]
 

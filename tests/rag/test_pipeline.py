@@ -221,3 +221,27 @@ def test_answers_use_copied_spans_when_configured(make_rag, monkeypatch, copy_sp
     answers = model.answer(QUESTIONS, num_beams=1)
     assert all((a.answer == "SPAN") == copy_spans for a in answers)
     assert calls == ([a.passages for a in answers] if copy_spans else [])
+
+
+@pytest.mark.parametrize("mode", ["sequence", "token"])
+def test_answer_reads_given_passages_like_the_generator_alone(make_rag, mode):
+    """One given passage, p(z|x) = 1: the answer is the BART generator's own greedy output."""
+    from generator.inputs import build_generator_inputs
+
+    model = make_rag(mode, copy_spans=False)
+    given = [("Paris", "Paris is the capital of France."), ("Einstein", "Albert Einstein, physicist."),
+             ("Apollo 11", "Apollo 11 landed in July 1969.")]
+    answers = model.answer(QUESTIONS, num_beams=1, passages=given)
+    enc = build_generator_inputs(model.tokenizer, QUESTIONS, [[t] for t, _ in given],
+                                 [[x] for _, x in given], model.config.max_input_length,
+                                 pad_to_max_length=False)
+    with torch.no_grad():
+        out = model.generator.generate(input_ids=enc["input_ids"][:, 0],
+                                       attention_mask=enc["attention_mask"][:, 0], num_beams=1,
+                                       do_sample=False, max_length=model.config.max_answer_length)
+    want = model.tokenizer.batch_decode(out, skip_special_tokens=True)
+    assert [a.answer for a in answers] == [w.strip() for w in want]
+    assert [a.passages for a in answers] == [[{"id": "", "title": t, "text": x, "score": 0.0}]
+                                             for t, x in given]
+    with pytest.raises(UserError):
+        model.answer(QUESTIONS, passages=given[:2])

@@ -1,0 +1,42 @@
+"""Reader check: a RAG model's exact match when given each dev question's own gold paragraph.
+
+Retrieval is taken out of the picture: every question is answered from one given passage (greedy),
+either the whole gold paragraph (``0``; cut to the model's input length, so an answer late in a long
+paragraph is lost) or a window of the answer and 2W characters around it, the answer centred or
+placed at random. The questions are the same 300 random dev questions as finetune's evaluation
+(seed 0). Run from the repository root (docs/benchmarks.md has the figures):
+
+    python docs/experiments/reader_oracle.py runs/reader runs/index-l6 0 100:centred 150:random
+"""
+
+import random
+import sys
+
+from rag.pipeline import RagModel
+from rag.train import answer_window, dev_subset
+from retriever.corpus import collapse_ws
+from retriever.metrics import exact_match
+from retriever.questions import read_questions
+
+model_dir, index_dir, *settings = sys.argv[1:]
+model = RagModel.from_pretrained(model_dir, index_dir).eval()
+dev = dev_subset(read_questions("../shared/data/squad-open/dev.json"), 300, "random", seed=0)
+table = model.index.passages
+title_of = dict(zip(map(collapse_ws, table["text"]), table["title"], strict=True))
+for setting in settings:
+    width, _, position = setting.partition(":")
+    rng = random.Random(0) if position == "random" else None
+    rows = []
+    for q in dev:
+        context = collapse_ws(q.gold_context or "")
+        if context in title_of:
+            text = answer_window(context, q.answers[0], int(width), rng) if int(width) else context
+            if text:
+                rows.append((q, (title_of[context], text)))
+    em = []
+    for start in range(0, len(rows), 16):
+        chunk = rows[start : start + 16]
+        answers = model.answer([q.question for q, _ in chunk], num_beams=1, passages=[g for _, g in chunk])
+        em += [exact_match(a.answer, q.answers) for a, (q, _) in zip(answers, chunk, strict=True)]
+    print(f"{model_dir} gold {setting or 'paragraph'}: EM {100 * sum(em) / len(em):.2f} on {len(em)}",
+          flush=True)
