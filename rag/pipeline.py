@@ -56,6 +56,9 @@ class RagConfig:
     index: str = ""  # index directory the model was trained with (default for --index)
     question_encoder: str = ""  # question encoder to start from (default: the index's encoder);
     # also what a model directory without question_encoder/ loads
+    doc_score_scale: float = 0.0  # p(z|x) = softmax(scale * q . d) over the k passages; 0 = 20 for
+    # L2-normalised question encoders (cosine scores, nearly uniform over k without a scale; 20
+    # is sentence-transformers' training scale, and train_retriever's), else 1 (DPR inner products)
     copy_spans: bool = True  # an answer whose tokens occur in a retrieved passage is returned as
     # that stretch of the passage (its casing, spacing and punctuation: "Levi's Stadium", not
     # "levi ' s stadium"); False returns the detokenised tokens as they are
@@ -67,6 +70,8 @@ class RagConfig:
             raise UserError(f"decoding {self.decoding!r} is not 'thorough' or 'fast'")
         if self.k <= 0:
             raise UserError(f"k must be a positive number of passages, got {self.k}")
+        if self.doc_score_scale < 0:
+            raise UserError(f"doc_score_scale must be >= 0 (0 = automatic), got {self.doc_score_scale}")
 
 
 @dataclass
@@ -152,7 +157,8 @@ class RagModel(nn.Module):
     # --------------------------------------------------------------- inputs
     def retrieve(self, questions: list[str], k: int | None = None,
                  ) -> tuple[torch.Tensor, SearchResult]:
-        """Doc scores (B, K) float with gradient into the question encoder, and the passages."""
+        """Doc scores (B, K) float with gradient into the question encoder (``score_scale * q . d``,
+        the logits of p(z|x)), and the passages."""
         k = k or self.config.k
         self.index.check_k(k)
         enc = self.question_encoder
@@ -163,7 +169,14 @@ class RagModel(nn.Module):
         B = len(questions)
         docs = torch.from_numpy(self.index.vectors(result.rows)).view(B, k, -1)  # (B, K, D)
         doc_scores = torch.einsum("bd,bkd->bk", q.float(), docs.to(q.device))  # (B, K)
-        return doc_scores, result
+        return self.score_scale * doc_scores, result
+
+    @property
+    def score_scale(self) -> float:
+        """The factor on q . d in p(z|x) (see ``RagConfig.doc_score_scale``)."""
+        if self.config.doc_score_scale:
+            return self.config.doc_score_scale
+        return 20.0 if self.question_encoder.config.normalize else 1.0
 
     def generator_inputs(self, questions: list[str], result: SearchResult | None
                          ) -> dict[str, torch.Tensor]:

@@ -245,3 +245,20 @@ def test_answer_reads_given_passages_like_the_generator_alone(make_rag, mode):
                                              for t, x in given]
     with pytest.raises(UserError):
         model.answer(QUESTIONS, passages=given[:2])
+
+
+def test_doc_scores_are_scaled_before_the_softmax(make_rag):
+    plain = make_rag("sequence", doc_score_scale=1.0)
+    scores, result = plain.retrieve(QUESTIONS)
+    np.testing.assert_allclose(scores.detach().numpy(), result.scores, rtol=1e-5, atol=1e-5)
+    scaled, _ = make_rag("sequence", doc_score_scale=5.0).retrieve(QUESTIONS)
+    torch.testing.assert_close(scaled, 5.0 * scores)
+    auto = make_rag("sequence")
+    assert auto.score_scale == (20.0 if auto.question_encoder.config.normalize else 1.0)
+    from dataclasses import replace
+
+    auto.question_encoder.config = replace(auto.question_encoder.config,
+                                           normalize=not auto.question_encoder.config.normalize)
+    assert auto.score_scale == (20.0 if auto.question_encoder.config.normalize else 1.0)
+    with pytest.raises(UserError, match="doc_score_scale"):
+        RagConfig(doc_score_scale=-1.0)
