@@ -174,9 +174,7 @@ class RagModel(nn.Module):
     @property
     def score_scale(self) -> float:
         """The factor on q . d in p(z|x) (see ``RagConfig.doc_score_scale``)."""
-        if self.config.doc_score_scale:
-            return self.config.doc_score_scale
-        return 20.0 if self.question_encoder.config.normalize else 1.0
+        return self.question_encoder.score_scale(self.config.doc_score_scale)
 
     def generator_inputs(self, questions: list[str], result: SearchResult | None
                          ) -> dict[str, torch.Tensor]:
@@ -249,9 +247,12 @@ class RagModel(nn.Module):
         passage (reading mode; its ``id`` is ``""`` and its ``score`` 0).
         """
         inputs, doc_scores, result = self._prepare(questions, passages)
-        sources = (result.passages if result is not None else
-                   [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in passages]
-                   if passages is not None else [[] for _ in questions])
+        if result is not None:
+            sources = result.passages
+        elif passages is not None:
+            sources = [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in passages]
+        else:  # closed book
+            sources = [[] for _ in questions]
         cfg = DecodeConfig(num_beams=num_beams or self.config.num_beams,
                            max_length=self.config.max_answer_length)
         if self.config.mode == "token":

@@ -114,6 +114,14 @@ class Encoder(nn.Module):
             emb = nn.functional.normalize(emb, dim=-1)
         return emb
 
+    def score_scale(self, override: float = 0.0) -> float:
+        """The factor on inner products before a softmax over passages: ``override`` when > 0, else
+        20 for L2-normalised outputs (cosines in [-1, 1]; the scale sentence-transformers trains
+        them at) and 1 for raw inner products (DPR)."""
+        if override > 0:
+            return override
+        return 20.0 if self.config.normalize else 1.0
+
     def tokenize(self, texts: list[str], titles: list[str] | None = None,
                  padding: bool = True) -> dict:
         """Tokenise questions, or passages as DPR does (``[CLS] title [SEP] text [SEP]``).

@@ -242,7 +242,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     examples = build_examples(index, train, config, q_enc)
-    scale = config.score_scale or (20.0 if ctx_enc.config.normalize else 1.0)
+    scale = ctx_enc.score_scale(config.score_scale)
     if config.train_context_encoder:
         def ctx_lookup(rows):
             part = index.passages[rows]

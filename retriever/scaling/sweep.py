@@ -184,12 +184,6 @@ def truncated_encoder(encoder, layers: int, keep: str = "first"):
     return enc
 
 
-def _score_scale(encoder, config: SweepConfig) -> float:
-    if config.score_scale > 0:
-        return config.score_scale
-    return 20.0 if encoder.config.normalize else 1.0
-
-
 def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
                          ctx_vecs: dict[int, np.ndarray] | None, config: SweepConfig,
                          data: SweepData | None = None) -> float:
@@ -207,7 +201,7 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     from retriever.train import dpr_loss
 
     device = next(q_enc.parameters()).device
-    scale = _score_scale(q_enc, config)
+    scale = q_enc.score_scale(config.score_scale)
     steps = (len(questions) + config.batch_size - 1) // config.batch_size
     opt = torch.optim.AdamW(q_enc.parameters(), lr=config.lr)
     sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
@@ -306,7 +300,7 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
                 q_enc, data, np.unique(np.concatenate([data.dev_gold, data.pool])), encode_cfg)
             gold_vecs = np.stack([vecs[int(r)] for r in data.dev_gold])  # (P, H)
             pool_vecs = np.stack([vecs[int(r)] for r in data.pool])  # (R, H)
-            scale = _score_scale(q_enc, config)
+            scale = q_enc.score_scale(config.score_scale)
             q_vecs = scale * encode_texts(q_enc, data.dev_questions, None, encode_cfg)  # (P, H)
             mean, std = contrastive_entropy(q_vecs, gold_vecs, pool_vecs,
                                             num_negatives=config.num_negatives,
