@@ -32,6 +32,9 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
     Embedding shards go to ``<out_dir>.encoding/`` while the run lasts, so a killed run restarted
     with the same arguments resumes encoding where it stopped; the folder is removed on success.
     """
+    if encoder.lexical is not None:
+        raise UserError(f"encoder {encoder.name!r} has a lexical head, which belongs to the question "
+                        "side only: build the index with its context encoder")
     out_dir = Path(out_dir)
     if out_dir.exists() and not config.overwrite:
         raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")

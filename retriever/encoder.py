@@ -26,6 +26,7 @@ from torch import nn
 
 from .errors import UserError
 from .fsutil import atomic_directory
+from .lexical import HEAD_NAME, LexicalHead
 
 CONFIG_NAME = "ragqa_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
@@ -38,6 +39,8 @@ class EncoderConfig:
     normalize: bool = False  # L2-normalise outputs; inner product becomes cosine similarity
     projection_dim: int = 0  # add a trainable D x H projection after pooling; 0 = none
     max_length: int = 256  # tokens per text; longer texts are truncated
+    lexical_head: bool = False  # question side only: add a learned bag-of-words vector
+    # (retriever.lexical; fitted to the index's BM25 by train_retriever.py --lexical_head)
 
 
 def packaged_model_path(name: str) -> str | None:
@@ -96,6 +99,7 @@ class Encoder(nn.Module):
             hidden = backbone.config.projection_dim
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
         self.dim = config.projection_dim or hidden
+        self.lexical = LexicalHead(tokenizer, self.dim) if config.lexical_head else None
         self._fingerprint: str | None = None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -112,7 +116,18 @@ class Encoder(nn.Module):
             emb = self.projection(emb)
         if self.config.normalize:
             emb = nn.functional.normalize(emb, dim=-1)
+        if self.lexical is not None:
+            emb = emb + self.lexical(input_ids, attention_mask).to(emb.dtype)
         return emb
+
+    def add_lexical_head(self) -> LexicalHead:
+        """Give this (question) encoder a lexical head, all zeros (so outputs are unchanged)."""
+        if self.lexical is None:
+            device = next(self.parameters()).device
+            self.lexical = LexicalHead(self.tokenizer, self.dim).to(device)
+            self.config = replace(self.config, lexical_head=True)
+            self._fingerprint = None
+        return self.lexical
 
     def score_scale(self, override: float = 0.0) -> float:
         """The factor on inner products before a softmax over passages: ``override`` when > 0, else
@@ -143,6 +158,8 @@ class Encoder(nn.Module):
             # max_length only truncates inputs: hash it at its default, so the same weights keep one
             # identity whatever --max_length built an index (and default fingerprints are unchanged)
             ident = asdict(replace(self.config, max_length=EncoderConfig.max_length))
+            if not ident["lexical_head"]:  # fingerprints from before the head existed still hold
+                del ident["lexical_head"]
             h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
             for key, tensor in sorted(self.state_dict().items()):
                 h.update(key.encode())
@@ -173,6 +190,9 @@ class Encoder(nn.Module):
             if self.projection is not None:
                 save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
                           str(tmp / PROJECTION_NAME))
+            if self.lexical is not None:
+                w = self.lexical.weight.detach()
+                save_file({"weight": (w.half() if half else w).contiguous()}, str(tmp / HEAD_NAME))
             meta = {**asdict(self.config), "name": self.name, "fingerprint": fingerprint,
                     "paired_context_fingerprint": self.paired_context_fingerprint}
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
@@ -214,4 +234,9 @@ class Encoder(nn.Module):
                   paired_context_fingerprint=meta.get("paired_context_fingerprint"))
         if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():
             enc.projection.load_state_dict(load_file(str(Path(path) / PROJECTION_NAME)))
+        if enc.lexical is not None:
+            head = Path(path) / HEAD_NAME
+            if not head.is_file():
+                raise UserError(f"{path}: config names a lexical head but {HEAD_NAME} is missing")
+            enc.lexical.weight.data.copy_(load_file(str(head))["weight"].float())
         return enc

@@ -57,6 +57,14 @@ class TrainConfig:
     score_scale: float = 0.0  # multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1
     train_context_encoder: bool = False  # also train the context encoder (the index must be rebuilt)
     freeze_embeddings: bool = False  # keep the word embeddings fixed (cheaper steps; small data)
+    lexical_head: bool = False  # give the question encoder a lexical head fitted to the index's BM25
+    # (retriever.lexical), then train it along; frozen context encoder only
+    lexical_weight: float = 0.02  # BM25's weight against the cosine when the head is fitted
+    lexical_lr: float = 1e-4  # AdamW learning rate of the lexical head
+    pseudo_queries: int = 0  # per indexed passage, add this many pseudo-questions to training: a
+    # random 8-16 word window of the passage with a quarter of its words dropped, the passage as
+    # positive (an inverse cloze task, Lee et al. 2019); they cover the whole corpus, not only the
+    # training articles
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     seed: int = 0  # shuffling and initialisation seed
 
@@ -135,9 +143,37 @@ def mine_dense_negatives(index: DenseIndex, q_enc: Encoder, questions: Sequence[
     return out
 
 
+PSEUDO_WORDS = (8, 16)  # words in a pseudo-question's window, inclusive
+PSEUDO_DROP = 0.25  # fraction of the window's words dropped
+
+
+def active_rows(index: DenseIndex) -> np.ndarray:
+    """Rows of the index that hold a passage (hot-swap removals excluded), ascending."""
+    return np.setdiff1d(np.arange(int(index.manifest["rows"])), index.removed)
+
+
+def pseudo_questions(index: DenseIndex, n: int, seed: int) -> tuple[list[Question], list[int]]:
+    """``n`` pseudo-questions per passage (TrainConfig.pseudo_queries) and their passages' rows."""
+    rng = np.random.default_rng(seed)
+    rows = active_rows(index)
+    questions, positives = [], []
+    for row, text in zip(rows.tolist(), index.passages[rows.tolist()]["text"], strict=True):
+        words = text.split()
+        for _ in range(n):
+            size = int(rng.integers(PSEUDO_WORDS[0], PSEUDO_WORDS[1] + 1))
+            start = int(rng.integers(0, max(1, len(words) - size + 1)))
+            window = words[start : start + size]
+            kept = [w for w in window if rng.random() >= PSEUDO_DROP] or window
+            if kept:
+                questions.append(Question(" ".join(kept), answers=()))
+                positives.append(row)
+    return questions, positives
+
+
 def build_examples(index: DenseIndex, questions: Sequence[Question], config: TrainConfig,
                    q_enc: Encoder | None = None) -> list[Example]:
-    """Training examples: question, gold row, hard-negative rows (given, else BM25-mined)."""
+    """Training examples: question, gold row, hard-negative rows (given, else BM25-mined), then
+    ``config.pseudo_queries`` pseudo-questions per passage (no given negatives; mined alike)."""
     positives = positives_from_index(index, questions)
     keep = [i for i, p in enumerate(positives) if p is not None]
     if len(keep) < len(questions):
@@ -147,9 +183,19 @@ def build_examples(index: DenseIndex, questions: Sequence[Question], config: Tra
         raise UserError("no training question's gold passage is in the index")
     questions = [questions[i] for i in keep]
     positives = [positives[i] for i in keep]
+    if config.negatives == "corpus" and config.train_context_encoder:
+        raise UserError("negatives 'corpus' needs the frozen context encoder")
+    examples = _with_negatives(index, questions, positives, config, q_enc)
+    if config.pseudo_queries > 0:
+        pseudo, rows = pseudo_questions(index, config.pseudo_queries, config.seed)
+        log.info("%d pseudo-questions from %d passages", len(pseudo), len(index))
+        examples += _with_negatives(index, pseudo, rows, config, q_enc)
+    return examples
+
+
+def _with_negatives(index: DenseIndex, questions: list[Question], positives: list[int],
+                    config: TrainConfig, q_enc: Encoder | None) -> list[Example]:
     if config.negatives == "corpus":
-        if config.train_context_encoder:
-            raise UserError("negatives 'corpus' needs the frozen context encoder")
         negatives = [()] * len(questions)
     elif config.hard_negatives and all(q.hard_negative_ids for q in questions):
         negatives = [tuple(r for r in (index.row_of(h) for h in q.hard_negative_ids)
@@ -167,6 +213,18 @@ def build_examples(index: DenseIndex, questions: Sequence[Question], config: Tra
     else:
         negatives = [()] * len(questions)
     return [Example(q.question, p, n) for q, p, n in zip(questions, positives, negatives, strict=True)]
+
+
+def fit_lexical_head(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, weight: float) -> None:
+    """Add a lexical head to ``q_enc`` and fit it to BM25 over the index's passages (retriever.lexical)."""
+    from .lexical import bm25_weights, fit_head
+
+    rows = active_rows(index)
+    part = index.passages[rows.tolist()]
+    bm25 = bm25_weights(q_enc.tokenizer, part["title"], part["text"])
+    head = q_enc.add_lexical_head()
+    fit_head(head, bm25, context_vectors(index, ctx_enc, rows), weight)
+    log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(rows), weight)
 
 
 def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarray) -> torch.Tensor:
@@ -252,7 +310,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         params = list(q_enc.parameters()) + list(ctx_enc.parameters())
     else:
         if config.negatives == "corpus":
-            all_rows = np.setdiff1d(np.arange(int(index.manifest["rows"])), index.removed)
+            all_rows = active_rows(index)
         else:
             all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
         ctx_lookup = FrozenContexts(index, ctx_enc, all_rows)
@@ -261,7 +319,21 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     if config.freeze_embeddings:
         for enc in (q_enc, ctx_enc):
             enc.backbone.get_input_embeddings().requires_grad_(False)
-    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=config.lr,
+    logs: list[dict] = []  # per epoch; epoch 0 = a freshly fitted lexical head, before training
+    if config.lexical_head:
+        if config.train_context_encoder:
+            raise UserError("--lexical_head needs the frozen context encoder")
+        if q_enc.lexical is None:
+            fit_lexical_head(q_enc, ctx_enc, index, config.lexical_weight)
+            if evaluate is not None and acc.is_main_process:  # the fitted head before training
+                q_enc.eval()
+                logs.append({"epoch": 0, "loss": None, "dev": evaluate(q_enc)})
+                log.info("lexical head fitted, before training: %s", logs[-1])
+        params = list(q_enc.parameters())
+    head = {id(p) for p in q_enc.lexical.parameters()} if q_enc.lexical is not None else set()
+    groups = [{"params": [p for p in params if p.requires_grad and id(p) not in head]},
+              {"params": [p for p in params if id(p) in head], "lr": config.lexical_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
                             weight_decay=config.weight_decay)
     steps_per_epoch = math.ceil(len(examples) / (config.batch_size * acc.num_processes))
     total = steps_per_epoch * config.epochs // config.grad_accum
@@ -271,7 +343,6 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     else:
         q_enc, opt, sched = acc.prepare(q_enc, opt, sched)
     model = acc.unwrap_model(q_enc)
-    logs = []
     for epoch in range(config.epochs):
         q_enc.train()
         order = list(range(len(examples)))

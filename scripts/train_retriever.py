@@ -2,6 +2,8 @@
 
 The context encoder stays frozen by default, so the index built with it stays valid and the trained
 question encoder (written to --out) is paired with it. Give --index, or --corpus to build one first.
+--lexical_head gives the question encoder a bag-of-words head fitted to the index's BM25
+(retriever/lexical.py) and --pseudo_queries adds passage-window pseudo-questions from the corpus.
 
 Example:
     python scripts/train_retriever.py --train ../shared/data/squad-open/train.json \\
@@ -86,7 +88,8 @@ def main() -> None:
         print("context encoder trained: rebuild the index with --encoder "
               f"{Path(args.out) / 'context_encoder'}")
     for entry in logs:
-        print(f"epoch {entry['epoch']}: loss {entry['loss']:.4f}"
+        loss = "lexical head fitted" if entry["loss"] is None else f"loss {entry['loss']:.4f}"
+        print(f"epoch {entry['epoch']}: {loss}"
               + (f", dev top-k {entry['dev']['top_k_accuracy']}" if "dev" in entry else ""))
     print(f"question encoder -> {args.out}")
     if args.json:
