@@ -63,6 +63,12 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                           "--out", tmp / "qenc", "--epochs", "1", "--batch_size", "4",
                           "--hard_negatives", "0", "--json", tmp / "train.json"]
     scenarios["eval_trained"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc")
+    scenarios["train_lexical"] = ["train_retriever.py", "--train", squad_questions, "--index", idx,
+                                  "--dev", squad_questions, "--dev_ks", "1,2", "--out", tmp / "qenc-lex",
+                                  "--epochs", "1",
+                                  "--batch_size", "4", "--negatives", "corpus", "--lexical_head",
+                                  "--pseudo_queries", "1", "--json", tmp / "train-lex.json"]
+    scenarios["eval_lexical"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc-lex")
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD), tmp
 
 
@@ -95,6 +101,19 @@ def test_train_then_eval_with_the_trained_question_encoder(runs):
     assert saved["paired_context_fingerprint"] == manifest["encoder"]["fingerprint"]
     assert saved["fingerprint"] != manifest["encoder"]["fingerprint"]  # it did train
     assert len(json.loads((tmp / "train.json").read_text())["epochs"]) == 1
+    assert evaluation.returncode == 0, evaluation
+    assert json.loads(evaluation.stdout)["n"] == 8
+
+
+def test_train_with_a_lexical_head_then_eval(runs):
+    results, tmp = runs
+    train, evaluation = results["train_lexical"], results["eval_lexical"]
+    assert train.returncode == 0, train
+    assert json.loads((tmp / "qenc-lex" / "ragqa_encoder.json").read_text())["lexical_head"]
+    assert (tmp / "qenc-lex" / "lexical_head.safetensors").is_file()
+    epochs = json.loads((tmp / "train-lex.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [0, 1] and epochs[0]["loss"] is None
+    assert "epoch 0: lexical head fitted" in train.stdout
     assert evaluation.returncode == 0, evaluation
     assert json.loads(evaluation.stdout)["n"] == 8
 
