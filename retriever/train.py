@@ -215,18 +215,6 @@ def _with_negatives(index: DenseIndex, questions: list[Question], positives: lis
     return [Example(q.question, p, n) for q, p, n in zip(questions, positives, negatives, strict=True)]
 
 
-def fit_lexical_head(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, weight: float) -> None:
-    """Add a lexical head to ``q_enc`` and fit it to BM25 over the index's passages (retriever.lexical)."""
-    from .lexical import bm25_weights, fit_head
-
-    rows = active_rows(index)
-    part = index.passages[rows.tolist()]
-    bm25 = bm25_weights(q_enc.tokenizer, part["title"], part["text"])
-    head = q_enc.add_lexical_head()
-    fit_head(head, bm25, context_vectors(index, ctx_enc, rows), weight)
-    log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(rows), weight)
-
-
 def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarray) -> torch.Tensor:
     """Vectors (len(rows), D) of the given rows: read from a flat/HNSW index, else re-encoded."""
     if index.config.index_type in ("flat", "hnsw"):
@@ -254,6 +242,18 @@ class FrozenContexts:
 
     def __call__(self, rows: list[int]) -> torch.Tensor:
         return self.vectors[[self.slot[r] for r in rows]]
+
+
+def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: DenseIndex, weight: float) -> None:
+    """Add a lexical head to ``q_enc`` and fit it to BM25 over the passages of ``ctx`` (all of the
+    index's live rows; retriever.lexical)."""
+    from .lexical import bm25_weights, fit_head
+
+    part = index.passages[ctx.rows.tolist()]
+    bm25 = bm25_weights(q_enc.tokenizer, part["title"], part["text"])
+    head = q_enc.add_lexical_head()
+    fit_head(head, bm25, ctx.vectors, weight)
+    log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(ctx.rows), weight)
 
 
 def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: float) -> None:
@@ -301,13 +301,14 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     torch.manual_seed(config.seed)
     examples = build_examples(index, train, config, q_enc)
     scale = ctx_enc.score_scale(config.score_scale)
+    if config.lexical_head and config.train_context_encoder:
+        raise UserError("--lexical_head needs the frozen context encoder")
     if config.train_context_encoder:
         def ctx_lookup(rows):
             part = index.passages[rows]
             tok = ctx_enc.tokenize(part["text"], part["title"])
             dev = next(ctx_enc.parameters()).device
             return ctx_enc(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
-        params = list(q_enc.parameters()) + list(ctx_enc.parameters())
     else:
         if config.negatives == "corpus":
             all_rows = active_rows(index)
@@ -315,21 +316,22 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
         ctx_lookup = FrozenContexts(index, ctx_enc, all_rows)
         ctx_enc.requires_grad_(False)
-        params = list(q_enc.parameters())
+    logs: list[dict] = []  # per epoch; epoch 0 = a freshly fitted lexical head, before training
+    if config.lexical_head and q_enc.lexical is None:
+        live = active_rows(index)
+        same = np.array_equal(ctx_lookup.rows, live)  # corpus negatives: those vectors are at hand
+        fit_lexical_head(q_enc, ctx_lookup if same else FrozenContexts(index, ctx_enc, live), index,
+                         config.lexical_weight)
+        if evaluate is not None and acc.is_main_process:  # the fitted head before training
+            q_enc.eval()
+            logs.append({"epoch": 0, "loss": None, "dev": evaluate(q_enc)})
+            log.info("lexical head fitted, before training: %s", logs[-1])
+    params = list(q_enc.parameters())  # the lexical head, if any, included
+    if config.train_context_encoder:
+        params += list(ctx_enc.parameters())
     if config.freeze_embeddings:
         for enc in (q_enc, ctx_enc):
             enc.backbone.get_input_embeddings().requires_grad_(False)
-    logs: list[dict] = []  # per epoch; epoch 0 = a freshly fitted lexical head, before training
-    if config.lexical_head:
-        if config.train_context_encoder:
-            raise UserError("--lexical_head needs the frozen context encoder")
-        if q_enc.lexical is None:
-            fit_lexical_head(q_enc, ctx_enc, index, config.lexical_weight)
-            if evaluate is not None and acc.is_main_process:  # the fitted head before training
-                q_enc.eval()
-                logs.append({"epoch": 0, "loss": None, "dev": evaluate(q_enc)})
-                log.info("lexical head fitted, before training: %s", logs[-1])
-        params = list(q_enc.parameters())
     head = {id(p) for p in q_enc.lexical.parameters()} if q_enc.lexical is not None else set()
     groups = [{"params": [p for p in params if p.requires_grad and id(p) not in head]},
               {"params": [p for p in params if id(p) in head], "lr": config.lexical_lr}]
