@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
@@ -28,6 +29,7 @@ __all__ = [
     "build_generator_inputs",
     "format_generator_input",
     "generator_input_strings",
+    "pointer_targets",
 ]
 
 TITLE_SEP = " / "  # RagConfig.title_sep
@@ -137,3 +139,63 @@ def _check_nested(
                 f"expected {n_passages} of each like question 0"
             )
     return n_passages
+
+
+def pointer_targets(
+    tokenizer: PreTrainedTokenizerBase,
+    strings: Sequence[Sequence[str]],
+    answers: Sequence[str],
+    labels: Tensor,
+    input_ids: Tensor,
+    n_start: int,
+) -> Tensor:
+    """Where a copy pointer should point while the decoder writes each answer (supervised pointing).
+
+    The answer is looked up by characters in each generator input string (title and passage text,
+    not the question; exact first, then ignoring case) and mapped to input tokens through the fast
+    tokenizer's offsets, not by re-tokenising it in context. Answer token u is the target of the
+    decoder step that predicts ``labels[:, n_start + u]`` when the input token at the found start
+    + u has that id; the first mismatch (an answer starting or ending inside a word) ends the run.
+
+    Args:
+        strings: (B, K) input strings as :func:`generator_input_strings` builds them.
+        answers: B answer strings, the ones ``labels`` encode.
+        labels: (B, T) decoder targets: ``n_start`` start symbols, answer tokens, EOS, padding.
+        input_ids: (B, K, L) the tokenised ``strings`` (same tokenizer, same truncation).
+        n_start: symbols before the answer in ``labels`` (decoder start, forced BOS).
+
+    Returns:
+        (B, K, T - 1) int64 input positions, -1 where there is no target (answer not in that
+        passage, or the step predicts EOS or padding).
+    """
+    B, K, L = input_ids.shape
+    T = labels.shape[1]
+    out = torch.full((B, K, T - 1), -1, dtype=torch.long)
+    flat = [s for row in strings for s in row]
+    enc = tokenizer(flat, max_length=L, truncation=True, return_offsets_mapping=True)
+    for n, text in enumerate(flat):
+        b, k = divmod(n, K)
+        span = _find_answer(text, answers[b])
+        if span is None:
+            continue
+        offsets = enc["offset_mapping"][n]
+        inside = [i for i, (s, e) in enumerate(offsets) if e > s and s < span[1] and e > span[0]]
+        for u, i in enumerate(inside):
+            if n_start + u >= T or int(input_ids[b, k, i]) != int(labels[b, n_start + u]):
+                break
+            out[b, k, n_start + u - 1] = i
+    return out
+
+
+def _find_answer(text: str, answer: str) -> tuple[int, int] | None:
+    """Character span of the first occurrence of ``answer`` before the question part of a
+    generator input string (exact, then case-insensitive), or None."""
+    answer = answer.strip()
+    end = text.rfind(DOC_SEP)
+    region = text if end < 0 else text[:end]
+    if not answer:
+        return None
+    start = region.find(answer)
+    if start < 0 and len(region.lower()) == len(region) and len(answer.lower()) == len(answer):
+        start = region.lower().find(answer.lower())
+    return None if start < 0 else (start, start + len(answer))

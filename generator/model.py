@@ -28,6 +28,8 @@ from retriever.encoder import packaged_model_path
 from retriever.errors import UserError
 from retriever.fsutil import atomic_directory
 
+from .copy import COPY_HEAD_KEYS, CopyBartForConditionalGeneration
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -89,6 +91,10 @@ def load_generator(
 ) -> tuple[BartForConditionalGeneration, PreTrainedTokenizerBase]:
     """Load a BART generator and its tokenizer from a local directory or a hub id.
 
+    A directory whose ``config.json`` has ``copy_head: true`` loads as
+    :class:`generator.copy.CopyBartForConditionalGeneration`; any other BART as
+    ``BartForConditionalGeneration``.
+
     Args:
         name_or_path: directory written by :func:`save_generator` / ``save_pretrained``, or a hub id
             such as ``"facebook/bart-large"`` (needs network access or a warm cache).
@@ -100,7 +106,8 @@ def load_generator(
         applied when the config has one.
 
     Raises:
-        UserError: the path is missing, is not a model directory, or holds a non-BART model.
+        UserError: the path is missing, is not a model directory, holds a non-BART model, or a
+            copy generator whose copy head weights are missing or mis-shaped.
     """
     config = load_pretrained_config(name_or_path)
     if config.model_type != "bart":
@@ -109,16 +116,35 @@ def load_generator(
             "(warm-start one from BERT with scripts/make_starter_generator.py)"
         )
     source = resolve_pretrained(name_or_path)
+    copy_head = bool(getattr(config, "copy_head", False))
+    cls = CopyBartForConditionalGeneration if copy_head else BartForConditionalGeneration
     try:
-        model = BartForConditionalGeneration.from_pretrained(
-            source, config=config, dtype=torch.float32 if dtype is None else dtype
+        model, info = cls.from_pretrained(
+            source, config=config, dtype=torch.float32 if dtype is None else dtype,
+            output_loading_info=True,
         )
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RuntimeError) as err:
+        if copy_head and "mismatched" in str(err):
+            _check_copy_head(Path(source), {"mismatched_keys": ["a weight of the wrong shape"]})
         raise UserError(f"cannot load the generator from {name_or_path!r}: {err}") from err
+    if copy_head:
+        _check_copy_head(Path(source), info)
     apply_layer_norm_eps(model)
     model.eval()
     return model, tokenizer
+
+
+def _check_copy_head(source: Path, info: dict) -> None:
+    """Raise :class:`UserError` when a copy generator's weights lack (parts of) its copy head or
+    hold them in the wrong shape (``from_pretrained`` would silently initialise them at random)."""
+    bad = [k for k in info.get("missing_keys", ()) if k in COPY_HEAD_KEYS]
+    bad += [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
+    if bad:
+        weights = source / "model.safetensors"
+        raise UserError(f"{weights if weights.exists() else source}: the copy head is incomplete or "
+                        f"has the wrong shape ({', '.join(sorted(bad))}); config.json says "
+                        "copy_head is true")
 
 
 def save_generator(

@@ -46,6 +46,7 @@ from retriever.fsutil import atomic_file
 from retriever.metrics import normalize_answer, retrieval_metrics
 from retriever.questions import Question, read_questions
 
+from .constrain import CONSTRAINTS
 from .metrics import check_patterns, passage_has_answer, qa_scores
 from .pipeline import CONFIG_NAME, MODES, RagConfig, RagModel
 
@@ -60,6 +61,8 @@ class BenchmarkConfig:
     decoding: str = ""  # "thorough" or "fast" (RAG-Sequence), "greedy" or "beam"; "" = the model's own
     num_beams: int = 0  # beam width for thorough, fast and beam decoding; 0 = the model's own
     max_input_length: int = 0  # generator tokens per passage input; 0 = the model's own
+    constrain: str = ""  # "spans": answers only as stretches of the passages, "none": free; "" = the
+    # model's own (rag.constrain)
     limit: int = 0  # answer only the first N questions; 0 = all
     batch_size: int = 8  # questions answered together (latency is per batch, divided by its size)
     seed: int = 0  # seed of torch, numpy and random, set before answering
@@ -68,6 +71,8 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if self.mode and self.mode not in MODES:
             raise UserError(f"mode {self.mode!r} is not one of {MODES}")
+        if self.constrain and self.constrain not in CONSTRAINTS:
+            raise UserError(f"constrain {self.constrain!r} is not one of {CONSTRAINTS}")
         if self.decoding and self.decoding not in DECODINGS:
             raise UserError(f"decoding {self.decoding!r} is not one of {DECODINGS}")
         for name in ("k", "num_beams", "max_input_length", "limit"):
@@ -120,8 +125,8 @@ def load_model(model_dir: str | os.PathLike, index: str | os.PathLike | None,
             and not (model_dir / "question_encoder").is_dir()):
         raise UserError(f"{model_dir}: a closed-book model (no question encoder) cannot run in "
                         f"mode {config.mode!r}")
-    overrides = {name: getattr(config, name) for name in ("k", "mode", "max_input_length")
-                 if getattr(config, name)}
+    overrides = {name: getattr(config, name) for name in ("k", "mode", "max_input_length",
+                                                          "constrain") if getattr(config, name)}
     model = RagModel.from_pretrained(model_dir, index, **overrides)
     model.config, decoding = resolve_decoding(model.config, config)
     if model.index is not None:
@@ -201,7 +206,7 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
             "k": None if closed else rag.k, "mode": rag.mode, "decoding": decoding or rag.decoding,
             "num_beams": rag.num_beams, "limit": config.limit, "seed": config.seed,
             "batch_size": config.batch_size, "max_input_length": rag.max_input_length,
-            "max_answer_length": rag.max_answer_length,
+            "max_answer_length": rag.max_answer_length, "constrain": rag.constrain,
             "device": str(next(model.generator.parameters()).device), "versions": _versions(),
         },
     }

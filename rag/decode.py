@@ -23,6 +23,9 @@ from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
+from generator.copy import copyable, source_kwargs
+
+from .constrain import CONSTRAINTS, SpanLogitsProcessor, span_allowed
 from .marginal import (
     check_rag_inputs,
     encoder_states,
@@ -43,8 +46,11 @@ class DecodeConfig:
     length_penalty: float = 1.0  # a finished beam scores sum(log p) / generated_len**length_penalty
     early_stopping: bool = False  # stop a question once num_beams hypotheses have finished
     num_return_sequences: int = 1  # hypotheses returned per question, at most num_beams
+    constrain: str = "none"  # "spans": outputs are stretches of the passages (rag.constrain)
 
     def __post_init__(self) -> None:
+        if self.constrain not in CONSTRAINTS:
+            raise ValueError(f"constrain must be one of {CONSTRAINTS}, got {self.constrain!r}")
         if self.num_beams < 1 or not 1 <= self.num_return_sequences <= self.num_beams:
             raise ValueError(
                 f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, got "
@@ -151,14 +157,17 @@ def _decoder_step(
     enc: Tensor,
     mask: Tensor,
     cache: EncoderDecoderCache | None,
+    src: Tensor,
 ) -> tuple[Tensor, EncoderDecoderCache]:
-    """One cached decoder call: (P, S) ids, (P, L, D) encoder states -> (P, S, V) logits, cache."""
+    """One cached decoder call: (P, S) ids, (P, L, D) encoder states and (P, L) input ids ->
+    (P, S, V) logits, cache."""
     out = generator(
         attention_mask=mask,
         encoder_outputs=BaseModelOutput(last_hidden_state=enc),
         decoder_input_ids=decoder_input_ids,
         past_key_values=cache,
         use_cache=True,
+        **source_kwargs(generator, src),
     )
     return out.logits, out.past_key_values
 
@@ -170,6 +179,25 @@ class _PassageCache(EncoderDecoderCache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.self_attention_cache.reorder_cache(beam_idx)
+
+
+def _span_mask(scores: Tensor, generator: PreTrainedModel, src: Tensor, mask: Tensor,
+               prefix: Tensor, tok: _Tokens, cfg: DecodeConfig) -> Tensor:
+    """RAG-Token: -inf on (R, V) ``scores`` where no passage of the row's question allows the
+    token (``cfg.constrain == "spans"``). ``src``/``mask``: (R*K, L) passage rows, K per row;
+    ``prefix``: (R, t) tokens after the start symbol (and forced BOS)."""
+    if cfg.constrain != "spans":
+        return scores
+    R, V = scores.shape
+    K = src.shape[0] // R
+    allowed = span_allowed(src, copyable(generator.config, src, mask),
+                           prefix.repeat_interleave(K, dim=0), tok.eos, V)  # (R*K, V)
+    return scores.masked_fill(~allowed.view(R, K, V).any(dim=1), -float("inf"))
+
+
+def _n_start(tok: _Tokens) -> int:
+    """Symbols before the answer proper: the decoder start, and a forced BOS if any."""
+    return 1 + (tok.forced_bos is not None)
 
 
 def _marginalise(logits: Tensor, doc_logprior: Tensor) -> Tensor:
@@ -204,12 +232,14 @@ def rag_token_generate(
     doc_logprior = torch.log_softmax(doc_scores, dim=1)  # (B, K)
     tok = _special_tokens(generator, context_input_ids.device)
     search = _token_greedy if config.num_beams == 1 else _token_beam
-    return search(generator, enc, context_attention_mask, doc_logprior, config, tok)
+    return search(generator, enc, context_input_ids, context_attention_mask, doc_logprior, config,
+                  tok)
 
 
 def _token_greedy(
     generator: PreTrainedModel,
     enc: Tensor,
+    ids: Tensor,
     mask: Tensor,
     doc_logprior: Tensor,
     cfg: DecodeConfig,
@@ -221,11 +251,16 @@ def _token_greedy(
     scores = enc.new_zeros(B)
     unfinished = torch.ones(B, dtype=torch.bool, device=enc.device)
     flat_enc, flat_mask = enc.reshape(B * K, L, D), mask.reshape(B * K, L)  # transformers boundary
+    flat_ids = ids.reshape(B * K, L)
     cache, cur_len = None, 1
     while True:
         inputs = seqs[:, cur_len - 1].repeat_interleave(K)[:, None]  # (B*K, 1)
-        logits, cache = _decoder_step(generator, inputs, flat_enc, flat_mask, cache)
-        step = _process(_marginalise(logits[:, -1], doc_logprior), cur_len, cfg, tok)  # (B, V)
+        logits, cache = _decoder_step(generator, inputs, flat_enc, flat_mask, cache, flat_ids)
+        step = _marginalise(logits[:, -1], doc_logprior)  # (B, V)
+        if cur_len >= _n_start(tok):
+            step = _span_mask(step, generator, flat_ids, flat_mask,
+                              seqs[:, _n_start(tok) : cur_len], tok, cfg)
+        step = _process(step, cur_len, cfg, tok)  # (B, V)
         best = torch.argmax(step, dim=-1)  # (B,)
         scores += torch.where(unfinished, step.gather(1, best[:, None])[:, 0], 0.0)
         best = torch.where(unfinished, best, tok.pad)
@@ -240,6 +275,7 @@ def _token_greedy(
 def _token_beam(
     generator: PreTrainedModel,
     enc: Tensor,
+    ids: Tensor,
     mask: Tensor,
     doc_logprior: Tensor,
     cfg: DecodeConfig,
@@ -270,13 +306,15 @@ def _token_beam(
     # All beams start identical: decode the first step once per (question, passage), then fan out.
     start = torch.full((B * K, 1), tok.start, dtype=torch.long, device=dev)
     flat_enc, flat_mask = enc.reshape(B * K, L, D), mask.reshape(B * K, L)  # transformers boundary
-    logits, cache = _decoder_step(generator, start, flat_enc, flat_mask, None)
+    flat_ids = ids.reshape(B * K, L)
+    logits, cache = _decoder_step(generator, start, flat_enc, flat_mask, None, flat_ids)
     first = _marginalise(logits[:, -1], doc_logprior)  # (B, V)
     V = first.shape[-1]
     fan_out = torch.arange(B, device=dev)[:, None, None] * K + torch.arange(K, device=dev)
     fan_out = fan_out.expand(B, N, K).reshape(-1)  # (B*N*K,) source row of each (b, n, k)
     cache.batch_select_indices(fan_out)
     beam_enc, beam_mask = flat_enc[fan_out], flat_mask[fan_out]  # (B*N*K, L, D), (B*N*K, L)
+    beam_ids = flat_ids[fan_out]  # (B*N*K, L)
     beam_prior = doc_logprior.repeat_interleave(N, dim=0)  # (B*N, K)
     passage = torch.arange(K, device=dev)
 
@@ -286,9 +324,13 @@ def _token_beam(
             marg = first.repeat_interleave(N, dim=0)  # (B*N, V)
         else:
             inputs = running[:, :, cur_len - 1].reshape(B * N).repeat_interleave(K)[:, None]
-            logits, cache = _decoder_step(generator, inputs, beam_enc, beam_mask, cache)
+            logits, cache = _decoder_step(generator, inputs, beam_enc, beam_mask, cache, beam_ids)
             marg = _marginalise(logits[:, -1], beam_prior)  # (B*N, V)
-        logp = _process(torch.log_softmax(marg, dim=-1), cur_len, cfg, tok)  # (B*N, V)
+        logp = torch.log_softmax(marg, dim=-1)  # (B*N, V)
+        if cur_len >= _n_start(tok):
+            prefix = running[:, :, _n_start(tok) : cur_len].reshape(B * N, -1)  # (B*N, t)
+            logp = _span_mask(logp, generator, beam_ids, beam_mask, prefix, tok, cfg)
+        logp = _process(logp, cur_len, cfg, tok)  # (B*N, V)
         acc = (logp.view(B, N, V) + run_scores[:, :, None]).view(B, N * V)  # (B, N*V)
         cand_scores, cand_idx = torch.topk(acc, k=keep)  # (B, keep)
         src = cand_idx // V  # (B, keep) beam each candidate extends
@@ -379,9 +421,13 @@ def rag_sequence_generate(
     tok = _special_tokens(generator, context_input_ids.device)
     search_mask = None if attend_to_padding else context_attention_mask
     enc = encode_passages(generator, context_input_ids, search_mask)  # (B, K, L, D)
-    # transformers boundary: all B*K passages in one generate call
+    flat_ids = context_input_ids.reshape(B * K, L)  # transformers boundary: B*K passages at once
+    processors = []
+    if config.constrain == "spans":
+        pointable = copyable(generator.config, flat_ids, context_attention_mask.reshape(B * K, L))
+        processors.append(SpanLogitsProcessor(flat_ids, pointable, tok.eos, N, _n_start(tok)))
     out = generator.generate(
-        input_ids=context_input_ids.reshape(B * K, L),
+        input_ids=flat_ids,
         attention_mask=None if search_mask is None else search_mask.reshape(B * K, L),
         encoder_outputs=BaseModelOutput(last_hidden_state=enc.flatten(0, 1)),
         past_key_values=_PassageCache(
@@ -390,7 +436,9 @@ def rag_sequence_generate(
         num_return_sequences=N,
         return_dict_in_generate=True,
         output_logits=fast,
+        logits_processor=processors,
         **config.generate_kwargs(),
+        **source_kwargs(generator, flat_ids),
     )
     T = out.sequences.shape[1]
     cands = out.sequences.view(B, K * N, T)  # (B, C, T), passage-major as transformers orders them
@@ -409,7 +457,8 @@ def rag_sequence_generate(
     else:
         if attend_to_padding:  # scoring attends with the mask, as transformers' does
             enc = encode_passages(generator, context_input_ids, context_attention_mask)
-        tok_logp = hypothesis_logprobs(generator, enc, context_attention_mask, hyps, q_idx)
+        tok_logp = hypothesis_logprobs(generator, enc, context_attention_mask, hyps, q_idx,
+                                       context_input_ids)
         available = None
 
     # transformers' exclude_bos_score: the first target is skipped only if every candidate of the

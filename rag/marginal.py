@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 
+from generator.copy import has_copy_head, source_kwargs
+
 RagMode = Literal["sequence", "token"]
 _CHUNK_ELEMENTS = 2**25  # cap on floats per intermediate (logits, copied KV cache)
 
@@ -85,7 +87,8 @@ def generator_logits(
     """Teacher-forced next-token logits of ``generator`` for every (question, passage) pair.
 
     Args:
-        generator: a seq2seq LM such as ``BartForConditionalGeneration``.
+        generator: a seq2seq LM such as ``BartForConditionalGeneration`` (or the copy generator,
+            whose logits are normalised log-probabilities).
         context_input_ids, context_attention_mask: (B, K, L) int64, one row per passage.
         labels: (B, T) int64, T >= 2, each starting with the decoder's start symbol. The decoder
             reads ``labels[:, :-1]`` (transformers also feeds the last label, but what it predicts
@@ -94,6 +97,17 @@ def generator_logits(
     Returns:
         (B, K, T - 1, V) float logits; entry t predicts ``labels[:, t + 1]``.
     """
+    return generator_outputs(generator, context_input_ids, context_attention_mask, labels).logits
+
+
+def generator_outputs(
+    generator: PreTrainedModel,
+    context_input_ids: Tensor,
+    context_attention_mask: Tensor,
+    labels: Tensor,
+):
+    """The generator's teacher-forced output (see :func:`generator_logits`), with ``logits``
+    viewed as (B, K, T - 1, V); a copy generator's ``pointer_logp`` is (B, K, T - 1, L)."""
     B, K, L = context_input_ids.shape
     T = labels.shape[1]
     if labels.dim() != 2 or labels.shape[0] != B or T < 2:
@@ -107,8 +121,28 @@ def generator_logits(
         attention_mask=mask,
         decoder_input_ids=decoder_input_ids.reshape(B * K, T - 1),
         use_cache=False,
+        **source_kwargs(generator, ids),
     )
-    return out.logits.view(B, K, T - 1, -1)  # (B, K, T-1, V)
+    out.logits = out.logits.view(B, K, T - 1, -1)  # (B, K, T-1, V)
+    if getattr(out, "pointer_logp", None) is not None:
+        out.pointer_logp = out.pointer_logp.view(B, K, T - 1, -1)  # (B, K, T-1, L)
+    return out
+
+
+def pointer_nll(pointer_logp: Tensor, pointer_targets: Tensor) -> Tensor:
+    """Supervised pointing: -log a_t(target position), summed over the steps and passages that
+    have a target (``pointer_targets`` >= 0), per question.
+
+    Args:
+        pointer_logp: (B, K, T', L) log-probs of the copy pointer.
+        pointer_targets: (B, K, T') int64 input positions, -1 where there is no target.
+
+    Returns:
+        (B,) float.
+    """
+    has = pointer_targets.ge(0)
+    picked = pointer_logp.gather(-1, pointer_targets.clamp(min=0)[..., None])[..., 0]  # (B, K, T')
+    return -(picked.masked_fill(~has, 0.0)).sum(dim=(1, 2))
 
 
 def token_logprobs(logits: Tensor, targets: Tensor, pad_token_id: int) -> Tensor:
@@ -190,6 +224,7 @@ def rag_sequence_nll(
     *,
     epsilon: float = 0.0,
     exclude_bos_score: bool = False,
+    logits: Tensor | None = None,
 ) -> Tensor:
     """Per-example RAG-Sequence negative log-likelihood, -log p(y|x) (eq. 1), optionally smoothed.
 
@@ -205,13 +240,15 @@ def rag_sequence_nll(
         context_input_ids, context_attention_mask: (B, K, L) int64.
         doc_scores: (B, K) float, question-passage inner products.
         labels: (B, T) int64.
+        logits: (B, K, T-1, V) from :func:`generator_logits` when already computed.
 
     Returns:
         (B,) float NLL per question.
     """
     check_rag_inputs(context_input_ids, context_attention_mask, doc_scores)
     cfg = generator.config
-    logits = generator_logits(generator, context_input_ids, context_attention_mask, labels)
+    if logits is None:
+        logits = generator_logits(generator, context_input_ids, context_attention_mask, labels)
     targets = labels[:, 1:]  # (B, T-1)
     target_mask = targets.ne(cfg.pad_token_id)
     doc_logprior = torch.log_softmax(doc_scores.float(), dim=1)  # (B, K)
@@ -235,6 +272,7 @@ def rag_token_nll(
     labels: Tensor,
     *,
     epsilon: float = 0.0,
+    logits: Tensor | None = None,
 ) -> Tensor:
     """Per-example RAG-Token negative log-likelihood, -log p(y|x) (eq. 2), optionally smoothed.
 
@@ -247,13 +285,15 @@ def rag_token_nll(
         context_input_ids, context_attention_mask: (B, K, L) int64.
         doc_scores: (B, K) float.
         labels: (B, T) int64.
+        logits: (B, K, T-1, V) from :func:`generator_logits` when already computed.
 
     Returns:
         (B,) float NLL per question.
     """
     check_rag_inputs(context_input_ids, context_attention_mask, doc_scores)
     pad = generator.config.pad_token_id
-    logits = generator_logits(generator, context_input_ids, context_attention_mask, labels)
+    if logits is None:
+        logits = generator_logits(generator, context_input_ids, context_attention_mask, labels)
     targets = labels[:, 1:]  # (B, T-1)
     target_mask = targets.ne(pad)
     doc_logprior = torch.log_softmax(doc_scores.float(), dim=1)  # (B, K)
@@ -279,38 +319,35 @@ def rag_loss(
     *,
     epsilon: float = 0.0,
     exclude_bos_score: bool = False,
+    pointer_targets: Tensor | None = None,
+    pointer_weight: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
     """Dispatch to :func:`rag_sequence_nll` (``mode="sequence"``) or :func:`rag_token_nll`.
 
     ``exclude_bos_score`` applies to RAG-Sequence only (transformers ignores it for RAG-Token).
+    With a copy generator, ``pointer_targets`` (B, K, T-1) and ``pointer_weight`` > 0 add
+    ``pointer_weight * pointer_nll`` (:func:`pointer_nll`) to each question's loss.
 
     Returns:
-        ``(loss, nll)``: the scalar mean over questions and the (B,) per-question NLL.
+        ``(loss, nll)``: the scalar mean over questions of the loss and the (B,) per-question RAG
+        NLL (without the pointer term).
     """
-    if mode == "sequence":
-        nll = rag_sequence_nll(
-            generator,
-            context_input_ids,
-            context_attention_mask,
-            doc_scores,
-            labels,
-            epsilon=epsilon,
-            exclude_bos_score=exclude_bos_score,
-        )
-    elif mode == "token":
-        if exclude_bos_score:
-            raise ValueError("exclude_bos_score is only defined for mode='sequence'")
-        nll = rag_token_nll(
-            generator,
-            context_input_ids,
-            context_attention_mask,
-            doc_scores,
-            labels,
-            epsilon=epsilon,
-        )
-    else:
+    if mode not in ("sequence", "token"):
         raise ValueError(f"mode must be 'sequence' or 'token', got {mode!r}")
-    return nll.mean(), nll
+    if mode == "token" and exclude_bos_score:
+        raise ValueError("exclude_bos_score is only defined for mode='sequence'")
+    check_rag_inputs(context_input_ids, context_attention_mask, doc_scores)
+    out = generator_outputs(generator, context_input_ids, context_attention_mask, labels)
+    args = (generator, context_input_ids, context_attention_mask, doc_scores, labels)
+    if mode == "sequence":
+        nll = rag_sequence_nll(*args, epsilon=epsilon, exclude_bos_score=exclude_bos_score,
+                               logits=out.logits)
+    else:
+        nll = rag_token_nll(*args, epsilon=epsilon, logits=out.logits)
+    loss = nll
+    if pointer_targets is not None and pointer_weight > 0 and has_copy_head(generator):
+        loss = nll + pointer_weight * pointer_nll(out.pointer_logp, pointer_targets)
+    return loss.mean(), nll
 
 
 def hypothesis_logprobs(
@@ -319,6 +356,7 @@ def hypothesis_logprobs(
     context_attention_mask: Tensor,
     hyps: Tensor,
     q_idx: Tensor,
+    source_ids: Tensor | None = None,
 ) -> Tensor:
     """Teacher-forced log p(hyps[m, t+1] | x, z, hyps[m, :t+1]) under each passage of its question.
 
@@ -335,6 +373,7 @@ def hypothesis_logprobs(
         context_attention_mask: (B, K, L) int64.
         hyps: (M, T) int64 hypotheses, each starting with the decoder start symbol.
         q_idx: (M,) int64, the question of each hypothesis.
+        source_ids: (B, K, L) int64 passage input ids; needed by a copy generator only.
 
     Returns:
         (M, K, T-1) float, 0 at padded targets.
@@ -377,7 +416,34 @@ def hypothesis_logprobs(
     real = targets.ne(generator.config.pad_token_id)  # (M, T-1)
     gold = torch.einsum("mktd,mtd->mkt", hidden, weight[targets]) + bias[targets][:, None, :]
     lse = _log_normaliser(hidden, hyps, q_idx, real, weight, bias)  # (M, K, T-1)
-    return (gold - lse).masked_fill(~real[:, None, :], 0.0)
+    logp = gold - lse  # (M, K, T-1) log p_vocab of each target
+    if has_copy_head(generator):
+        logp = _copy_target_logprobs(generator, hidden, logp, encoder_states,
+                                     context_attention_mask, source_ids, hyps, q_idx)
+    return logp.masked_fill(~real[:, None, :], 0.0)
+
+
+def _copy_target_logprobs(generator, hidden: Tensor, vocab_logp: Tensor, encoder_states: Tensor,
+                          context_attention_mask: Tensor, source_ids: Tensor | None, hyps: Tensor,
+                          q_idx: Tensor) -> Tensor:
+    """The copy generator's mixture log p(target) from its vocabulary part (M, K, T-1)."""
+    if source_ids is None:
+        raise ValueError("a copy generator needs the passages' input ids (source_ids)")
+    B, K, L, D = encoder_states.shape
+    M, T1 = vocab_logp.shape[0], vocab_logp.shape[2]
+    out = torch.empty_like(vocab_logp)
+    per_chunk = max(1, _CHUNK_ELEMENTS // (K * T1 * L * 4))
+    for lo in range(0, M, per_chunk):
+        q = q_idx[lo : lo + per_chunk]
+        m = q.shape[0]
+        h = hyps[lo : lo + m, None, :].expand(m, K, T1 + 1).reshape(m * K, T1 + 1)  # (m*K, T)
+        # transformers boundary: (hypothesis, passage) pairs flattened to (m*K, ...)
+        out[lo : lo + m] = generator.target_logprobs(
+            hidden[lo : lo + m].reshape(m * K, T1, D), vocab_logp[lo : lo + m].reshape(m * K, T1),
+            encoder_states[q].reshape(m * K, L, D), context_attention_mask[q].reshape(m * K, L),
+            source_ids[q].reshape(m * K, L), h[:, :-1], h[:, 1:],
+        ).view(m, K, T1)
+    return out
 
 
 def _output_layer(generator: PreTrainedModel) -> tuple[Tensor, Tensor]:

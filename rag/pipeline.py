@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from generator.inputs import build_generator_inputs
+from generator.copy import has_copy_head
+from generator.inputs import build_generator_inputs, generator_input_strings, pointer_targets
 from generator.model import load_generator, save_generator
 from retriever.encoder import Encoder
 from retriever.errors import UserError
@@ -36,6 +37,7 @@ from retriever.fsutil import atomic_directory
 from retriever.index import DenseIndex, SearchResult
 from retriever.search import check_questions
 
+from .constrain import CONSTRAINTS
 from .decode import DecodeConfig, rag_sequence_generate, rag_token_generate
 from .marginal import rag_loss
 
@@ -59,6 +61,10 @@ class RagConfig:
     doc_score_scale: float = 0.0  # p(z|x) = softmax(scale * q . d) over the k passages; 0 = 20 for
     # L2-normalised question encoders (cosine scores, nearly uniform over k without a scale; 20
     # is sentence-transformers' training scale, and train_retriever's), else 1 (DPR inner products)
+    pointer_weight: float = 1.0  # copy generators: weight of the supervised-pointing loss (the
+    # pointer at answer step t pulled to the answer's t-th token in each passage that contains it)
+    constrain: str = "none"  # "spans": answers may only be stretches of the generator input
+    # (passage title, text or question) followed by EOS (rag.constrain); any generator
     copy_spans: bool = True  # an answer whose tokens occur in a retrieved passage is returned as
     # that stretch of the passage (its casing, spacing and punctuation: "Levi's Stadium", not
     # "levi ' s stadium"); False returns the detokenised tokens as they are
@@ -70,6 +76,12 @@ class RagConfig:
             raise UserError(f"decoding {self.decoding!r} is not 'thorough' or 'fast'")
         if self.k <= 0:
             raise UserError(f"k must be a positive number of passages, got {self.k}")
+        if self.constrain not in CONSTRAINTS:
+            raise UserError(f"constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+        if self.constrain == "spans" and self.mode == "closed_book":
+            raise UserError("constrain 'spans' needs passages to copy from; closed_book has none")
+        if not self.pointer_weight >= 0 or self.pointer_weight == float("inf"):
+            raise UserError(f"pointer_weight must be a finite number >= 0, got {self.pointer_weight}")
         if self.doc_score_scale < 0:
             raise UserError(f"doc_score_scale must be >= 0 (0 = automatic), got {self.doc_score_scale}")
 
@@ -141,6 +153,7 @@ class RagModel(nn.Module):
         self.tokenizer = tokenizer
         self.index = index
         self.config = config
+        self.pointer_stats = {"answers": 0, "not_found": 0}  # supervised pointing, this process
         if config.mode != "closed_book":
             if index is None or question_encoder is None:
                 raise UserError(f"mode {config.mode!r} needs an index and a question encoder")
@@ -188,11 +201,35 @@ class RagModel(nn.Module):
     def _passage_inputs(self, questions: list[str], passages: list[list[dict]]
                         ) -> dict[str, torch.Tensor]:
         """Inputs (B, K, L) for K passage dicts (``title``, ``text``) per question."""
-        titles = [[p["title"] for p in row] for row in passages]
-        texts = [[p["text"] for p in row] for row in passages]
-        texts = fit_passages(self.tokenizer, questions, titles, texts, self.config.max_input_length)
+        titles, texts = self._fitted(questions, passages)
         return build_generator_inputs(self.tokenizer, questions, titles, texts,
                                       self.config.max_input_length, pad_to_max_length=False)
+
+    def _fitted(self, questions: list[str], passages: list[list[dict]]
+                ) -> tuple[list[list[str]], list[list[str]]]:
+        """(B, K) titles and texts, the texts cut to fit the generator input (fit_passages)."""
+        titles = [[p["title"] for p in row] for row in passages]
+        texts = [[p["text"] for p in row] for row in passages]
+        return titles, fit_passages(self.tokenizer, questions, titles, texts,
+                                    self.config.max_input_length)
+
+    def _pointer_targets(self, questions: list[str], answers: list[str], passages: list[list[dict]],
+                         labels: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, K, T-1) supervised-pointing targets (generator.inputs.pointer_targets); counts the
+        answers found in no passage in ``self.pointer_stats``."""
+        titles, texts = self._fitted(questions, passages)
+        strings = generator_input_strings(questions, titles, texts)
+        n_start = 1 + (getattr(self.generator.generation_config, "forced_bos_token_id", None)
+                       is not None)
+        targets = pointer_targets(self.tokenizer, strings, answers, labels.cpu(), input_ids.cpu(),
+                                  n_start)
+        found = targets.ge(0).flatten(1).any(dim=1)  # (B,)
+        self.pointer_stats["answers"] += len(answers)
+        self.pointer_stats["not_found"] += int((~found).sum())
+        if not found.all():
+            log.debug("pointer loss: %d of %d answers found in no passage, skipped",
+                      int((~found).sum()), len(answers))
+        return targets.to(labels.device)
 
     def labels(self, answers: list[str]) -> torch.Tensor:
         """Decoder targets (B, T): start symbol [+ forced BOS], answer tokens, EOS, right-padded."""
@@ -231,11 +268,18 @@ class RagModel(nn.Module):
         given passage, p(z|x) = 1: the generator trains as a reader on it and the question
         encoder gets no gradient (a reader warm-up on gold passages).
         """
-        inputs, doc_scores, _ = self._prepare(questions, passages)
+        inputs, doc_scores, result = self._prepare(questions, passages)
         labels = self.labels(answers).to(doc_scores.device)
         mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
+        targets = None
+        sources = ([[{"title": t, "text": x}] for t, x in passages] if passages is not None
+                   else None if result is None else result.passages)
+        if has_copy_head(self.generator) and self.config.pointer_weight > 0 and sources:
+            targets = self._pointer_targets(questions, answers, sources, labels,
+                                            inputs["input_ids"])
         return rag_loss(mode, self.generator, inputs["input_ids"], inputs["attention_mask"],
-                        doc_scores, labels, epsilon=self.config.label_smoothing)
+                        doc_scores, labels, epsilon=self.config.label_smoothing,
+                        pointer_targets=targets, pointer_weight=self.config.pointer_weight)
 
     # ------------------------------------------------------------- decoding
     @torch.no_grad()
@@ -253,8 +297,9 @@ class RagModel(nn.Module):
             sources = [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in passages]
         else:  # closed book
             sources = [[] for _ in questions]
+        constrain = self.config.constrain if (result is not None or passages is not None) else "none"
         cfg = DecodeConfig(num_beams=num_beams or self.config.num_beams,
-                           max_length=self.config.max_answer_length)
+                           max_length=self.config.max_answer_length, constrain=constrain)
         if self.config.mode == "token":
             out = rag_token_generate(self.generator, inputs["input_ids"],
                                      inputs["attention_mask"], doc_scores, cfg)
@@ -274,14 +319,17 @@ class RagModel(nn.Module):
 
     # ------------------------------------------------------------ save/load
     def save_pretrained(self, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None,
-                        half: bool = False) -> None:
+                        half: bool = False, question_backbone_from: str | None = None) -> None:
         """Write the model directory (see module doc) atomically, plus any ``extra_files``.
 
         ``half`` stores the weights in float16 (half the size; loading restores float32).
+        ``question_backbone_from`` stores the question encoder's backbone as a reference to that
+        model instead of weights (``Encoder.save_pretrained``'s ``backbone_from``).
         """
         with atomic_directory(out_dir) as tmp:
             if self.question_encoder is not None:
-                self.question_encoder.save_pretrained(tmp / "question_encoder", half=half)
+                self.question_encoder.save_pretrained(tmp / "question_encoder", half=half,
+                                                      backbone_from=question_backbone_from)
             save_generator(self.generator, self.tokenizer, tmp / "generator",
                            dtype=torch.float16 if half else None)
             (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))

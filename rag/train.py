@@ -213,8 +213,11 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
 
     def evaluate() -> None:
         if subset and acc.is_main_process:
+            unwrapped = acc.unwrap_model(wrapped)
             entry = {"step": state["step"], "dev_em": dev_exact_match(
-                acc.unwrap_model(wrapped), subset, num_beams=config.eval_beams), "n": len(subset)}
+                unwrapped, subset, num_beams=config.eval_beams), "n": len(subset)}
+            if unwrapped.pointer_stats["answers"]:
+                entry["pointer_not_found"] = dict(unwrapped.pointer_stats)
             state["log"].append(entry)
             log.info("step %d: dev EM %.2f on %d questions", entry["step"], entry["dev_em"],
                      entry["n"])

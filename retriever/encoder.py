@@ -176,16 +176,23 @@ class Encoder(nn.Module):
         return {"name": self.name, "fingerprint": self.fingerprint, "dim": self.dim,
                 **asdict(self.config)}
 
-    def save_pretrained(self, out_dir: str | os.PathLike, half: bool = False) -> None:
+    def save_pretrained(self, out_dir: str | os.PathLike, half: bool = False,
+                        backbone_from: str | None = None) -> None:
         """Write backbone (safetensors), tokenizer and our config; atomic (temp dir, then rename).
 
         ``half`` stores float16 weights (loading restores float32); the fingerprint is unchanged.
+        ``backbone_from`` (a packaged name, hub id or directory) stores no backbone weights but a
+        reference to that model, whose backbone must equal this one's exactly (an untrained tower
+        with a trained lexical head or projection: the directory then holds only those).
         """
+        if backbone_from is not None:
+            self._check_same_backbone(backbone_from)
         with atomic_directory(out_dir) as tmp:
             fingerprint = self.fingerprint
-            state = {k: v.half() if half and v.is_floating_point() else v
-                     for k, v in self.backbone.state_dict().items()}
-            self.backbone.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if backbone_from is None:
+                state = {k: v.half() if half and v.is_floating_point() else v
+                         for k, v in self.backbone.state_dict().items()}
+                self.backbone.save_pretrained(tmp, state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             if self.projection is not None:
                 save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
@@ -195,7 +202,19 @@ class Encoder(nn.Module):
                 save_file({"weight": (w.half() if half else w).contiguous()}, str(tmp / HEAD_NAME))
             meta = {**asdict(self.config), "name": self.name, "fingerprint": fingerprint,
                     "paired_context_fingerprint": self.paired_context_fingerprint}
+            if backbone_from is not None:
+                meta["backbone_from"] = backbone_from
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+
+    def _check_same_backbone(self, source: str) -> None:
+        """Raise :class:`UserError` unless ``source``'s weights equal this encoder's backbone."""
+        from transformers import AutoModel
+
+        other = AutoModel.from_pretrained(resolve(source), dtype=torch.float32).state_dict()
+        for key, value in self.backbone.state_dict().items():
+            if key in other and not torch.equal(value.detach().float().cpu(), other[key].float()):
+                raise UserError(f"cannot store the backbone as a reference to {source}: its "
+                                f"weights differ ({key})")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: EncoderConfig | None = None,
@@ -207,14 +226,15 @@ class Encoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = resolve(name_or_path)
+        meta_file = Path(path) / CONFIG_NAME
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        weights = resolve(meta["backbone_from"]) if meta.get("backbone_from") else path
         try:
-            hf_config = AutoConfig.from_pretrained(path)
+            hf_config = AutoConfig.from_pretrained(weights)
             tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as err:
             raise UserError(f"{name_or_path}: cannot load encoder ({str(err).splitlines()[0]})"
                             ) from None
-        meta_file = Path(path) / CONFIG_NAME
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
         fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
         base = config or (EncoderConfig(**fields) if fields else _infer_config(path, hf_config))
         base = replace(base, **overrides)
@@ -223,13 +243,13 @@ class Encoder(nn.Module):
 
             archs = hf_config.architectures or []
             model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
-            backbone = model_cls.from_pretrained(path, dtype=torch.float32)
+            backbone = model_cls.from_pretrained(weights, dtype=torch.float32)
         else:
             try:  # BERT-family models build a pooler we do not need unless pooling == "pooler"
                 backbone = AutoModel.from_pretrained(
-                    path, add_pooling_layer=base.pooling == "pooler", dtype=torch.float32)
+                    weights, add_pooling_layer=base.pooling == "pooler", dtype=torch.float32)
             except TypeError:
-                backbone = AutoModel.from_pretrained(path, dtype=torch.float32)
+                backbone = AutoModel.from_pretrained(weights, dtype=torch.float32)
         enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,
                   paired_context_fingerprint=meta.get("paired_context_fingerprint"))
         if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():

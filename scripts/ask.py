@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict, dataclass
 
 from rag import default
+from rag.constrain import CONSTRAINTS
 from rag.pipeline import RagModel
 from retriever.cli import parse, run
 from retriever.errors import UserError
@@ -30,12 +31,19 @@ class Args:
     index: str | None = None  # index directory; default: the model's index or the embedded corpus
     k: int = 0  # passages per question; 0 = the model's own k
     num_beams: int = 0  # beam width; 0 = the model's own
+    constrain: str = ""  # "spans": answer only with stretches of the retrieved passages (then EOS);
+    # "none": free generation; "" = the model's own setting
     json: bool = False  # print one JSON object per question (question, answer, score, passages)
     batch_size: int = 8  # questions answered together
 
+    def __post_init__(self) -> None:
+        if self.constrain not in ("", *CONSTRAINTS):
+            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+
 
 def _load(args: Args) -> RagModel:
-    overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams)) if val}
+    overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams),
+                                           ("constrain", args.constrain)) if val}
     model_dir = args.model or default.MODEL
     if args.model is None and not (default.MODEL / "rag_config.json").is_file():
         raise UserError(f"no starter model in {default.MODEL}; pass --model DIR (see README)")

@@ -11,6 +11,10 @@ warm-up, median of ``--repeats``):
    transformers RAG forward with ``labels``, in questions/s, with dropout off (eval mode) so that
    both compute the same loss.
 
+4. The copy generator (``generator/copy.py``) against the plain BART it wraps (same weights, same
+   size, the copy head added): a RAG-Sequence training step with supervised pointing, and
+   RAG-Sequence thorough and RAG-Token beam decoding (goal: at most 1.3x slower).
+
 Token sequences must be identical and losses agree to 1e-4; the script prints both checks. Weights
 are random, so "outputs" are only meaningful as an equivalence check.
 
@@ -182,6 +186,39 @@ def bench_training(args: Args, generator, hf_models: dict, ids, mask, scores) ->
     return result
 
 
+def bench_copy(args: Args, generator, ids, mask, scores) -> dict:
+    """Copy generator against the plain BART it wraps: training step and decoding, seconds."""
+    from generator.copy import CopyBartForConditionalGeneration
+
+    copy = CopyBartForConditionalGeneration.from_bart(generator).eval()
+    B, K, L = ids.shape
+    g = torch.Generator().manual_seed(args.seed + 3)
+    labels = torch.randint(4, args.vocab_size, (B, args.target_length), generator=g)
+    labels[:, 0] = generator.config.decoder_start_token_id
+    targets = torch.randint(0, L // 2, (B, K, args.target_length - 1), generator=g)
+    cfg = DecodeConfig(num_beams=args.num_beams, max_length=args.max_length)
+
+    def step(model, **pointer):
+        model.zero_grad(set_to_none=True)
+        loss, _ = rag_loss("sequence", model, ids, mask, scores, labels, **pointer)
+        loss.backward()
+
+    result = {}
+    t = timed({"plain": lambda: step(generator),
+               "copy": lambda: step(copy, pointer_targets=targets, pointer_weight=1.0)},
+              args.repeats)
+    result.update(copy_train_plain_s=t["plain"], copy_train_copy_s=t["copy"])
+    with torch.no_grad():
+        t = timed({"plain": lambda: rag_sequence_generate(generator, ids, mask, scores, cfg),
+                   "copy": lambda: rag_sequence_generate(copy, ids, mask, scores, cfg)},
+                  args.repeats)
+        result.update(copy_sequence_plain_s=t["plain"], copy_sequence_copy_s=t["copy"])
+        t = timed({"plain": lambda: rag_token_generate(generator, ids, mask, scores, cfg),
+                   "copy": lambda: rag_token_generate(copy, ids, mask, scores, cfg)}, args.repeats)
+        result.update(copy_token_plain_s=t["plain"], copy_token_copy_s=t["copy"])
+    return result
+
+
 def main() -> None:
     (args,) = parse([Args], description=__doc__)
     if args.json:
@@ -193,6 +230,7 @@ def main() -> None:
     figures = bench_decoding(args, generator, hf_seq, hf_tok, ids, mask, scores)
     figures.update(bench_training(args, generator, {"sequence": hf_seq, "token": hf_tok},
                                   ids, mask, scores))
+    figures.update(bench_copy(args, generator, ids, mask, scores))
     s = t = figures
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
@@ -209,6 +247,11 @@ def main() -> None:
         ours, hf = figures[f"{mode}_train_ours_qps"], figures[f"{mode}_train_hf_qps"]
         print(f"train step ({mode:8s}):  ours {ours:.1f} q/s  transformers {hf:.1f} q/s  "
               f"speedup {ours / hf:.2f}x  |loss diff| {figures[f'{mode}_loss_abs_diff']:.2e}")
+    for name, key in (("train step (sequence)", "train"), ("RAG-Sequence thorough", "sequence"),
+                      ("RAG-Token beam", "token")):
+        plain, copy = figures[f"copy_{key}_plain_s"], figures[f"copy_{key}_copy_s"]
+        print(f"copy generator, {name}: plain BART {plain:.3f}s  copy {copy:.3f}s  "
+              f"ratio {copy / plain:.2f}x (goal <= 1.3x)")
     if args.json:
         write_json(args.json, {"args": asdict(args), "torch": torch.__version__,
                                "threads": torch.get_num_threads(), **figures})

@@ -37,6 +37,8 @@ class Args:
     starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
     starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
     starter_cross_attention: str = "copy_self"  # starter: "random" or "copy_self" initialisation
+    copy_head: bool = False  # give the generator a copy path (generator/copy.py) if it has none:
+    # a pointer over its input, trained with --pointer_weight (supervised pointing)
     train_offset: int = 0  # skip the first N training questions (continue on unseen ones)
     train_limit: int = 0  # then use only the next N training questions; 0 = all
     save_dtype: str = "fp32"  # dtype of the saved generator: "fp32" or "fp16" (half the size)
@@ -44,6 +46,7 @@ class Args:
 
 
 def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
+    from generator.copy import CopyBartForConditionalGeneration, has_copy_head
     from generator.model import load_generator
     from generator.warmstart import warm_start_bart
 
@@ -58,6 +61,8 @@ def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
             cross_attention=args.starter_cross_attention)
     else:
         generator, tokenizer = load_generator(args.generator)
+    if args.copy_head and not has_copy_head(generator):
+        generator = CopyBartForConditionalGeneration.from_bart(generator)
     if rag_cfg.mode == "closed_book":
         return RagModel(None, generator, tokenizer, None, rag_cfg)
     if not rag_cfg.index:

@@ -3,14 +3,16 @@
 Retrieval is taken out of the picture: every question is answered from one given passage (greedy),
 either the whole gold paragraph (``0``; cut to the model's input length, so an answer late in a long
 paragraph is lost) or a window of the answer and 2W characters around it, the answer centred or
-placed at random. The questions are the same 300 random dev questions as finetune's evaluation
-(seed 0). Run from the repository root (docs/benchmarks.md has the figures):
+placed at random. The questions are ``--n`` random dev questions (seed 0; 300, the default, is
+finetune's evaluation sample). ``--constrain spans`` holds answers to stretches of the passage. Run
+from the repository root (docs/benchmarks.md has the figures):
 
     python docs/experiments/reader_oracle.py runs/reader runs/index-l6 0 100:centred 150:random
+    python docs/experiments/reader_oracle.py runs/copy-reader runs/index-l6 0 --n 1000
 """
 
+import argparse
 import random
-import sys
 
 from rag.pipeline import RagModel
 from rag.train import answer_window, dev_subset
@@ -18,9 +20,19 @@ from retriever.corpus import collapse_ws
 from retriever.metrics import exact_match
 from retriever.questions import read_questions
 
-model_dir, index_dir, *settings = sys.argv[1:]
-model = RagModel.from_pretrained(model_dir, index_dir).eval()
-dev = dev_subset(read_questions("../shared/data/squad-open/dev.json"), 300, "random", seed=0)
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("model_dir")
+parser.add_argument("index_dir")
+parser.add_argument("settings", nargs="+", help="0 (whole paragraph) or W:centred / W:random")
+parser.add_argument("--n", type=int, default=300, help="random dev questions (seed 0)")
+parser.add_argument("--constrain", default="", help="'spans' or 'none'; default: the model's")
+parser.add_argument("--max_input_length", type=int, default=0, help="0 = the model's own")
+args = parser.parse_args()
+model_dir, settings = args.model_dir, args.settings
+overrides = {k: v for k, v in (("constrain", args.constrain),
+                               ("max_input_length", args.max_input_length)) if v}
+model = RagModel.from_pretrained(model_dir, args.index_dir, **overrides).eval()
+dev = dev_subset(read_questions("../shared/data/squad-open/dev.json"), args.n, "random", seed=0)
 table = model.index.passages
 title_of = dict(zip(map(collapse_ws, table["text"]), table["title"], strict=True))
 for setting in settings:
@@ -38,5 +50,5 @@ for setting in settings:
         chunk = rows[start : start + 16]
         answers = model.answer([q.question for q, _ in chunk], num_beams=1, passages=[g for _, g in chunk])
         em += [exact_match(a.answer, q.answers) for a, (q, _) in zip(answers, chunk, strict=True)]
-    print(f"{model_dir} gold {setting or 'paragraph'}: EM {100 * sum(em) / len(em):.2f} on {len(em)}",
-          flush=True)
+    print(f"{model_dir} gold {setting or 'paragraph'} (constrain {model.config.constrain}, input "
+          f"{model.config.max_input_length}): EM {100 * sum(em) / len(em):.2f} on {len(em)}", flush=True)

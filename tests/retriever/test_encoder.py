@@ -161,3 +161,23 @@ def test_bad_inputs(tiny_encoder_dir, tmp_path):
 def test_embeddings_are_deterministic_numbers(tiny_encoder_dir):
     e = embed(Encoder.from_pretrained(str(tiny_encoder_dir)).eval()).numpy()
     assert e.dtype == np.float32 and np.isfinite(e).all() and e.shape == (len(TEXTS), 32)
+
+
+def test_backbone_stored_as_a_reference(tiny_encoder_dir, tmp_path):
+    """An unchanged tower with a lexical head is stored as head + reference, and loads the same."""
+    enc = Encoder.from_pretrained(str(tiny_encoder_dir))
+    head = enc.add_lexical_head()
+    with torch.no_grad():
+        head.weight.normal_()
+    enc.save_pretrained(tmp_path / "ref", backbone_from=str(tiny_encoder_dir))
+    assert not (tmp_path / "ref" / "model.safetensors").exists()
+    loaded = Encoder.from_pretrained(str(tmp_path / "ref"))
+    tok = enc.tokenize(["what is the capital of france", "who wrote hamlet"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**tok), enc(**tok), atol=0, rtol=0)
+    assert loaded.fingerprint == enc.fingerprint
+    with torch.no_grad():  # a trained tower cannot be stored as a reference
+        next(enc.backbone.parameters()).add_(1.0)
+    with pytest.raises(UserError, match="weights differ"):
+        enc.save_pretrained(tmp_path / "changed", backbone_from=str(tiny_encoder_dir))
+    assert not (tmp_path / "changed").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from generator.warmstart import warm_start_bart
 from rag.pipeline import RagConfig, RagModel
@@ -43,6 +44,9 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     RagModel(encoder, generator, tokenizer, DenseIndex.load(tmp / "idx"), config).save_pretrained(
         tmp / "model")
 
+    closed = RagConfig(mode="closed_book", max_input_length=64, max_answer_length=8, num_beams=1)
+    RagModel(None, generator, tokenizer, None, closed).save_pretrained(tmp / "closed")
+
     model = tmp / "model"
     q = "What is the capital of France?"
     scenarios = {
@@ -61,6 +65,20 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                      "--index", tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
                      "--max_input_length", "64", "--max_answer_length", "8"],
         "ask_finetuned": ["ask.py", q, "--model", tmp / "ft", "--json"],
+        "finetune_copy": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-copy",
+                          "--generator", tmp / "bart", "--copy_head", "--index", tmp / "idx",
+                          "--question_encoder", tiny_encoder_dir, "--max_steps", "2",
+                          "--batch_size", "2", "--k", "2", "--max_input_length", "64",
+                          "--max_answer_length", "8", "--lr", "1e-3"],
+        "ask_copy_spans": ["ask.py", q, "--model", tmp / "ft-copy", "--json", "--constrain", "spans"],
+        "ask_closed_spans": ["ask.py", q, "--model", tmp / "closed", "--constrain", "spans"],
+        "ask_bad_constrain": ["ask.py", q, "--model", model, "--constrain", "words"],
+        "pack": ["pack_starter.py", "--model", model, "--out", tmp / "packed", "--k", "2",
+                 "--question_backbone_from", tiny_encoder_dir, "--constrain", "spans"],
+        "pack_too_big": ["pack_starter.py", "--model", model, "--out", tmp / "packed-big",
+                         "--question_backbone_from", tiny_encoder_dir, "--max_mb", "0.01"],
+        "pack_trained_tower": ["pack_starter.py", "--model", tmp / "ft", "--out",
+                               tmp / "packed-ft", "--question_backbone_from", tiny_encoder_dir],
     }
     stdin = {"ask_stdin": "What is the capital of France?\n\nWho created Python?\n"}
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD, stdin=stdin,
@@ -108,6 +126,8 @@ def test_ask_reads_one_question_per_line_from_stdin(runs):
     ("ask_k_too_large", ["k=1000", "larger than the index"]),
     ("ask_other_encoder", ["fingerprint"]),
     ("ask_other_dim", ["dim 16", "dim 32"]),
+    ("ask_closed_spans", ["constrain 'spans'", "closed_book"]),
+    ("ask_bad_constrain", ["--constrain 'words'", "spans"]),
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
     proc = runs[0][name]
@@ -144,3 +164,38 @@ def test_finetune_writes_a_model_directory(runs):
     asked = results["ask_finetuned"]  # the fine-tuned model answers from its own index
     assert asked.returncode == 0, asked
     check_answer(asked.stdout.strip(), "What is the capital of France?", k=2)
+
+
+def test_finetune_copy_head_then_ask_with_spans(runs):
+    results, tmp = runs
+    proc = results["finetune_copy"]
+    assert proc.returncode == 0, proc
+    config = json.loads((tmp / "ft-copy" / "generator" / "config.json").read_text())
+    assert config["copy_head"] is True
+    asked = results["ask_copy_spans"]
+    assert asked.returncode == 0, asked
+    answer = json.loads(asked.stdout)
+    check_answer(asked.stdout.strip(), "What is the capital of France?", k=2)
+    inputs = " ".join(f"{p['title']} / {p['text']} // {answer['question']}".lower()
+                      for p in answer["passages"])
+    words = answer["answer"].lower().split()
+    assert words and all(w.strip(".,;:!?'\"()") in inputs for w in words), answer["answer"]
+
+
+def test_pack_starter(runs):
+    results, tmp = runs
+    proc = results["pack"]
+    assert proc.returncode == 0, proc
+    packed = tmp / "packed"
+    saved = json.loads((packed / "rag_config.json").read_text())
+    assert saved["index"] == "" and saved["k"] == 2 and saved["constrain"] == "spans"
+    assert not (packed / "question_encoder" / "model.safetensors").exists()
+    model = RagModel.from_pretrained(packed, tmp / "idx")
+    original = RagModel.from_pretrained(tmp / "model")
+    tok = model.question_encoder.tokenize(["What is the capital of France?"])
+    torch.testing.assert_close(model.question_encoder(**tok), original.question_encoder(**tok))
+    big = results["pack_too_big"]
+    assert "more than --max_mb" in big.error_line() and not (tmp / "packed-big").exists()
+    assert not list(tmp.glob(".packed-big*"))  # nothing half-written is left
+    trained = results["pack_trained_tower"]  # fine-tuned question tower: weights must be stored
+    assert "weights differ" in trained.error_line() and not (tmp / "packed-ft").exists()

@@ -1,0 +1,73 @@
+"""Pack a trained RAG model as the shipped starter: fp16 weights, no index path, and the question
+encoder's backbone stored as a reference to the packaged all-MiniLM-L6-v2 when it is unchanged
+(a lexical head fitted on top then costs its own weights only).
+
+The starter answers from the embedded corpus (rag/default/corpus.jsonl, indexed on first use), so
+its rag_config.json names no index; settings given here (k, input length, beams, constrain)
+replace the model's own.
+
+Example:
+    python scripts/pack_starter.py --model runs/rag-copy --out rag/default/model --k 3
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rag.constrain import CONSTRAINTS
+from rag.pipeline import RagModel
+from retriever.cli import parse, run
+from retriever.errors import UserError
+from retriever.fsutil import atomic_directory
+
+
+@dataclass(frozen=True)
+class Args:
+    model: str = field(metadata={"help": "RAG model directory to pack (finetune.py --out)"})
+    out: str = field(metadata={"help": "directory to write (e.g. rag/default/model)"})
+    index: str | None = None  # index to load the model with; default: the model's own
+    question_backbone_from: str = "all-MiniLM-L6-v2"  # store the question tower as this model
+    # (must be identical); "" stores its weights
+    k: int = 0  # passages per question; 0 = the model's own
+    max_input_length: int = 0  # generator input tokens; 0 = the model's own
+    num_beams: int = 0  # beam width; 0 = the model's own
+    constrain: str = ""  # "none" or "spans"; "" = the model's own
+    max_mb: float = 100.0  # refuse to write a directory larger than this
+
+    def __post_init__(self) -> None:
+        if self.constrain not in ("", *CONSTRAINTS):
+            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+        for name in ("k", "max_input_length", "num_beams"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not self.max_mb > 0:
+            raise UserError(f"--max_mb must be positive, got {self.max_mb}")
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                               and not (out / "rag_config.json").is_file())):
+        raise UserError(f"refusing to replace {out}: it is not a RAG model directory")
+    model = RagModel.from_pretrained(args.model, args.index)
+    changes = {name: getattr(args, name) for name in ("k", "max_input_length", "num_beams",
+                                                      "constrain") if getattr(args, name)}
+    config = replace(model.config, index="", **changes)
+    packed = RagModel(model.question_encoder, model.generator, model.tokenizer, model.index, config)
+    with atomic_directory(out) as tmp:  # nothing is left behind when the size check fails
+        staged = tmp / "staged"
+        packed.save_pretrained(staged, half=True,
+                               question_backbone_from=args.question_backbone_from or None)
+        size = sum(f.stat().st_size for f in staged.rglob("*") if f.is_file()) / 2**20
+        if size > args.max_mb:
+            raise UserError(f"the packed model is {size:.1f} MB, more than --max_mb {args.max_mb:g}")
+        for child in staged.iterdir():
+            os.replace(child, tmp / child.name)
+        staged.rmdir()
+    print(f"starter -> {out} ({size:.1f} MB)")
+
+if __name__ == "__main__":
+    run(main)
