@@ -3,7 +3,7 @@
 At each decoder step t the next-token distribution mixes BART's vocabulary distribution with a copy
 distribution (a pointer-generator, See et al. 2017, eqs. 8-9, with a shared vocabulary):
 
-    a_t(i)  = softmax_i( (W_q h_t) . (W_k e_i) / sqrt(D) + f * [x_{i-1} = y_{t-1}] )   pointer
+    a_t(i)  = softmax_i((W_q h_t + b_q) . (W_k e_i + b_k) / sqrt(D) + f [x_{i-1} = y_{t-1}])  pointer
     p_copy(v) = sum_{i : x_i = v} a_t(i)                                               scattered
     g_t     = sigmoid( w . [h_t ; sum_i a_t(i) e_i] + b )                               gate
     p(v)    = g_t * p_vocab(v) + (1 - g_t) * p_copy(v)
@@ -104,9 +104,11 @@ class CopyHead(nn.Module):
             pointer -inf everywhere and gate logit +inf (all mass on the vocabulary).
         """
         D = hidden.shape[-1]
-        q = self.query(hidden)  # (N, S, D)
-        k = self.key(enc)  # (N, L, D)
-        scores = torch.einsum("nsd,nld->nsl", q, k) / math.sqrt(D)
+        # (W_q h + b_q) . (W_k e_i + b_k) = u . e_i + const(t) with u = W_k^T (W_q h + b_q); the
+        # constant cancels in the softmax over i, so the keys W_k e_i are never formed: a decoder
+        # step costs O(D^2 + L D) per row instead of O(L D^2)
+        u = self.query(hidden) @ self.key.weight  # (N, S, D)
+        scores = torch.einsum("nsd,nld->nsl", u, enc) / math.sqrt(D)
         scores = scores + self.follow * follows.to(scores.dtype)
         scores = scores.masked_fill(~pointable[:, None, :], -float("inf"))
         any_ok = pointable.any(dim=1)  # (N,)
@@ -139,6 +141,31 @@ def mix(vocab_logp: Tensor, copy_logp: Tensor, gate_logit: Tensor) -> Tensor:
     log_g, log_1mg = F.logsigmoid(gate_logit), F.logsigmoid(-gate_logit)
     copy_part = log_1mg + copy_logp
     return torch.logaddexp(log_g + vocab_logp, copy_part)
+
+
+def mixture_logprobs(vocab_logits: Tensor, pointer_logp: Tensor, source_ids: Tensor,
+                     gate_logit: Tensor) -> Tensor:
+    """log p = log(g p_vocab + (1 - g) p_copy) over the whole vocabulary, (N, S, V) float32.
+
+    Equals ``mix(log_softmax(vocab_logits), copy_logprobs(...), gate_logit)`` but touches the
+    (N, S, V) tensor only for log g + log p_vocab: the copy term changes at most L entries per
+    step (the input's token ids), which are computed on (N, S, L) and added in place of a dense
+    p_copy. Each id is written once (at its first position), so gradients are not repeated.
+
+    Args:
+        vocab_logits: (N, S, V); pointer_logp: (N, S, L); source_ids: (N, L); gate_logit: (N, S).
+    """
+    N, S, L = pointer_logp.shape
+    base = torch.log_softmax(vocab_logits.float(), dim=-1) + F.logsigmoid(gate_logit.float())[..., None]
+    same = (source_ids[:, :, None] == source_ids[:, None, :]).float()  # (N, L, L)
+    p_copy = torch.einsum("nsl,nlm->nsm", pointer_logp.float().exp(), same)  # (N, S, L) at x_m
+    log_copy = torch.where(p_copy > 0, p_copy.clamp_min(1e-38).log(), -float("inf"))
+    index = source_ids[:, None, :].expand(N, S, L)
+    at = base.gather(2, index)  # (N, S, L) log g + log p_vocab(x_m)
+    mixed = mix(at - F.logsigmoid(gate_logit.float())[..., None], log_copy, gate_logit.float())
+    earlier = torch.ones(L, L, dtype=torch.bool, device=same.device).tril(-1)  # (m, j): j < m
+    first = ~(same.bool() & earlier).any(dim=2)  # (N, L) first position of each id
+    return base.scatter_add(2, index, (mixed - at) * first[:, None, :].float())
 
 
 class CopyBartForConditionalGeneration(BartForConditionalGeneration):
@@ -206,8 +233,7 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
         hidden, enc = out.last_hidden_state, encoder_outputs.last_hidden_state
         vocab_logits = self.lm_head(hidden) + self.final_logits_bias.to(hidden.device)
         pointer, gate = self.copy_parts(hidden, enc, attention_mask, source, decoder_input_ids)
-        logp = mix(torch.log_softmax(vocab_logits.float(), dim=-1),
-                   copy_logprobs(pointer.float(), source, vocab_logits.shape[-1]), gate.float())
+        logp = mixture_logprobs(vocab_logits, pointer, source, gate)
         loss = None
         if labels is not None:
             loss = F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100)

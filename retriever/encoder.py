@@ -182,8 +182,9 @@ class Encoder(nn.Module):
 
         ``half`` stores float16 weights (loading restores float32); the fingerprint is unchanged.
         ``backbone_from`` (a packaged name, hub id or directory) stores no backbone weights but a
-        reference to that model, whose backbone must equal this one's exactly (an untrained tower
-        with a trained lexical head or projection: the directory then holds only those).
+        reference to that model, whose backbone must equal this one's exactly or as float16 rounds
+        it (an untrained tower with a trained lexical head or projection: the directory then holds
+        only those, and loading reads the reference's own weights).
         """
         if backbone_from is not None:
             self._check_same_backbone(backbone_from)
@@ -212,7 +213,10 @@ class Encoder(nn.Module):
 
         other = AutoModel.from_pretrained(resolve(source), dtype=torch.float32).state_dict()
         for key, value in self.backbone.state_dict().items():
-            if key in other and not torch.equal(value.detach().float().cpu(), other[key].float()):
+            ours = value.detach().float().cpu()
+            # a tower stored in float16 (save_pretrained(half=True)) holds the reference rounded
+            if key in other and not (torch.equal(ours, other[key].float())
+                                     or torch.equal(ours, other[key].half().float())):
                 raise UserError(f"cannot store the backbone as a reference to {source}: its "
                                 f"weights differ ({key})")
 

@@ -55,7 +55,8 @@ def main() -> None:
     model = RagModel.from_pretrained(args.model, args.index)
     changes = {name: getattr(args, name) for name in ("k", "max_input_length", "num_beams",
                                                       "constrain") if getattr(args, name)}
-    config = replace(model.config, index="", **changes)
+    # the starter's directory carries its question encoder: no index, no outside encoder path
+    config = replace(model.config, index="", question_encoder="", **changes)
     packed = RagModel(model.question_encoder, model.generator, model.tokenizer, model.index, config)
     with atomic_directory(out) as tmp:  # nothing is left behind when the size check fails
         staged = tmp / "staged"

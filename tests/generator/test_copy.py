@@ -8,7 +8,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import BartConfig, BartForConditionalGeneration, BertTokenizerFast
 
-from generator.copy import CopyBartForConditionalGeneration, copy_logprobs, copyable
+from generator.copy import (
+    CopyBartForConditionalGeneration,
+    copy_logprobs,
+    copyable,
+    mix,
+    mixture_logprobs,
+)
 from generator.model import load_generator, save_generator
 from rag.decode import DecodeConfig, encode_passages, rag_sequence_generate, rag_token_generate
 from rag.marginal import (
@@ -197,3 +203,25 @@ def test_incomplete_copy_head_is_one_clear_error(tmp_path, damage):
     save_file(state, weights, metadata={"format": "pt"})
     with pytest.raises(UserError, match=r"model\.safetensors: the copy head"):
         load_generator(tmp_path / "gen")
+
+
+def test_sparse_mixture_equals_dense_values_and_gradients():
+    """mixture_logprobs writes each input id once: same values and gradients as the dense mix,
+    with ids repeated in the input and positions that may not be copied."""
+    g = torch.Generator().manual_seed(0)
+    N, S, L, V = 2, 3, 7, 12
+    ids = torch.randint(3, 8, (N, L), generator=g)  # repeats
+    ok = torch.rand(N, L, generator=g) > 0.3
+    parts = [torch.randn(N, S, V, generator=g), torch.randn(N, S, L, generator=g),
+             torch.randn(N, S, generator=g)]
+    weights = torch.randn(N, S, V, generator=g)
+    grads = []
+    for fn in (lambda z, p, gt: mixture_logprobs(z, p, ids, gt),
+               lambda z, p, gt: mix(torch.log_softmax(z, -1), copy_logprobs(p, ids, V), gt)):
+        z, p, gt = (t.clone().requires_grad_(True) for t in parts)
+        pointer = torch.log_softmax(p.masked_fill(~ok[:, None], -float("inf")), -1)
+        out = fn(z, pointer, gt)
+        (out * weights).sum().backward()
+        grads.append((out.detach(), z.grad, p.grad, gt.grad))
+    for ours, dense in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, dense, atol=1e-5, rtol=1e-5)

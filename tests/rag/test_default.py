@@ -39,3 +39,20 @@ def test_starter_answers_with_the_right_provenance(starter):
         assert isinstance(a.answer, str) and len(a.passages) == model.config.k
         # the packaged MiniLM retrieves the passage holding the gold answer first
         assert any(g.lower() in corpus[a.passages[0]["id"]].lower() for g in q["answer"]), (q, a)
+
+
+def test_starter_reads(starter):
+    """The shipped starter answers most embedded questions exactly (31 of 40 when it shipped, see
+    docs/benchmarks.md), and every answer is a stretch of one of its passages (constrain spans)."""
+    from retriever.metrics import exact_match, normalize_answer
+
+    model, _ = starter
+    questions = [json.loads(line) for line in default.QUESTIONS.read_text().splitlines()]
+    answers = []
+    for start in range(0, len(questions), 8):
+        answers += model.answer([q["question"] for q in questions[start : start + 8]])
+    right = sum(exact_match(a.answer, q["answer"]) for a, q in zip(answers, questions, strict=True))
+    assert right >= 28, f"{right} of {len(questions)} right"
+    for a in answers:
+        sources = " ".join(normalize_answer(f"{p['title']} {p['text']}") for p in a.passages)
+        assert normalize_answer(a.answer) in sources, a

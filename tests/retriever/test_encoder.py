@@ -176,6 +176,10 @@ def test_backbone_stored_as_a_reference(tiny_encoder_dir, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(**tok), enc(**tok), atol=0, rtol=0)
     assert loaded.fingerprint == enc.fingerprint
+    enc.save_pretrained(tmp_path / "half", half=True)  # the tower rounded to float16 still counts
+    Encoder.from_pretrained(str(tmp_path / "half")).save_pretrained(
+        tmp_path / "ref-half", backbone_from=str(tiny_encoder_dir))
+    assert not (tmp_path / "ref-half" / "model.safetensors").exists()
     with torch.no_grad():  # a trained tower cannot be stored as a reference
         next(enc.backbone.parameters()).add_(1.0)
     with pytest.raises(UserError, match="weights differ"):

@@ -188,7 +188,8 @@ def test_pack_starter(runs):
     assert proc.returncode == 0, proc
     packed = tmp / "packed"
     saved = json.loads((packed / "rag_config.json").read_text())
-    assert saved["index"] == "" and saved["k"] == 2 and saved["constrain"] == "spans"
+    assert saved["index"] == "" and saved["question_encoder"] == ""
+    assert saved["k"] == 2 and saved["constrain"] == "spans"
     assert not (packed / "question_encoder" / "model.safetensors").exists()
     model = RagModel.from_pretrained(packed, tmp / "idx")
     original = RagModel.from_pretrained(tmp / "model")
