@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import BartConfig, BartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
+from transformers.models.bart.modeling_bart import shift_tokens_right
 
 __all__ = [
     "COPY_HEAD_KEYS",
@@ -189,10 +190,6 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
         model.generation_config = bart.generation_config
         return model.to(next(bart.parameters()).dtype)
 
-    def pointable(self, source_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-        """(N, L) bool: input tokens that may be copied (:func:`copyable`)."""
-        return copyable(self.config, source_ids, attention_mask)
-
     def follows(self, source_ids: Tensor, decoder_input_ids: Tensor) -> Tensor:
         """(N, S, L) bool: x_{i-1} equals the decoder's input token at step t (not the start)."""
         prev = F.pad(source_ids[:, :-1], (1, 0), value=-1)  # (N, L) the token before each x_i
@@ -202,7 +199,7 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
     def copy_parts(self, hidden: Tensor, enc: Tensor, attention_mask: Tensor | None,
                    source_ids: Tensor, decoder_input_ids: Tensor) -> tuple[Tensor, Tensor]:
         """``(pointer_logp (N, S, L), gate_logit (N, S))`` for decoder states (N, S, D)."""
-        return self.copy_head(hidden, enc, self.pointable(source_ids, attention_mask),
+        return self.copy_head(hidden, enc, copyable(self.config, source_ids, attention_mask),
                               self.follows(source_ids, decoder_input_ids))
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -226,7 +223,8 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(last_hidden_state=encoder_outputs[0])
         if decoder_input_ids is None and labels is not None:
-            decoder_input_ids = _shift_right(labels, self.config)
+            decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
+                                                   self.config.decoder_start_token_id)
         out = self.model(attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
                          encoder_outputs=encoder_outputs, cache=cache,
                          decoder_attention_mask=decoder_attention_mask, use_cache=use_cache)
@@ -257,10 +255,3 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
         copy_t = torch.logsumexp(pointer.masked_fill(~same, -float("inf")), dim=-1)  # (N, S)
         return mix(vocab_logp_target, copy_t, gate)
 
-
-def _shift_right(labels: Tensor, config: BartConfig) -> Tensor:
-    """BART's decoder inputs for ``labels``: start symbol, then labels[:, :-1], -100 as padding."""
-    shifted = labels.new_full(labels.shape, config.pad_token_id)
-    shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1].eq(-100), config.pad_token_id)
-    shifted[:, 0] = config.decoder_start_token_id
-    return shifted

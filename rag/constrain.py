@@ -56,11 +56,6 @@ def span_allowed(source_ids: Tensor, pointable: Tensor, prefix: Tensor, eos: Ten
     return allowed
 
 
-def strip_start(decoded: Tensor, n_start: int) -> Tensor:
-    """The generated part of (R, T) decoder inputs: drop the first ``n_start`` symbols."""
-    return decoded[:, n_start:]
-
-
 class SpanLogitsProcessor(LogitsProcessor):
     """``generate`` hook that sets disallowed tokens to -inf (RAG-Sequence: one passage per row).
 
@@ -76,5 +71,5 @@ class SpanLogitsProcessor(LogitsProcessor):
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         rows = torch.arange(input_ids.shape[0], device=input_ids.device) // self.num_beams
         allowed = span_allowed(self.source_ids[rows], self.pointable[rows],
-                               strip_start(input_ids, self.n_start), self.eos, scores.shape[-1])
+                               input_ids[:, self.n_start :], self.eos, scores.shape[-1])
         return scores.masked_fill(~allowed, -float("inf"))
