@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from retriever.cli import check_output_parent
 from retriever.errors import UserError
 from retriever.fsutil import atomic_file
+from retriever.fusion import RetrievalConfig
 from retriever.metrics import normalize_answer, retrieval_metrics
 from retriever.questions import Question, read_questions
 
@@ -113,12 +114,13 @@ def resolve_decoding(rag: RagConfig, config: BenchmarkConfig) -> tuple[RagConfig
 
 
 def load_model(model_dir: str | os.PathLike, index: str | os.PathLike | None,
-               config: BenchmarkConfig) -> tuple[RagModel, str]:
+               config: BenchmarkConfig, retrieval: RetrievalConfig | None = None
+               ) -> tuple[RagModel, str]:
     """Load a model directory (with ``index`` or its own) set up as ``config`` asks, in eval mode.
 
     Returns ``(model, decoding name)``. Raises :class:`UserError` for a model directory that is not
     one, an index the model's question encoder does not belong to, a k larger than the index, or a
-    decoding the mode does not have.
+    decoding the mode does not have. ``retrieval`` overrides the model's retrieval settings.
     """
     model_dir = Path(model_dir)
     if (config.mode in ("sequence", "token") and (model_dir / CONFIG_NAME).is_file()
@@ -127,7 +129,7 @@ def load_model(model_dir: str | os.PathLike, index: str | os.PathLike | None,
                         f"mode {config.mode!r}")
     overrides = {name: getattr(config, name) for name in ("k", "mode", "max_input_length",
                                                           "constrain") if getattr(config, name)}
-    model = RagModel.from_pretrained(model_dir, index, **overrides)
+    model = RagModel.from_pretrained(model_dir, index, retrieval, **overrides)
     model.config, decoding = resolve_decoding(model.config, config)
     if model.index is not None:
         model.index.check_k(model.config.k)
@@ -207,6 +209,8 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
             "num_beams": rag.num_beams, "limit": config.limit, "seed": config.seed,
             "batch_size": config.batch_size, "max_input_length": rag.max_input_length,
             "max_answer_length": rag.max_answer_length, "constrain": rag.constrain,
+            "retrieval": None if closed else {"mode": model.retriever.mode,
+                                              **asdict(model.retriever.fusion)},
             "device": str(next(model.generator.parameters()).device), "versions": _versions(),
         },
     }
@@ -215,7 +219,8 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
 
 def benchmark(model_dir: str | os.PathLike, index: str | os.PathLike | None,
               questions: str | os.PathLike, config: BenchmarkConfig = BenchmarkConfig(),
-              device: str | torch.device | None = None) -> BenchmarkResult:
+              device: str | torch.device | None = None,
+              retrieval: RetrievalConfig | None = None) -> BenchmarkResult:
     """Read the question file, load the model (:func:`load_model`), move it to ``device`` and
     :func:`run_benchmark`; the metrics' ``config`` also names the model, index and question files.
 
@@ -224,7 +229,7 @@ def benchmark(model_dir: str | os.PathLike, index: str | os.PathLike | None,
     """
     records = read_questions(questions)
     check_patterns([p for q in records for p in q.patterns])
-    model, decoding = load_model(model_dir, index, config)
+    model, decoding = load_model(model_dir, index, config, retrieval)
     if device is not None:
         model.to(device)
     result = run_benchmark(model, records, config, decoding)

@@ -1,14 +1,17 @@
 """RAG end to end: retrieve with the question encoder, generate with BART, answer with provenance.
 
-p(z|x) is the softmax of the inner products between the question embedding and the top-k passage
-vectors (Lewis et al. 2020, Sec. 2.2). The passage vectors come from the (fixed) index, and the
-question embedding is computed with gradient, so the RAG loss trains the question encoder through
-the document scores, as in the paper. ``mode="closed_book"`` is the baseline without retrieval:
+p(z|x) is the softmax of the retriever's scores of the top-k passages (Lewis et al. 2020, Sec. 2.2):
+inner products between the question embedding and the passage vectors, plus with hybrid retrieval
+the normalised BM25 score (``retriever.fusion``). Passages are found by ``retriever.search.Retriever``,
+the one retrieval path. The passage vectors come from the (fixed) index, and the question
+embedding is computed with gradient, so the RAG loss trains the question encoder through the dense
+term of the document scores, as in the paper. ``mode="closed_book"`` is the baseline without retrieval:
 the generator reads the question alone (RAG-Sequence with one empty passage is plain BART).
 
 A model directory (written by :meth:`RagModel.save_pretrained`, read by ``from_pretrained``)::
 
-    rag_config.json      mode, k, lengths, decoding, and the index it was trained with
+    rag_config.json      mode, k, lengths, decoding, the index it was trained with, and the
+                         retrieval settings ("retrieval": retriever.fusion.RetrievalConfig)
     question_encoder/    retriever.encoder.Encoder directory (paired with the index's encoder);
                          may be left out when rag_config.json names an untrained encoder instead
     generator/           BART directory (safetensors)
@@ -34,8 +37,9 @@ from generator.model import load_generator, save_generator
 from retriever.encoder import Encoder
 from retriever.errors import UserError
 from retriever.fsutil import atomic_directory
+from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex, SearchResult
-from retriever.search import check_questions
+from retriever.search import Retriever, check_questions
 
 from .constrain import CONSTRAINTS
 from .decode import DecodeConfig, rag_sequence_generate, rag_token_generate
@@ -146,7 +150,8 @@ class RagModel(nn.Module):
     """Question encoder + index + BART generator, in one of the modes of :class:`RagConfig`."""
 
     def __init__(self, question_encoder: Encoder | None, generator, tokenizer,
-                 index: DenseIndex | None, config: RagConfig = RagConfig()):
+                 index: DenseIndex | None, config: RagConfig = RagConfig(),
+                 retrieval: RetrievalConfig | None = None):
         super().__init__()
         self.question_encoder = question_encoder
         self.generator = generator
@@ -154,13 +159,15 @@ class RagModel(nn.Module):
         self.index = index
         self.config = config
         self.pointer_stats = {"answers": 0, "not_found": 0}  # supervised pointing, this process
+        self.retriever: Retriever | None = None
         if config.mode != "closed_book":
             if index is None or question_encoder is None:
                 raise UserError(f"mode {config.mode!r} needs an index and a question encoder")
-            index.check_question_encoder(question_encoder.identity(),
-                                         question_encoder.paired_context_fingerprint)
-            # training moves the question encoder away from the index's encoder: remember the pair
-            question_encoder.paired_context_fingerprint = index.manifest["encoder"]["fingerprint"]
+            self.retriever = Retriever(question_encoder, index, retrieval or RetrievalConfig())
+            self.retriever.check_k(config.k)
+            if self.retriever.mode == "hybrid" and self.retriever.fusion.fusion == "rrf":
+                raise UserError("--fusion rrf only ranks passages; RAG's p(z|x) needs scores: use "
+                                "--fusion linear")
 
     def forward(self, questions: list[str], answers: list[str],
                 passages: list[tuple[str, str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,19 +177,11 @@ class RagModel(nn.Module):
     # --------------------------------------------------------------- inputs
     def retrieve(self, questions: list[str], k: int | None = None,
                  ) -> tuple[torch.Tensor, SearchResult]:
-        """Doc scores (B, K) float with gradient into the question encoder (``score_scale * q . d``,
-        the logits of p(z|x)), and the passages."""
-        k = k or self.config.k
-        self.index.check_k(k)
-        enc = self.question_encoder
-        device = next(enc.parameters()).device
-        tok = enc.tokenize(questions)
-        q = enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
-        result = self.index.search(q.detach().float().cpu().numpy(), k)
-        B = len(questions)
-        docs = torch.from_numpy(self.index.vectors(result.rows)).view(B, k, -1)  # (B, K, D)
-        doc_scores = torch.einsum("bd,bkd->bk", q.float(), docs.to(q.device))  # (B, K)
-        return self.score_scale * doc_scores, result
+        """Doc scores (B, K) float, the logits of p(z|x): ``score_scale`` times the retriever's
+        scores, with gradient into the question encoder while grad is enabled; and the passages."""
+        scores, result = self.retriever.search(questions, k or self.config.k,
+                                               grad=torch.is_grad_enabled())
+        return self.score_scale * scores, result
 
     @property
     def score_scale(self) -> float:
@@ -327,25 +326,35 @@ class RagModel(nn.Module):
         model instead of weights (``Encoder.save_pretrained``'s ``backbone_from``).
         """
         with atomic_directory(out_dir) as tmp:
-            if self.question_encoder is not None:
-                self.question_encoder.save_pretrained(tmp / "question_encoder", half=half,
-                                                      backbone_from=question_backbone_from)
+            retrieval = RetrievalConfig()
+            if self.retriever is not None:
+                self.retriever.save_question_encoder(tmp / "question_encoder", half=half,
+                                                     backbone_from=question_backbone_from)
+                retrieval = self.retriever.config
             save_generator(self.generator, self.tokenizer, tmp / "generator",
                            dtype=torch.float16 if half else None)
-            (tmp / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+            (tmp / CONFIG_NAME).write_text(json.dumps(
+                {**asdict(self.config), "retrieval": asdict(retrieval)}, indent=2))
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike, index: DenseIndex | str | None = None,
-                        **overrides) -> RagModel:
-        """Load a model directory; ``index`` (object or directory) defaults to the trained one."""
+                        retrieval: RetrievalConfig | None = None, **overrides) -> RagModel:
+        """Load a model directory; ``index`` (object or directory) defaults to the trained one,
+        ``retrieval`` overrides the saved retrieval settings where it sets a field (RetrievalConfig.over);
+        ``overrides`` change RagConfig fields."""
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_NAME).is_file():
             raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME})")
         saved = json.loads((model_dir / CONFIG_NAME).read_text())
         known = {f.name for f in fields(RagConfig)}
         config = RagConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides})
+        try:
+            saved_retrieval = RetrievalConfig(**saved.get("retrieval", {}))
+        except TypeError as err:
+            raise UserError(f"{model_dir / CONFIG_NAME}: bad retrieval settings ({err})") from None
+        retrieval = (retrieval or RetrievalConfig()).over(saved_retrieval)
         generator, tokenizer = load_generator(model_dir / "generator")
         if config.mode == "closed_book":
             return cls(None, generator, tokenizer, None, config)
@@ -358,4 +367,4 @@ class RagModel(nn.Module):
         if not q_dir.is_dir() and not config.question_encoder:
             raise UserError(f"{model_dir}: no question_encoder/ and no question_encoder in config")
         q_enc = Encoder.from_pretrained(str(q_dir) if q_dir.is_dir() else config.question_encoder)
-        return cls(q_enc, generator, tokenizer, index, config)
+        return cls(q_enc, generator, tokenizer, index, config, retrieval)

@@ -12,7 +12,9 @@ from .corpus import CorpusConfig, load_corpus
 from .encode import EncodeConfig, encode_corpus
 from .encoder import Encoder
 from .errors import UserError
+from .fusion import FusionConfig
 from .index import DenseIndex, IndexConfig
+from .sparse import SparseConfig
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,8 @@ class BuildConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    sparse: SparseConfig | None = None  # also build a BM25 side (retriever.sparse) with these settings
+    fusion: FusionConfig = field(default_factory=FusionConfig)  # hybrid defaults for the manifest
     overwrite: bool = False  # replace an existing index directory
 
 
@@ -51,6 +55,8 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
     if accelerator is not None and not accelerator.is_main_process:
         return None
     index = DenseIndex.build(vectors, passages, encoder.identity(), config.index)
+    if config.sparse is not None:
+        index.add_sparse(config.sparse, config.fusion, encoder.tokenizer)
     index.save(out_dir, overwrite=config.overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return DenseIndex.load(out_dir)

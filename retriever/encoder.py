@@ -177,14 +177,16 @@ class Encoder(nn.Module):
                 **asdict(self.config)}
 
     def save_pretrained(self, out_dir: str | os.PathLike, half: bool = False,
-                        backbone_from: str | None = None) -> None:
+                        backbone_from: str | None = None,
+                        paired_context_fingerprint: str | None = None) -> None:
         """Write backbone (safetensors), tokenizer and our config; atomic (temp dir, then rename).
 
         ``half`` stores float16 weights (loading restores float32); the fingerprint is unchanged.
         ``backbone_from`` (a packaged name, hub id or directory) stores no backbone weights but a
         reference to that model, whose backbone must equal this one's exactly or as float16 rounds
         it (an untrained tower with a trained lexical head or projection: the directory then holds
-        only those, and loading reads the reference's own weights).
+        only those, and loading reads the reference's own weights). ``paired_context_fingerprint``
+        records the context encoder this one was trained against (``Retriever`` passes it).
         """
         if backbone_from is not None:
             self._check_same_backbone(backbone_from)
@@ -202,7 +204,8 @@ class Encoder(nn.Module):
                 w = self.lexical.weight.detach()
                 save_file({"weight": (w.half() if half else w).contiguous()}, str(tmp / HEAD_NAME))
             meta = {**asdict(self.config), "name": self.name, "fingerprint": fingerprint,
-                    "paired_context_fingerprint": self.paired_context_fingerprint}
+                    "paired_context_fingerprint": (paired_context_fingerprint
+                                                   or self.paired_context_fingerprint)}
             if backbone_from is not None:
                 meta["backbone_from"] = backbone_from
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))

@@ -33,10 +33,11 @@ def gold_passage_ids(index: DenseIndex, questions: Sequence[Question]) -> list[s
 
 def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
                        ks: Sequence[int] = (1, 5, 20, 100), batch_size: int = 128,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, results: list | None = None) -> dict:
     """Retrieve the top ``max(ks)`` passages per question and score them (see ``metrics``).
 
-    Returns ``{"n", "top_k_accuracy": {"k": frac}, "gold_recall": {...} | None, "mrr"}``.
+    Returns ``{"n", "top_k_accuracy": {"k": frac}, "gold_recall": {...} | None, "mrr"}``; with a
+    list ``results``, also appends each question's passages (id, title, text, score), best first.
     """
     ks = sorted(set(ks))
     if not ks or ks[0] <= 0:
@@ -50,6 +51,8 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         result = retriever.retrieve([q.question for q in chunk], top)
+        if results is not None:
+            results += result.passages
         for j, (q, passages, rows) in enumerate(zip(chunk, result.passages, result.rows,
                                                     strict=True)):
             for p, row in zip(passages, rows, strict=False):

@@ -6,11 +6,15 @@ Layout of an index directory (written to a temporary directory and renamed into 
     index.faiss         the FAISS index (FAISS's own binary format)
     passages/*.arrow    passage table (id, title, text), memory-mapped; FAISS id = row number
     removed.npy         rows removed by hot-swapping (int64), if any
+    sparse/             BM25 over the passages (``retriever.sparse``), if built; the manifest
+                        then names it ("sparse") and the hybrid settings ("fusion")
 
 The interface follows DPR's ``DenseIndexer`` (build / search_knn / save / load). Passages can be
 added and removed without rebuilding (the RAG paper's index hot-swapping, Lewis et al. 2020, Sec. 5):
 flat and IVF-PQ indexes delete ids natively; HNSW cannot, so removed rows are filtered at search
-time with a FAISS ``IDSelector``.
+time with a FAISS ``IDSelector``. bm25s cannot add documents to an index, so adding passages to
+an index with a sparse side rebuilds that side over all rows (docs/benchmarks.md gives the cost);
+removing masks the rows on both sides.
 
 Glossary: Q questions, N passages, D dimension, k results per question.
 """
@@ -34,6 +38,8 @@ from datasets import Dataset
 from .corpus import open_shards, write_arrow
 from .errors import UserError
 from .fsutil import atomic_directory
+from .fusion import FusionConfig
+from .sparse import SPARSE_DIR, SparseConfig, SparseIndex
 
 log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
@@ -92,8 +98,10 @@ class DenseIndex:
     """Passages, their vectors in FAISS, and a manifest naming the encoder that made them."""
 
     def __init__(self, index: faiss.Index, passages: Dataset, manifest: dict,
-                 removed: np.ndarray | None = None, shard_files: list[Path] | None = None):
+                 removed: np.ndarray | None = None, shard_files: list[Path] | None = None,
+                 sparse: SparseIndex | None = None):
         self.index = index
+        self.sparse = sparse
         self.passages = passages
         self.manifest = manifest
         self.removed = removed if removed is not None else np.zeros(0, dtype=np.int64)
@@ -179,8 +187,9 @@ class DenseIndex:
         rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
         if self.config.index_type == "ivfpq" and not self.index.direct_map.type:
             self.index.make_direct_map()
-        return np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
-            np.zeros((0, self.manifest["dim"]), dtype=np.float32)
+        if not len(rows):
+            return np.zeros((0, self.manifest["dim"]), dtype=np.float32)
+        return self.index.reconstruct_batch(rows)
 
     def row_of(self, passage_id: str) -> int | None:
         """Row number (FAISS id) of a live passage id, or None."""
@@ -200,6 +209,11 @@ class DenseIndex:
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         """:meth:`search_knn` plus the passages: ids, titles, texts and scores, best first."""
         scores, rows = self.search_knn(queries, k)
+        return self.result(rows, scores)
+
+    def result(self, rows: np.ndarray, scores: np.ndarray) -> SearchResult:
+        """The :class:`SearchResult` of rows (Q, k) and their scores (Q, k); rows < 0 are no hit."""
+        k = rows.shape[1]
         flat = self.fetch(rows.reshape(-1))
         passages = []
         for q in range(rows.shape[0]):
@@ -255,6 +269,18 @@ class DenseIndex:
         self.manifest["rows"] = start + len(rows)
         self.manifest["count"] = int(self.manifest["count"]) + len(rows)
         self._row_of, self._gpu_index = None, None
+        if self.sparse is not None:  # bm25s cannot add documents: rebuild over every row
+            self.add_sparse(self.sparse.config, FusionConfig(**self.manifest["fusion"]),
+                            self.sparse.tokenize.tokenizer)
+
+    def add_sparse(self, config: SparseConfig | None = None, fusion: FusionConfig | None = None,
+                   tokenizer=None) -> None:
+        """Give the index a sparse side over all its rows (``tokenizer``: the context encoder's, for
+        the word-piece sparse tokenizer) and the hybrid settings ``fusion``; replaces any before."""
+        self.sparse = SparseIndex.build(self.passages["title"], self.passages["text"],
+                                        config or SparseConfig(), tokenizer)
+        self.manifest["sparse"] = self.sparse.entry()
+        self.manifest["fusion"] = asdict(fusion or FusionConfig())
 
     def remove(self, passage_ids: list[str]) -> None:
         """Remove passages by id; unknown ids raise :class:`UserError` and nothing is removed."""
@@ -285,6 +311,8 @@ class DenseIndex:
                 _link_or_copy(src, tmp / name)
                 names.append(name)
             faiss.write_index(self.index, str(tmp / "index.faiss"))
+            if self.sparse is not None:
+                self.sparse.save(tmp / SPARSE_DIR)
             if len(self.removed):
                 np.save(tmp / "removed.npy", self.removed)
             manifest = {**self.manifest, "passage_shards": names}
@@ -321,7 +349,15 @@ class DenseIndex:
             raise UserError(f"{index_dir}: index.faiss does not match manifest.json")
         removed_file = index_dir / "removed.npy"
         removed = np.load(removed_file) if removed_file.is_file() else None
-        return cls(index, open_shards(files[1:]), manifest, removed, shard_files=files[1:])
+        sparse = None
+        if "sparse" in manifest:
+            sparse = SparseIndex.load(index_dir, manifest["sparse"], rows=manifest["rows"])
+            try:  # the saved hybrid settings, checked as the flags are
+                FusionConfig(**manifest.get("fusion", {}))
+            except (TypeError, UserError) as err:
+                raise UserError(f"{manifest_file}: bad fusion settings ({err})") from None
+        return cls(index, open_shards(files[1:]), manifest, removed, shard_files=files[1:],
+                   sparse=sparse)
 
 
 def _backing_files(passages: Dataset) -> list[Path]:

@@ -32,7 +32,6 @@ import string
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 HEAD_NAME = "lexical_head.safetensors"
 
@@ -72,33 +71,25 @@ def bm25_weights(tokenizer, titles: list[str], texts: list[str], k1: float = 1.5
                  b: float = 0.75) -> torch.Tensor:
     """Sparse (R, V) BM25 weight of each content token in each passage (``title text``).
 
-    idf(t) = ln(1 + (R - df + 0.5) / (df + 0.5)); weight = idf * tf (k1 + 1) / (tf + k1 (1 - b +
-    b |p| / avgdl)), |p| counted in content tokens: Robertson et al.'s BM25 with Lucene's idf, that
-    is (k1 + 1) times bm25s' "lucene" scores.
+    bm25s' "lucene" scores over the encoder's word pieces (``retriever.sparse``, tokenizer
+    "wordpiece"), times (k1 + 1): Robertson et al.'s BM25 with Lucene's idf,
+    idf(t) = ln(1 + (R - df + 0.5) / (df + 0.5)), weight = idf * tf (k1 + 1) / (tf + k1 (1 - b +
+    b |p| / avgdl)), |p| counted in content tokens.
     """
-    keep = content_tokens(tokenizer).numpy()
-    rows, cols, counts, lengths = [], [], [], []
-    batch = 256
-    for start in tqdm(range(0, len(texts), batch), desc="BM25 weights", unit="batch", leave=False):
-        part = [f"{t} {x}" for t, x in zip(titles[start : start + batch], texts[start : start + batch],
-                                            strict=True)]
-        for r, ids in enumerate(tokenizer(part, add_special_tokens=False)["input_ids"], start):
-            ids = np.asarray(ids, dtype=np.int64)
-            ids = ids[keep[ids]]
-            uniq, tf = np.unique(ids, return_counts=True)
-            rows.append(np.full(len(uniq), r))
-            cols.append(uniq)
-            counts.append(tf)
-            lengths.append(len(ids))
-    n = len(texts)
-    rows, cols, tf = np.concatenate(rows), np.concatenate(cols), np.concatenate(counts).astype(np.float64)
-    length = np.asarray(lengths, dtype=np.float64)
-    df = np.bincount(cols, minlength=len(tokenizer))
-    idf = np.log1p((n - df + 0.5) / (df + 0.5))
-    norm = k1 * (1 - b + b * length[rows] / max(length.mean(), 1e-9))
-    weight = idf[cols] * tf * (k1 + 1) / (tf + norm)
-    return torch.sparse_coo_tensor(np.vstack([rows, cols]), weight.astype(np.float32),
-                                   (n, len(tokenizer)), check_invariants=True).coalesce()
+    from .sparse import SparseConfig, SparseIndex
+
+    config = SparseConfig(sparse_tokenizer="wordpiece", bm25_k1=k1, bm25_b=b)
+    sparse = SparseIndex.build(titles, texts, config, tokenizer)
+    vocab = tokenizer.get_vocab()
+    token_id = np.full(sparse.matrix.shape[1], -1, dtype=np.int64)  # bm25s column -> token id
+    for term, col in sparse.bm25.vocab_dict.items():
+        if col < len(token_id):  # bm25s also names "" (empty documents), with no column
+            token_id[col] = vocab.get(term, -1)
+    coo = sparse.matrix.tocoo()  # (R, V_bm25s)
+    keep = token_id[coo.col] >= 0
+    return torch.sparse_coo_tensor(np.vstack([coo.row[keep], token_id[coo.col[keep]]]),
+                                   (k1 + 1) * coo.data[keep].astype(np.float32),
+                                   (len(texts), len(tokenizer)), check_invariants=True).coalesce()
 
 
 def fit_head(head: LexicalHead, bm25: torch.Tensor, passages: torch.Tensor, weight: float,

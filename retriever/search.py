@@ -1,26 +1,42 @@
-"""Question-side retrieval: encode questions with the question encoder, search the index.
+"""Question-side retrieval: the one way questions become passages.
 
-:class:`Retriever` is what the generator side (``rag/``) and the scripts use: it checks its inputs
-(non-empty questions, 0 < k <= corpus size) and that the question encoder belongs with the index.
+:class:`Retriever` holds a question encoder and an index (with its sparse side, when built) and
+searches dense, sparse or hybrid (``retriever.fusion``). Everything that retrieves goes through it:
+``RagModel`` (with gradient into the question encoder), evaluation, the scripts. It checks its
+inputs (non-empty questions, 0 < k <= corpus size) and, once, that the question encoder belongs
+with the index (the pairing rule of ``retriever.index``: it is the index's encoder or was trained
+against it; ``train=True`` says it is about to be). Saving the question encoder through it records
+the pairing, so no caller touches an encoder's bookkeeping.
+
+Scores, best first: dense q . d with the stored passage vectors; sparse the BM25 score divided by
+the question's best; hybrid the fused score. Hybrid and sparse search mask rows removed by
+hot-swapping, as FAISS does on the dense side.
+
+Glossary: B questions, K passages per question, C candidates, D dimension, R index rows.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
 
+import numpy as np
 import torch
 
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
 from .errors import UserError
+from .fusion import FusionConfig, RetrievalConfig, fuse, union
 from .index import DenseIndex, SearchResult
+from .sparse import top_k
 
 log = logging.getLogger(__name__)
 
 
 def check_questions(questions: list[str], max_chars: int = 10_000) -> list[str]:
     """Refuse empty questions; truncate very long ones (with a warning) rather than fail."""
+    if isinstance(questions, str):
+        raise UserError("expected a list of questions, got one string")
     out = []
     for i, q in enumerate(questions):
         if not isinstance(q, str) or not q.strip():
@@ -32,24 +48,100 @@ def check_questions(questions: list[str], max_chars: int = 10_000) -> list[str]:
     return out
 
 
-@dataclass
 class Retriever:
-    """A question encoder paired with a :class:`DenseIndex` (checked on construction)."""
+    """A question encoder and a :class:`DenseIndex`, searched as ``config`` says (module doc)."""
 
-    question_encoder: Encoder
-    index: DenseIndex
-    encode_config: EncodeConfig = EncodeConfig(progress=False)
+    def __init__(self, question_encoder: Encoder | None, index: DenseIndex,
+                 config: RetrievalConfig | None = None, encode_config: EncodeConfig | None = None,
+                 train: bool = False):
+        config = config or RetrievalConfig()
+        self.question_encoder = question_encoder
+        self.index = index
+        self.config = config
+        self.encode_config = encode_config or EncodeConfig(progress=False)
+        self.mode = config.retrieval or ("hybrid" if index.sparse is not None else "dense")
+        if self.mode != "dense" and index.sparse is None:
+            raise UserError(f"--retrieval {self.mode} needs an index with a sparse side "
+                            "(build_index.py --add_sparse INDEX adds one)")
+        self.fusion: FusionConfig = config.fusion_config(index.manifest.get("fusion"))
+        if self.mode != "sparse":
+            if question_encoder is None:
+                raise UserError(f"{self.mode} retrieval needs a question encoder")
+            # an encoder about to be trained against this index is paired with it by that training
+            paired = (index.manifest["encoder"]["fingerprint"] if train
+                      else question_encoder.paired_context_fingerprint)
+            index.check_question_encoder(question_encoder.identity(), paired)
 
-    def __post_init__(self) -> None:
+    def check_k(self, k: int) -> None:
+        self.index.check_k(k)
+        if self.mode == "hybrid":
+            self.fusion.check_k(k)
+
+    def save_question_encoder(self, out_dir: str | os.PathLike, **kwargs) -> None:
+        """``Encoder.save_pretrained`` recording that the encoder is paired with this index."""
+        self.question_encoder.save_pretrained(
+            out_dir, paired_context_fingerprint=self.index.manifest["encoder"]["fingerprint"],
+            **kwargs)
+
+    # ------------------------------------------------------------------ search
+    def encode(self, questions: list[str], grad: bool = False) -> torch.Tensor:
+        """Question vectors (B, D) float; with ``grad``, on the encoder's device with gradient."""
         enc = self.question_encoder
-        self.index.check_question_encoder(enc.identity(), enc.paired_context_fingerprint)
+        if not grad:
+            return torch.from_numpy(encode_texts(enc, questions, config=self.encode_config))
+        device = next(enc.parameters()).device
+        tok = enc.tokenize(questions)
+        return enc(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float()
 
-    def encode(self, questions: list[str]) -> torch.Tensor:
-        """Question embeddings (Q, D) float32 on the CPU, without gradient."""
-        qs = check_questions(questions)
-        return torch.from_numpy(encode_texts(self.question_encoder, qs, config=self.encode_config))
+    def dense_scores(self, q: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
+        """q . d (B, C) against the stored vectors of ``rows`` (B, C); padding (-1) gets the first
+        column's score (callers mask it)."""
+        B, C = rows.shape
+        vecs = self.index.vectors(np.where(rows >= 0, rows, rows[:, :1]))  # (B*C, D)
+        docs = torch.from_numpy(vecs).view(B, C, -1).to(q.device)
+        return torch.einsum("bd,bcd->bc", q, docs)
+
+    def sparse_scores(self, questions: list[str]) -> np.ndarray:
+        """BM25 scores (B, R) of every index row; rows removed by hot-swapping get -inf."""
+        scores = self.index.sparse.scores(questions)
+        if len(self.index.removed):
+            scores[:, self.index.removed] = -np.inf
+        return scores
+
+    def search(self, questions: list[str], k: int, grad: bool = False
+               ) -> tuple[torch.Tensor, SearchResult]:
+        """Top-k passages per question: ``(scores (B, K) float tensor, SearchResult)``, best first.
+
+        With ``grad`` the scores carry gradient into the question encoder (dense and hybrid).
+        """
+        questions = check_questions(questions)
+        self.check_k(k)
+        q = sparse = None
+        if self.mode != "sparse":
+            q = self.encode(questions, grad)
+        if self.mode != "dense":
+            sparse = self.sparse_scores(questions)
+        if self.mode == "dense":
+            _, rows = self.index.search_knn(q.detach().cpu().numpy(), k)
+            scores = self.dense_scores(q, rows)
+        elif self.mode == "sparse":
+            rows = top_k(sparse, k)
+            best = sparse.max(axis=1, keepdims=True)
+            norm = np.where(best > 0, best, np.inf)
+            scores = torch.from_numpy(np.take_along_axis(sparse, rows, 1) / norm)
+        else:
+            width = min(self.fusion.candidates, len(self.index))
+            _, dense_rows = self.index.search_knn(q.detach().cpu().numpy(), width)
+            cand = union(dense_rows, top_k(sparse, width))  # (B, C)
+            cand_sparse = np.take_along_axis(sparse, np.where(cand >= 0, cand, 0), 1)
+            fused = fuse(self.dense_scores(q, cand), cand_sparse, sparse.max(axis=1), cand,
+                         self.fusion)  # (B, C)
+            order = torch.sort(fused.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+            scores = fused.gather(1, order)
+            rows = np.take_along_axis(cand, order.cpu().numpy(), 1)
+        return scores, self.index.result(rows, scores.detach().float().cpu().numpy())
 
     def retrieve(self, questions: list[str], k: int) -> SearchResult:
-        """Top-k passages per question (ids, scores, passages), best first."""
-        self.index.check_k(k)
-        return self.index.search(self.encode(questions).numpy(), k)
+        """Top-k passages per question (ids, titles, texts, scores), best first, no gradient."""
+        with torch.no_grad():
+            return self.search(questions, k)[1]

@@ -23,6 +23,7 @@ from rag.constrain import CONSTRAINTS
 from rag.pipeline import RagModel
 from retriever.cli import parse, run
 from retriever.errors import UserError
+from retriever.fusion import RetrievalConfig
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Args:
             raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
 
 
-def _load(args: Args) -> RagModel:
+def _load(args: Args, retrieval: RetrievalConfig) -> RagModel:
     overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams),
                                            ("constrain", args.constrain)) if val}
     model_dir = args.model or default.MODEL
@@ -50,11 +51,12 @@ def _load(args: Args) -> RagModel:
     index = args.index
     if index is None and args.model is None:
         index = default.default_index()
-    return RagModel.from_pretrained(model_dir, index, **overrides)
+    return RagModel.from_pretrained(model_dir, index, retrieval, **overrides)
 
 
 def main() -> None:
-    args, questions = parse([Args], description=__doc__, positionals="QUESTION")
+    args, retrieval, questions = parse([Args, RetrievalConfig], description=__doc__,
+                                       positionals="QUESTION")
     from_stdin = not questions
     if from_stdin:
         if sys.stdin.isatty():
@@ -62,7 +64,7 @@ def main() -> None:
         questions = [line.strip() for line in sys.stdin if line.strip()]
         if not questions:
             raise UserError("no questions on standard input")
-    model = _load(args).eval()
+    model = _load(args, retrieval).eval()
     for start in range(0, len(questions), args.batch_size):
         for ans in model.answer(questions[start : start + args.batch_size]):
             if args.json:

@@ -21,6 +21,7 @@ import torch
 from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.errors import UserError
+from retriever.fusion import RetrievalConfig
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Args:
 
 
 def main() -> None:
-    args, config = parse([Args, BenchmarkConfig], description=__doc__)
+    args, config, retrieval = parse([Args, BenchmarkConfig, RetrievalConfig], description=__doc__)
     for path in (args.json, args.predictions):
         if path:
             check_output_parent(path)
@@ -44,7 +45,8 @@ def main() -> None:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise UserError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    result = benchmark(args.model, args.index, args.questions, config, device=device)
+    result = benchmark(args.model, args.index, args.questions, config, device=device,
+                       retrieval=retrieval)
     if args.predictions:
         write_jsonl(args.predictions, result.predictions)
     write_json(args.json, result.metrics)

@@ -8,12 +8,13 @@ Example:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
 from retriever.errors import UserError
 from retriever.evaluation import evaluate_retrieval
+from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 from retriever.search import Retriever
@@ -27,11 +28,11 @@ class Args:
     ks: str = "1,5,20,100"  # comma-separated k values for top-k accuracy
     batch_size: int = 128  # questions per batch
     limit: int = 0  # evaluate only the first N questions; 0 = all
-    json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr"} here
+    json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval"} here
 
 
 def main() -> None:
-    (args,) = parse([Args], description=__doc__)
+    args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
     if args.json:
         check_output_parent(args.json)
     try:
@@ -43,7 +44,9 @@ def main() -> None:
     if args.limit > 0:
         questions = questions[: args.limit]
     encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
-    metrics = evaluate_retrieval(Retriever(encoder, index), questions, ks, args.batch_size)
+    retriever = Retriever(encoder, index, retrieval)
+    metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size)
+    metrics["retrieval"] = {"mode": retriever.mode, **asdict(retriever.fusion)}
     print(json.dumps(metrics, indent=2))
     if args.json:
         write_json(args.json, metrics)

@@ -22,6 +22,7 @@ from rag.train import FinetuneConfig, finetune, resume_dir
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
 from retriever.errors import UserError
+from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 
@@ -45,7 +46,7 @@ class Args:
     json: str | None = None  # write the dev evaluation log here
 
 
-def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
+def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> RagModel:
     from generator.copy import CopyBartForConditionalGeneration, has_copy_head
     from generator.model import load_generator
     from generator.warmstart import warm_start_bart
@@ -53,7 +54,7 @@ def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
     resumed = resume_dir(args.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
-        return RagModel.from_pretrained(resumed, rag_cfg.index or None, **rag_cfg.__dict__)
+        return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **rag_cfg.__dict__)
     if args.generator == "starter":
         generator, tokenizer = warm_start_bart(
             "all-MiniLM-L6-v2", encoder_layers=args.starter_encoder_layers,
@@ -69,18 +70,19 @@ def build_model(args: Args, rag_cfg: RagConfig) -> RagModel:
         raise UserError("--index DIR is required (except with --mode closed_book)")
     index = DenseIndex.load(rag_cfg.index)
     q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
-    return RagModel(q_enc, generator, tokenizer, index, rag_cfg)
+    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval)
 
 
 def main() -> None:
-    args, rag_cfg, config = parse([Args, RagConfig, FinetuneConfig], description=__doc__)
+    args, rag_cfg, config, retrieval = parse([Args, RagConfig, FinetuneConfig, RetrievalConfig],
+                                             description=__doc__)
     if args.json:
         check_output_parent(args.json)
     train = read_questions(args.train)[args.train_offset :]
     if args.train_limit > 0:
         train = train[: args.train_limit]
     dev = read_questions(args.dev) if args.dev else None
-    model = build_model(args, rag_cfg)
+    model = build_model(args, rag_cfg, retrieval)
     logs = finetune(model, train, args.out, config, dev,
                     on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
                                             f"({e['n']} questions)", flush=True))

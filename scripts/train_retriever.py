@@ -21,6 +21,7 @@ from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
 from retriever.errors import UserError
 from retriever.evaluation import evaluate_retrieval
+from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 from retriever.search import Retriever
@@ -46,7 +47,7 @@ class Args:
 
 
 def main() -> None:
-    args, config = parse([Args, TrainConfig], description=__doc__)
+    args, config, retrieval = parse([Args, TrainConfig, RetrievalConfig], description=__doc__)
     if args.json:
         check_output_parent(args.json)
     if args.index is None and args.corpus is None:
@@ -68,10 +69,10 @@ def main() -> None:
     index.check_question_encoder(ctx_enc.identity(), where="index")
     q_enc = Encoder.from_pretrained(args.question_encoder or ctx_enc.name)
     ks = [int(k) for k in args.dev_ks.split(",")]
+    retriever = Retriever(q_enc, index, retrieval, train=True)
 
-    def evaluate(model: Encoder) -> dict:
-        model.paired_context_fingerprint = ctx_enc.fingerprint
-        return evaluate_retrieval(Retriever(model, index), dev, ks, progress=False)
+    def evaluate(model: Encoder) -> dict:  # model is q_enc, the retriever's question encoder
+        return evaluate_retrieval(retriever, dev, ks, progress=False)
 
     before = None
     if args.eval_before and dev and not config.train_context_encoder:
@@ -80,13 +81,14 @@ def main() -> None:
         print(f"dev before training: top-k {before['top_k_accuracy']}")
     logs = train_dpr(q_enc, ctx_enc, index, train, config,
                      evaluate if dev and not config.train_context_encoder else None)
-    q_enc.paired_context_fingerprint = ctx_enc.fingerprint
-    q_enc.save_pretrained(args.out)
-    if config.train_context_encoder:
+    if config.train_context_encoder:  # the pair is the new context encoder, not the index's
         ctx_enc.refresh_fingerprint()
+        q_enc.save_pretrained(args.out, paired_context_fingerprint=ctx_enc.fingerprint)
         ctx_enc.save_pretrained(Path(args.out) / "context_encoder")
         print("context encoder trained: rebuild the index with --encoder "
               f"{Path(args.out) / 'context_encoder'}")
+    else:
+        retriever.save_question_encoder(args.out)
     for entry in logs:
         loss = "lexical head fitted" if entry["loss"] is None else f"loss {entry['loss']:.4f}"
         print(f"epoch {entry['epoch']}: {loss}"

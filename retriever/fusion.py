@@ -1,0 +1,132 @@
+"""Fusing dense and sparse scores: which passages a hybrid search returns, and with what score.
+
+The candidates of a question are the union of the dense top-k' and the sparse top-k'. Each is
+scored exactly by both sides (the dense score from the stored vectors, the BM25 score from the
+sparse side), and the fused score is
+
+    linear:  s = s_dense + w * s_sparse / (the question's best BM25 score over the corpus)
+    rrf:     s = 1 / (60 + rank_dense) + 1 / (60 + rank_sparse)        (Cormack et al. 2009)
+
+with ranks among the candidates. Dividing by the best BM25 score puts the sparse term in [0, w]
+whatever the question's length, so one w suits short and long questions. The linear score keeps
+the gradient of the dense term (the question encoder trains through it in RAG); RRF only ranks.
+
+w, k' and the fusion are index settings (:class:`FusionConfig`, recorded in the manifest);
+:class:`RetrievalConfig` is what a search may override.
+
+Glossary: B questions, C candidates per question.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+RETRIEVALS = ("dense", "sparse", "hybrid")
+FUSIONS = ("linear", "rrf")
+RRF_K = 60  # Cormack et al.'s constant
+# tuned on squad-open dev with all-MiniLM-L6-v2 and the "words" sparse tokenizer (docs/benchmarks.md)
+DEFAULT_WEIGHT = 0.3
+DEFAULT_CANDIDATES = 100
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    fusion: str = "linear"  # hybrid fusion: "linear" (dense + w * BM25 / best BM25) or "rrf"
+    # (reciprocal-rank fusion: ranks only, so RAG cannot train through it)
+    fusion_weight: float = DEFAULT_WEIGHT  # w, the weight of the normalised BM25 score
+    candidates: int = DEFAULT_CANDIDATES  # k', passages each side proposes before fusion
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise UserError(f"--fusion {self.fusion!r} is not one of {FUSIONS}")
+        if not (isinstance(self.fusion_weight, int | float) and math.isfinite(self.fusion_weight)
+                and self.fusion_weight >= 0):
+            raise UserError(f"--fusion_weight must be a finite number >= 0, got {self.fusion_weight}")
+        if not isinstance(self.candidates, int) or self.candidates <= 0:
+            raise UserError(f"--candidates must be a positive number of passages, got {self.candidates}")
+
+    def check_k(self, k: int) -> None:
+        if self.candidates < k:
+            raise UserError(f"--candidates {self.candidates} is smaller than k={k}: each side must "
+                            "propose at least k passages")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    retrieval: str = ""  # "dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a
+    # sparse side (build_index.py --sparse bm25), else dense
+    fusion: str = ""  # hybrid: "linear" or "rrf"; "" = the index's setting
+    fusion_weight: float | None = None  # hybrid: w on the normalised BM25 score; default: the index's
+    candidates: int = 0  # hybrid: k', passages each side proposes; 0 = the index's setting
+
+    def __post_init__(self) -> None:
+        if self.retrieval not in ("", *RETRIEVALS):
+            raise UserError(f"--retrieval {self.retrieval!r} is not one of {RETRIEVALS}")
+        self.fusion_config()  # the overrides themselves are checked now, before any work
+
+    def over(self, saved: RetrievalConfig) -> RetrievalConfig:
+        """These settings where given (not left at "", None or 0), ``saved``'s elsewhere."""
+        return RetrievalConfig(
+            retrieval=self.retrieval or saved.retrieval, fusion=self.fusion or saved.fusion,
+            fusion_weight=saved.fusion_weight if self.fusion_weight is None else self.fusion_weight,
+            candidates=self.candidates or saved.candidates)
+
+    def fusion_config(self, saved: dict | None = None) -> FusionConfig:
+        """The index's saved settings (or the defaults) with this search's overrides."""
+        base = FusionConfig(**(saved or {}))
+        return FusionConfig(
+            fusion=self.fusion or base.fusion,
+            fusion_weight=base.fusion_weight if self.fusion_weight is None else self.fusion_weight,
+            candidates=self.candidates or base.candidates)
+
+
+def fuse(dense: torch.Tensor, sparse: np.ndarray, best: np.ndarray, rows: np.ndarray,
+         config: FusionConfig) -> torch.Tensor:
+    """Fused scores (B, C) of the candidates ``rows`` (B, C) (module doc); padding (-1) gets -inf.
+
+    dense (B, C) float tensor (may carry gradient); sparse (B, C) BM25 scores; best (B,) the best
+    BM25 score of each question over the corpus.
+    """
+    valid = rows >= 0
+    mask = torch.from_numpy(valid).to(dense.device)
+    if config.fusion == "linear":
+        norm = np.where(best > 0, best, np.inf)[:, None]  # no sparse evidence: no sparse term
+        term = torch.from_numpy((sparse / norm).astype(np.float32)).to(dense.device)
+        fused = dense + config.fusion_weight * term.to(dense.dtype)
+    else:
+        fused = torch.from_numpy(_rrf(dense.detach().cpu().numpy(), sparse, rows)).to(dense.device)
+    return fused.masked_fill(~mask, -math.inf)
+
+
+def _rrf(dense: np.ndarray, sparse: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """1 / (60 + rank) summed over both sides; ranks 1-based among the candidates (padding last),
+    equal scores ranked by row number (candidates come in increasing row order)."""
+    out = np.zeros(dense.shape, dtype=np.float32)
+    for scores in (dense, sparse):
+        s = np.where(rows >= 0, scores, -np.inf)
+        order = np.argsort(-s, axis=1, kind="stable")
+        ranks = np.empty_like(order)
+        np.put_along_axis(ranks, order, np.arange(1, s.shape[1] + 1)[None, :].repeat(len(s), 0), 1)
+        out += 1.0 / (RRF_K + ranks)
+    return out
+
+
+def union(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per question, the distinct rows of ``first`` and ``second`` in increasing order (so that
+    equal fused scores rank by row), padded with -1: (B, C) int64, C the largest union. Negative
+    ids (no result) are dropped."""
+    rows = []
+    for a, b in zip(first, second, strict=True):
+        both = np.union1d(a, b)
+        rows.append(both[both >= 0])
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out

@@ -1,0 +1,202 @@
+"""The sparse side of an index: BM25 over the passages (title and text), with bm25s.
+
+It lives in the index directory beside the dense side (``retriever.index``)::
+
+    sparse/             bm25s' own files (params, vocabulary, CSC score matrix), memory-mapped
+    sparse/tokenizer/   the word-piece tokenizer, when the sparse side tokenises with one
+
+and the manifest names its tokenizer, k1, b and row count, checked on load. Row r of the score
+matrix is index row r (the FAISS id), so both sides name a passage the same way; rows removed by
+hot-swapping are masked at search time by the caller.
+
+Tokenisation (``SparseConfig.sparse_tokenizer``):
+
+- ``words``: bm25s' own: lower-cased words of two or more characters, English stopwords removed,
+  Snowball-stemmed (PyStemmer);
+- ``wordpiece``: the context encoder's word pieces, punctuation and special tokens left out (the
+  tokens ``retriever.lexical`` gives rows).
+
+Scores are bm25s' ("lucene" BM25): for a batch of questions they are one sparse product of the
+(R, V) score matrix with the questions' (V, B) token counts, equal to ``bm25s.BM25.get_scores``.
+
+Glossary: B questions, R index rows, V sparse vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+TOKENIZERS = ("words", "wordpiece")
+SPARSE_DIR = "sparse"
+TOKENIZER_DIR = "tokenizer"
+BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",
+               "indices.csc.index.npy", "indptr.csc.index.npy")
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    sparse_tokenizer: str = "words"  # "words" (stemmed words, English stopwords out) or "wordpiece"
+    # (the context encoder's word pieces); docs/benchmarks.md compares them on dev
+    bm25_k1: float = 1.5  # BM25 term-frequency saturation
+    bm25_b: float = 0.75  # BM25 length normalisation (0 = none, 1 = full)
+
+    def __post_init__(self) -> None:
+        if self.sparse_tokenizer not in TOKENIZERS:
+            raise UserError(f"--sparse_tokenizer {self.sparse_tokenizer!r} is not one of {TOKENIZERS}")
+        if not (math.isfinite(self.bm25_k1) and self.bm25_k1 >= 0):
+            raise UserError(f"--bm25_k1 must be a finite number >= 0, got {self.bm25_k1}")
+        if not (math.isfinite(self.bm25_b) and 0 <= self.bm25_b <= 1):
+            raise UserError(f"--bm25_b must be in [0, 1], got {self.bm25_b}")
+
+
+class Tokenize:
+    """Text to BM25 terms, as ``SparseConfig.sparse_tokenizer`` says (module doc)."""
+
+    def __init__(self, kind: str, tokenizer=None):
+        self.kind = kind
+        self.tokenizer = tokenizer
+        if kind == "wordpiece":
+            if tokenizer is None:
+                raise ValueError("the wordpiece sparse tokenizer needs the encoder's tokenizer")
+            from .lexical import content_tokens
+
+            self._keep = content_tokens(tokenizer).numpy()
+        else:
+            import Stemmer
+
+            self._stemmer = Stemmer.Stemmer("english")
+
+    def __call__(self, texts: list[str]) -> list[list[str]]:
+        if self.kind == "words":
+            import bm25s
+
+            return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, return_ids=False,
+                                  show_progress=False)
+        out = []
+        for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]:
+            ids = np.asarray(ids, dtype=np.int64)
+            out.append(self.tokenizer.convert_ids_to_tokens(ids[self._keep[ids]].tolist()))
+        return out
+
+
+def passage_texts(titles: list[str], texts: list[str]) -> list[str]:
+    """What BM25 indexes of each passage: ``title text``."""
+    return [f"{t} {x}" for t, x in zip(titles, texts, strict=True)]
+
+
+class SparseIndex:
+    """bm25s scores over index rows, searched in batches (module doc)."""
+
+    def __init__(self, bm25, config: SparseConfig, tokenizer=None):
+        self.bm25 = bm25
+        self.config = config
+        self.tokenize = Tokenize(config.sparse_tokenizer, tokenizer)
+        s = bm25.scores
+        # (R, V) CSC: column t holds the BM25 weight of term t in each passage that has it
+        self.matrix = sp.csc_matrix((s["data"], s["indices"], s["indptr"]),
+                                    shape=(s["num_docs"], len(s["indptr"]) - 1))
+
+    def __len__(self) -> int:
+        return int(self.bm25.scores["num_docs"])
+
+    @classmethod
+    def build(cls, titles: list[str], texts: list[str], config: SparseConfig = SparseConfig(),
+              tokenizer=None) -> SparseIndex:
+        """Index ``title text`` of every row (``tokenizer``: the encoder's, for ``wordpiece``)."""
+        import bm25s
+
+        titles, texts = list(titles), list(texts)
+        tokenize = Tokenize(config.sparse_tokenizer, tokenizer)
+        bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b, method="lucene")
+        terms = []
+        for start in range(0, len(texts), 4096):  # word pieces: a fast tokenizer in batches
+            terms += tokenize(passage_texts(titles[start : start + 4096], texts[start : start + 4096]))
+        bm25.index(terms, show_progress=False)
+        return cls(bm25, config, tokenizer)
+
+    def scores(self, questions: list[str]) -> np.ndarray:
+        """BM25 scores (B, R) float32 of every row for each question (``bm25s.get_scores``)."""
+        vocab, width = self.bm25.vocab_dict, self.matrix.shape[1]
+        rows, cols = [], []
+        for b, terms in enumerate(self.tokenize(questions)):
+            ids = [vocab[t] for t in terms if t in vocab and vocab[t] < width]  # bm25s' "" has none
+            rows += ids
+            cols += [b] * len(ids)
+        counts = sp.csc_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)),
+                               shape=(self.matrix.shape[1], len(questions)))  # (V, B), summed
+        return np.ascontiguousarray((self.matrix @ counts).T.toarray(), dtype=np.float32)
+
+    def entry(self) -> dict:
+        """What the manifest records of this side (checked by :meth:`load`)."""
+        return {"dir": SPARSE_DIR, "library": "bm25s", "method": "lucene", "rows": len(self),
+                "vocabulary": int(self.matrix.shape[1]), **asdict(self.config)}
+
+    def save(self, out_dir: Path) -> None:
+        """Write bm25s' files (and the word-piece tokenizer) into ``out_dir`` (a new directory)."""
+        self.bm25.save(str(out_dir), show_progress=False)
+        if self.tokenize.tokenizer is not None:
+            self.tokenize.tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
+
+    @classmethod
+    def load(cls, index_dir: Path, entry: dict, rows: int, mmap: bool = True) -> SparseIndex:
+        """Open ``index_dir/sparse`` memory-mapped; missing or corrupt files, or files that
+        disagree with the manifest ``entry``, raise :class:`UserError`."""
+        import bm25s
+
+        where = index_dir / entry.get("dir", SPARSE_DIR)
+        try:
+            config = SparseConfig(**{k: entry[k] for k in SparseConfig.__dataclass_fields__})
+        except (KeyError, TypeError, UserError) as err:
+            raise UserError(f"{index_dir / 'manifest.json'}: bad sparse entry ({err})") from None
+        for name in BM25S_FILES:
+            if not (where / name).is_file():
+                raise UserError(f"{where}: incomplete sparse index (missing {name})")
+        tokenizer = None
+        if config.sparse_tokenizer == "wordpiece":
+            from transformers import AutoTokenizer
+
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(str(where / TOKENIZER_DIR))
+            except (OSError, ValueError, TypeError) as err:
+                raise UserError(f"{where / TOKENIZER_DIR}: cannot load the tokenizer "
+                                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                                ) from None
+        try:
+            params = json.loads((where / "params.index.json").read_text())
+            bm25 = bm25s.BM25.load(str(where), mmap=mmap, show_progress=False)
+            s = bm25.scores
+            ok = (s["num_docs"] == rows == entry.get("rows")
+                  and len(s["indptr"]) - 1 == entry.get("vocabulary")
+                  and len(bm25.vocab_dict) - len(s["indptr"]) in (-1, 0)  # bm25s may add ""
+                  and int(s["indptr"][-1]) == len(s["data"]) == len(s["indices"])
+                  and params.get("k1") == config.bm25_k1 and params.get("b") == config.bm25_b
+                  and params.get("method") == "lucene")
+        except (OSError, ValueError, KeyError, TypeError, EOFError) as err:
+            raise UserError(f"{where}: corrupt sparse index ({type(err).__name__})") from None
+        if not ok:
+            raise UserError(f"{where}: sparse index does not match manifest.json")
+        return cls(bm25, config, tokenizer)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows (B, k) int64 of the k largest scores in each row of (B, R), best first; equal scores
+    go to the lower row, at the cut too (so the result does not depend on numpy's partition)."""
+    k = min(k, scores.shape[1])
+    out = np.empty((scores.shape[0], k), dtype=np.int64)
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1]  # (B,) the k-th largest score
+    for b, row in enumerate(scores):
+        above = np.flatnonzero(row > kth[b])
+        picked = np.concatenate([above, np.flatnonzero(row == kth[b])[: k - len(above)]])
+        picked.sort()
+        out[b] = picked[np.argsort(-row[picked], kind="stable")]
+    return out
