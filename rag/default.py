@@ -2,7 +2,8 @@
 
 ``scripts/ask.py`` uses it when no ``--index`` is given, so a fresh machine answers questions
 offline. The index is cached under ``$RAGQA_CACHE`` (default ``~/.cache/ragqa``), keyed by the
-context encoder's fingerprint, and rebuilt only when that encoder changes.
+context encoder's fingerprint, and rebuilt only when that encoder changes. It has a BM25 side, so
+the starter retrieves hybrid (dense + BM25, ``retriever.fusion``), the best on squad-open dev.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from retriever.build import BuildConfig, build_index
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
+from retriever.sparse import SparseConfig
 
 log = logging.getLogger(__name__)
 DEFAULT_DIR = Path(__file__).parent / "default"
@@ -34,7 +36,11 @@ def default_index(context_encoder: Encoder | None = None) -> DenseIndex:
     encoder = context_encoder or Encoder.from_pretrained(CONTEXT_ENCODER)
     path = cache_dir() / f"default-index-{encoder.fingerprint}"
     if (path / "manifest.json").is_file():
-        return DenseIndex.load(path)
+        index = DenseIndex.load(path)
+        if index.sparse is None:  # cached by a version without hybrid retrieval
+            index.add_sparse(SparseConfig(), tokenizer=encoder.tokenizer)
+            index.save(path, overwrite=True)
+        return index
     log.info("indexing the embedded corpus (first use) -> %s", path)
-    return build_index(CORPUS, encoder, path,
-                       BuildConfig(encode=EncodeConfig(progress=False), overwrite=True))
+    return build_index(CORPUS, encoder, path, BuildConfig(
+        encode=EncodeConfig(progress=False), sparse=SparseConfig(), overwrite=True))

@@ -43,7 +43,7 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
     if not ks or ks[0] <= 0:
         raise UserError(f"k values must be positive, got {list(ks)}")
     top = ks[-1]
-    retriever.index.check_k(top)
+    retriever.check_k(top)
     golds = gold_passage_ids(retriever.index, questions)
     hits, gold_hits = [], []
     norm_text: dict[int, str] = {}  # row -> normalised passage text, computed once per passage

@@ -31,7 +31,7 @@ RETRIEVALS = ("dense", "sparse", "hybrid")
 FUSIONS = ("linear", "rrf")
 RRF_K = 60  # Cormack et al.'s constant
 # tuned on squad-open dev with all-MiniLM-L6-v2 and the "words" sparse tokenizer (docs/benchmarks.md)
-DEFAULT_WEIGHT = 0.3
+DEFAULT_WEIGHT = 0.5
 DEFAULT_CANDIDATES = 100
 
 

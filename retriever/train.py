@@ -65,6 +65,9 @@ class TrainConfig:
     # random 8-16 word window of the passage with a quarter of its words dropped, the passage as
     # positive (an inverse cloze task, Lee et al. 2019); they cover the whole corpus, not only the
     # training articles
+    hybrid: bool = False  # train inside the hybrid score (retriever.fusion): every candidate's score
+    # gains the index's normalised BM25 times --fusion_weight, as at search time, so the question
+    # encoder learns what BM25 misses; needs an index with a sparse side
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     seed: int = 0  # shuffling and initialisation seed
 
@@ -77,14 +80,17 @@ class Example:
 
 
 def dpr_loss(q: torch.Tensor, ctx: torch.Tensor, positive_col: torch.Tensor,
-             exclude: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+             exclude: torch.Tensor | None = None, scale: float = 1.0,
+             sparse: torch.Tensor | None = None) -> torch.Tensor:
     """DPR's NLL of the positive among all candidates (see module doc).
 
     q (B, D) questions; ctx (C, D) candidate passages; positive_col (B,) long, the column of each
     question's positive in ctx; exclude (B, C) bool marks columns to drop (duplicates of the
-    positive). Returns the mean loss, a scalar float tensor.
+    positive); sparse (B, C) a constant added to the inner products before scaling (the hybrid's
+    weighted, normalised BM25 term). Returns the mean loss, a scalar float tensor.
     """
-    scores = scale * q @ ctx.T  # (B, C)
+    scores = q @ ctx.T  # (B, C)
+    scores = scale * (scores if sparse is None else scores + sparse.to(scores))
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
     return F.cross_entropy(scores, positive_col)
@@ -266,9 +272,21 @@ def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: f
     opt.zero_grad()
 
 
+def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, weight: float
+                ) -> torch.Tensor:
+    """The hybrid's sparse term (B, C) of candidate rows (C,): weight * BM25 / the question's best
+    (retriever.fusion)."""
+    scores = index.sparse.scores(questions)  # (B, R)
+    best = scores.max(axis=1, keepdims=True)
+    norm = np.where(best > 0, best, np.inf)
+    return torch.from_numpy(weight * scores[:, rows.cpu().numpy()] / norm)
+
+
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
-                    scale: float) -> torch.Tensor:
-    """Encode a batch of questions and return the DPR loss against its candidates."""
+                    scale: float, index: DenseIndex | None = None, sparse_weight: float = 0.0
+                    ) -> torch.Tensor:
+    """Encode a batch of questions and return the DPR loss against its candidates (with
+    ``config.hybrid``, inside the hybrid score of ``index``'s sparse side, weight ``sparse_weight``)."""
     device = next(q_enc.parameters()).device
     tok = q_enc.tokenize([ex.question for ex in batch])
     q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
@@ -283,14 +301,19 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
     gold = rows_t[positive_col]  # (B,)
     exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
     exclude[torch.arange(len(batch)), positive_col.to(device)] = False  # ... except the positive
-    return dpr_loss(q, ctx, positive_col.to(device), exclude, scale)
+    sparse = None
+    if config.hybrid:
+        sparse = sparse_term(index, [ex.question for ex in batch], rows_t, sparse_weight)
+    return dpr_loss(q, ctx, positive_col.to(device), exclude, scale, sparse)
 
 
 def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequence[Question],
-              config: TrainConfig = TrainConfig(), evaluate=None, accelerator=None) -> list[dict]:
+              config: TrainConfig = TrainConfig(), evaluate=None, accelerator=None,
+              sparse_weight: float | None = None) -> list[dict]:
     """Train ``q_enc`` (and ``ctx_enc`` if configured) with DPR's loss; returns per-epoch logs.
 
-    ``evaluate(q_enc) -> dict`` runs after each epoch (e.g. dev top-k accuracy).
+    ``evaluate(q_enc) -> dict`` runs after each epoch (e.g. dev top-k accuracy). With
+    ``config.hybrid``, ``sparse_weight`` is w (default: the index's ``fusion_weight``).
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -299,6 +322,13 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
                                      gradient_accumulation_steps=config.grad_accum)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    if config.hybrid:
+        if index.sparse is None:
+            raise UserError("--hybrid needs an index with a sparse side (build_index.py --add_sparse)")
+        if config.train_context_encoder:
+            raise UserError("--hybrid needs the frozen context encoder")
+        if sparse_weight is None:
+            sparse_weight = index.manifest["fusion"]["fusion_weight"]
     examples = build_examples(index, train, config, q_enc)
     scale = ctx_enc.score_scale(config.score_scale)
     if config.lexical_head and config.train_context_encoder:
@@ -356,7 +386,8 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         for start in bar:
             batch = [examples[i] for i in mine[start : start + config.batch_size]]
             with acc.accumulate(q_enc):
-                loss = train_step_loss(model, batch, ctx_lookup, config, scale)
+                loss = train_step_loss(model, batch, ctx_lookup, config, scale, index,
+                                       sparse_weight or 0.0)
                 optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
             total_loss += loss.item()
             bar.set_postfix(loss=f"{loss.item():.4f}")

@@ -6,9 +6,17 @@
 2. Search overhead: ``DenseIndex.search_knn`` against a bare ``faiss.Index.search`` on the same
    index and queries (goal <= 1.10x), and the full ``search`` with passage lookup for reference.
 3. HNSW on synthetic 384-d vectors: recall@10 against exact flat search and queries/s.
+4. Hybrid against dense-only search (with --hybrid_index, an index with a sparse side), side by
+   side in one run, batches of --hybrid_batch questions, k = --k: on that index, and on a corpus
+   --replicas times larger made from it (each copy with unique ids, every passage's words
+   shuffled, vectors = the original's plus noise, renormalised). Latency with question encoding
+   (what a caller of Retriever.retrieve waits) and search alone (question vectors given); the
+   sparse side's build time and size on disk.
 
 Example:
     python scripts/bench_retriever.py --corpus ../shared/data/squad-open/corpus.tsv --json runs/bench.json
+    python scripts/bench_retriever.py --skip_encoding --skip_search --hybrid_index runs/index-l6 \
+        --json runs/bench-hybrid.json
 """
 
 from __future__ import annotations
@@ -45,6 +53,10 @@ class Args:
     k: int = 10  # neighbours per query
     skip_encoding: bool = False  # skip part 1
     skip_search: bool = False  # skip parts 2 and 3
+    hybrid_index: str | None = None  # part 4: an index directory with a sparse side (else skipped)
+    questions: str = "../shared/data/squad-open/dev.json"  # part 4: questions to search with
+    hybrid_batch: int = 64  # part 4: questions per search call
+    replicas: int = 45  # part 4: copies of the index's corpus in the large corpus (45 x 4,497 = 202k)
     json: str | None = None  # write all figures here
 
 
@@ -135,6 +147,79 @@ def bench_hnsw(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
             "flat_queries_per_s": round(len(queries) / t_flat, 1)}
 
 
+def bench_hybrid(args: Args) -> dict:
+    from retriever.questions import read_questions
+
+    index = DenseIndex.load(args.hybrid_index)
+    encoder = Encoder.from_pretrained(index.manifest["encoder"]["name"]).eval()
+    questions = [q.question for q in read_questions(args.questions)][: args.hybrid_batch]
+    out = {"batch": len(questions), "k": args.k, "squad_open": _time_modes(args, index, encoder,
+                                                                           questions)}
+    big = _replicated(index, args.replicas)
+    start = time.perf_counter()
+    big.add_sparse(index.sparse.config, tokenizer=encoder.tokenizer)
+    build_s = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="ragqa-bench-") as tmp:
+        big.save(Path(tmp) / "idx")
+        size = sum(f.stat().st_size for f in (Path(tmp) / "idx" / "sparse").rglob("*") if f.is_file())
+        dense_size = (Path(tmp) / "idx" / "index.faiss").stat().st_size
+        out["replicated"] = {**_time_modes(args, big, encoder, questions),
+                             "sparse_build_s": round(build_s, 2), "sparse_bytes": size,
+                             "faiss_bytes": dense_size}
+    out["squad_open"]["sparse_bytes"] = sum(
+        f.stat().st_size for f in (Path(args.hybrid_index) / "sparse").rglob("*") if f.is_file())
+    return out
+
+
+def _time_modes(args: Args, index: DenseIndex, encoder: Encoder, questions: list[str]) -> dict:
+    """Median seconds per batch, dense against hybrid (alternating), with and without encoding."""
+    from retriever.fusion import RetrievalConfig
+    from retriever.search import Retriever
+
+    class Given(Retriever):  # search alone: the question vectors computed beforehand
+        vectors = torch.from_numpy(encode_texts(encoder, questions, config=EncodeConfig(progress=False)))
+
+        def encode(self, questions, grad=False):
+            return self.vectors
+
+    times: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # alternate, so background load hits all alike
+        for mode in ("dense", "hybrid"):
+            for name, cls in ((mode, Retriever), (f"{mode}_search", Given)):
+                r = cls(encoder, index, RetrievalConfig(mode))
+                times.setdefault(name, []).append(
+                    _median_time(lambda r=r: r.retrieve(questions, args.k), 1))
+    med = {m: statistics.median(t) for m, t in times.items()}
+    return {"passages": len(index), "dense_s": round(med["dense"], 4),
+            "hybrid_s": round(med["hybrid"], 4), "ratio": round(med["hybrid"] / med["dense"], 3),
+            "dense_search_s": round(med["dense_search"], 4),
+            "hybrid_search_s": round(med["hybrid_search"], 4),
+            "search_ratio": round(med["hybrid_search"] / med["dense_search"], 3)}
+
+
+def _replicated(index: DenseIndex, replicas: int) -> DenseIndex:
+    """The index's corpus ``replicas`` times: unique ids, each passage's words shuffled, vectors
+    with Gaussian noise (0.02 per coordinate) and renormalised."""
+    rng = np.random.default_rng(0)
+    base = index.vectors(np.arange(int(index.manifest["rows"])))
+    titles, texts = list(index.passages["title"]), list(index.passages["text"])
+
+    def rows():
+        for c in range(replicas):
+            for i, (title, text) in enumerate(zip(titles, texts, strict=True)):
+                words = text.split()
+                if c:
+                    rng.shuffle(words)
+                yield {"id": f"{c}-{i}", "title": title, "text": " ".join(words)}
+
+    tmp = Path(tempfile.mkdtemp(prefix="ragqa-bench-")) / "passages.arrow"
+    write_arrow(rows(), tmp)
+    vecs = np.concatenate([base] + [base + 0.02 * rng.standard_normal(base.shape).astype(np.float32)
+                                    for _ in range(replicas - 1)])
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    return DenseIndex.build(vecs, open_shards([tmp]), index.manifest["encoder"])
+
+
 def main() -> None:
     (args,) = parse([Args], description=__doc__)
     if args.json:
@@ -147,6 +232,15 @@ def main() -> None:
         print(f"encoding: ours {e['ours_passages_per_s']} passages/s, sentence-transformers "
               f"{e['st_passages_per_s']} passages/s, ratio {e['ratio']} (goal >= 1.0); "
               f"min cosine {e['min_cosine_ours_vs_st']}")
+    if args.hybrid_index:
+        report["hybrid"] = h = bench_hybrid(args)
+        for name in ("squad_open", "replicated"):
+            r = h[name]
+            print(f"hybrid vs dense, {r['passages']} passages, batch {h['batch']}, k {h['k']}: "
+                  f"{r['hybrid_s']}s vs {r['dense_s']}s, ratio {r['ratio']} (goal <= 1.5); search "
+                  f"alone {r['hybrid_search_s']}s vs {r['dense_search_s']}s, ratio {r['search_ratio']}; "
+                  f"sparse side {r['sparse_bytes'] / 2**20:.1f} MiB"
+                  + (f", built in {r['sparse_build_s']}s" if "sparse_build_s" in r else ""))
     if args.skip_search:
         if args.json:
             write_json(args.json, report)

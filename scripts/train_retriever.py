@@ -80,7 +80,8 @@ def main() -> None:
     if before:
         print(f"dev before training: top-k {before['top_k_accuracy']}")
     logs = train_dpr(q_enc, ctx_enc, index, train, config,
-                     evaluate if dev and not config.train_context_encoder else None)
+                     evaluate if dev and not config.train_context_encoder else None,
+                     sparse_weight=retriever.fusion.fusion_weight)
     if config.train_context_encoder:  # the pair is the new context encoder, not the index's
         ctx_enc.refresh_fingerprint()
         q_enc.save_pretrained(args.out, paired_context_fingerprint=ctx_enc.fingerprint)

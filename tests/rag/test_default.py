@@ -22,9 +22,10 @@ def starter(tmp_path_factory):
 
 
 def test_embedded_corpus_is_indexed_and_cached(starter):
-    _, index = starter
+    model, index = starter
     rows = [json.loads(line) for line in default.CORPUS.read_text().splitlines() if line.strip()]
     assert len(index) == len(rows)
+    assert len(index.sparse) == len(rows) and model.retriever.mode == "hybrid"  # BM25 side too
     again = default.default_index()  # second use reads the cache instead of re-encoding
     assert again.manifest["created"] == index.manifest["created"]
 

@@ -262,3 +262,39 @@ def test_doc_scores_are_scaled_before_the_softmax(make_rag):
     assert auto.score_scale == (20.0 if auto.question_encoder.config.normalize else 1.0)
     with pytest.raises(UserError, match="doc_score_scale"):
         RagConfig(doc_score_scale=-1.0)
+
+
+@pytest.mark.parametrize("mode", ["dense", "hybrid"])
+def test_one_retrieval_path_rag_and_evaluation_agree(mode, rag_index_dir, rag_question_encoder_dir,
+                                                     rag_generator_dir, squad_questions, tmp_path):
+    """RagModel retrieves through the same Retriever as evaluation (eval_retrieval.py): the same
+    passages, and scores equal up to the factor of p(z|x), with and without gradient."""
+    from generator.model import load_generator
+    from retriever.evaluation import evaluate_retrieval
+    from retriever.fusion import RetrievalConfig
+    from retriever.questions import read_questions
+    from retriever.search import Retriever
+
+    index = DenseIndex.load(rag_index_dir)
+    if mode == "hybrid":
+        encoder = Encoder.from_pretrained(str(rag_question_encoder_dir))
+        index.add_sparse(tokenizer=encoder.tokenizer)
+        index.save(tmp_path / "idx")
+        index = DenseIndex.load(tmp_path / "idx")
+    generator, tokenizer = load_generator(rag_generator_dir)
+    model = RagModel(Encoder.from_pretrained(str(rag_question_encoder_dir)), generator, tokenizer,
+                     index, RagConfig(k=3, max_input_length=64, max_answer_length=8),
+                     RetrievalConfig(candidates=4)).eval()
+    assert model.retriever.mode == mode
+    questions = read_questions(squad_questions)
+    kept: list = []
+    retriever = Retriever(Encoder.from_pretrained(str(rag_question_encoder_dir)), index,
+                          RetrievalConfig(candidates=4))
+    evaluate_retrieval(retriever, questions, [1, 3], batch_size=4, progress=False, results=kept)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            scores, result = model.retrieve([q.question for q in questions])
+        assert scores.requires_grad == grad
+        assert result.ids == [[p["id"] for p in row] for row in kept]
+        np.testing.assert_allclose(scores.detach().numpy() / model.score_scale,
+                                   [[p["score"] for p in row] for row in kept], atol=1e-5)

@@ -18,7 +18,7 @@ from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.errors import UserError
 from retriever.evaluation import evaluate_retrieval
-from retriever.fusion import RRF_K, FusionConfig, RetrievalConfig
+from retriever.fusion import DEFAULT_CANDIDATES, DEFAULT_WEIGHT, RRF_K, FusionConfig, RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 from retriever.search import Retriever
@@ -123,7 +123,8 @@ def test_sparse_side_survives_save_and_load(index, encoder, tmp_path):
     loaded = DenseIndex.load(tmp_path / "idx")
     assert isinstance(loaded.sparse.bm25.scores["data"], np.memmap)  # memory-mapped
     assert loaded.manifest["sparse"] == index.manifest["sparse"]
-    assert loaded.manifest["fusion"] == {"fusion": "linear", "fusion_weight": 0.3, "candidates": 100}
+    assert loaded.manifest["fusion"] == {"fusion": "linear", "fusion_weight": DEFAULT_WEIGHT,
+                                        "candidates": DEFAULT_CANDIDATES}
     np.testing.assert_array_equal(loaded.sparse.scores(QUERIES), index.sparse.scores(QUERIES))
     config = RetrievalConfig(candidates=8)  # "" = hybrid, since the index has a sparse side
     before = Retriever(encoder, index, config).retrieve(QUERIES, 4)

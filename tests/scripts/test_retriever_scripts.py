@@ -14,6 +14,7 @@ import pytest
 from retriever.build import BuildConfig, build_index
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
+from retriever.sparse import SparseConfig
 
 SCRIPTS = ["build_index.py", "eval_retrieval.py", "train_retriever.py"]
 PRELOAD = ["retriever.build", "retriever.evaluation", "retriever.search", "retriever.train",
@@ -29,6 +30,14 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     lib_idx = tmp / "lib-idx"
     build_index(corpus_tsv, Encoder.from_pretrained(str(tiny_encoder_dir)), lib_idx,
                 BuildConfig(encode=EncodeConfig(progress=False)))
+    lib_hyb = tmp / "lib-hyb"  # ... and one with a BM25 side
+    build_index(corpus_tsv, Encoder.from_pretrained(str(tiny_encoder_dir)), lib_hyb,
+                BuildConfig(encode=EncodeConfig(progress=False), sparse=SparseConfig()))
+    no_vocab = tmp / "no-vocab"
+    shutil.copytree(lib_hyb, no_vocab)
+    (no_vocab / "sparse" / "vocab.index.json").unlink()
+    gains_sparse = tmp / "gains-sparse"
+    shutil.copytree(lib_idx, gains_sparse)
     no_manifest = tmp / "no-manifest"
     shutil.copytree(lib_idx, no_manifest)
     (no_manifest / "manifest.json").unlink()
@@ -52,6 +61,16 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         "eval_k_too_large": evaluate(lib_idx, "--ks", "1,1000"),
         "eval_no_manifest": evaluate(no_manifest, "--ks", "1,2"),
         "eval_other_dim": evaluate(lib_idx, "--ks", "1,2", "--question_encoder", tiny_encoder_dir_16),
+        "eval_hybrid_no_sparse": evaluate(lib_idx, "--ks", "1,2", "--retrieval", "hybrid"),
+        "eval_negative_weight": evaluate(lib_hyb, "--ks", "1,2", "--fusion_weight", "-0.5"),
+        "eval_nan_weight": evaluate(lib_hyb, "--ks", "1,2", "--fusion_weight", "nan"),
+        "eval_candidates_below_k": evaluate(lib_hyb, "--ks", "1,5", "--candidates", "2"),
+        "eval_missing_sparse_file": evaluate(no_vocab, "--ks", "1,2"),
+        "build_add_sparse_and_corpus": ["build_index.py", "--add_sparse", lib_idx, "--corpus",
+                                        corpus_tsv],
+        "train_hybrid_no_sparse": ["train_retriever.py", "--train", squad_questions, "--index",
+                                   lib_idx, "--out", tmp / "out-train_hybrid_no_sparse", "--hybrid",
+                                   "--epochs", "1", "--batch_size", "4"],
         **{f"help_{s}": [s, "--help"] for s in SCRIPTS},
     }
     idx = tmp / "idx"
@@ -69,6 +88,17 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                                   "--batch_size", "4", "--negatives", "corpus", "--lexical_head",
                                   "--pseudo_queries", "1", "--json", tmp / "train-lex.json"]
     scenarios["eval_lexical"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc-lex")
+    # hybrid: built with a BM25 side, or given one afterwards; evaluated and trained through it
+    scenarios["build_hybrid"] = [*build(corpus_tsv, tmp / "idx-hyb"), "--sparse", "bm25"]
+    scenarios["add_sparse"] = ["build_index.py", "--add_sparse", gains_sparse, "--fusion_weight",
+                               "0.25", "--json", tmp / "add-sparse.json"]
+    for mode in ("dense", "sparse", "hybrid"):
+        scenarios[f"eval_{mode}"] = evaluate(tmp / "idx-hyb", "--ks", "1,2", "--retrieval", mode)
+    scenarios["eval_default"] = evaluate(gains_sparse, "--ks", "1,2")
+    scenarios["train_hybrid"] = ["train_retriever.py", "--train", squad_questions, "--index",
+                                 tmp / "idx-hyb", "--dev", squad_questions, "--dev_ks", "1",
+                                 "--out", tmp / "qenc-hyb", "--epochs", "1", "--batch_size", "4",
+                                 "--negatives", "corpus", "--hybrid", "--json", tmp / "train-hyb.json"]
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD), tmp
 
 
@@ -119,6 +149,27 @@ def test_train_with_a_lexical_head_then_eval(runs):
     assert json.loads(evaluation.stdout)["n"] == 8
 
 
+def test_hybrid_build_eval_and_train(runs):
+    results, tmp = runs
+    for name in ("build_hybrid", "add_sparse", "eval_dense", "eval_sparse", "eval_hybrid",
+                 "eval_default", "train_hybrid"):
+        assert results[name].returncode == 0, results[name]
+    assert (tmp / "idx-hyb" / "sparse" / "params.index.json").is_file()
+    assert "+ BM25" in results["build_hybrid"].stdout
+    manifest = json.loads((tmp / "gains-sparse" / "manifest.json").read_text())
+    assert manifest["fusion"]["fusion_weight"] == 0.25 and manifest["sparse"]["rows"] == 8
+    assert json.loads((tmp / "add-sparse.json").read_text())["sparse_bytes"] > 0
+    modes = {m: json.loads(results[f"eval_{m}"].stdout) for m in ("dense", "sparse", "hybrid")}
+    for mode, metrics in modes.items():
+        assert metrics["retrieval"]["mode"] == mode and metrics["n"] == 8
+    assert json.loads(results["eval_default"].stdout)["retrieval"] == {
+        "mode": "hybrid", "fusion": "linear", "fusion_weight": 0.25, "candidates": 100}
+    # BM25 on these questions written from their passages finds the gold passage first
+    assert modes["sparse"]["gold_recall"]["1"] == 1.0
+    epochs = json.loads((tmp / "train-hyb.json").read_text())["epochs"]
+    assert len(epochs) == 1 and epochs[0]["loss"] > 0 and "dev" in epochs[0]
+
+
 @pytest.mark.parametrize("name,fragments", [
     ("build_missing_corpus", ["nope.tsv", "no such file"]),
     ("build_non_utf8", ["non-utf8.tsv", "line 3", "UTF-8"]),
@@ -127,6 +178,13 @@ def test_train_with_a_lexical_head_then_eval(runs):
     ("eval_k_too_large", ["k=1000", "larger than the index"]),
     ("eval_no_manifest", ["no-manifest", "manifest.json"]),
     ("eval_other_dim", ["dim 16", "dim 32"]),
+    ("eval_hybrid_no_sparse", ["--retrieval hybrid", "sparse side", "--add_sparse"]),
+    ("eval_negative_weight", ["--fusion_weight", "-0.5"]),
+    ("eval_nan_weight", ["--fusion_weight", "nan"]),
+    ("eval_candidates_below_k", ["--candidates 2", "k=5"]),
+    ("eval_missing_sparse_file", ["no-vocab", "vocab.index.json"]),
+    ("build_add_sparse_and_corpus", ["--add_sparse", "--corpus"]),
+    ("train_hybrid_no_sparse", ["--hybrid", "sparse side"]),
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
     results, tmp = runs
