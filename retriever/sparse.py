@@ -47,8 +47,8 @@ BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",
 class SparseConfig:
     sparse_tokenizer: str = "words"  # "words" (stemmed words, English stopwords out) or "wordpiece"
     # (the context encoder's word pieces); docs/benchmarks.md compares them on dev
-    bm25_k1: float = 1.5  # BM25 term-frequency saturation
-    bm25_b: float = 0.75  # BM25 length normalisation (0 = none, 1 = full)
+    bm25_k1: float = 0.9  # BM25 term-frequency saturation (Anserini's default; docs/benchmarks.md)
+    bm25_b: float = 0.4  # BM25 length normalisation, 0 = none, 1 = full (Anserini's default)
 
     def __post_init__(self) -> None:
         if self.sparse_tokenizer not in TOKENIZERS:

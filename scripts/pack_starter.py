@@ -57,7 +57,8 @@ def main() -> None:
                                                       "constrain") if getattr(args, name)}
     # the starter's directory carries its question encoder: no index, no outside encoder path
     config = replace(model.config, index="", question_encoder="", **changes)
-    packed = RagModel(model.question_encoder, model.generator, model.tokenizer, model.index, config)
+    packed = RagModel(model.question_encoder, model.generator, model.tokenizer, model.index, config,
+                      model.retriever.config if model.retriever else None)
     with atomic_directory(out) as tmp:  # nothing is left behind when the size check fails
         staged = tmp / "staged"
         packed.save_pretrained(staged, half=True,

@@ -1,11 +1,16 @@
-"""Tune the hybrid retriever on dev: sparse tokenizer, fusion weight w, candidates k', fusion.
+"""Tune the hybrid retriever on dev: sparse tokenizer, BM25 k1 and b, fusion weight w, k', fusion.
 
     python docs/experiments/hybrid_tuning.py runs/index-l6 ../shared/data/squad-open/dev.json \
-        [question_encoder ...] > runs/hybrid-tuning.txt
+        all-MiniLM-L6-v2 [question_encoder ...] > runs/hybrid-tuning.txt
 
 Everything goes through ``Retriever`` and ``evaluate_retrieval`` (as eval_retrieval.py does); the
-question vectors are computed once per encoder and reused across settings. Prints one line per
-setting: encoder, tokenizer, mode, fusion, w, k', top-1/5/20.
+question vectors are computed once per encoder and reused across settings. The sparse side is
+rebuilt in memory for each BM25 setting (the index directory is not changed). Prints one
+tab-separated line per setting: part, encoder, tokenizer, k1, b, mode, fusion, w, k', top-1/5/20.
+
+1. tokenizer x (w, k', fusion) at bm25s' default k1 = 1.5, b = 0.75, every encoder;
+2. k1 and b, words, first encoder, w = 0.5;
+3. w at k1 = 0.9, b = 0.4 (Anserini's defaults, the best of part 2), every encoder.
 """
 
 from __future__ import annotations
@@ -20,50 +25,55 @@ from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 from retriever.search import Retriever
+from retriever.sparse import SparseConfig
 
-index_dir, dev_path, *encoders = sys.argv[1:]
+index_dir, dev_path, *names = sys.argv[1:]
 index = DenseIndex.load(index_dir)
 dev = read_questions(dev_path)
 ctx = Encoder.from_pretrained(index.manifest["encoder"]["name"])
-encoders = encoders or [index.manifest["encoder"]["name"]]
+encoders = {name: Encoder.from_pretrained(name).eval() for name in names}
+cache: dict[str, dict[str, torch.Tensor]] = {name: {} for name in names}
 
 
 class Cached(Retriever):
-    """The question vectors of each question computed once."""
-
-    cache: dict[str, torch.Tensor] = {}
+    """The question vectors of each question computed once per encoder."""
 
     def encode(self, questions, grad=False):
-        todo = [q for q in questions if q not in self.cache]
+        known = cache[self.name]
+        todo = [q for q in questions if q not in known]
         if todo:
-            for q, v in zip(todo, super().encode(todo), strict=True):
-                self.cache[q] = v
-        return torch.stack([self.cache[q] for q in questions])
+            known.update(zip(todo, super().encode(todo), strict=True))
+        return torch.stack([known[q] for q in questions])
 
 
-def run(encoder, name, tokenizer, config):
-    Cached.cache = Cached.cache if run.encoder is encoder else {}
-    run.encoder = encoder
-    m = evaluate_retrieval(Cached(encoder, index, config), dev, (1, 5, 20), progress=False)
-    acc = m["top_k_accuracy"]
-    print(f"{name}\t{tokenizer}\t{config.retrieval}\t{config.fusion or '-'}\t{config.fusion_weight}"
-          f"\t{config.candidates}\t{100 * acc['1']:.2f}\t{100 * acc['5']:.2f}\t{100 * acc['20']:.2f}",
-          flush=True)
+def run(part: str, name: str, config: RetrievalConfig) -> None:
+    retriever = Cached(encoders[name], index, config)
+    retriever.name = name
+    acc = evaluate_retrieval(retriever, dev, (1, 5, 20), progress=False)["top_k_accuracy"]
+    s = index.sparse.config
+    print(f"{part}\t{name}\t{s.sparse_tokenizer}\t{s.bm25_k1}\t{s.bm25_b}\t{retriever.mode}\t"
+          f"{config.fusion or '-'}\t{config.fusion_weight}\t{config.candidates}\t"
+          + "\t".join(f"{100 * acc[k]:.2f}" for k in ("1", "5", "20")), flush=True)
 
 
-run.encoder = None
-print("encoder\ttokenizer\tmode\tfusion\tw\tk'\ttop-1\ttop-5\ttop-20")
+print("part\tencoder\ttokenizer\tk1\tb\tmode\tfusion\tw\tk'\ttop-1\ttop-5\ttop-20")
+first = names[0]
 for tokenizer in ("words", "wordpiece"):
-    index.add_sparse(index.sparse.config.__class__(sparse_tokenizer=tokenizer),
-                     tokenizer=ctx.tokenizer)
-    for name in encoders:
-        enc = Encoder.from_pretrained(name).eval()
-        if name == encoders[0]:
-            run(enc, name, tokenizer, RetrievalConfig("sparse"))
+    index.add_sparse(SparseConfig(tokenizer, 1.5, 0.75), tokenizer=ctx.tokenizer)
+    run("1", first, RetrievalConfig("sparse"))
+    for name in names:
         if tokenizer == "words":
-            run(enc, name, tokenizer, RetrievalConfig("dense"))
+            run("1", name, RetrievalConfig("dense"))
         for w in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0):
-            run(enc, name, tokenizer, RetrievalConfig("hybrid", "linear", w, 100))
+            run("1", name, RetrievalConfig("hybrid", "linear", w, 100))
         for k in (20, 50, 200):
-            run(enc, name, tokenizer, RetrievalConfig("hybrid", "linear", 0.3, k))
-        run(enc, name, tokenizer, RetrievalConfig("hybrid", "rrf", None, 100))
+            run("1", name, RetrievalConfig("hybrid", "linear", 0.3, k))
+        run("1", name, RetrievalConfig("hybrid", "rrf", None, 100))
+for k1, b in ((1.5, 0.75), (0.9, 0.4), (1.2, 0.75), (0.9, 0.75), (2.0, 0.75), (1.5, 0.5), (1.5, 0.9)):
+    index.add_sparse(SparseConfig("words", k1, b))
+    run("2", first, RetrievalConfig("sparse"))
+    run("2", first, RetrievalConfig("hybrid", "linear", 0.5, 100))
+index.add_sparse(SparseConfig("words", 0.9, 0.4))
+for name in names:
+    for w in (0.3, 0.4, 0.5, 0.6, 0.7):
+        run("3", name, RetrievalConfig("hybrid", "linear", w, 100))

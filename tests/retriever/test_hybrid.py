@@ -81,7 +81,8 @@ def brute_force(index: DenseIndex, encoder, questions, fusion: FusionConfig):
     vecs = np.stack([index.index.reconstruct(i) for i in range(len(index))])
     dense = q @ vecs.T
     docs = [f"{t} {x}" for t, x in zip(index.passages["title"], index.passages["text"], strict=True)]
-    oracle = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+    config = index.sparse.config
+    oracle = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b, method="lucene")
     oracle.index(oracle_terms("words", None, docs), show_progress=False)
     sparse = np.stack([oracle.get_scores(t) if t else np.zeros(len(docs))
                        for t in ([x for x in terms if x in oracle.vocab_dict]
