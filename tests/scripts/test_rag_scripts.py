@@ -44,6 +44,10 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     RagModel(encoder, generator, tokenizer, DenseIndex.load(tmp / "idx"), config).save_pretrained(
         tmp / "model")
 
+    hybrid = DenseIndex.load(tmp / "idx")  # the same index with a BM25 side
+    hybrid.add_sparse(tokenizer=encoder.tokenizer)
+    hybrid.save(tmp / "idx-hyb")
+
     closed = RagConfig(mode="closed_book", max_input_length=64, max_answer_length=8, num_beams=1)
     RagModel(None, generator, tokenizer, None, closed).save_pretrained(tmp / "closed")
 
@@ -73,6 +77,18 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         "ask_copy_spans": ["ask.py", q, "--model", tmp / "ft-copy", "--json", "--constrain", "spans"],
         "ask_closed_spans": ["ask.py", q, "--model", tmp / "closed", "--constrain", "spans"],
         "ask_bad_constrain": ["ask.py", q, "--model", model, "--constrain", "words"],
+        "ask_hybrid_no_sparse": ["ask.py", q, "--model", model, "--retrieval", "hybrid"],
+        "ask_rrf": ["ask.py", q, "--model", model, "--index", tmp / "idx-hyb", "--fusion", "rrf"],
+        "ask_sparse": ["ask.py", q, "--model", model, "--index", tmp / "idx-hyb", "--retrieval",
+                       "sparse", "--json"],
+        "finetune_bad_weight": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-bad",
+                                "--index", tmp / "idx-hyb", "--fusion_weight", "inf"],
+        "finetune_hybrid": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-hyb",
+                            "--generator", tmp / "bart", "--question_encoder", tiny_encoder_dir,
+                            "--index", tmp / "idx-hyb", "--max_steps", "1", "--batch_size", "2",
+                            "--k", "2", "--max_input_length", "64", "--max_answer_length", "8",
+                            "--fusion_weight", "0.4", "--candidates", "4"],
+        "ask_hybrid": ["ask.py", q, "--model", tmp / "ft-hyb", "--json"],
         "pack": ["pack_starter.py", "--model", model, "--out", tmp / "packed", "--k", "2",
                  "--question_backbone_from", tiny_encoder_dir, "--constrain", "spans"],
         "pack_too_big": ["pack_starter.py", "--model", model, "--out", tmp / "packed-big",
@@ -128,6 +144,9 @@ def test_ask_reads_one_question_per_line_from_stdin(runs):
     ("ask_other_dim", ["dim 16", "dim 32"]),
     ("ask_closed_spans", ["constrain 'spans'", "closed_book"]),
     ("ask_bad_constrain", ["--constrain 'words'", "spans"]),
+    ("ask_hybrid_no_sparse", ["--retrieval hybrid", "sparse side"]),
+    ("ask_rrf", ["rrf", "--fusion linear"]),
+    ("finetune_bad_weight", ["--fusion_weight", "inf"]),
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
     proc = runs[0][name]
@@ -180,6 +199,23 @@ def test_finetune_copy_head_then_ask_with_spans(runs):
                       for p in answer["passages"])
     words = answer["answer"].lower().split()
     assert words and all(w.strip(".,;:!?'\"()") in inputs for w in words), answer["answer"]
+
+
+def test_finetune_and_ask_through_the_hybrid(runs):
+    results, tmp = runs
+    proc = results["finetune_hybrid"]
+    assert proc.returncode == 0, proc
+    saved = json.loads((tmp / "ft-hyb" / "rag_config.json").read_text())
+    assert saved["retrieval"] == {"retrieval": "", "fusion": "", "fusion_weight": 0.4,
+                                  "candidates": 4}
+    model = RagModel.from_pretrained(tmp / "ft-hyb")
+    assert model.retriever.mode == "hybrid" and model.retriever.fusion.fusion_weight == 0.4
+    asked = results["ask_hybrid"]
+    assert asked.returncode == 0, asked
+    check_answer(asked.stdout.strip(), "What is the capital of France?", k=2)
+    sparse = results["ask_sparse"]  # BM25 scores over the question's best: the first is 1
+    assert sparse.returncode == 0, sparse
+    assert json.loads(sparse.stdout)["passages"][0]["score"] == pytest.approx(1.0)
 
 
 def test_pack_starter(runs):
