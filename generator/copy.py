@@ -151,22 +151,35 @@ def mixture_logprobs(vocab_logits: Tensor, pointer_logp: Tensor, source_ids: Ten
     Equals ``mix(log_softmax(vocab_logits), copy_logprobs(...), gate_logit)`` but touches the
     (N, S, V) tensor only for log g + log p_vocab: the copy term changes at most L entries per
     step (the input's token ids), which are computed on (N, S, L) and added in place of a dense
-    p_copy. Each id is written once (at its first position), so gradients are not repeated.
+    p_copy. Each id is written once (at its first position), so gradients are not repeated; the
+    pointer mass of an id is gathered at its first position, in O(L) per step (not O(L^2)).
 
     Args:
         vocab_logits: (N, S, V); pointer_logp: (N, S, L); source_ids: (N, L); gate_logit: (N, S).
     """
     N, S, L = pointer_logp.shape
     base = torch.log_softmax(vocab_logits.float(), dim=-1) + F.logsigmoid(gate_logit.float())[..., None]
-    same = (source_ids[:, :, None] == source_ids[:, None, :]).float()  # (N, L, L)
-    p_copy = torch.einsum("nsl,nlm->nsm", pointer_logp.float().exp(), same)  # (N, S, L) at x_m
+    head = first_positions(source_ids)[:, None, :].expand(N, S, L)  # (N, S, L)
+    mass = torch.zeros_like(pointer_logp, dtype=torch.float32).scatter_add(
+        2, head, pointer_logp.float().exp())  # (N, S, L) each id's pointer mass at its head
+    p_copy = mass.gather(2, head)  # (N, S, L) p_copy(x_m)
     log_copy = torch.where(p_copy > 0, p_copy.clamp_min(1e-38).log(), -float("inf"))
     index = source_ids[:, None, :].expand(N, S, L)
     at = base.gather(2, index)  # (N, S, L) log g + log p_vocab(x_m)
     mixed = mix(at - F.logsigmoid(gate_logit.float())[..., None], log_copy, gate_logit.float())
-    earlier = torch.ones(L, L, dtype=torch.bool, device=same.device).tril(-1)  # (m, j): j < m
-    first = ~(same.bool() & earlier).any(dim=2)  # (N, L) first position of each id
+    first = head[:, 0] == torch.arange(L, device=head.device)  # (N, L) first position of each id
     return base.scatter_add(2, index, (mixed - at) * first[:, None, :].float())
+
+
+def first_positions(ids: Tensor) -> Tensor:
+    """(N, L) long: for each position, the first position in its row holding the same id."""
+    N, L = ids.shape
+    sorted_ids, order = ids.sort(dim=1, stable=True)  # equal ids adjacent, in position order
+    starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+    starts[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    slot = torch.arange(L, device=ids.device).expand(N, L)
+    group_start = torch.where(starts, slot, 0).cummax(dim=1).values  # (N, L) slot of group head
+    return torch.empty_like(order).scatter_(1, order, order.gather(1, group_start))
 
 
 class CopyBartForConditionalGeneration(BartForConditionalGeneration):

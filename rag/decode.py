@@ -23,7 +23,7 @@ from torch import Tensor
 from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 
-from generator.copy import copyable, source_kwargs
+from generator.copy import copyable, has_copy_head, source_kwargs
 
 from .constrain import CONSTRAINTS, SpanLogitsProcessor, span_allowed
 from .marginal import (
@@ -200,10 +200,11 @@ def _n_start(tok: _Tokens) -> int:
     return 1 + (tok.forced_bos is not None)
 
 
-def _marginalise(logits: Tensor, doc_logprior: Tensor) -> Tensor:
-    """RAG-Token next-token marginal: (R*K, V) logits, (R, K) log p(z|x) -> (R, V) log-probs."""
+def _marginalise(logits: Tensor, doc_logprior: Tensor, normalised: bool = False) -> Tensor:
+    """RAG-Token next-token marginal: (R*K, V) logits, (R, K) log p(z|x) -> (R, V) log-probs.
+    ``normalised``: the logits are log-probabilities already (a copy generator's), used as they are."""
     R, K = doc_logprior.shape
-    logp = torch.log_softmax(logits, dim=-1).view(R, K, -1)  # (R, K, V)
+    logp = (logits if normalised else torch.log_softmax(logits, dim=-1)).view(R, K, -1)  # (R, K, V)
     return torch.logsumexp(logp + doc_logprior[:, :, None], dim=1)  # (R, V)
 
 
@@ -256,7 +257,7 @@ def _token_greedy(
     while True:
         inputs = seqs[:, cur_len - 1].repeat_interleave(K)[:, None]  # (B*K, 1)
         logits, cache = _decoder_step(generator, inputs, flat_enc, flat_mask, cache, flat_ids)
-        step = _marginalise(logits[:, -1], doc_logprior)  # (B, V)
+        step = _marginalise(logits[:, -1], doc_logprior, has_copy_head(generator))  # (B, V)
         if cur_len >= _n_start(tok):
             step = _span_mask(step, generator, flat_ids, flat_mask,
                               seqs[:, _n_start(tok) : cur_len], tok, cfg)
@@ -308,7 +309,7 @@ def _token_beam(
     flat_enc, flat_mask = enc.reshape(B * K, L, D), mask.reshape(B * K, L)  # transformers boundary
     flat_ids = ids.reshape(B * K, L)
     logits, cache = _decoder_step(generator, start, flat_enc, flat_mask, None, flat_ids)
-    first = _marginalise(logits[:, -1], doc_logprior)  # (B, V)
+    first = _marginalise(logits[:, -1], doc_logprior, has_copy_head(generator))  # (B, V)
     V = first.shape[-1]
     fan_out = torch.arange(B, device=dev)[:, None, None] * K + torch.arange(K, device=dev)
     fan_out = fan_out.expand(B, N, K).reshape(-1)  # (B*N*K,) source row of each (b, n, k)
@@ -325,7 +326,7 @@ def _token_beam(
         else:
             inputs = running[:, :, cur_len - 1].reshape(B * N).repeat_interleave(K)[:, None]
             logits, cache = _decoder_step(generator, inputs, beam_enc, beam_mask, cache, beam_ids)
-            marg = _marginalise(logits[:, -1], beam_prior)  # (B*N, V)
+            marg = _marginalise(logits[:, -1], beam_prior, has_copy_head(generator))  # (B*N, V)
         logp = torch.log_softmax(marg, dim=-1)  # (B*N, V)
         if cur_len >= _n_start(tok):
             prefix = running[:, :, _n_start(tok) : cur_len].reshape(B * N, -1)  # (B*N, t)

@@ -86,6 +86,13 @@ class RetrievalConfig:
             candidates=self.candidates or base.candidates)
 
 
+def normalise_sparse(scores: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """BM25 scores (B, X) divided by each question's best score over the corpus (B,), in [0, 1]
+    (float32); a question with no BM25 evidence (best <= 0) gets 0 everywhere."""
+    norm = np.where(best > 0, best, np.inf)[:, None]
+    return (scores / norm).astype(np.float32)
+
+
 def fuse(dense: torch.Tensor, sparse: np.ndarray, best: np.ndarray, rows: np.ndarray,
          config: FusionConfig) -> torch.Tensor:
     """Fused scores (B, C) of the candidates ``rows`` (B, C) (module doc); padding (-1) gets -inf.
@@ -96,8 +103,7 @@ def fuse(dense: torch.Tensor, sparse: np.ndarray, best: np.ndarray, rows: np.nda
     valid = rows >= 0
     mask = torch.from_numpy(valid).to(dense.device)
     if config.fusion == "linear":
-        norm = np.where(best > 0, best, np.inf)[:, None]  # no sparse evidence: no sparse term
-        term = torch.from_numpy((sparse / norm).astype(np.float32)).to(dense.device)
+        term = torch.from_numpy(normalise_sparse(sparse, best)).to(dense.device)
         fused = dense + config.fusion_weight * term.to(dense.dtype)
     else:
         fused = torch.from_numpy(_rrf(dense.detach().cpu().numpy(), sparse, rows)).to(dense.device)

@@ -26,9 +26,9 @@ import torch
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
 from .errors import UserError
-from .fusion import FusionConfig, RetrievalConfig, fuse, union
+from .fusion import FusionConfig, RetrievalConfig, fuse, normalise_sparse, union
 from .index import DenseIndex, SearchResult
-from .sparse import top_k
+from .sparse import SparseIndex, top_k
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,16 @@ def check_questions(questions: list[str], max_chars: int = 10_000) -> list[str]:
             q = q[:max_chars]
         out.append(q.strip())
     return out
+
+
+def sparse_scores(index: DenseIndex, questions: list[str], sparse: SparseIndex | None = None
+                  ) -> np.ndarray:
+    """BM25 scores (B, R) of every row of ``index`` by its sparse side (or ``sparse``, one built
+    over the same rows); rows removed by hot-swapping get -inf."""
+    scores = (sparse or index.sparse).scores(questions)
+    if len(index.removed):
+        scores[:, index.removed] = -np.inf
+    return scores
 
 
 class Retriever:
@@ -101,13 +111,6 @@ class Retriever:
         docs = torch.from_numpy(vecs).view(B, C, -1).to(q.device)
         return torch.einsum("bd,bcd->bc", q, docs)
 
-    def sparse_scores(self, questions: list[str]) -> np.ndarray:
-        """BM25 scores (B, R) of every index row; rows removed by hot-swapping get -inf."""
-        scores = self.index.sparse.scores(questions)
-        if len(self.index.removed):
-            scores[:, self.index.removed] = -np.inf
-        return scores
-
     def search(self, questions: list[str], k: int, grad: bool = False
                ) -> tuple[torch.Tensor, SearchResult]:
         """Top-k passages per question: ``(scores (B, K) float tensor, SearchResult)``, best first.
@@ -120,15 +123,14 @@ class Retriever:
         if self.mode != "sparse":
             q = self.encode(questions, grad)
         if self.mode != "dense":
-            sparse = self.sparse_scores(questions)
+            sparse = sparse_scores(self.index, questions)
         if self.mode == "dense":
             _, rows = self.index.search_knn(q.detach().cpu().numpy(), k)
             scores = self.dense_scores(q, rows)
         elif self.mode == "sparse":
             rows = top_k(sparse, k)
-            best = sparse.max(axis=1, keepdims=True)
-            norm = np.where(best > 0, best, np.inf)
-            scores = torch.from_numpy(np.take_along_axis(sparse, rows, 1) / norm)
+            scores = torch.from_numpy(normalise_sparse(np.take_along_axis(sparse, rows, 1),
+                                                       sparse.max(axis=1)))
         else:
             width = min(self.fusion.candidates, len(self.index))
             _, dense_rows = self.index.search_knn(q.detach().cpu().numpy(), width)

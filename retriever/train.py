@@ -109,15 +109,18 @@ def positives_from_index(index: DenseIndex, questions: Sequence[Question]) -> li
 
 def mine_bm25_negatives(index: DenseIndex, questions: Sequence[Question], positives: Sequence[int],
                         n: int, depth: int) -> list[tuple[int, ...]]:
-    """For each question, the top BM25 passages that are not its positive and hold no gold answer."""
-    import bm25s
+    """For each question, the top BM25 passages that are not its positive and hold no gold answer
+    (BM25: the index's sparse side, or one built with the default settings when it has none)."""
+    from .search import sparse_scores
+    from .sparse import SparseIndex, passage_texts, top_k
 
-    texts = [f"{t} {x}" for t, x in zip(index.passages["title"], index.passages["text"], strict=True)]
-    bm25 = bm25s.BM25()
-    bm25.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-    depth = min(depth, len(texts))
-    rows, _ = bm25.retrieve(bm25s.tokenize([q.question for q in questions], stopwords="en",
-                                           show_progress=False), k=depth, show_progress=False)
+    texts = passage_texts(index.passages["title"], index.passages["text"])
+    sparse = index.sparse or SparseIndex.build(index.passages["title"], index.passages["text"])
+    depth = min(depth, len(index))
+    rows = []
+    for start in range(0, len(questions), 256):
+        chunk = [q.question for q in questions[start : start + 256]]
+        rows += list(top_k(sparse_scores(index, chunk, sparse), depth))
     out = []
     for q, pos, cand in zip(questions, positives, rows, strict=True):
         picked = [int(r) for r in cand if int(r) != pos and not has_answer(texts[int(r)], q.answers)]
@@ -276,10 +279,12 @@ def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, wei
                 ) -> torch.Tensor:
     """The hybrid's sparse term (B, C) of candidate rows (C,): weight * BM25 / the question's best
     (retriever.fusion)."""
-    scores = index.sparse.scores(questions)  # (B, R)
-    best = scores.max(axis=1, keepdims=True)
-    norm = np.where(best > 0, best, np.inf)
-    return torch.from_numpy(weight * scores[:, rows.cpu().numpy()] / norm)
+    from .fusion import normalise_sparse
+    from .search import sparse_scores
+
+    scores = sparse_scores(index, questions)  # (B, R)
+    return weight * torch.from_numpy(normalise_sparse(scores[:, rows.cpu().numpy()],
+                                                      scores.max(axis=1)))
 
 
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,

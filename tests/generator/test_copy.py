@@ -225,3 +225,11 @@ def test_sparse_mixture_equals_dense_values_and_gradients():
         grads.append((out.detach(), z.grad, p.grad, gt.grad))
     for ours, dense in zip(*grads, strict=True):
         torch.testing.assert_close(ours, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_first_positions_equal_brute_force():
+    from generator.copy import first_positions
+
+    ids = torch.randint(0, 6, (5, 17), generator=torch.Generator().manual_seed(0))
+    want = torch.tensor([[row.tolist().index(v) for v in row.tolist()] for row in ids])
+    torch.testing.assert_close(first_positions(ids), want)
