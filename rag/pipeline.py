@@ -35,7 +35,7 @@ from generator.copy import has_copy_head
 from generator.inputs import build_generator_inputs, generator_input_strings, pointer_targets
 from generator.model import load_generator, save_generator
 from retriever.encoder import Encoder
-from retriever.errors import UserError
+from retriever.errors import UserError, fraction, positive, require
 from retriever.fsutil import atomic_directory
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex, SearchResult
@@ -88,6 +88,11 @@ class RagConfig:
             raise UserError(f"pointer_weight must be a finite number >= 0, got {self.pointer_weight}")
         if self.doc_score_scale < 0:
             raise UserError(f"doc_score_scale must be >= 0 (0 = automatic), got {self.doc_score_scale}")
+        positive(self, "max_input_length", "num_beams")
+        require(isinstance(self.max_answer_length, int) and self.max_answer_length >= 3,
+                "max_answer_length", self.max_answer_length,
+                "must be at least 3 (start symbol, one answer token, EOS)")
+        fraction(self, "label_smoothing", below_one=True)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from retriever.errors import UserError
+from retriever.errors import UserError, fraction, non_negative, one_of, positive
 from retriever.fsutil import atomic_directory
 from retriever.metrics import exact_match
 from retriever.questions import Question
@@ -65,6 +65,12 @@ class FinetuneConfig:
     seed: int = 0  # data order and initialisation
 
     def __post_init__(self) -> None:
+        positive(self, "epochs", "batch_size", "lr", "grad_accum", "max_grad_norm", "eval_beams",
+                 "save_every")
+        non_negative(self, "max_steps", "weight_decay", "gold_window", "eval_every", "eval_limit",
+                     "seed")
+        fraction(self, "warmup_ratio")
+        one_of(self, "mixed_precision", ("no", "fp16", "bf16"))
         if self.gold_position not in ("random", "centred"):
             raise UserError(f"gold_position must be 'random' or 'centred', not {self.gold_position!r}")
         if self.eval_sample not in ("random", "first"):

@@ -12,6 +12,7 @@ from .corpus import CorpusConfig, load_corpus
 from .encode import EncodeConfig, encode_corpus
 from .encoder import Encoder
 from .errors import UserError
+from .fsutil import check_output_dir
 from .fusion import FusionConfig
 from .index import DenseIndex, IndexConfig
 from .sparse import SparseConfig
@@ -40,8 +41,7 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
         raise UserError(f"encoder {encoder.name!r} has a lexical head, which belongs to the question "
                         "side only: build the index with its context encoder")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not config.overwrite:
-        raise UserError(f"{out_dir}: already exists (pass --overwrite to replace it)")
+    check_output_dir(out_dir, config.overwrite)
     work = out_dir.with_name(out_dir.name + ".encoding")
     fresh = not work.exists()
     try:

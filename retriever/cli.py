@@ -69,7 +69,12 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
 
 
 def run(main: Callable[[], Any]) -> None:
-    """Run a script's ``main``: a :class:`UserError` becomes one ``error:`` line and exit status 2."""
+    """Run a script's ``main``: a :class:`UserError` becomes one ``error:`` line and exit status 2.
+
+    So do the environment's errors no check named first: a file that cannot be read or written
+    (OSError, with its path), bytes that are not UTF-8, JSON that does not parse. Anything else is
+    a bug and keeps its traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from transformers.utils import logging as hf_logging
 
@@ -80,18 +85,34 @@ def run(main: Callable[[], Any]) -> None:
     try:
         main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(err))
+    except UnicodeDecodeError as err:
+        _fail(f"input is not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r})")
+    except json.JSONDecodeError as err:
+        _fail(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})")
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(f"{where}{err.strerror or err}")
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
 
 
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def check_output_parent(path: str | os.PathLike) -> None:
-    """Fail early (before hours of work) when an output file's directory does not exist."""
+    """Fail early (before hours of work) when an output file cannot be written: its directory does
+    not exist or is not writable, or a directory stands where the file would go."""
     parent = Path(path).parent
     if not parent.is_dir():
         raise UserError(f"{path}: directory {parent} does not exist")
+    if Path(path).is_dir():
+        raise UserError(f"{path}: is a directory, not a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: directory {parent} is not writable")
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

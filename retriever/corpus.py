@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
-from .errors import UserError
+from .errors import UserError, non_negative, positive
 from .fsutil import atomic_file
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
@@ -32,6 +32,10 @@ _WS = re.compile(r"\s+")
 class CorpusConfig:
     passage_words: int = 0  # split each document into passages of this many words (DPR: 100); 0 = keep
     batch_rows: int = 10_000  # rows per Arrow record batch while streaming to disk
+
+    def __post_init__(self) -> None:
+        non_negative(self, "passage_words")
+        positive(self, "batch_rows")
 
 
 def collapse_ws(text: str) -> str:

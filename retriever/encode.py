@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .encoder import Encoder
-from .errors import UserError
+from .errors import UserError, positive
 from .fsutil import atomic_file
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class EncodeConfig:
     def __post_init__(self) -> None:  # fail at argument parsing, not after reading the corpus
         if self.dtype not in ("auto", "fp32", "fp16", "bf16"):
             raise UserError(f"dtype {self.dtype!r} is not one of auto, fp32, fp16, bf16")
+        positive(self, "batch_size", "shard_size")
 
 
 def to_numpy32(x: torch.Tensor) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UserError
+from .errors import UserError, non_negative, one_of, positive
 from .fsutil import atomic_directory
 from .lexical import HEAD_NAME, LexicalHead
 
@@ -41,6 +41,11 @@ class EncoderConfig:
     max_length: int = 256  # tokens per text; longer texts are truncated
     lexical_head: bool = False  # question side only: add a learned bag-of-words vector
     # (retriever.lexical; fitted to the index's BM25 by train_retriever.py --lexical_head)
+
+    def __post_init__(self) -> None:
+        one_of(self, "pooling", POOLINGS)
+        positive(self, "max_length")
+        non_negative(self, "projection_dim")
 
 
 def packaged_model_path(name: str) -> str | None:
@@ -89,6 +94,9 @@ class Encoder(nn.Module):
         super().__init__()
         if config.pooling not in POOLINGS:
             raise UserError(f"pooling {config.pooling!r} is not one of {POOLINGS}")
+        table = getattr(backbone.config, "max_position_embeddings", None)
+        if table and config.max_length > table:  # a default longer than this model can read
+            config = replace(config, max_length=table)
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
@@ -245,6 +253,10 @@ class Encoder(nn.Module):
         fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
         base = config or (EncoderConfig(**fields) if fields else _infer_config(path, hf_config))
         base = replace(base, **overrides)
+        table = getattr(hf_config, "max_position_embeddings", None)
+        if table and overrides.get("max_length", 0) > table:
+            raise UserError(f"--max_length {overrides['max_length']} is longer than {name_or_path}'s "
+                            f"position table ({table} tokens)")
         if hf_config.model_type == "dpr":
             from transformers import DPRContextEncoder, DPRQuestionEncoder
 

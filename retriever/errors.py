@@ -6,6 +6,46 @@ scripts catch it (see :func:`retriever.cli.run`) and print that message on one l
 
 from __future__ import annotations
 
+import math
+
 
 class UserError(Exception):
     """Bad input a user can fix (missing file, malformed row, bad argument)."""
+
+
+def require(ok: bool, flag: str, value, what: str) -> None:
+    """Raise ``UserError("--flag what, got value")`` unless ``ok``."""
+    if not ok:
+        raise UserError(f"--{flag} {what}, got {value!r}")
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive(config, *flags: str) -> None:
+    """Each of ``config``'s fields ``flags`` is a finite number > 0."""
+    for flag in flags:
+        value = getattr(config, flag)
+        require(_number(value) and value > 0, flag, value, "must be a positive number")
+
+
+def non_negative(config, *flags: str) -> None:
+    """Each of ``config``'s fields ``flags`` is a finite number >= 0."""
+    for flag in flags:
+        value = getattr(config, flag)
+        require(_number(value) and value >= 0, flag, value, "must be a finite number >= 0")
+
+
+def fraction(config, *flags: str, below_one: bool = False) -> None:
+    """Each of ``config``'s fields ``flags`` is in [0, 1] (or [0, 1) with ``below_one``)."""
+    for flag in flags:
+        value = getattr(config, flag)
+        ok = _number(value) and 0 <= value and (value < 1 if below_one else value <= 1)
+        require(ok, flag, value, f"must be in [0, 1{')' if below_one else ']'}")
+
+
+def one_of(config, flag: str, choices) -> None:
+    """``config``'s field ``flag`` is one of ``choices``."""
+    value = getattr(config, flag)
+    require(value in choices, flag, value, f"must be one of {', '.join(map(repr, choices))}")

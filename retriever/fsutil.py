@@ -70,3 +70,31 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+OURS = ("manifest.json", "rag_config.json", "ragqa_encoder.json")  # what marks a directory as ours
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse, before any work, an output directory that cannot be written or must not be replaced.
+
+    An existing non-empty directory is replaced only if this project wrote it (it holds one of
+    ``OURS``) and ``overwrite`` is set; a file in its place, or a place that cannot be written, is
+    refused too. Raises :class:`UserError` naming the path.
+    """
+    from .errors import UserError
+
+    out = Path(path)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UserError(f"{out}: exists and is not a directory")
+        if any(out.iterdir()):
+            if not any((out / name).is_file() for name in OURS):
+                raise UserError(f"{out}: exists and was not written by ragqa; refusing to replace it")
+            if not overwrite:
+                raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{out}: cannot write in {parent}")

@@ -36,7 +36,7 @@ import numpy as np
 from datasets import Dataset
 
 from .corpus import open_shards, write_arrow
-from .errors import UserError
+from .errors import UserError, non_negative, one_of, positive, require
 from .fsutil import atomic_directory
 from .fusion import FusionConfig
 from .sparse import SPARSE_DIR, SparseConfig, SparseIndex
@@ -58,6 +58,13 @@ class IndexConfig:
     pq_nbits: int = 8  # bits per PQ code (lowered automatically for tiny corpora)
     nprobe: int = 32  # IVF cells visited per query
     use_gpu: bool = True  # search a flat index on GPU FAISS when faiss-gpu and a GPU are present
+
+    def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
+        one_of(self, "index_type", INDEX_TYPES)
+        positive(self, "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "nprobe")
+        non_negative(self, "ivf_nlist", "pq_m")
+        require(isinstance(self.pq_nbits, int) and 1 <= self.pq_nbits <= 16, "pq_nbits",
+                self.pq_nbits, "must be in 1..16")
 
 
 @dataclass

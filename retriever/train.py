@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
-from .errors import UserError
+from .errors import UserError, fraction, non_negative, one_of, positive
 from .index import DenseIndex
 from .metrics import has_answer
 from .questions import Question
@@ -70,6 +70,14 @@ class TrainConfig:
     # encoder learns what BM25 misses; needs an index with a sparse side
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
     seed: int = 0  # shuffling and initialisation seed
+
+    def __post_init__(self) -> None:
+        positive(self, "batch_size", "bm25_depth", "lr", "grad_accum", "max_grad_norm", "lexical_lr")
+        non_negative(self, "epochs", "hard_negatives", "weight_decay", "score_scale",
+                     "lexical_weight", "pseudo_queries", "seed")
+        fraction(self, "warmup_ratio")
+        one_of(self, "negatives", ("bm25", "dense", "corpus"))
+        one_of(self, "mixed_precision", ("no", "fp16", "bf16"))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from rag import default
 from rag.constrain import CONSTRAINTS
 from rag.pipeline import RagModel
 from retriever.cli import parse, run
-from retriever.errors import UserError
+from retriever.errors import UserError, non_negative, positive
 from retriever.fusion import RetrievalConfig
 
 
@@ -38,6 +38,8 @@ class Args:
     batch_size: int = 8  # questions answered together
 
     def __post_init__(self) -> None:
+        non_negative(self, "k", "num_beams")
+        positive(self, "batch_size")
         if self.constrain not in ("", *CONSTRAINTS):
             raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
 

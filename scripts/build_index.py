@@ -34,7 +34,8 @@ class Args:
     corpus: str | None = None  # passages: DPR TSV (id, text, title), JSONL or SQuAD JSON
     out: str | None = None  # index directory to write (atomically)
     encoder: str = "all-MiniLM-L6-v2"  # context encoder: hub id, local directory or packaged name
-    max_length: int = 256  # tokens per passage (title + text)
+    max_length: int = 0  # tokens per passage (title + text); 0 = the encoder's own (256, or fewer
+    # if its position table is shorter)
     sparse: str = "none"  # "bm25": also index the passages with BM25 for sparse and hybrid search
     add_sparse: str | None = None  # existing index directory to give a BM25 side (replacing any),
     # without re-encoding; --corpus, --out and --encoder are then not used
@@ -48,8 +49,8 @@ class Args:
             raise UserError("--add_sparse INDEX works on an existing index: leave out --corpus and --out")
         if self.add_sparse is None and not (self.corpus and self.out):
             raise UserError("give --corpus FILE and --out DIR (or --add_sparse INDEX)")
-        if self.max_length <= 0:
-            raise UserError(f"--max_length must be positive, got {self.max_length}")
+        if self.max_length < 0:
+            raise UserError(f"--max_length must be positive (or 0: the encoder's own), got {self.max_length}")
 
 
 def _sparse_size(index_dir: str) -> int:
@@ -81,7 +82,8 @@ def main() -> None:
     if args.add_sparse is not None:
         figures = add_sparse(args, sparse, fusion)
     else:
-        encoder = Encoder.from_pretrained(args.encoder, max_length=args.max_length)
+        length = {"max_length": args.max_length} if args.max_length else {}
+        encoder = Encoder.from_pretrained(args.encoder, **length)
         start = time.perf_counter()
         config = BuildConfig(corpus, encode, index_cfg, sparse if args.sparse == "bm25" else None,
                              fusion, overwrite=args.overwrite)

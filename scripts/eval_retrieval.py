@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
-from retriever.errors import UserError
+from retriever.errors import UserError, non_negative, positive
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
@@ -29,6 +29,10 @@ class Args:
     batch_size: int = 128  # questions per batch
     limit: int = 0  # evaluate only the first N questions; 0 = all
     json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval"} here
+
+    def __post_init__(self) -> None:
+        positive(self, "batch_size")
+        non_negative(self, "limit")
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from rag.pipeline import RagConfig, RagModel
 from rag.train import FinetuneConfig, finetune, resume_dir
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
-from retriever.errors import UserError
+from retriever.errors import UserError, non_negative, one_of, positive
+from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
@@ -43,7 +44,14 @@ class Args:
     train_offset: int = 0  # skip the first N training questions (continue on unseen ones)
     train_limit: int = 0  # then use only the next N training questions; 0 = all
     save_dtype: str = "fp32"  # dtype of the saved generator: "fp32" or "fp16" (half the size)
+    overwrite: bool = False  # replace an existing --out written by ragqa
     json: str | None = None  # write the dev evaluation log here
+
+    def __post_init__(self) -> None:
+        one_of(self, "save_dtype", ("fp32", "fp16"))
+        non_negative(self, "train_offset", "train_limit")
+        positive(self, "starter_encoder_layers", "starter_decoder_layers")
+        one_of(self, "starter_cross_attention", ("random", "copy_self"))
 
 
 def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> RagModel:
@@ -78,6 +86,7 @@ def main() -> None:
                                              description=__doc__)
     if args.json:
         check_output_parent(args.json)
+    check_output_dir(args.out, args.overwrite)
     train = read_questions(args.train)[args.train_offset :]
     if args.train_limit > 0:
         train = train[: args.train_limit]

@@ -19,8 +19,9 @@ from pathlib import Path
 from retriever.build import BuildConfig, build_index
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
-from retriever.errors import UserError
+from retriever.errors import UserError, non_negative
 from retriever.evaluation import evaluate_retrieval
+from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
@@ -43,7 +44,11 @@ class Args:
     dev_limit: int = 0  # evaluate on the first N dev questions only; 0 = all
     train_limit: int = 0  # train on the first N questions only; 0 = all
     eval_before: bool = False  # also evaluate the untrained question encoder on dev first
+    overwrite: bool = False  # replace an existing --out (and <out>.index) written by ragqa
     json: str | None = None  # write the per-epoch log (loss, dev metrics) here
+
+    def __post_init__(self) -> None:
+        non_negative(self, "dev_limit", "train_limit")
 
 
 def main() -> None:
@@ -52,6 +57,10 @@ def main() -> None:
         check_output_parent(args.json)
     if args.index is None and args.corpus is None:
         raise UserError("give --index DIR or --corpus PATH")
+    check_output_dir(args.out, args.overwrite)
+    index_dir = Path(args.out).with_name(Path(args.out).name + ".index")
+    if args.index is None:
+        check_output_dir(index_dir, args.overwrite)
     train = read_questions(args.train)
     if args.train_limit > 0:
         train = train[: args.train_limit]
@@ -63,8 +72,7 @@ def main() -> None:
         ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
     else:
         ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
-        index_dir = Path(args.out).with_name(Path(args.out).name + ".index")
-        index = build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=True))
+        index = build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=args.overwrite))
         log.info("built %s", index_dir)
     index.check_question_encoder(ctx_enc.identity(), where="index")
     q_enc = Encoder.from_pretrained(args.question_encoder or ctx_enc.name)

@@ -137,7 +137,10 @@ def test_fingerprint_ignores_max_length(tiny_encoder_dir):
     a = Encoder.from_pretrained(str(tiny_encoder_dir))
     b = Encoder.from_pretrained(str(tiny_encoder_dir), max_length=64)
     assert a.fingerprint == b.fingerprint
-    assert a.identity()["max_length"] == 256 and b.identity()["max_length"] == 64
+    # the default 256 is cut to the tiny BERT's 128 positions; asking for more is refused
+    assert a.identity()["max_length"] == 128 and b.identity()["max_length"] == 64
+    with pytest.raises(UserError, match="--max_length 300 .*position table \\(128"):
+        Encoder.from_pretrained(str(tiny_encoder_dir), max_length=300)
 
 
 def test_identity_records_what_an_index_needs(tiny_encoder_dir):
