@@ -63,7 +63,10 @@ def main() -> None:
     if from_stdin:
         if sys.stdin.isatty():
             raise UserError("give a question, or pipe questions on standard input")
-        questions = [line.strip() for line in sys.stdin if line.strip()]
+        try:
+            questions = [line.strip() for line in sys.stdin if line.strip()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"standard input: not UTF-8 text (byte {err.start})") from None
         if not questions:
             raise UserError("no questions on standard input")
     model = _load(args, retrieval).eval()

@@ -86,7 +86,7 @@ class Run:
 
 
 def run_forked(jobs: dict[str, list], work: Path, *, preload: Sequence[str],
-               env: dict[str, str] | None = None, stdin: dict[str, str] | None = None
+               env: dict[str, str] | None = None, stdin: dict[str, str | bytes] | None = None
                ) -> dict[str, Run]:
     """Run ``{name: [script, *args]}`` (scripts in ``scripts/``) in order; return each run's outcome.
 
@@ -102,7 +102,8 @@ def run_forked(jobs: dict[str, list], work: Path, *, preload: Sequence[str],
         stdin_path = os.devnull
         if stdin and name in stdin:
             stdin_path = work / f"{name}.in"
-            stdin_path.write_text(stdin[name])
+            data = stdin[name]  # text, or bytes (to send what is not UTF-8)
+            stdin_path.write_bytes(data if isinstance(data, bytes) else data.encode())
         specs.append({"name": name, "script": str(ROOT / "scripts" / script),
                       "args": [str(a) for a in args], "stdin": str(stdin_path),
                       "out": str(work / f"{name}.out"), "err": str(work / f"{name}.err")})

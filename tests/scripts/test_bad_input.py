@@ -1,0 +1,173 @@
+"""Bad input across the scripts, as a careful new user would try it.
+
+Every case must exit with status 2 and exactly one ``error:`` line naming the flag, file or value,
+with no traceback, before any work; and the directory the cases point at (an index, a model, a
+user's own directory, output places) must hold exactly what it held before.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rag.pipeline import RagConfig, RagModel
+from retriever.build import BuildConfig, build_index
+from retriever.encode import EncodeConfig
+from retriever.encoder import Encoder
+from retriever.index import DenseIndex
+
+PRELOAD = ["retriever.build", "retriever.evaluation", "retriever.search", "retriever.train",
+           "rag.pipeline", "rag.benchmark", "rag.train",
+           "transformers:AutoConfig,AutoModel,AutoTokenizer,BertModel,BertTokenizerFast,HfArgumentParser"]
+
+
+def snapshot(root: Path) -> dict[str, int]:
+    """Every path under ``root`` with its size (directories: -1)."""
+    return {str(p.relative_to(root)): (p.stat().st_size if p.is_file() else -1)
+            for p in sorted(root.rglob("*"))}
+
+
+def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tuple[list, list[str]]]:
+    """``{name: (argv, fragments the error line must hold)}``."""
+    def build(*extra):
+        return ["build_index.py", "--corpus", corpus, "--encoder", encoder, "--out", d / "new-idx",
+                *extra]
+
+    def evaluate(*extra):
+        return ["eval_retrieval.py", "--index", d / "idx", "--questions", questions, *extra]
+
+    def train(*extra):
+        return ["train_retriever.py", "--train", questions, "--index", d / "idx", "--out",
+                d / "new-qenc", *extra]
+
+    def finetune(*extra):
+        return ["finetune.py", "--train", questions, "--index", d / "idx", "--out", d / "new-ft",
+                "--generator", d / "model" / "generator", *extra]
+
+    def ask(*extra):
+        return ["ask.py", "What is the capital of France?", "--model", d / "model", *extra]
+
+    def bench(*extra):
+        return ["benchmark.py", "--model", d / "model", "--questions", questions, "--json",
+                d / "bench.json", *extra]
+
+    return {
+        # 1. options, checked before any file is read
+        "build_batch_zero": (build("--batch_size", "0"), ["--batch_size", "0"]),
+        "build_batch_negative": (build("--batch_size", "-3"), ["--batch_size", "-3"]),
+        "build_shard_zero": (build("--shard_size", "0"), ["--shard_size"]),
+        "build_max_length_negative": (build("--max_length", "-1"), ["--max_length"]),
+        "build_max_length_past_table": (build("--max_length", "1000"), ["--max_length 1000",
+                                                                         "position table"]),
+        "build_index_type": (build("--index_type", "annoy"), ["--index_type", "annoy"]),
+        "build_hnsw_m_zero": (build("--hnsw_m", "0", "--index_type", "hnsw"), ["--hnsw_m"]),
+        "build_pq_nbits": (build("--pq_nbits", "20"), ["--pq_nbits", "20"]),
+        "build_nprobe_zero": (build("--nprobe", "0"), ["--nprobe"]),
+        "build_passage_words": (build("--passage_words", "-5"), ["--passage_words"]),
+        "build_sparse_kind": (build("--sparse", "bm3"), ["--sparse", "bm3"]),
+        "build_bm25_k1": (build("--bm25_k1", "-1"), ["--bm25_k1"]),
+        "build_bm25_b": (build("--bm25_b", "1.5"), ["--bm25_b"]),
+        "build_sparse_tokenizer": (build("--sparse_tokenizer", "chars"), ["--sparse_tokenizer"]),
+        "build_fusion_weight": (build("--fusion_weight", "-1"), ["--fusion_weight"]),
+        "build_candidates": (build("--candidates", "0"), ["--candidates"]),
+        "build_fusion": (build("--fusion", "max"), ["--fusion", "max"]),
+        "eval_batch_zero": (evaluate("--batch_size", "0"), ["--batch_size"]),
+        "eval_limit_negative": (evaluate("--limit", "-1"), ["--limit", "-1"]),
+        "eval_ks_text": (evaluate("--ks", "1,x"), ["--ks", "1,x"]),
+        "eval_ks_zero": (evaluate("--ks", "0,1"), ["positive"]),
+        "eval_retrieval_kind": (evaluate("--retrieval", "bm25"), ["--retrieval", "bm25"]),
+        "train_batch_zero": (train("--batch_size", "0"), ["--batch_size"]),
+        "train_lr_nan": (train("--lr", "nan"), ["--lr", "nan"]),
+        "train_lr_negative": (train("--lr=-1e-5"), ["--lr", "-1e-05"]),
+        "train_epochs_negative": (train("--epochs", "-1"), ["--epochs"]),
+        "train_warmup": (train("--warmup_ratio", "2"), ["--warmup_ratio"]),
+        "train_negatives": (train("--negatives", "random"), ["--negatives", "random"]),
+        "train_limit_negative": (train("--train_limit", "-5"), ["--train_limit"]),
+        "train_precision": (train("--mixed_precision", "fp8"), ["--mixed_precision", "fp8"]),
+        "finetune_batch_zero": (finetune("--batch_size", "0"), ["--batch_size"]),
+        "finetune_lr_inf": (finetune("--lr", "inf"), ["--lr", "inf"]),
+        "finetune_save_every_zero": (finetune("--save_every", "0"), ["--save_every"]),
+        "finetune_answer_length": (finetune("--max_answer_length", "1"), ["--max_answer_length"]),
+        "finetune_beams_zero": (finetune("--num_beams", "0"), ["--num_beams"]),
+        "finetune_save_dtype": (finetune("--save_dtype", "int8"), ["--save_dtype", "int8"]),
+        "finetune_smoothing": (finetune("--label_smoothing", "1.0"), ["--label_smoothing"]),
+        "finetune_limit_negative": (finetune("--train_limit", "-1"), ["--train_limit"]),
+        "finetune_input_length": (finetune("--max_input_length", "0"), ["--max_input_length"]),
+        "ask_batch_zero": (ask("--batch_size", "0"), ["--batch_size"]),
+        "ask_k_negative": (ask("--k", "-1"), ["--k", "-1"]),
+        "bench_batch_zero": (bench("--batch_size", "0"), ["batch_size"]),
+        "bench_fusion_nan": (bench("--fusion_weight", "nan"), ["--fusion_weight", "nan"]),
+        # 2. outputs, checked before any work
+        "build_json_missing_dir": (build("--json", d / "nowhere" / "b.json"), ["nowhere"]),
+        "build_json_is_dir": (build("--json", d / "user"), ["user", "is a directory"]),
+        "eval_json_missing_dir": (evaluate("--json", d / "nowhere" / "e.json"), ["nowhere"]),
+        "bench_json_is_dir": (["benchmark.py", "--model", d / "model", "--questions", questions,
+                               "--json", d / "user"], ["user", "is a directory"]),
+        "finetune_out_is_file": (["finetune.py", "--train", questions, "--index", d / "idx",
+                                  "--out", d / "user" / "keep.txt"], ["keep.txt", "not a directory"]),
+        # 4. nothing a user owns is deleted: not ours, or ours without --overwrite
+        "build_overwrite_user_dir": (["build_index.py", "--corpus", corpus, "--encoder", encoder,
+                                      "--out", d / "user", "--overwrite"],
+                                     ["user", "not written by ragqa"]),
+        "build_existing_index": (["build_index.py", "--corpus", corpus, "--encoder", encoder,
+                                  "--out", d / "idx"], ["idx", "--overwrite"]),
+        "finetune_out_user_dir": (["finetune.py", "--train", questions, "--index", d / "idx",
+                                   "--out", d / "user"], ["user", "not written by ragqa"]),
+        "finetune_out_existing_model": (["finetune.py", "--train", questions, "--index", d / "idx",
+                                         "--out", d / "model"], ["model", "--overwrite"]),
+        "train_out_user_dir": (["train_retriever.py", "--train", questions, "--index", d / "idx",
+                                "--out", d / "user", "--overwrite"], ["user", "not written by ragqa"]),
+        "train_out_existing_index": (["train_retriever.py", "--train", questions, "--index",
+                                      d / "idx", "--out", d / "idx"], ["idx", "--overwrite"]),
+        "train_index_next_to_out_is_users": (["train_retriever.py", "--train", questions, "--corpus",
+                                              corpus, "--out", d / "q", "--overwrite"],
+                                             ["q.index", "not written by ragqa"]),
+        # 3. environment and file errors
+        "eval_questions_is_dir": (["eval_retrieval.py", "--index", d / "idx", "--questions",
+                                   d / "user"], ["user"]),
+        "ask_stdin_not_utf8": (["ask.py", "--model", d / "model"], ["standard input", "UTF-8"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_runs(run_scripts, tmp_path_factory, tiny_encoder_dir, corpus_jsonl, squad_questions):
+    d = tmp_path_factory.mktemp("bad-input")
+    encoder = Encoder.from_pretrained(str(tiny_encoder_dir), max_length=64)
+    build_index(corpus_jsonl, encoder, d / "idx", BuildConfig(encode=EncodeConfig(progress=False)))
+    from generator.warmstart import warm_start_bart
+
+    generator, tokenizer = warm_start_bart(tiny_encoder_dir, d / "bart", cross_attention="copy_self")
+    config = RagConfig(k=2, max_input_length=64, max_answer_length=8, num_beams=1,
+                       index=str(d / "idx"))
+    RagModel(encoder, generator, tokenizer, DenseIndex.load(d / "idx"), config).save_pretrained(
+        d / "model")
+    shutil.rmtree(d / "bart")
+    for name in ("user", "q.index"):  # a user's own directories, which nothing may replace
+        (d / name).mkdir()
+        (d / name / "keep.txt").write_text("mine\n")
+    all_cases = cases(d, corpus_jsonl, squad_questions, tiny_encoder_dir)
+    before = snapshot(d)
+    logs = tmp_path_factory.mktemp("bad-input-logs")
+    results = run_scripts({name: argv for name, (argv, _) in all_cases.items()}, logs,
+                          preload=PRELOAD, stdin={"ask_stdin_not_utf8": b"caf\xe9?\n"},
+                          env={"RAGQA_CACHE": str(logs / "cache")})
+    return results, all_cases, before, snapshot(d)
+
+
+def test_nothing_is_written_moved_or_deleted(bad_runs):
+    _, _, before, after = bad_runs
+    assert after == before
+
+
+def test_at_least_fifty_cases(bad_runs):
+    assert len(bad_runs[1]) >= 50
+
+
+@pytest.mark.parametrize("name", list(cases(Path("d"), Path("c"), Path("q"), Path("e"))))
+def test_bad_input_is_one_error_line(bad_runs, name):
+    results, all_cases, _, _ = bad_runs
+    line = results[name].error_line()
+    for fragment in all_cases[name][1]:
+        assert fragment in line, (name, line)
