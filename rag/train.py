@@ -159,6 +159,10 @@ def _save_checkpoint(ckpt: Path, model: RagModel, opt, sched, state: dict) -> No
         model.save_pretrained(tmp / "model")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        rng = {"torch": torch.get_rng_state()}  # dropout: a resumed run draws what this one would
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        torch.save(rng, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
 
 
@@ -211,6 +215,11 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
                  state["batch"])
     wrapped, opt, sched = acc.prepare(model, opt, sched)
+    if (ckpt / "rng.pt").is_file():  # after everything that draws at start-up (model building)
+        rng = torch.load(ckpt / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
     model.train()
     bar = tqdm(total=total, initial=state["step"], desc="fine-tuning",
                disable=not acc.is_local_main_process)

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .corpus import CorpusConfig, load_corpus
 from .encode import EncodeConfig, encode_corpus
 from .encoder import Encoder
 from .errors import UserError
-from .fsutil import check_output_dir
+from .fsutil import atomic_file, check_output_dir
 from .fusion import FusionConfig
 from .index import DenseIndex, IndexConfig
 from .sparse import SparseConfig
 
 log = logging.getLogger(__name__)
+RECIPE = "recipe.json"
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
 
     Embedding shards go to ``<out_dir>.encoding/`` while the run lasts, so a killed run restarted
     with the same arguments resumes encoding where it stopped; the folder is removed on success.
+    It records what its shards were made from (``recipe.json``: the corpus file's SHA-256, the
+    corpus settings, the encoder's fingerprint, max length, dtype and shard size); a run with any
+    of these changed starts over instead of reusing them.
     """
     if encoder.lexical is not None:
         raise UserError(f"encoder {encoder.name!r} has a lexical head, which belongs to the question "
@@ -43,6 +49,16 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
     out_dir = Path(out_dir)
     check_output_dir(out_dir, config.overwrite)
     work = out_dir.with_name(out_dir.name + ".encoding")
+    if work.exists() and Path(corpus_path).is_file():
+        recipe = _recipe(corpus_path, encoder, config)
+        try:
+            saved = json.loads((work / RECIPE).read_text())
+        except (OSError, ValueError):  # none (an older or killed run), or unreadable
+            saved = None
+        if saved != recipe:
+            log.info("%s holds shards of another build (corpus, encoder or settings changed): "
+                     "starting over", work)
+            shutil.rmtree(work)
     fresh = not work.exists()
     try:
         passages = load_corpus(corpus_path, work / "passages.arrow", config.corpus)
@@ -51,6 +67,9 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
             shutil.rmtree(work, ignore_errors=True)
         raise
     log.info("%d passages from %s", len(passages), corpus_path)
+    if fresh or not (work / RECIPE).is_file():
+        with atomic_file(work / RECIPE) as tmp:
+            tmp.write_text(json.dumps(_recipe(corpus_path, encoder, config)))
     vectors = encode_corpus(encoder, passages, work, config.encode, accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return None
@@ -60,3 +79,14 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
     index.save(out_dir, overwrite=config.overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return DenseIndex.load(out_dir)
+
+
+def _recipe(corpus_path: str | os.PathLike, encoder: Encoder, config: BuildConfig) -> dict:
+    """What a build's embedding shards are made from (see :func:`build_index`)."""
+    digest = hashlib.sha256()
+    with open(corpus_path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"corpus_sha256": digest.hexdigest(), "corpus": asdict(config.corpus),
+            "encoder": encoder.fingerprint, "max_length": encoder.config.max_length,
+            "dtype": config.encode.dtype, "shard_size": config.encode.shard_size}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag.pipeline import RagConfig, RagModel
@@ -62,7 +62,8 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
     resumed = resume_dir(args.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
-        return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **rag_cfg.__dict__)
+        settings = {k: v for k, v in asdict(rag_cfg).items() if k != "index"}
+        return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **settings)
     if args.generator == "starter":
         generator, tokenizer = warm_start_bart(
             "all-MiniLM-L6-v2", encoder_layers=args.starter_encoder_layers,

@@ -116,6 +116,17 @@ def test_killed_run_resumes_from_its_checkpoint(make_rag, train, tmp_path, rag_i
     assert final.config.index == str(rag_index_dir)
     assert final.question_encoder.fingerprint != final.index.manifest["encoder"]["fingerprint"]
 
+    # the resumed run equals an uninterrupted one bit for bit (dropout draws included)
+    assert any(getattr(m, "p", 0) > 0 for m in final.modules() if isinstance(m, torch.nn.Dropout)) \
+        or final.generator.config.dropout > 0
+    whole = tmp_path / "whole" / "model"
+    finetune(make_rag("sequence"), train, whole, config)
+    want = RagModel.from_pretrained(whole).state_dict()
+    got = final.state_dict()
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+
 
 def test_schedule_ends_with_the_epochs_when_max_steps_is_larger(make_rag, train, tmp_path):
     """max_steps only caps the run: the linear decay must reach zero at the last epoch's end."""

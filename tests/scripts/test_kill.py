@@ -1,0 +1,85 @@
+"""Killed with SIGKILL mid-run and run again with the same command: the result equals an
+uninterrupted run, bit for bit on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from rag.pipeline import RagModel
+from retriever.build import BuildConfig, build_index
+from retriever.encode import EncodeConfig
+from retriever.encoder import Encoder
+from retriever.index import DenseIndex
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+def script(*args) -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "scripts", args[0]), *map(str, args[1:])]
+
+
+def kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds; fail if it ends first."""
+    proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    start = time.monotonic()
+    while not ready():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.monotonic() - start < timeout
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def state_dict(path) -> dict:
+    return RagModel.from_pretrained(path).state_dict()
+
+
+def test_finetune_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_encoder_dir,
+                                                                 corpus_jsonl, squad_questions):
+    from generator.warmstart import warm_start_bart
+
+    encoder = Encoder.from_pretrained(str(tiny_encoder_dir), max_length=64)
+    build_index(corpus_jsonl, encoder, tmp_path / "idx", BuildConfig(encode=EncodeConfig(progress=False)))
+    warm_start_bart(tiny_encoder_dir, tmp_path / "bart", cross_attention="copy_self")
+
+    def command(out):
+        return script("finetune.py", "--train", squad_questions, "--index", tmp_path / "idx",
+                      "--question_encoder", tiny_encoder_dir, "--generator", tmp_path / "bart",
+                      "--out", out, "--epochs", "30", "--max_steps", "60", "--batch_size", "2",
+                      "--save_every", "1", "--k", "2", "--max_input_length", "64",
+                      "--max_answer_length", "8", "--lr", "1e-3")
+
+    state = tmp_path / "killed.checkpoint" / "state.json"
+    kill_when(command(tmp_path / "killed"),
+              lambda: state.is_file() and 3 <= _step(state) < 50)
+    assert not (tmp_path / "killed").exists()
+    rerun = subprocess.run(command(tmp_path / "killed"), env=ENV, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stderr
+    whole = subprocess.run(command(tmp_path / "whole"), env=ENV, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    got, want = state_dict(tmp_path / "killed"), state_dict(tmp_path / "whole")
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
+    assert not (tmp_path / "killed.checkpoint").exists()
+    DenseIndex.load(tmp_path / "idx")  # untouched and loadable
+
+
+def _step(state) -> int:
+    try:
+        return json.loads(state.read_text())["step"]
+    except (ValueError, OSError):
+        return -1
