@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -352,13 +352,22 @@ class RagModel(nn.Module):
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_NAME).is_file():
             raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME})")
-        saved = json.loads((model_dir / CONFIG_NAME).read_text())
-        known = {f.name for f in fields(RagConfig)}
-        config = RagConfig(**{**{k: v for k, v in saved.items() if k in known}, **overrides})
+        config_file = model_dir / CONFIG_NAME
+        try:
+            saved = json.loads(config_file.read_text())
+            known = {f.name for f in fields(RagConfig)}
+            config = RagConfig(**{k: v for k, v in saved.items() if k in known})
+        except (ValueError, AttributeError) as err:  # bad JSON, or not an object
+            raise UserError(f"{config_file}: not a valid RAG config ({type(err).__name__})") from None
+        except TypeError as err:  # a field of the wrong type, caught by a comparison in the checks
+            raise UserError(f"{config_file}: a field has the wrong type ({err})") from None
+        except UserError as err:
+            raise UserError(f"{config_file}: {err}") from None
+        config = replace(config, **overrides)
         try:
             saved_retrieval = RetrievalConfig(**saved.get("retrieval", {}))
-        except TypeError as err:
-            raise UserError(f"{model_dir / CONFIG_NAME}: bad retrieval settings ({err})") from None
+        except (TypeError, AttributeError, UserError) as err:
+            raise UserError(f"{config_file}: bad retrieval settings ({err})") from None
         retrieval = (retrieval or RetrievalConfig()).over(saved_retrieval)
         generator, tokenizer = load_generator(model_dir / "generator")
         if config.mode == "closed_book":

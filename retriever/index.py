@@ -33,6 +33,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 from datasets import Dataset
 
 from .corpus import open_shards, write_arrow
@@ -344,18 +345,39 @@ class DenseIndex:
             raise UserError(f"{manifest_file}: not valid JSON") from None
         if manifest.get("format") != FORMAT:
             raise UserError(f"{manifest_file}: not a ragqa index manifest")
-        if not manifest.get("passage_shards"):
+        shards = manifest.get("passage_shards")
+        if not shards or not isinstance(shards, list):
             raise UserError(f"{manifest_file}: lists no passage shards")
-        files = [index_dir / "index.faiss"] + [index_dir / s for s in manifest["passage_shards"]]
+        files = [index_dir / "index.faiss"] + [_inside(index_dir, s, manifest_file) for s in shards]
         for f in files:
             if not f.is_file():
                 raise UserError(f"{index_dir}: incomplete index directory (missing {f.name})")
-        index = faiss.read_index(str(files[0]))
-        if index.d != manifest["dim"] or index.ntotal != manifest[
-                "rows" if manifest["index_type"] == "hnsw" else "count"]:
-            raise UserError(f"{index_dir}: index.faiss does not match manifest.json")
+        try:
+            index = faiss.read_index(str(files[0]))
+        except RuntimeError:  # FAISS's message is a C++ trace; the file is what matters
+            raise UserError(f"{files[0]}: not a readable FAISS index (corrupt or truncated)") from None
+        try:
+            if index.d != manifest["dim"] or index.ntotal != manifest[
+                    "rows" if manifest["index_type"] == "hnsw" else "count"]:
+                raise UserError(f"{index_dir}: index.faiss does not match manifest.json")
+            IndexConfig(**manifest["index_config"])
+        except (KeyError, TypeError) as err:
+            raise UserError(f"{manifest_file}: missing or wrong field ({err})") from None
         removed_file = index_dir / "removed.npy"
-        removed = np.load(removed_file) if removed_file.is_file() else None
+        removed = None
+        if removed_file.exists():
+            try:
+                removed = np.load(removed_file, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                raise UserError(f"{removed_file}: not a readable array (corrupt or truncated)") from None
+            if removed.ndim != 1 or removed.dtype != np.int64:
+                raise UserError(f"{removed_file}: expected a 1-D int64 array, got {removed.dtype} "
+                                f"{removed.shape}")
+        try:
+            passages = open_shards(files[1:])
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise UserError(f"{index_dir}: a passage shard is not a readable Arrow file "
+                            f"({type(err).__name__})") from None
         sparse = None
         if "sparse" in manifest:
             sparse = SparseIndex.load(index_dir, manifest["sparse"], rows=manifest["rows"])
@@ -363,8 +385,15 @@ class DenseIndex:
                 FusionConfig(**manifest.get("fusion", {}))
             except (TypeError, UserError) as err:
                 raise UserError(f"{manifest_file}: bad fusion settings ({err})") from None
-        return cls(index, open_shards(files[1:]), manifest, removed, shard_files=files[1:],
-                   sparse=sparse)
+        return cls(index, passages, manifest, removed, shard_files=files[1:], sparse=sparse)
+
+
+def _inside(index_dir: Path, name, manifest_file: Path) -> Path:
+    """``index_dir / name``, refused unless it stays inside ``index_dir``."""
+    path = index_dir / str(name)
+    if Path(str(name)).is_absolute() or not path.resolve().is_relative_to(index_dir.resolve()):
+        raise UserError(f"{manifest_file}: names {name!r}, outside the index directory")
+    return path
 
 
 def _backing_files(passages: Dataset) -> list[Path]:

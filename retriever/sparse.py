@@ -153,7 +153,10 @@ class SparseIndex:
         disagree with the manifest ``entry``, raise :class:`UserError`."""
         import bm25s
 
-        where = index_dir / entry.get("dir", SPARSE_DIR)
+        where = index_dir / SPARSE_DIR
+        if entry.get("dir", SPARSE_DIR) != SPARSE_DIR:
+            raise UserError(f"{index_dir / 'manifest.json'}: the sparse side must be in {SPARSE_DIR}/, "
+                            f"not {entry.get('dir')!r}")
         try:
             config = SparseConfig(**{k: entry[k] for k in SparseConfig.__dataclass_fields__})
         except (KeyError, TypeError, UserError) as err:

@@ -49,6 +49,9 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
     def ask(*extra):
         return ["ask.py", "What is the capital of France?", "--model", d / "model", *extra]
 
+    def ask_model(model):
+        return ["ask.py", "What is the capital of France?", "--model", model, "--index", d / "idx"]
+
     def bench(*extra):
         return ["benchmark.py", "--model", d / "model", "--questions", questions, "--json",
                 d / "bench.json", *extra]
@@ -127,6 +130,17 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         # 3. environment and file errors
         "eval_questions_is_dir": (["eval_retrieval.py", "--index", d / "idx", "--questions",
                                    d / "user"], ["user"]),
+        "eval_corrupt_faiss": (["eval_retrieval.py", "--index", d / "bad-faiss", "--questions",
+                                questions], ["bad-faiss/index.faiss", "not a readable FAISS index"]),
+        "eval_truncated_arrow": (["eval_retrieval.py", "--index", d / "bad-arrow", "--questions",
+                                  questions], ["bad-arrow", "Arrow"]),
+        "eval_corrupt_removed": (["eval_retrieval.py", "--index", d / "bad-removed", "--questions",
+                                  questions], ["removed.npy"]),
+        "eval_manifest_escapes": (["eval_retrieval.py", "--index", d / "escapes", "--questions",
+                                   questions], ["manifest.json", "outside the index directory"]),
+        "ask_config_not_json": (ask_model(d / "bad-json"), ["bad-json/rag_config.json"]),
+        "ask_config_wrong_type": (ask_model(d / "bad-type"), ["bad-type/rag_config.json", "type"]),
+        "ask_config_bad_mode": (ask_model(d / "bad-mode"), ["bad-mode/rag_config.json", "mode"]),
         "ask_stdin_not_utf8": (["ask.py", "--model", d / "model"], ["standard input", "UTF-8"]),
     }
 
@@ -144,6 +158,19 @@ def bad_runs(run_scripts, tmp_path_factory, tiny_encoder_dir, corpus_jsonl, squa
     RagModel(encoder, generator, tokenizer, DenseIndex.load(d / "idx"), config).save_pretrained(
         d / "model")
     shutil.rmtree(d / "bart")
+    damaged = {"bad-faiss": ("idx", "index.faiss", lambda f: f.write_bytes(b"garbage" * 10)),
+               "bad-arrow": ("idx", "passages/00000.arrow", lambda f: f.write_bytes(f.read_bytes()[:99])),
+               "bad-removed": ("idx", "removed.npy", lambda f: f.write_bytes(b"\x93NUMPY junk")),
+               "escapes": ("idx", "manifest.json", lambda f: f.write_text(f.read_text().replace(
+                   '"passages/00000.arrow"', '"../idx/passages/00000.arrow"'))),
+               "bad-json": ("model", "rag_config.json", lambda f: f.write_text("{not json")),
+               "bad-type": ("model", "rag_config.json", lambda f: f.write_text(
+                   f.read_text().replace('"k": 2', '"k": "two"'))),
+               "bad-mode": ("model", "rag_config.json", lambda f: f.write_text(
+                   f.read_text().replace('"mode": "sequence"', '"mode": "both"')))}
+    for name, (source, part, damage) in damaged.items():
+        shutil.copytree(d / source, d / name)
+        damage(d / name / part)
     for name in ("user", "q.index"):  # a user's own directories, which nothing may replace
         (d / name).mkdir()
         (d / name / "keep.txt").write_text("mine\n")
