@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
 from .errors import UserError, non_negative, positive
-from .fsutil import atomic_file
+from .fsutil import atomic_file, remove_with
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _WS = re.compile(r"\s+")
@@ -207,16 +208,27 @@ def load_corpus(
 ) -> Dataset:
     """Read a corpus file into a memory-mapped :class:`datasets.Dataset` with columns id, title, text.
 
-    ``arrow_path`` is where the Arrow file goes (default: a fresh temporary directory).
+    ``arrow_path`` is where the Arrow file goes (default: a fresh temporary directory, deleted
+    with the returned table).
     Raises :class:`UserError` for a missing, empty or malformed corpus.
     """
+    temp = None
     if arrow_path is None:
-        arrow_path = Path(tempfile.mkdtemp(prefix="ragqa-corpus-")) / "passages.arrow"
-    count = write_arrow(iter_passages(path, config), arrow_path, config.batch_rows)
-    if count == 0:
-        Path(arrow_path).unlink(missing_ok=True)
-        raise UserError(f"{path}: the corpus holds no passages")
-    return Dataset.from_file(str(arrow_path))
+        temp = Path(tempfile.mkdtemp(prefix="ragqa-corpus-"))
+        arrow_path = temp / "passages.arrow"
+    try:
+        count = write_arrow(iter_passages(path, config), arrow_path, config.batch_rows)
+        if count == 0:
+            Path(arrow_path).unlink(missing_ok=True)
+            raise UserError(f"{path}: the corpus holds no passages")
+        table = Dataset.from_file(str(arrow_path))
+    except BaseException:
+        if temp is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+        raise
+    if temp is not None:
+        remove_with(table, temp)
+    return table
 
 
 def open_shards(paths: list[Path]) -> Dataset:

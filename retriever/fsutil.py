@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -98,3 +99,8 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"{out}: cannot write in {parent}")
+
+
+def remove_with(owner, path: str | os.PathLike) -> None:
+    """Delete the temporary directory ``path`` when ``owner`` is garbage-collected, or at exit."""
+    weakref.finalize(owner, shutil.rmtree, str(path), True)

@@ -38,7 +38,7 @@ from datasets import Dataset
 
 from .corpus import open_shards, write_arrow
 from .errors import UserError, non_negative, one_of, positive, require
-from .fsutil import atomic_directory
+from .fsutil import atomic_directory, remove_with
 from .fusion import FusionConfig
 from .sparse import SPARSE_DIR, SparseConfig, SparseIndex
 
@@ -147,11 +147,15 @@ class DenseIndex:
             "index_config": asdict(config),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+        temp = None
         if passages._indices is not None:  # a select()/shuffle() view: write the rows it shows
-            tmp = Path(tempfile.mkdtemp(prefix="ragqa-passages-")) / "00000.arrow"
-            write_arrow(iter(passages), tmp)
-            passages = open_shards([tmp])
-        return cls(index, passages, manifest, shard_files=_backing_files(passages))
+            temp = Path(tempfile.mkdtemp(prefix="ragqa-passages-"))
+            write_arrow(iter(passages), temp / "00000.arrow")
+            passages = open_shards([temp / "00000.arrow"])
+        built = cls(index, passages, manifest, shard_files=_backing_files(passages))
+        if temp is not None:
+            remove_with(built, temp)
+        return built
 
     # ----------------------------------------------------------------- search
     def __len__(self) -> int:
@@ -264,6 +268,7 @@ class DenseIndex:
             seen.add(r["id"])
         start = int(self.manifest["rows"])
         tmp_dir = Path(tempfile.mkdtemp(prefix="ragqa-add-"))
+        remove_with(self, tmp_dir)
         shard = tmp_dir / f"{len(self._shard_files) + len(self._pending):05d}.arrow"
         write_arrow(iter(rows), shard)
         self._pending.append(shard)

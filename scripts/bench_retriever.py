@@ -36,6 +36,7 @@ from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.corpus import load_corpus, open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder, resolve
+from retriever.fsutil import remove_with
 from retriever.index import DenseIndex, IndexConfig
 
 
@@ -108,10 +109,13 @@ def synthetic(n: int, dim: int, seed: int) -> np.ndarray:
 
 
 def _index(vectors: np.ndarray, config: IndexConfig) -> DenseIndex:
-    tmp = Path(tempfile.mkdtemp(prefix="ragqa-bench-")) / "passages.arrow"
-    write_arrow(({"id": str(i), "title": "", "text": "x"} for i in range(len(vectors))), tmp)
+    tmp = Path(tempfile.mkdtemp(prefix="ragqa-bench-"))
+    write_arrow(({"id": str(i), "title": "", "text": "x"} for i in range(len(vectors))),
+                tmp / "passages.arrow")
     identity = {"name": "synthetic", "fingerprint": "synthetic", "dim": vectors.shape[1]}
-    return DenseIndex.build(vectors, open_shards([tmp]), identity, config)
+    index = DenseIndex.build(vectors, open_shards([tmp / "passages.arrow"]), identity, config)
+    remove_with(index, tmp)
+    return index
 
 
 def bench_search(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
@@ -212,12 +216,14 @@ def _replicated(index: DenseIndex, replicas: int) -> DenseIndex:
                     rng.shuffle(words)
                 yield {"id": f"{c}-{i}", "title": title, "text": " ".join(words)}
 
-    tmp = Path(tempfile.mkdtemp(prefix="ragqa-bench-")) / "passages.arrow"
-    write_arrow(rows(), tmp)
+    tmp = Path(tempfile.mkdtemp(prefix="ragqa-bench-"))
+    write_arrow(rows(), tmp / "passages.arrow")
     vecs = np.concatenate([base] + [base + 0.02 * rng.standard_normal(base.shape).astype(np.float32)
                                     for _ in range(replicas - 1)])
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return DenseIndex.build(vecs, open_shards([tmp]), index.manifest["encoder"])
+    big = DenseIndex.build(vecs, open_shards([tmp / "passages.arrow"]), index.manifest["encoder"])
+    remove_with(big, tmp)
+    return big
 
 
 def main() -> None:

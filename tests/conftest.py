@@ -106,6 +106,31 @@ def tiny_encoder_dir_16(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-16"), hidden=16, seed=1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_temporary_leftovers(tmp_path_factory):
+    """Every temporary file or directory the library and the scripts make is removed: the session
+    sends them to a directory of its own (pytest's own stay where they are) and checks at the end
+    that it is empty."""
+    import gc
+    import os
+    import shutil
+
+    tmp_path_factory.getbasetemp()
+    root = tempfile.mkdtemp(prefix="ragqa-tests-tmp-")
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = root
+    yield Path(root)
+    gc.collect()
+    leftovers = sorted(os.listdir(root))
+    tempfile.tempdir = saved[0]
+    if saved[1] is None:
+        del os.environ["TMPDIR"]
+    else:
+        os.environ["TMPDIR"] = saved[1]
+    shutil.rmtree(root, ignore_errors=True)
+    assert not leftovers, f"left in the temporary directory: {leftovers}"
+
+
 @pytest.fixture
 def private_tempdir(tmp_path_factory, monkeypatch) -> Path:
     """Send the library's own temporary files (default Arrow paths, added shards) under pytest's tmp."""

@@ -43,6 +43,8 @@ def child(job):
     except BaseException:
         traceback.print_exc()
         code = 1
+    import atexit
+    atexit._run_exitfuncs()  # what the interpreter does at exit (os._exit below skips it)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
