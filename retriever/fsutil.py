@@ -22,19 +22,23 @@ FILE_MODE = 0o644  # likewise mkstemp's 0600
 def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh empty directory to fill; when the ``with`` block ends normally it becomes ``out_dir``.
 
-    The directory is ``.{name}.tmp-XXXX`` next to ``out_dir`` (whose parents are created), mode 0755.
-    On success an existing ``out_dir`` is moved aside (``.{name}.old-<pid>``), the new directory is
-    renamed into place and the old one deleted. On an exception the temporary directory is deleted,
-    ``out_dir`` is left as it was, and the exception propagates. Callers decide beforehand whether
-    replacing an existing ``out_dir`` is allowed.
+    The directory is ``.{name}.tmp-<pid>-XXXX`` next to ``out_dir`` (whose parents are created),
+    mode 0755. On success its files are flushed to disk (fsync), an existing ``out_dir`` is moved
+    aside (``.{name}.old-<pid>``), the new directory is renamed into place, the parent directory is
+    flushed, and the old one deleted. On an exception the temporary directory is deleted,
+    ``out_dir`` is left as it was, and the exception propagates. Temporaries left by a killed run
+    (their process is gone) are removed first. Callers decide beforehand whether replacing an
+    existing ``out_dir`` is allowed.
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    _remove_orphans(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-{os.getpid()}-"))
     old = None
     try:
         tmp.chmod(DIR_MODE)
         yield tmp
+        _fsync_tree(tmp)
         if os.path.lexists(out_dir):
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
             shutil.rmtree(old, ignore_errors=True)  # left by a run of ours that died here
@@ -45,6 +49,7 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
             if old is not None:
                 os.replace(old, out_dir)
             raise
+        _fsync(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -61,13 +66,17 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     deleted, ``path`` is left as it was, and the exception propagates.
     """
     path = Path(path)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-", suffix=path.suffix)
+    _remove_orphans(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-",
+                                suffix=path.suffix)
     os.close(fd)
     tmp = Path(name)
     try:
         tmp.chmod(FILE_MODE)
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -104,3 +113,49 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
 def remove_with(owner, path: str | os.PathLike) -> None:
     """Delete the temporary directory ``path`` when ``owner`` is garbage-collected, or at exit."""
     weakref.finalize(owner, shutil.rmtree, str(path), True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk (directories: where the OS allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*"), reverse=True):  # files before their directories
+        if path.is_file() and not path.is_symlink():
+            _fsync(path)
+        elif path.is_dir():
+            _fsync(path)
+    _fsync(root)
+
+
+def _remove_orphans(target: Path) -> None:
+    """Delete ``.{name}.tmp-<pid>-*`` and ``.{name}.old-<pid>`` next to ``target`` whose process
+    is gone (a run killed while writing ``target``)."""
+    for sibling in target.parent.glob(f".{target.name}.*"):
+        kind, _, rest = sibling.name[len(target.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind in ("tmp", "old") and pid.isdigit() and not _alive(int(pid)):
+            if sibling.is_dir() and not sibling.is_symlink():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -81,3 +81,25 @@ def test_file_exception_keeps_the_old_file_and_removes_the_temporary(tmp_path):
         raise Boom
     assert out.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_temporaries_of_a_killed_run_are_removed_by_the_next(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    orphans = [tmp_path / f".out.tmp-{dead}-abc", tmp_path / f".out.old-{dead}"]
+    live = tmp_path / f".out.tmp-{os.getpid()}-xyz"  # a run still going (this process)
+    other = tmp_path / f".out.index.tmp-{dead}-q"  # another target's
+    for d in [*orphans, live, other]:
+        d.mkdir()
+        (d / "part").write_text("half")
+    (tmp_path / f".f.json.tmp-{dead}-1.json").write_text("half")
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "x").write_text("x")
+    with atomic_file(tmp_path / "f.json") as tmp:
+        tmp.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["out", "f.json", live.name, other.name])
