@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from retriever.errors import UserError, fraction, non_negative, one_of, positive
-from retriever.fsutil import atomic_directory
 from retriever.metrics import exact_match
 from retriever.questions import Question
 from retriever.train import optimizer_step
@@ -149,29 +149,6 @@ def gold_examples(train: Sequence[Question], model: RagModel, width: int, seed: 
     return out
 
 
-def checkpoint_dir(out: str | os.PathLike) -> Path:
-    """Where the checkpoint of a run writing ``out`` lives: ``<out>.checkpoint``."""
-    return Path(f"{Path(out)}.checkpoint")
-
-
-def _save_checkpoint(ckpt: Path, model: RagModel, opt, sched, state: dict) -> None:
-    with atomic_directory(ckpt) as tmp:
-        model.save_pretrained(tmp / "model")
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        rng = {"torch": torch.get_rng_state()}  # dropout: a resumed run draws what this one would
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        torch.save(rng, tmp / "rng.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-
-
-def resume_dir(out: str | os.PathLike) -> Path | None:
-    """The checkpoint's model directory when ``out`` holds one (load the model from it)."""
-    path = checkpoint_dir(out)
-    return path / "model" if (path / "state.json").is_file() else None
-
-
 def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
              config: FinetuneConfig = FinetuneConfig(), dev: Sequence[Question] | None = None,
              accelerator=None, on_eval: Callable[[dict], None] | None = None) -> list[dict]:
@@ -207,19 +184,12 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     per_epoch = math.ceil(len(pairs) / (config.batch_size * acc.num_processes * config.grad_accum))
     total = min(config.max_steps or math.inf, per_epoch * config.epochs)  # the loop stops at both
     sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), total)
-    state = {"step": 0, "epoch": 0, "batch": 0, "log": []}
-    if (ckpt / "state.json").is_file():
-        state = json.loads((ckpt / "state.json").read_text())
-        opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-        sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    state = load_checkpoint(ckpt, opt, sched) or {"step": 0, "epoch": 0, "batch": 0, "log": []}
+    if state["step"]:
         log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
                  state["batch"])
     wrapped, opt, sched = acc.prepare(model, opt, sched)
-    if (ckpt / "rng.pt").is_file():  # after everything that draws at start-up (model building)
-        rng = torch.load(ckpt / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    restore_rng(ckpt)
     model.train()
     bar = tqdm(total=total, initial=state["step"], desc="fine-tuning",
                disable=not acc.is_local_main_process)
@@ -262,7 +232,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
             if config.eval_every and state["step"] % config.eval_every == 0:
                 evaluate()
             if acc.is_main_process and state["step"] % config.save_every == 0:
-                _save_checkpoint(ckpt, acc.unwrap_model(wrapped), opt, sched, state)
+                save_checkpoint(ckpt, acc.unwrap_model(wrapped).save_pretrained, opt, sched, state)
             if config.max_steps and state["step"] >= config.max_steps:
                 break
         else:

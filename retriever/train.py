@@ -20,17 +20,20 @@ D embedding dimension, R rows (passages) in the corpus.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
 from .errors import UserError, fraction, non_negative, one_of, positive
@@ -39,6 +42,7 @@ from .metrics import has_answer
 from .questions import Question
 
 log = logging.getLogger(__name__)
+EXAMPLES = "examples.json"  # in a checkpoint: the training examples, negatives included
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,13 @@ class TrainConfig:
     # gains the index's normalised BM25 times --fusion_weight, as at search time, so the question
     # encoder learns what BM25 misses; needs an index with a sparse side
     mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
+    save_every: int = 200  # batches between checkpoints in <out>.checkpoint (frozen context encoder);
+    # a killed run resumes from the last one when rerun with the same command
     seed: int = 0  # shuffling and initialisation seed
 
     def __post_init__(self) -> None:
-        positive(self, "batch_size", "bm25_depth", "lr", "grad_accum", "max_grad_norm", "lexical_lr")
+        positive(self, "batch_size", "bm25_depth", "lr", "grad_accum", "max_grad_norm", "lexical_lr",
+                 "save_every")
         non_negative(self, "epochs", "hard_negatives", "weight_decay", "score_scale",
                      "lexical_weight", "pseudo_queries", "seed")
         fraction(self, "warmup_ratio")
@@ -322,11 +329,14 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
 
 def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequence[Question],
               config: TrainConfig = TrainConfig(), evaluate=None, accelerator=None,
-              sparse_weight: float | None = None) -> list[dict]:
+              sparse_weight: float | None = None, checkpoint: Path | None = None) -> list[dict]:
     """Train ``q_enc`` (and ``ctx_enc`` if configured) with DPR's loss; returns per-epoch logs.
 
     ``evaluate(q_enc) -> dict`` runs after each epoch (e.g. dev top-k accuracy). With
-    ``config.hybrid``, ``sparse_weight`` is w (default: the index's ``fusion_weight``).
+    ``config.hybrid``, ``sparse_weight`` is w (default: the index's ``fusion_weight``). With
+    ``checkpoint`` (a directory; frozen context encoder only) the run saves its progress there every
+    ``config.save_every`` batches and resumes from it exactly: the caller passes the checkpoint's
+    question encoder (``retriever.checkpoint.resume_dir``) as ``q_enc``.
     """
     from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
@@ -342,7 +352,14 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             raise UserError("--hybrid needs the frozen context encoder")
         if sparse_weight is None:
             sparse_weight = index.manifest["fusion"]["fusion_weight"]
-    examples = build_examples(index, train, config, q_enc)
+    if checkpoint is not None and config.train_context_encoder:
+        log.warning("no checkpoints when the context encoder trains too")
+        checkpoint = None
+    saved = checkpoint / EXAMPLES if checkpoint is not None else None
+    if saved is not None and saved.is_file():  # mined with the starting encoder: keep them
+        examples = [Example(q, p, tuple(n)) for q, p, n in json.loads(saved.read_text())]
+    else:
+        examples = build_examples(index, train, config, q_enc)
     scale = ctx_enc.score_scale(config.score_scale)
     if config.lexical_head and config.train_context_encoder:
         raise UserError("--lexical_head needs the frozen context encoder")
@@ -360,7 +377,8 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         ctx_lookup = FrozenContexts(index, ctx_enc, all_rows)
         ctx_enc.requires_grad_(False)
     logs: list[dict] = []  # per epoch; epoch 0 = a freshly fitted lexical head, before training
-    if config.lexical_head and q_enc.lexical is None:
+    resumed = checkpoint is not None and (checkpoint / "state.json").is_file()
+    if config.lexical_head and q_enc.lexical is None and not resumed:
         live = active_rows(index)
         same = np.array_equal(ctx_lookup.rows, live)  # corpus negatives: those vectors are at hand
         fit_lexical_head(q_enc, ctx_lookup if same else FrozenContexts(index, ctx_enc, live), index,
@@ -383,33 +401,51 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     steps_per_epoch = math.ceil(len(examples) / (config.batch_size * acc.num_processes))
     total = steps_per_epoch * config.epochs // config.grad_accum
     sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), max(total, 1))
+    state = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "logs": logs}
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, opt, sched) or state
+        if resumed:
+            log.info("resuming from %s (epoch %d, batch %d)", checkpoint, state["epoch"] + 1,
+                     state["batch"])
     if config.train_context_encoder:
         q_enc, ctx_enc, opt, sched = acc.prepare(q_enc, ctx_enc, opt, sched)
     else:
         q_enc, opt, sched = acc.prepare(q_enc, opt, sched)
     model = acc.unwrap_model(q_enc)
-    for epoch in range(config.epochs):
+    if checkpoint is not None:
+        restore_rng(checkpoint)
+    while state["epoch"] < config.epochs:
+        epoch = state["epoch"]
         q_enc.train()
         order = list(range(len(examples)))
         random.Random(config.seed + epoch).shuffle(order)
         mine = order[acc.process_index :: acc.num_processes]
-        bar = tqdm(range(0, len(mine), config.batch_size), desc=f"epoch {epoch + 1}",
+        starts = range(0, len(mine), config.batch_size)
+        bar = tqdm(starts, desc=f"epoch {epoch + 1}", initial=state["batch"],
                    disable=not acc.is_local_main_process)
-        total_loss = 0.0
-        for start in bar:
-            batch = [examples[i] for i in mine[start : start + config.batch_size]]
+        for b in range(state["batch"], len(starts)):
+            batch = [examples[i] for i in mine[starts[b] : starts[b] + config.batch_size]]
             with acc.accumulate(q_enc):
                 loss = train_step_loss(model, batch, ctx_lookup, config, scale, index,
                                        sparse_weight or 0.0)
                 optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
-            total_loss += loss.item()
+            state["loss_sum"] += loss.item()
+            state["batch"] = b + 1
+            bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        entry = {"epoch": epoch + 1, "loss": total_loss / max(1, len(bar))}
+            if (checkpoint is not None and acc.sync_gradients and acc.is_main_process
+                    and state["batch"] % config.save_every == 0):
+                save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
+                                {EXAMPLES: json.dumps([[e.question, e.positive, list(e.negatives)]
+                                                       for e in examples])})
+        bar.close()
+        entry = {"epoch": epoch + 1, "loss": state["loss_sum"] / max(1, len(starts))}
         model.refresh_fingerprint()
         if evaluate is not None and acc.is_main_process:
             q_enc.eval()
             entry["dev"] = evaluate(model)
-        logs.append(entry)
+        state["logs"].append(entry)
+        state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
         log.info("epoch %d: %s", epoch + 1, entry)
     acc.wait_for_everyone()
-    return logs
+    return state["logs"]

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag.pipeline import RagConfig, RagModel
-from rag.train import FinetuneConfig, finetune, resume_dir
+from rag.train import FinetuneConfig, finetune
+from retriever.checkpoint import resume_dir
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.encoder import Encoder
 from retriever.errors import UserError, non_negative, one_of, positive

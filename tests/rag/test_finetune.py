@@ -11,13 +11,12 @@ from rag.pipeline import RagModel
 from rag.train import (
     FinetuneConfig,
     answer_window,
-    checkpoint_dir,
     dev_exact_match,
     dev_subset,
     finetune,
     gold_examples,
-    resume_dir,
 )
+from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.errors import UserError
 from retriever.questions import Question
 

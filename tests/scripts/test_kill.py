@@ -83,3 +83,41 @@ def _step(state) -> int:
         return json.loads(state.read_text())["step"]
     except (ValueError, OSError):
         return -1
+
+
+def test_train_retriever_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_encoder_dir,
+                                                                        corpus_jsonl,
+                                                                        squad_questions):
+    from safetensors.torch import load_file
+
+    encoder = Encoder.from_pretrained(str(tiny_encoder_dir), max_length=64)
+    build_index(corpus_jsonl, encoder, tmp_path / "idx", BuildConfig(encode=EncodeConfig(progress=False)))
+
+    def command(out):  # the lexical head and pseudo-questions: every saved part is exercised
+        return script("train_retriever.py", "--train", squad_questions, "--index", tmp_path / "idx",
+                      "--out", out, "--epochs", "40", "--batch_size", "2", "--save_every", "1",
+                      "--negatives", "corpus", "--lexical_head", "--pseudo_queries", "1",
+                      "--lr", "1e-3")
+
+    state = tmp_path / "killed.checkpoint" / "state.json"
+    kill_when(command(tmp_path / "killed"), lambda: state.is_file() and 1 <= _epoch(state) < 30)
+    rerun = subprocess.run(command(tmp_path / "killed"), env=ENV, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming from" in rerun.stderr
+    whole = subprocess.run(command(tmp_path / "whole"), env=ENV, cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    for name in ("model.safetensors", "lexical_head.safetensors"):
+        got, want = load_file(tmp_path / "killed" / name), load_file(tmp_path / "whole" / name)
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert torch.equal(got[key], value), (name, key)
+    assert not (tmp_path / "killed.checkpoint").exists()
+
+
+def _epoch(state) -> int:
+    try:
+        return json.loads(state.read_text())["epoch"]
+    except (ValueError, OSError):
+        return -1
