@@ -121,3 +121,34 @@ def _epoch(state) -> int:
         return json.loads(state.read_text())["epoch"]
     except (ValueError, OSError):
         return -1
+
+
+def test_build_index_killed_then_rerun_equals_an_uninterrupted_build(tmp_path, tiny_encoder_dir,
+                                                                      passages):
+    import numpy as np
+
+    corpus = tmp_path / "corpus.tsv"
+    rows = [f"{i}-{p['id']}\t{p['text']} ({i})\t{p['title']}\n"
+            for i in range(1500) for p in passages]  # 12,000 passages
+    corpus.write_text("id\ttext\ttitle\n" + "".join(rows))
+
+    def command(out):
+        return script("build_index.py", "--corpus", corpus, "--encoder", tiny_encoder_dir, "--out",
+                      out, "--shard_size", "256", "--batch_size", "16", "--no_progress")
+
+    work = tmp_path / "killed.encoding"
+    kill_when(command(tmp_path / "killed"), lambda: len(list(work.glob("shard-*.npy"))) >= 2)
+    assert not (tmp_path / "killed").exists()
+    for out in ("killed", "whole"):
+        run = subprocess.run(command(tmp_path / out), env=ENV, cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert ("resuming" in run.stderr) == (out == "killed")  # the rerun kept the shards on disk
+    got, want = DenseIndex.load(tmp_path / "killed"), DenseIndex.load(tmp_path / "whole")
+    n = len(want)
+    assert len(got) == n
+    vec = lambda index: np.stack([index.index.reconstruct(i) for i in range(n)])  # noqa: E731
+    np.testing.assert_array_equal(vec(got), vec(want))
+    queries = vec(want)[:20]
+    assert got.search(queries, 5).ids == want.search(queries, 5).ids
+    assert not work.exists()
