@@ -31,7 +31,32 @@ def load_run(path: str | os.PathLike) -> Run:
     if missing:
         raise UserError(f"{path}: not a benchmark report (no {', '.join(missing)}); "
                         "write one with scripts/benchmark.py")
+    _check_types(path, report)
     return path.stem, report
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _check_types(path: Path, report: dict) -> None:
+    """Refuse a report whose fields have the wrong type (naming the first such field)."""
+    top = report["top_k_accuracy"]
+    checks = [
+        ("n", isinstance(report["n"], int) and not isinstance(report["n"], bool)),
+        ("exact_match", _number(report["exact_match"])),
+        ("f1", _number(report["f1"])),
+        ("top_k_accuracy", isinstance(top, dict) and all(
+            str(k).isdigit() and _number(v) for k, v in top.items())),
+        ("answer_in_passages", report["answer_in_passages"] is None
+         or _number(report["answer_in_passages"])),
+        ("config", isinstance(report["config"], dict)),
+        ("questions_per_s", report.get("questions_per_s") is None
+         or _number(report.get("questions_per_s"))),
+    ]
+    for key, ok in checks:
+        if not ok:
+            raise UserError(f"{path}: field {key!r} has the wrong type ({report.get(key)!r})")
 
 
 def _pct(value: float | None) -> str:

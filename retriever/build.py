@@ -46,6 +46,9 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
     if encoder.lexical is not None:
         raise UserError(f"encoder {encoder.name!r} has a lexical head, which belongs to the question "
                         "side only: build the index with its context encoder")
+    pq_m = config.index.pq_m
+    if config.index.index_type == "ivfpq" and pq_m and encoder.dim % pq_m:
+        raise UserError(f"--pq_m {pq_m} does not divide the encoder's dimension {encoder.dim}")
     out_dir = Path(out_dir)
     check_output_dir(out_dir, config.overwrite)
     work = out_dir.with_name(out_dir.name + ".encoding")

@@ -68,6 +68,8 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         "build_hnsw_m_zero": (build("--hnsw_m", "0", "--index_type", "hnsw"), ["--hnsw_m"]),
         "build_pq_nbits": (build("--pq_nbits", "20"), ["--pq_nbits", "20"]),
         "build_nprobe_zero": (build("--nprobe", "0"), ["--nprobe"]),
+        "build_pq_m_not_dividing": (build("--index_type", "ivfpq", "--pq_m", "5"),
+                                    ["--pq_m 5", "dimension 32"]),
         "build_passage_words": (build("--passage_words", "-5"), ["--passage_words"]),
         "build_sparse_kind": (build("--sparse", "bm3"), ["--sparse", "bm3"]),
         "build_bm25_k1": (build("--bm25_k1", "-1"), ["--bm25_k1"]),
@@ -141,6 +143,15 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         "ask_config_not_json": (ask_model(d / "bad-json"), ["bad-json/rag_config.json"]),
         "ask_config_wrong_type": (ask_model(d / "bad-type"), ["bad-type/rag_config.json", "type"]),
         "ask_config_bad_mode": (ask_model(d / "bad-mode"), ["bad-mode/rag_config.json", "mode"]),
+        "compare_wrong_type": (["compare.py", d / "reports" / "typed.json"],
+                               ["typed.json", "'exact_match'", "wrong type"]),
+        "compare_wrong_nested_type": (["compare.py", d / "reports" / "nested.json"],
+                                      ["nested.json", "'top_k_accuracy'"]),
+        "compare_not_json": (["compare.py", d / "reports" / "garbage.json"], ["garbage.json", "JSON"]),
+        "scale_fit_not_json": (["scale.py", "select", "--fit", d / "reports" / "garbage.json",
+                                "--budgets", "1e4"], ["garbage.json", "JSON"]),
+        "scale_fit_not_a_fit": (["scale.py", "select", "--fit", d / "reports" / "typed.json",
+                                 "--budgets", "1e4"], ["typed.json", "laws"]),
         "ask_stdin_not_utf8": (["ask.py", "--model", d / "model"], ["standard input", "UTF-8"]),
     }
 
@@ -171,6 +182,12 @@ def bad_runs(run_scripts, tmp_path_factory, tiny_encoder_dir, corpus_jsonl, squa
     for name, (source, part, damage) in damaged.items():
         shutil.copytree(d / source, d / name)
         damage(d / name / part)
+    reports = d / "reports"
+    reports.mkdir()
+    base = '"n": 5, "f1": 3.0, "answer_in_passages": null, "config": {"k": 3}'
+    (reports / "typed.json").write_text('{"exact_match": "high", "top_k_accuracy": {}, ' + base + "}")
+    (reports / "nested.json").write_text('{"exact_match": 1.0, "top_k_accuracy": [1], ' + base + "}")
+    (reports / "garbage.json").write_text("{oops")
     for name in ("user", "q.index"):  # a user's own directories, which nothing may replace
         (d / name).mkdir()
         (d / name / "keep.txt").write_text("mine\n")
@@ -188,8 +205,8 @@ def test_nothing_is_written_moved_or_deleted(bad_runs):
     assert after == before
 
 
-def test_at_least_fifty_cases(bad_runs):
-    assert len(bad_runs[1]) >= 50
+def test_at_least_sixty_cases(bad_runs):
+    assert len(bad_runs[1]) >= 60
 
 
 @pytest.mark.parametrize("name", list(cases(Path("d"), Path("c"), Path("q"), Path("e"))))
