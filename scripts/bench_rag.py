@@ -36,6 +36,7 @@ import torch
 from rag.decode import DecodeConfig, rag_sequence_generate, rag_token_generate
 from rag.marginal import rag_loss
 from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.errors import non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class Args:
     threads: int = 1  # torch CPU threads (0 = torch's default; >1 is erratic on a shared machine)
     seed: int = 0  # weights, inputs and scores
     json: str | None = None  # write all figures here
+
+    def __post_init__(self) -> None:
+        positive(self, "vocab_size", "d_model", "layers", "heads", "ffn_dim", "init_std", "questions",
+                 "passages", "context_length", "num_beams", "max_length", "target_length", "repeats")
+        non_negative(self, "threads", "seed")
 
 
 def build_models(args: Args):

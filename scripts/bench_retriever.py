@@ -36,6 +36,7 @@ from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.corpus import load_corpus, open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder, resolve
+from retriever.errors import positive
 from retriever.fsutil import remove_with
 from retriever.index import DenseIndex, IndexConfig
 
@@ -59,6 +60,10 @@ class Args:
     hybrid_batch: int = 64  # part 4: questions per search call
     replicas: int = 45  # part 4: copies of the index's corpus in the large corpus (45 x 4,497 = 202k)
     json: str | None = None  # write all figures here
+
+    def __post_init__(self) -> None:
+        positive(self, "n_passages", "batch_size", "max_length", "repeats", "n_vectors", "n_queries",
+                 "dim", "k", "hybrid_batch", "replicas")
 
 
 def _median_time(fn, repeats: int) -> float:

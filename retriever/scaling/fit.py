@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from retriever.errors import UserError
+from retriever.errors import UserError, one_of, positive
 
 from .laws import (
     DataSizeLaw,
@@ -50,6 +50,10 @@ class FitConfig:
     f_scale: float = 0.02  # residual scale (nats, or sigmas if weighted) where robust loss bends
     weighted: bool = False  # divide residuals by each row's ce_std (rows without one get 1)
     max_nfev: int = 5000  # function evaluations per start
+
+    def __post_init__(self) -> None:
+        one_of(self, "loss", ("linear", "soft_l1", "huber", "cauchy", "arctan"))
+        positive(self, "f_scale", "max_nfev")
 
 
 @dataclass(frozen=True)

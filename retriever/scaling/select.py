@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import UserError
+from retriever.errors import UserError, non_negative, positive, require
 
 from .cost import CostBreakdown, CostModel
 from .laws import JointLaw
@@ -41,6 +41,13 @@ class GridConfig:
     points: int = 2801  # grid points, log-spaced (400 per decade by default)
     min_pairs: float = 1.0  # fewest training pairs a plan may use
     tolerance: float = 0.01  # near-optimal band: N whose objective is within this fraction
+
+    def __post_init__(self) -> None:
+        positive(self, "n_min", "n_max", "min_pairs")
+        require(self.n_max > self.n_min, "n_max", self.n_max, f"must be larger than --n_min {self.n_min}")
+        require(isinstance(self.points, int) and self.points >= 2, "points", self.points,
+                "must be at least 2")
+        non_negative(self, "tolerance")
 
 
 @dataclass(frozen=True)

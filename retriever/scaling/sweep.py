@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import UserError
+from retriever.errors import UserError, non_negative, one_of, positive
 
 from .entropy import contrastive_entropy, negative_pool_indices
 from .laws import count_non_embedding_params
@@ -77,6 +77,13 @@ class SweepConfig:
     num_negatives: int = 256  # negatives per evaluation pair (Fang et al.: 256)
     repeats: int = 5  # negative redraws averaged by the contrastive entropy
     seed: int = 0  # training-set shuffle, initialisation of dropout / batches, negative draws
+
+    def __post_init__(self) -> None:
+        one_of(self, "keep", ("first", "first_and_last"))
+        one_of(self, "eval_sample", ("random", "first"))
+        positive(self, "lr", "batch_size", "max_length", "eval_questions", "pool_size",
+                 "num_negatives", "repeats")
+        non_negative(self, "score_scale", "seed")
 
 
 @dataclass(frozen=True)
