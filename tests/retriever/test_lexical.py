@@ -13,10 +13,11 @@ from retriever.corpus import open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.errors import UserError
+from retriever.examples import pseudo_questions
 from retriever.index import DenseIndex
 from retriever.lexical import LexicalHead, bm25_weights, content_tokens, fit_head
 from retriever.questions import Question
-from retriever.train import TrainConfig, pseudo_questions, train_dpr
+from retriever.train import TrainConfig, train_dpr
 
 QUIET = EncodeConfig(progress=False)
 

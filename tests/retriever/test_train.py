@@ -13,17 +13,10 @@ from retriever.corpus import open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.errors import UserError
+from retriever.examples import Example, build_examples, mine_bm25_negatives
 from retriever.index import DenseIndex
 from retriever.questions import Question, read_questions
-from retriever.train import (
-    Example,
-    TrainConfig,
-    build_examples,
-    dpr_loss,
-    mine_bm25_negatives,
-    train_dpr,
-    train_step_loss,
-)
+from retriever.train import TrainConfig, dpr_loss, train_dpr, train_step_loss
 
 QUIET = EncodeConfig(progress=False)
 
