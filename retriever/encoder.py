@@ -30,12 +30,17 @@ from .lexical import HEAD_NAME, LexicalHead
 
 CONFIG_NAME = "ragqa_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
-POOLINGS = ("cls", "mean", "pooler")
+POOLINGS = ("cls", "mean", "max", "lasttoken", "pooler")
+# sentence-transformers' pooling modes, in its old config keys and in its newer "pooling_mode" values
+ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+              "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "lasttoken",
+              "cls": "cls", "mean": "mean", "max": "max", "lasttoken": "lasttoken"}
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    pooling: str = "cls"  # "cls", "mean" (sentence-transformers) or "pooler" (DPR checkpoints)
+    pooling: str = "cls"  # "cls", "mean", "max", "lasttoken" (sentence-transformers' modes) or
+    # "pooler" (DPR checkpoints)
     normalize: bool = False  # L2-normalise outputs; inner product becomes cosine similarity
     projection_dim: int = 0  # add a trainable D x H projection after pooling; 0 = none
     max_length: int = 256  # tokens per text; longer texts are truncated
@@ -76,14 +81,34 @@ def _infer_config(path: str, hf_config) -> EncoderConfig:
     if hf_config.model_type == "dpr":
         return EncoderConfig(pooling="pooler")
     folder = Path(path)
-    pooling_file, modules_file = folder / "1_Pooling" / "config.json", folder / "modules.json"
-    if pooling_file.is_file():  # a sentence-transformers folder: follow its pooling module
-        pool = json.loads(pooling_file.read_text())
-        modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
-        normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-        pooling = "mean" if pool.get("pooling_mode_mean_tokens") else "cls"
-        return EncoderConfig(pooling=pooling, normalize=normalize)
-    return EncoderConfig()
+    modules_file = folder / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    if not modules and (folder / "1_Pooling" / "config.json").is_file():  # a folder without a list
+        modules = [{"type": "Pooling", "path": "1_Pooling"}]
+    pools = [m for m in modules if str(m.get("type", "")).endswith("Pooling")]
+    if not pools:
+        return EncoderConfig()
+    unsupported = [m["type"] for m in modules if not str(m.get("type", "")).endswith(
+        ("Transformer", "Pooling", "Normalize"))]
+    if unsupported:  # refused: ignoring a module would give other embeddings, silently
+        raise UserError(f"{path}: sentence-transformers module {unsupported[0]} is not supported "
+                        "(only Transformer, Pooling and Normalize)")
+    return EncoderConfig(pooling=_st_pooling(folder / pools[0].get("path", "1_Pooling") /
+                                             "config.json"),
+                         normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules))
+
+
+def _st_pooling(config_file: Path) -> str:
+    """Our pooling for a sentence-transformers Pooling config, in either of its key formats."""
+    pool = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    mode = pool.get("pooling_mode")
+    modes = [mode] if isinstance(mode, str) else list(mode or [])
+    modes += [key for key, on in pool.items() if key.startswith("pooling_mode_") and on is True]
+    ours = {ST_POOLING.get(m) for m in modes}
+    if len(ours) != 1 or None in ours:
+        raise UserError(f"{config_file}: pooling {modes or 'unset'} is not supported (one of "
+                        "cls, mean, max, lasttoken)")
+    return ours.pop()
 
 
 class Encoder(nn.Module):
@@ -117,6 +142,12 @@ class Encoder(nn.Module):
             emb = out.pooler_output  # (N, H)
         elif self.config.pooling == "cls":
             emb = out.last_hidden_state[:, 0]  # (N, H)
+        elif self.config.pooling == "max":  # padding never wins (sentence-transformers' -1e9)
+            keep = attention_mask.unsqueeze(-1).bool()  # (N, L, 1)
+            emb = out.last_hidden_state.masked_fill(~keep, -1e9).max(dim=1).values  # (N, H)
+        elif self.config.pooling == "lasttoken":  # the last real token (right padding)
+            last = attention_mask.sum(1).clamp(min=1) - 1  # (N,)
+            emb = out.last_hidden_state[torch.arange(len(last), device=last.device), last]
         else:
             mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (N, L, 1)
             emb = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (N, H)
@@ -217,6 +248,31 @@ class Encoder(nn.Module):
             if backbone_from is not None:
                 meta["backbone_from"] = backbone_from
             (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            if backbone_from is None:
+                self._write_st_modules(tmp)
+
+    def _write_st_modules(self, out: Path) -> None:
+        """``modules.json`` and its module configs, so sentence-transformers loads this encoder with
+        the same embeddings; skipped for what it cannot express (DPR's pooler, a projection, a
+        lexical head)."""
+        if self.config.pooling == "pooler" or self.projection is not None or self.lexical is not None:
+            return
+        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling"}]
+        if self.config.normalize:
+            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+            (out / "2_Normalize").mkdir()
+        (out / "1_Pooling").mkdir()
+        keys = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
+                "max": "pooling_mode_max_tokens", "lasttoken": "pooling_mode_lasttoken"}
+        pooling = {"word_embedding_dimension": self.backbone.config.hidden_size,
+                   **{key: mode == self.config.pooling for mode, key in keys.items()}}
+        (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
+        (out / "modules.json").write_text(json.dumps(modules, indent=2))
+        (out / "sentence_bert_config.json").write_text(json.dumps(
+            {"max_seq_length": self.config.max_length, "do_lower_case": False}, indent=2))
 
     def _check_same_backbone(self, source: str) -> None:
         """Raise :class:`UserError` unless ``source``'s weights equal this encoder's backbone."""
