@@ -2,7 +2,8 @@
 
 Example:
     python scripts/eval_retrieval.py --index runs/index-l6 \\
-        --questions ../shared/data/squad-open/dev.json --json runs/eval-l6.json
+        --questions ../shared/data/squad-open/dev.json --json runs/eval-l6.json \\
+        --results runs/dev-retrieved.json --trec runs/dev.trec
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
+from retriever.results import dpr_results, write_dpr_results, write_trec
 from retriever.search import Retriever
 
 
@@ -29,6 +31,9 @@ class Args:
     batch_size: int = 128  # questions per batch
     limit: int = 0  # evaluate only the first N questions; 0 = all
     json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval"} here
+    results: str | None = None  # write DPR's retrieval results JSON here (question, answers, ctxs
+    # with id, title, text, score, has_answer; the top max(--ks) passages), as FiD and DPR read it
+    trec: str | None = None  # write a TREC run file here (qid Q0 docid rank score ragqa)
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")
@@ -37,8 +42,9 @@ class Args:
 
 def main() -> None:
     args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
-    if args.json:
-        check_output_parent(args.json)
+    for path in (args.json, args.results, args.trec):
+        if path:
+            check_output_parent(path)
     try:
         ks = [int(k) for k in args.ks.split(",")]
     except ValueError:
@@ -49,11 +55,16 @@ def main() -> None:
         questions = questions[: args.limit]
     encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
     retriever = Retriever(encoder, index, retrieval)
-    metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size)
+    kept: list = []
+    metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size, results=kept)
     metrics["retrieval"] = {"mode": retriever.mode, **asdict(retriever.fusion)}
     print(json.dumps(metrics, indent=2))
     if args.json:
         write_json(args.json, metrics)
+    if args.results:
+        write_dpr_results(args.results, dpr_results(questions, kept))
+    if args.trec:
+        write_trec(args.trec, questions, kept)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     idx = tmp / "idx"
     # the happy path, end to end (with a non-default --max_length on purpose)
     scenarios["build"] = [*build(corpus_tsv, idx), "--max_length", "64", "--json", tmp / "build.json"]
-    scenarios["eval"] = evaluate(idx, "--ks", "1,2", "--json", tmp / "eval.json")
+    scenarios["eval"] = evaluate(idx, "--ks", "1,2", "--json", tmp / "eval.json", "--results",
+                                 tmp / "retrieved.json", "--trec", tmp / "run.trec")
     # a question encoder trained against the index's (frozen) context encoder is accepted by it
     scenarios["train"] = ["train_retriever.py", "--train", squad_questions, "--index", idx,
                           "--out", tmp / "qenc", "--epochs", "1", "--batch_size", "4",
@@ -121,6 +122,26 @@ def test_build_then_eval(runs):
         assert figures_by_k["1"] <= figures_by_k["2"]
     assert 0 <= metrics["mrr"] <= 1
     assert json.loads(evaluation.stdout) == metrics
+
+
+def test_eval_writes_dpr_results_and_a_trec_run(runs):
+    results, tmp = runs
+    assert results["eval"].returncode == 0, results["eval"]
+    metrics = json.loads((tmp / "eval.json").read_text())
+    records = json.loads((tmp / "retrieved.json").read_text())
+    assert len(records) == metrics["n"] == 8
+    for r in records:
+        assert set(r) == {"question", "answers", "ctxs"} and len(r["ctxs"]) == 2
+        assert all(set(c) == {"id", "title", "text", "score", "has_answer"} for c in r["ctxs"])
+        assert [c["score"] for c in r["ctxs"]] == sorted((c["score"] for c in r["ctxs"]), reverse=True)
+    for k in (1, 2):  # top-k accuracy recomputed from the file's has_answer equals the report's
+        hits = sum(any(c["has_answer"] for c in r["ctxs"][:k]) for r in records)
+        assert hits / len(records) == pytest.approx(metrics["top_k_accuracy"][str(k)])
+    lines = (tmp / "run.trec").read_text().splitlines()
+    assert len(lines) == 16
+    qid, q0, docid, rank, score, run = lines[1].split()
+    assert q0 == "Q0" and rank == "2" and run == "ragqa" and docid == records[0]["ctxs"][1]["id"]
+    assert float(score) == pytest.approx(records[0]["ctxs"][1]["score"], abs=1e-6)
 
 
 def test_train_then_eval_with_the_trained_question_encoder(runs):
