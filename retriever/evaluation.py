@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from .corpus import collapse_ws
 from .errors import UserError
 from .index import DenseIndex
-from .metrics import has_answer, normalize_answer, retrieval_metrics
+from .metrics import MATCHES, dpr_tokens, has_answer, normalize_answer, retrieval_metrics, token_has_answer
 from .questions import Question
 from .search import Retriever
 
@@ -33,12 +33,16 @@ def gold_passage_ids(index: DenseIndex, questions: Sequence[Question]) -> list[s
 
 def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
                        ks: Sequence[int] = (1, 5, 20, 100), batch_size: int = 128,
-                       progress: bool = True, results: list | None = None) -> dict:
+                       progress: bool = True, results: list | None = None,
+                       match: str = "dpr") -> dict:
     """Retrieve the top ``max(ks)`` passages per question and score them (see ``metrics``).
 
     Returns ``{"n", "top_k_accuracy": {"k": frac}, "gold_recall": {...} | None, "mrr"}``; with a
     list ``results``, also appends each question's passages (id, title, text, score), best first.
+    ``match`` is the has-answer test: "dpr" (DPR's token match) or "substring" (``metrics``).
     """
+    if match not in MATCHES:
+        raise UserError(f"--match {match!r} is not one of {MATCHES}")
     ks = sorted(set(ks))
     if not ks or ks[0] <= 0:
         raise UserError(f"k values must be positive, got {list(ks)}")
@@ -46,7 +50,7 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
     retriever.check_k(top)
     golds = gold_passage_ids(retriever.index, questions)
     hits, gold_hits = [], []
-    norm_text: dict[int, str] = {}  # row -> normalised passage text, computed once per passage
+    seen: dict[int, object] = {}  # row -> the passage as the test reads it, computed once
     bar = tqdm(total=len(questions), desc="retrieving", unit="q", disable=not progress)
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
@@ -56,9 +60,11 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
         for j, (q, passages, rows) in enumerate(zip(chunk, result.passages, result.rows,
                                                     strict=True)):
             for p, row in zip(passages, rows, strict=False):
-                if row not in norm_text:
-                    norm_text[row] = normalize_answer(p["text"])
-            hits.append([has_answer(norm_text[r], q.answers, normalized=True)
+                if row not in seen:
+                    seen[row] = (dpr_tokens(p["text"]) if match == "dpr"
+                                 else normalize_answer(p["text"]))
+            hits.append([token_has_answer(seen[r], q.answers) if match == "dpr"
+                         else has_answer(seen[r], q.answers, normalized=True)
                          for r in rows[: len(passages)]])
             if golds is not None:
                 gold = golds[start + j]

@@ -1,17 +1,26 @@
 """Retrieval metrics as DPR reports them: top-k accuracy, gold-passage recall, MRR.
 
 Top-k accuracy (Karpukhin et al. 2020, Sec. 5.1): the fraction of questions for which at least one
-of the top-k passages contains a gold answer string. Both sides are normalised as SQuAD's
-evaluation script does (lowercase, drop punctuation and the articles a/an/the, collapse
-whitespace) and the answer must occur on word boundaries.
+of the top-k passages contains a gold answer. "Contains" has two definitions here:
+
+- ``dpr`` (the default of evaluation): DPR's. Passage and answer are Unicode-NFD-normalised and cut
+  into lower-cased tokens, each a run of letters, digits and combining marks or a single other
+  non-space character; the answer's tokens must appear as a contiguous run of the passage's.
+- ``substring``: both sides normalised as SQuAD's evaluation script does (lowercase, no
+  punctuation, no articles a/an/the, single spaces), the answer on word boundaries.
 """
 
 from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections.abc import Sequence
 
+import regex
+
+MATCHES = ("dpr", "substring")
+_TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)
 
@@ -32,6 +41,23 @@ def has_answer(passage: str, answers: Sequence[str], normalized: bool = False) -
     for ans in answers:
         norm = normalize_answer(ans)
         if norm and f" {norm} " in hay:
+            return True
+    return False
+
+
+def dpr_tokens(text: str) -> list[str]:
+    """DPR's tokens of ``text`` (module doc): NFD, lower-cased, alphanumeric runs or single symbols."""
+    return [t.lower() for t in _TOKEN.findall(unicodedata.normalize("NFD", text))]
+
+
+def token_has_answer(passage_tokens: Sequence[str], answers: Sequence[str]) -> bool:
+    """DPR's has_answer: some answer's tokens are a contiguous run of ``passage_tokens``
+    (:func:`dpr_tokens` of the passage)."""
+    for answer in answers:
+        want = dpr_tokens(answer)
+        n = len(want)
+        if n and any(list(passage_tokens[i : i + n]) == want
+                     for i in range(len(passage_tokens) - n + 1)):
             return True
     return False
 

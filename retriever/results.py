@@ -2,7 +2,8 @@
 
 - DPR's retrieval results JSON (what FiD, DPR's reader and pyserini's evaluation read): a list of
   ``{"question", "answers", "ctxs": [{"id", "title", "text", "score", "has_answer"}]}``, passages
-  best first; ``has_answer`` is the same test top-k accuracy uses (``retriever.metrics``).
+  best first; ``has_answer`` is the test top-k accuracy used (``retriever.metrics``: DPR's token
+  match by default).
 - A TREC run file: ``qid Q0 docid rank score run`` per line, ranks from 1.
 """
 
@@ -13,16 +14,21 @@ import os
 from collections.abc import Sequence
 
 from .fsutil import atomic_file
-from .metrics import has_answer
+from .metrics import dpr_tokens, has_answer, token_has_answer
 from .questions import Question
 
 
-def dpr_results(questions: Sequence[Question], passages: Sequence[list[dict]]) -> list[dict]:
+def dpr_results(questions: Sequence[Question], passages: Sequence[list[dict]],
+                match: str = "dpr") -> list[dict]:
     """DPR's results records for ``questions`` and their retrieved passages (dicts with id, title,
-    text, score), in order."""
+    text, score), in order; ``has_answer`` by the ``match`` test of ``retriever.metrics``."""
+    def hit(text: str, answers) -> bool:
+        return (token_has_answer(dpr_tokens(text), answers) if match == "dpr"
+                else has_answer(text, answers))
+
     return [{"question": q.question, "answers": list(q.answers),
              "ctxs": [{"id": p["id"], "title": p["title"], "text": p["text"], "score": p["score"],
-                       "has_answer": has_answer(p["text"], q.answers)} for p in hits]}
+                       "has_answer": hit(p["text"], q.answers)} for p in hits]}
             for q, hits in zip(questions, passages, strict=True)]
 
 

@@ -57,3 +57,34 @@ def test_retrieval_metrics_without_gold():
     got = retrieval_metrics([[False, False, True, True]], [1, 5])
     assert got == {"n": 1, "top_k_accuracy": {"1": 0.0, "5": 1.0}, "gold_recall": None,
                    "mrr": pytest.approx(1 / 3)}
+
+
+@pytest.mark.parametrize("passage,answers,want", [
+    ("The Eiffel Tower is in Paris.", ["Paris"], True),
+    ("The Eiffel Tower is in Paris.", ["paris"], True),  # uncased
+    ("It was built in 1889 by Gustave Eiffel.", ["Gustave Eiffel"], True),
+    ("It was built in 1889 by Gustave Eiffel.", ["Eiffel Gustave"], False),  # order matters
+    ("Parisian cafés line the streets.", ["Paris"], False),  # a sub-token match does not count
+    ("The café opened.", ["cafe"], False),  # NFD keeps the accent as its own mark: café != cafe
+    ("The café opened.", ["café"], True),  # composed vs decomposed forms meet after NFD
+    ("The cafe\u0301 opened.", ["caf\u00e9"], True),
+    ("Levi's Stadium hosted it.", ["Levi's Stadium"], True),  # punctuation is its own token
+    ("Levi's Stadium hosted it.", ["Levis Stadium"], False),
+    ("the U.S. team", ["U.S."], True),
+    ("the U.S. team", ["US"], False),
+    ("Founded 1,000 years ago", ["1,000"], True),
+    ("Founded 1,000 years ago", ["1000"], False),
+    ("anything", [""], False),  # an empty answer has no tokens: never a match
+    ("Paris", [], False),
+])
+def test_dpr_has_answer_on_hand_made_cases(passage, answers, want):
+    from retriever.metrics import dpr_tokens, token_has_answer
+
+    assert token_has_answer(dpr_tokens(passage), answers) is want
+
+
+def test_dpr_tokens_split_like_dpr_simple_tokenizer():
+    from retriever.metrics import dpr_tokens
+
+    assert dpr_tokens("Levi's Stadium, 1,000!") == ["levi", "'", "s", "stadium", ",", "1", ",", "000", "!"]
+    assert dpr_tokens("Café") == ["cafe\u0301"]  # NFD: the accent is a combining mark in the token

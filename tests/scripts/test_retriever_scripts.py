@@ -113,7 +113,8 @@ def test_build_then_eval(runs):
     assert figures["count"] == 8 and figures["dim"] == 32 and figures["index_type"] == "flat"
 
     metrics = json.loads((tmp / "eval.json").read_text())
-    assert set(metrics) == {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval"}
+    assert set(metrics) == {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval", "match"}
+    assert metrics["match"] == "dpr"
     assert metrics["retrieval"]["mode"] == "dense"
     assert metrics["n"] == 8
     for figures_by_k in (metrics["top_k_accuracy"], metrics["gold_recall"]):
