@@ -78,15 +78,21 @@ class Tokenize:
 
     def __call__(self, texts: list[str]) -> list[list[str]]:
         if self.kind == "words":
-            import bm25s
-
-            return bm25s.tokenize(texts, stopwords="en", stemmer=self._stemmer, return_ids=False,
+            return _bm25s().tokenize(texts, stopwords="en", stemmer=self._stemmer, return_ids=False,
                                   show_progress=False)
         out = []
         for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]:
             ids = np.asarray(ids, dtype=np.int64)
             out.append(self.tokenizer.convert_ids_to_tokens(ids[self._keep[ids]].tolist()))
         return out
+
+
+def _bm25s():
+    """bm25s, its logger quieted (it sets itself to DEBUG on import and logs every build)."""
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
 
 
 def passage_texts(titles: list[str], texts: list[str]) -> list[str]:
@@ -113,8 +119,7 @@ class SparseIndex:
     def build(cls, titles: list[str], texts: list[str], config: SparseConfig = SparseConfig(),
               tokenizer=None) -> SparseIndex:
         """Index ``title text`` of every row (``tokenizer``: the encoder's, for ``wordpiece``)."""
-        import bm25s
-
+        bm25s = _bm25s()
         titles, texts = list(titles), list(texts)
         tokenize = Tokenize(config.sparse_tokenizer, tokenizer)
         bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b, method="lucene")
@@ -151,8 +156,7 @@ class SparseIndex:
     def load(cls, index_dir: Path, entry: dict, rows: int, mmap: bool = True) -> SparseIndex:
         """Open ``index_dir/sparse`` memory-mapped; missing or corrupt files, or files that
         disagree with the manifest ``entry``, raise :class:`UserError`."""
-        import bm25s
-
+        bm25s = _bm25s()
         where = index_dir / SPARSE_DIR
         if entry.get("dir", SPARSE_DIR) != SPARSE_DIR:
             raise UserError(f"{index_dir / 'manifest.json'}: the sparse side must be in {SPARSE_DIR}/, "
