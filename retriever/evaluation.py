@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from .corpus import collapse_ws
 from .errors import UserError
 from .index import DenseIndex
-from .metrics import MATCHES, dpr_tokens, has_answer, normalize_answer, retrieval_metrics, token_has_answer
+from .metrics import MATCHES, answer_test, retrieval_metrics
 from .questions import Question
 from .search import Retriever
 
@@ -50,6 +50,7 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
     retriever.check_k(top)
     golds = gold_passage_ids(retriever.index, questions)
     hits, gold_hits = [], []
+    prepare, test = answer_test(match)
     seen: dict[int, object] = {}  # row -> the passage as the test reads it, computed once
     bar = tqdm(total=len(questions), desc="retrieving", unit="q", disable=not progress)
     for start in range(0, len(questions), batch_size):
@@ -61,11 +62,8 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
                                                     strict=True)):
             for p, row in zip(passages, rows, strict=False):
                 if row not in seen:
-                    seen[row] = (dpr_tokens(p["text"]) if match == "dpr"
-                                 else normalize_answer(p["text"]))
-            hits.append([token_has_answer(seen[r], q.answers) if match == "dpr"
-                         else has_answer(seen[r], q.answers, normalized=True)
-                         for r in rows[: len(passages)]])
+                    seen[row] = prepare(p["text"])
+            hits.append([test(seen[r], q.answers) for r in rows[: len(passages)]])
             if golds is not None:
                 gold = golds[start + j]
                 gold_hits.append([p["id"] in gold for p in passages])

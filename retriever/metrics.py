@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import string
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import regex
 
@@ -60,6 +60,14 @@ def token_has_answer(passage_tokens: Sequence[str], answers: Sequence[str]) -> b
                      for i in range(len(passage_tokens) - n + 1)):
             return True
     return False
+
+
+def answer_test(match: str) -> tuple[Callable[[str], object], Callable[[object, Sequence[str]], bool]]:
+    """The has-answer test ``match`` ("dpr" or "substring") as ``(prepare, test)``: ``prepare(text)``
+    once per passage, then ``test(prepared, answers)`` per question."""
+    if match == "dpr":
+        return dpr_tokens, token_has_answer
+    return normalize_answer, lambda prepared, answers: has_answer(prepared, answers, normalized=True)
 
 
 def retrieval_metrics(

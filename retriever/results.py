@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 
 from .fsutil import atomic_file
-from .metrics import dpr_tokens, has_answer, token_has_answer
+from .metrics import answer_test
 from .questions import Question
 
 
@@ -22,13 +22,10 @@ def dpr_results(questions: Sequence[Question], passages: Sequence[list[dict]],
                 match: str = "dpr") -> list[dict]:
     """DPR's results records for ``questions`` and their retrieved passages (dicts with id, title,
     text, score), in order; ``has_answer`` by the ``match`` test of ``retriever.metrics``."""
-    def hit(text: str, answers) -> bool:
-        return (token_has_answer(dpr_tokens(text), answers) if match == "dpr"
-                else has_answer(text, answers))
-
+    prepare, test = answer_test(match)
     return [{"question": q.question, "answers": list(q.answers),
              "ctxs": [{"id": p["id"], "title": p["title"], "text": p["text"], "score": p["score"],
-                       "has_answer": hit(p["text"], q.answers)} for p in hits]}
+                       "has_answer": test(prepare(p["text"]), q.answers)} for p in hits]}
             for q, hits in zip(questions, passages, strict=True)]
 
 

@@ -124,9 +124,9 @@ class Retriever:
             q = self.encode(questions, grad)
         if self.mode != "dense":
             sparse = sparse_scores(self.index, questions)
-        if self.mode == "dense":
-            _, rows = self.index.search_knn(q.detach().cpu().numpy(), k)
-            scores = self.dense_scores(q, rows)
+        if self.mode == "dense":  # FAISS's scores, or with gradient the same from the stored vectors
+            found, rows = self.index.search_knn(q.detach().cpu().numpy(), k)
+            scores = self.dense_scores(q, rows) if grad else torch.from_numpy(found)
         elif self.mode == "sparse":
             rows = top_k(sparse, k)
             scores = torch.from_numpy(normalise_sparse(np.take_along_axis(sparse, rows, 1),

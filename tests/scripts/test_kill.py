@@ -40,8 +40,25 @@ def kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
     proc.wait()
 
 
-def state_dict(path) -> dict:
-    return RagModel.from_pretrained(path).state_dict()
+def run_ok(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to the end; it must succeed."""
+    done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def progress(state, key: str) -> int:
+    """``key`` of a checkpoint's state.json (-1 while there is none, or it is being replaced)."""
+    try:
+        return json.loads(state.read_text())[key]
+    except (ValueError, OSError):
+        return -1
+
+
+def assert_same_tensors(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key
 
 
 def test_finetune_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_encoder_dir,
@@ -60,29 +77,14 @@ def test_finetune_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_e
                       "--max_answer_length", "8", "--lr", "1e-3")
 
     state = tmp_path / "killed.checkpoint" / "state.json"
-    kill_when(command(tmp_path / "killed"),
-              lambda: state.is_file() and 3 <= _step(state) < 50)
+    kill_when(command(tmp_path / "killed"), lambda: 3 <= progress(state, "step") < 50)
     assert not (tmp_path / "killed").exists()
-    rerun = subprocess.run(command(tmp_path / "killed"), env=ENV, cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming from" in rerun.stderr
-    whole = subprocess.run(command(tmp_path / "whole"), env=ENV, cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    got, want = state_dict(tmp_path / "killed"), state_dict(tmp_path / "whole")
-    assert got.keys() == want.keys()
-    for key, value in want.items():
-        assert torch.equal(got[key], value), key
+    assert "resuming from" in run_ok(command(tmp_path / "killed")).stderr
+    run_ok(command(tmp_path / "whole"))
+    assert_same_tensors(RagModel.from_pretrained(tmp_path / "killed").state_dict(),
+                        RagModel.from_pretrained(tmp_path / "whole").state_dict())
     assert not (tmp_path / "killed.checkpoint").exists()
     DenseIndex.load(tmp_path / "idx")  # untouched and loadable
-
-
-def _step(state) -> int:
-    try:
-        return json.loads(state.read_text())["step"]
-    except (ValueError, OSError):
-        return -1
 
 
 def test_train_retriever_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_encoder_dir,
@@ -100,27 +102,12 @@ def test_train_retriever_killed_then_rerun_equals_an_uninterrupted_run(tmp_path,
                       "--lr", "1e-3")
 
     state = tmp_path / "killed.checkpoint" / "state.json"
-    kill_when(command(tmp_path / "killed"), lambda: state.is_file() and 1 <= _epoch(state) < 30)
-    rerun = subprocess.run(command(tmp_path / "killed"), env=ENV, cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming from" in rerun.stderr
-    whole = subprocess.run(command(tmp_path / "whole"), env=ENV, cwd=ROOT, capture_output=True,
-                           text=True, timeout=600)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill_when(command(tmp_path / "killed"), lambda: 1 <= progress(state, "epoch") < 30)
+    assert "resuming from" in run_ok(command(tmp_path / "killed")).stderr
+    run_ok(command(tmp_path / "whole"))
     for name in ("model.safetensors", "lexical_head.safetensors"):
-        got, want = load_file(tmp_path / "killed" / name), load_file(tmp_path / "whole" / name)
-        assert got.keys() == want.keys()
-        for key, value in want.items():
-            assert torch.equal(got[key], value), (name, key)
+        assert_same_tensors(load_file(tmp_path / "killed" / name), load_file(tmp_path / "whole" / name))
     assert not (tmp_path / "killed.checkpoint").exists()
-
-
-def _epoch(state) -> int:
-    try:
-        return json.loads(state.read_text())["epoch"]
-    except (ValueError, OSError):
-        return -1
 
 
 def test_build_index_killed_then_rerun_equals_an_uninterrupted_build(tmp_path, tiny_encoder_dir,
@@ -140,15 +127,13 @@ def test_build_index_killed_then_rerun_equals_an_uninterrupted_build(tmp_path, t
     kill_when(command(tmp_path / "killed"), lambda: len(list(work.glob("shard-*.npy"))) >= 2)
     assert not (tmp_path / "killed").exists()
     for out in ("killed", "whole"):
-        run = subprocess.run(command(tmp_path / out), env=ENV, cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
-        assert run.returncode == 0, run.stderr[-3000:]
-        assert ("resuming" in run.stderr) == (out == "killed")  # the rerun kept the shards on disk
+        stderr = run_ok(command(tmp_path / out)).stderr
+        assert ("resuming" in stderr) == (out == "killed")  # the rerun kept the shards on disk
     got, want = DenseIndex.load(tmp_path / "killed"), DenseIndex.load(tmp_path / "whole")
     n = len(want)
     assert len(got) == n
-    vec = lambda index: np.stack([index.index.reconstruct(i) for i in range(n)])  # noqa: E731
-    np.testing.assert_array_equal(vec(got), vec(want))
-    queries = vec(want)[:20]
+    vectors = [index.vectors(np.arange(n)) for index in (got, want)]
+    np.testing.assert_array_equal(*vectors)
+    queries = vectors[1][:20]
     assert got.search(queries, 5).ids == want.search(queries, 5).ids
     assert not work.exists()
