@@ -7,14 +7,15 @@ One run answers every question once and reports (``BenchmarkResult.metrics``)::
     top_k_accuracy      {"1": frac, "5": frac, ...}: fraction of questions with an answer-bearing
                         passage among the top k *that the answers were generated from*, for k in
                         1, 5, 10, 20, 50, 100, ... below the run's k, and the run's k itself
-                        (fractions, as scripts/eval_retrieval.py reports them); {} for closed book
+                        (fractions, as scripts/eval_retrieval.py reports them, with the same
+                        has-answer test: ``match``, DPR's by default); {} for closed book
     answer_in_passages  fraction of questions whose gold answer occurs in any retrieved passage
                         (the upper bound a reader of these passages could reach); None closed book
     latency_ms          {"p50", "p95", "mean"} per-question latency in milliseconds, see below
     questions_per_s     questions answered per second of answering time
     seconds             total answering time
     config              what was run: model, index, k, mode, decoding, num_beams, questions,
-                        limit, seed, batch_size, device, versions (torch, transformers, faiss)
+                        limit, seed, batch_size, match, device, versions (torch, transformers, faiss)
 
 Latency: questions are answered in batches of ``batch_size``; a question's latency is the wall-clock
 time of its batch (retrieval, generation and decoding to text) divided by the batch size, i.e. the
@@ -44,11 +45,11 @@ from retriever.cli import check_output_parent
 from retriever.errors import UserError
 from retriever.fsutil import atomic_file
 from retriever.fusion import RetrievalConfig
-from retriever.metrics import normalize_answer, retrieval_metrics
+from retriever.metrics import MATCHES, answer_test, retrieval_metrics
 from retriever.questions import Question, read_questions
 
 from .constrain import CONSTRAINTS
-from .metrics import check_patterns, passage_has_answer, qa_scores
+from .metrics import check_patterns, qa_scores
 from .pipeline import CONFIG_NAME, MODES, RagConfig, RagModel
 
 DECODINGS = ("thorough", "fast", "greedy", "beam")
@@ -68,8 +69,13 @@ class BenchmarkConfig:
     batch_size: int = 8  # questions answered together (latency is per batch, divided by its size)
     seed: int = 0  # seed of torch, numpy and random, set before answering
     progress: bool = True  # show a progress bar on stderr
+    match: str = "dpr"  # has-answer test of top_k_accuracy and answer_in_passages: "dpr" (DPR's:
+    # the answer's tokens as a contiguous run of the passage's, after NFD) or "substring" (SQuAD-
+    # normalised answer string on word boundaries); retriever.metrics
 
     def __post_init__(self) -> None:
+        if self.match not in MATCHES:
+            raise UserError(f"match {self.match!r} is not one of {MATCHES}")
         if self.mode and self.mode not in MODES:
             raise UserError(f"mode {self.mode!r} is not one of {MODES}")
         if self.constrain and self.constrain not in CONSTRAINTS:
@@ -168,7 +174,8 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
     check_patterns([p for q in questions for p in q.patterns])  # fail before the work
     set_seed(config.seed)
     seconds, rows, hits = [], [], []
-    norm_text: dict[str, str] = {}  # passage id -> normalised text, computed once per passage
+    prepare, test = answer_test(config.match)
+    seen: dict[str, object] = {}  # passage id -> the passage as the test reads it, computed once
     bar = tqdm(total=len(questions), desc="answering", unit="q", disable=not config.progress)
     for start in range(0, len(questions), config.batch_size):
         chunk = questions[start : start + config.batch_size]
@@ -179,10 +186,9 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         for q, ans in zip(chunk, answers, strict=True):
             em, f1 = qa_scores(ans.answer, q.answers, q.patterns)
             for p in ans.passages:
-                if p["id"] not in norm_text:
-                    norm_text[p["id"]] = normalize_answer(p["text"])
-            hits.append([passage_has_answer(p["text"], q.answers, q.patterns, norm_text[p["id"]])
-                         for p in ans.passages])
+                if p["id"] not in seen:
+                    seen[p["id"]] = prepare(p["text"])
+            hits.append([test(seen[p["id"]], q.answers, q.patterns) for p in ans.passages])
             row = {"id": q.id, "question": q.question, "answers": list(q.answers)}
             if q.patterns:
                 row["patterns"] = list(q.patterns)
@@ -207,7 +213,7 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         "config": {
             "k": None if closed else rag.k, "mode": rag.mode, "decoding": decoding or rag.decoding,
             "num_beams": rag.num_beams, "limit": config.limit, "seed": config.seed,
-            "batch_size": config.batch_size, "max_input_length": rag.max_input_length,
+            "batch_size": config.batch_size, "match": config.match, "max_input_length": rag.max_input_length,
             "max_answer_length": rag.max_answer_length, "constrain": rag.constrain,
             "retrieval": None if closed else {"mode": model.retriever.mode,
                                               **asdict(model.retriever.fusion)},

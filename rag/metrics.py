@@ -13,14 +13,11 @@ figures as an ``evaluate`` module (``rag/qa_metric/qa_metric.py``, a thin wrappe
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
-from retriever.errors import UserError
-from retriever.metrics import exact_match, has_answer, normalize_answer
+from retriever.metrics import compile_pattern, exact_match, normalize_answer
 
 QA_METRIC_DIR = Path(__file__).parent / "qa_metric"  # evaluate.load(str(QA_METRIC_DIR))
 
@@ -48,18 +45,10 @@ def f1_score(prediction: str, golds: Sequence[str]) -> float:
     return best
 
 
-@lru_cache(maxsize=4096)
-def _compile(pattern: str) -> re.Pattern:
-    try:
-        return re.compile(pattern, flags=re.IGNORECASE | re.UNICODE)
-    except re.error as err:
-        raise UserError(f"answer pattern {pattern!r} is not a valid regular expression ({err})") from None
-
-
 def check_patterns(patterns: Sequence[str]) -> None:
     """Raise :class:`UserError` naming the first pattern that is not a valid regular expression."""
     for pattern in patterns:
-        _compile(pattern)
+        compile_pattern(pattern)
 
 
 def regex_match(prediction: str, patterns: Sequence[str]) -> float:
@@ -70,25 +59,7 @@ def regex_match(prediction: str, patterns: Sequence[str]) -> float:
     can still match. An invalid pattern raises :class:`UserError`.
     """
     candidates = (normalize_answer(prediction), prediction.strip())
-    return float(any(_compile(p).fullmatch(c) for p in patterns for c in candidates))
-
-
-def regex_search(text: str, patterns: Sequence[str]) -> bool:
-    """True if a pattern occurs anywhere in ``text`` (DPR's regex has_answer for passages)."""
-    return any(_compile(p).search(text) for p in patterns)
-
-
-def passage_has_answer(text: str, answers: Sequence[str], patterns: Sequence[str] = (),
-                       normalized: str | None = None) -> bool:
-    """Does a passage hold an answer: a gold string (on word boundaries) or a pattern match.
-
-    ``normalized`` is ``normalize_answer(text)`` when the caller has it (checking many questions
-    against one passage).
-    """
-    if answers and has_answer(normalized if normalized is not None else text, answers,
-                              normalized=normalized is not None):
-        return True
-    return bool(patterns) and regex_search(text, patterns)
+    return float(any(compile_pattern(p).fullmatch(c) for p in patterns for c in candidates))
 
 
 def qa_scores(prediction: str, answers: Sequence[str], patterns: Sequence[str] = ()

@@ -60,8 +60,8 @@ class RagConfig:
     decoding: str = "thorough"  # RAG-Sequence: "thorough" or "fast"; ignored by RAG-Token
     label_smoothing: float = 0.0  # epsilon of label smoothing in the training loss
     index: str = ""  # index directory the model was trained with (default for --index)
-    question_encoder: str = ""  # question encoder to start from (default: the index's encoder);
-    # also what a model directory without question_encoder/ loads
+    question_encoder: str = ""  # question encoder to start from (default: the index's encoder),
+    # paired with the index explicitly (DPR's twins); also what a model dir without question_encoder/ loads
     doc_score_scale: float = 0.0  # p(z|x) = softmax(scale * q . d) over the k passages; 0 = 20 for
     # L2-normalised question encoders (cosine scores, nearly uniform over k without a scale; 20
     # is sentence-transformers' training scale, and train_retriever's), else 1 (DPR inner products)
@@ -156,7 +156,7 @@ class RagModel(nn.Module):
 
     def __init__(self, question_encoder: Encoder | None, generator, tokenizer,
                  index: DenseIndex | None, config: RagConfig = RagConfig(),
-                 retrieval: RetrievalConfig | None = None):
+                 retrieval: RetrievalConfig | None = None, pair: bool = False):
         super().__init__()
         self.question_encoder = question_encoder
         self.generator = generator
@@ -168,7 +168,8 @@ class RagModel(nn.Module):
         if config.mode != "closed_book":
             if index is None or question_encoder is None:
                 raise UserError(f"mode {config.mode!r} needs an index and a question encoder")
-            self.retriever = Retriever(question_encoder, index, retrieval or RetrievalConfig())
+            self.retriever = Retriever(question_encoder, index, retrieval or RetrievalConfig(),
+                                       pair=pair)
             self.retriever.check_k(config.k)
             if self.retriever.mode == "hybrid" and self.retriever.fusion.fusion == "rrf":
                 raise UserError("--fusion rrf only ranks passages; RAG's p(z|x) needs scores: use "
@@ -380,5 +381,8 @@ class RagModel(nn.Module):
         q_dir = model_dir / "question_encoder"
         if not q_dir.is_dir() and not config.question_encoder:
             raise UserError(f"{model_dir}: no question_encoder/ and no question_encoder in config")
-        q_enc = Encoder.from_pretrained(str(q_dir) if q_dir.is_dir() else config.question_encoder)
-        return cls(q_enc, generator, tokenizer, index, config, retrieval)
+        if q_dir.is_dir():
+            return cls(Encoder.from_pretrained(str(q_dir)), generator, tokenizer, index, config, retrieval)
+        # the encoder named in the config was paired with the index by the user (check_question_encoder)
+        return cls(Encoder.from_pretrained(config.question_encoder), generator, tokenizer, index,
+                   config, retrieval, pair=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -10,7 +9,9 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .corpus import CorpusConfig, load_corpus
+from datasets import Dataset
+
+from .corpus import CorpusConfig, corpus_digest, load_corpus
 from .encode import EncodeConfig, encode_corpus
 from .encoder import Encoder
 from .errors import UserError
@@ -33,13 +34,14 @@ class BuildConfig:
     overwrite: bool = False  # replace an existing index directory
 
 
-def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str | os.PathLike,
+def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_dir: str | os.PathLike,
                 config: BuildConfig = BuildConfig(), accelerator=None) -> DenseIndex:
-    """Read, encode and index a corpus; write ``out_dir`` atomically and return the index.
+    """Read, encode and index a corpus (file, datasets directory or in-memory ``Dataset``, see
+    ``retriever.corpus``); write ``out_dir`` atomically and return the index.
 
     Embedding shards go to ``<out_dir>.encoding/`` while the run lasts, so a killed run restarted
     with the same arguments resumes encoding where it stopped; the folder is removed on success.
-    It records what its shards were made from (``recipe.json``: the corpus file's SHA-256, the
+    It records what its shards were made from (``recipe.json``: the corpus's digest, the
     corpus settings, the encoder's fingerprint, max length, dtype and shard size); a run with any
     of these changed starts over instead of reusing them.
     """
@@ -52,7 +54,7 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
     out_dir = Path(out_dir)
     check_output_dir(out_dir, config.overwrite)
     work = out_dir.with_name(out_dir.name + ".encoding")
-    if work.exists() and Path(corpus_path).is_file():
+    if work.exists() and (isinstance(corpus_path, Dataset) or Path(corpus_path).exists()):
         recipe = _recipe(corpus_path, encoder, config)
         try:
             saved = json.loads((work / RECIPE).read_text())
@@ -69,7 +71,7 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
         if fresh:  # a bad corpus leaves nothing behind
             shutil.rmtree(work, ignore_errors=True)
         raise
-    log.info("%d passages from %s", len(passages), corpus_path)
+    log.info("%d passages", len(passages))
     if fresh or not (work / RECIPE).is_file():
         with atomic_file(work / RECIPE) as tmp:
             tmp.write_text(json.dumps(_recipe(corpus_path, encoder, config)))
@@ -86,10 +88,6 @@ def build_index(corpus_path: str | os.PathLike, encoder: Encoder, out_dir: str |
 
 def _recipe(corpus_path: str | os.PathLike, encoder: Encoder, config: BuildConfig) -> dict:
     """What a build's embedding shards are made from (see :func:`build_index`)."""
-    digest = hashlib.sha256()
-    with open(corpus_path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return {"corpus_sha256": digest.hexdigest(), "corpus": asdict(config.corpus),
+    return {"corpus_sha256": corpus_digest(corpus_path), "corpus": asdict(config.corpus),
             "encoder": encoder.fingerprint, "max_length": encoder.config.max_length,
             "dtype": config.encode.dtype, "shard_size": config.encode.shard_size}

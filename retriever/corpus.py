@@ -1,7 +1,10 @@
-"""Passage corpora: read DPR TSV, JSONL or SQuAD JSON into a memory-mapped Arrow table.
+"""Passage corpora: read DPR TSV, JSONL, SQuAD JSON or the datasets ecosystem's forms (Parquet
+files, ``Dataset.save_to_disk`` directories, in-memory ``Dataset`` objects) into a memory-mapped
+Arrow table.
 
 Every reader yields ``{"id", "title", "text"}`` rows and checks them as it goes: a missing field,
 a non-UTF-8 byte, an empty text or a duplicate id raises :class:`UserError` naming file and row.
+Columnar corpora need ``id`` and ``text`` columns (``title`` optional; others are ignored).
 The rows are streamed into an Arrow file that :class:`datasets.Dataset` memory-maps, so memory does
 not grow with the corpus (DPR's 21M-passage Wikipedia is 13 GB of text).
 """
@@ -9,6 +12,7 @@ not grow with the corpus (DPR's 21M-passage Wikipedia is 13 GB of text).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -46,6 +50,8 @@ def collapse_ws(text: str) -> str:
 
 def _check_file(path: str | os.PathLike) -> Path:
     path = Path(path)
+    if path.is_dir() and corpus_format(path) == "datasets":
+        return path
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     return path
@@ -139,16 +145,72 @@ def _read_squad(path: Path) -> Iterator[dict]:
             }
 
 
+def _columnar_rows(source: object, names: list[str], batches: Iterator[dict[str, list]]
+                   ) -> Iterator[dict]:
+    """Rows of a columnar corpus: ``names`` its columns, ``batches`` column dicts in order."""
+    for column in ("id", "text"):
+        if column not in names:
+            raise UserError(f"{source}: no {column!r} column (it has {', '.join(names) or 'none'})")
+    row = 0
+    for batch in batches:
+        titles = batch.get("title") or [""] * len(batch["id"])
+        for id_, title, text in zip(batch["id"], titles, batch["text"], strict=True):
+            row += 1
+            yield {"id": "" if id_ is None else str(id_), "title": "" if title is None else str(title),
+                   "text": "" if text is None else str(text), "_where": f"row {row}"}
+
+
+def _read_parquet(path: Path) -> Iterator[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(str(path))
+        names = pf.schema_arrow.names
+        columns = [c for c in SCHEMA.names if c in names]
+        batches = (b.to_pydict() for b in pf.iter_batches(batch_size=10_000, columns=columns))
+        yield from _columnar_rows(path, names, batches)
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{path}: not a readable Parquet file ({err})") from None
+
+
+def _read_dataset(dataset: Dataset, source: object) -> Iterator[dict]:
+    columns = [c for c in SCHEMA.names if c in dataset.column_names]
+    yield from _columnar_rows(source, dataset.column_names,
+                              dataset.select_columns(columns).iter(batch_size=10_000))
+
+
+def _read_saved_dataset(path: Path) -> Iterator[dict]:
+    from datasets import DatasetDict, load_from_disk
+
+    try:
+        loaded = load_from_disk(str(path))
+    except (OSError, ValueError, FileNotFoundError) as err:
+        raise UserError(f"{path}: not a readable datasets directory ({err})") from None
+    if isinstance(loaded, DatasetDict):
+        if len(loaded) != 1:
+            raise UserError(f"{path}: a DatasetDict with splits {sorted(loaded)}: give one split's "
+                            f"directory (e.g. {path / sorted(loaded)[0]})")
+        loaded = next(iter(loaded.values()))
+    yield from _read_dataset(loaded, path)
+
+
 def corpus_format(path: Path) -> str:
-    """``tsv``, ``jsonl`` or ``squad``, from the file name."""
+    """``tsv``, ``jsonl``, ``squad``, ``parquet`` or ``datasets`` (a ``save_to_disk`` directory)."""
+    if path.is_dir():
+        if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+            return "datasets"
+        raise UserError(f"{path}: a directory, but not one written by datasets' save_to_disk")
     name = path.name.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
     if name.endswith((".tsv", ".tsv.txt", ".csv")):
         return "tsv"
     if name.endswith(".jsonl"):
         return "jsonl"
     if name.endswith(".json"):
         return "squad"
-    raise UserError(f"{path}: unknown corpus format (expected .tsv, .jsonl or SQuAD .json)")
+    raise UserError(f"{path}: unknown corpus format (expected .tsv, .jsonl, SQuAD .json, .parquet "
+                    "or a datasets save_to_disk directory)")
 
 
 def split_words(text: str, n: int) -> list[str]:
@@ -157,25 +219,48 @@ def split_words(text: str, n: int) -> list[str]:
     return [" ".join(words[i : i + n]) for i in range(0, len(words), n)] or [""]
 
 
-def iter_passages(path: str | os.PathLike, config: CorpusConfig = CorpusConfig()) -> Iterator[dict]:
-    """Yield checked ``{"id", "title", "text"}`` rows from a corpus file (see the module doc)."""
-    path = _check_file(path)
-    reader = {"tsv": _read_tsv, "jsonl": _read_jsonl, "squad": _read_squad}[corpus_format(path)]
+def iter_passages(path: str | os.PathLike | Dataset, config: CorpusConfig = CorpusConfig()
+                  ) -> Iterator[dict]:
+    """Yield checked ``{"id", "title", "text"}`` rows from a corpus file, a datasets directory or
+    an in-memory :class:`datasets.Dataset` (see the module doc)."""
+    if isinstance(path, Dataset):
+        source = f"dataset {path.info.dataset_name or path._fingerprint}"
+        rows = _read_dataset(path, source)
+    else:
+        source = _check_file(path)
+        reader = {"tsv": _read_tsv, "jsonl": _read_jsonl, "squad": _read_squad,
+                  "parquet": _read_parquet, "datasets": _read_saved_dataset}[corpus_format(source)]
+        rows = reader(source)
     seen: set[str] = set()
-    for row in reader(path):
+    for row in rows:
         where = row.pop("_where")
         if not row["id"].strip():
-            raise UserError(f"{path}: {where}: empty passage id")
+            raise UserError(f"{source}: {where}: empty passage id")
         if not row["text"].strip():
-            raise UserError(f"{path}: {where}: passage {row['id']!r} has an empty text")
+            raise UserError(f"{source}: {where}: passage {row['id']!r} has an empty text")
         if row["id"] in seen:
-            raise UserError(f"{path}: {where}: duplicate passage id {row['id']!r}")
+            raise UserError(f"{source}: {where}: duplicate passage id {row['id']!r}")
         seen.add(row["id"])
         if config.passage_words > 0:
             for j, chunk in enumerate(split_words(row["text"], config.passage_words)):
                 yield {"id": f"{row['id']}_{j}", "title": row["title"], "text": chunk}
         else:
             yield row
+
+
+def corpus_digest(path: str | os.PathLike | Dataset) -> str:
+    """What a corpus is, for knowing whether saved work was made from it: the SHA-256 of a file,
+    or of a directory's files (names and contents), or a ``Dataset``'s own fingerprint."""
+    if isinstance(path, Dataset):
+        return f"dataset:{path._fingerprint}"
+    path = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        digest.update(str(file.relative_to(path)).encode() if file != path else b"")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_arrow(rows: Iterator[dict], arrow_path: str | os.PathLike, batch_rows: int = 10_000) -> int:
@@ -202,11 +287,12 @@ def write_arrow(rows: Iterator[dict], arrow_path: str | os.PathLike, batch_rows:
 
 
 def load_corpus(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Dataset,
     arrow_path: str | os.PathLike | None = None,
     config: CorpusConfig = CorpusConfig(),
 ) -> Dataset:
-    """Read a corpus file into a memory-mapped :class:`datasets.Dataset` with columns id, title, text.
+    """Read a corpus (file, datasets directory or ``Dataset``) into a memory-mapped
+    :class:`datasets.Dataset` with columns id, title, text.
 
     ``arrow_path`` is where the Arrow file goes (default: a fresh temporary directory, deleted
     with the returned table).
@@ -220,7 +306,8 @@ def load_corpus(
         count = write_arrow(iter_passages(path, config), arrow_path, config.batch_rows)
         if count == 0:
             Path(arrow_path).unlink(missing_ok=True)
-            raise UserError(f"{path}: the corpus holds no passages")
+            raise UserError(f"{'the dataset' if isinstance(path, Dataset) else path}: the corpus "
+                            "holds no passages")
         table = Dataset.from_file(str(arrow_path))
     except BaseException:
         if temp is not None:

@@ -7,7 +7,8 @@ Pooling is the DPR checkpoints' pooler output, the [CLS] state, or the masked me
 
 Identity: each encoder has a ``fingerprint`` (SHA-256 of its weights). An index records the
 fingerprint of the context encoder that built it; a question encoder is accepted by an index if it
-*is* that encoder or was trained against it (``paired_context_fingerprint``), see ``retriever.index``.
+*is* that encoder, was trained against it (``paired_context_fingerprint``) or is paired with it
+explicitly: the pairing rule is ``DenseIndex.check_question_encoder``.
 
 Glossary: N texts, L tokens, H hidden size, D output dimension.
 """

@@ -63,7 +63,7 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
             for p, row in zip(passages, rows, strict=False):
                 if row not in seen:
                     seen[row] = prepare(p["text"])
-            hits.append([test(seen[r], q.answers) for r in rows[: len(passages)]])
+            hits.append([test(seen[r], q.answers, q.patterns) for r in rows[: len(passages)]])
             if golds is not None:
                 gold = golds[start + j]
                 gold_hits.append([p["id"] in gold for p in passages])

@@ -239,19 +239,38 @@ class DenseIndex:
         return SearchResult(scores=scores, rows=rows, ids=ids, passages=passages)
 
     def check_question_encoder(self, identity: dict, paired_fingerprint: str | None = None,
-                               where: str = "index") -> None:
-        """Refuse a question encoder of another dimension or identity than the index's encoder."""
+                               where: str = "index", pair: bool = False) -> None:
+        """The pairing rule: which question encoders may search this index.
+
+        A question encoder of another dimension is always refused. Otherwise it is accepted when
+        - it *is* the context encoder that built the index (one tower for both sides), or
+        - it was trained against this index, or saved paired with it: its
+          ``paired_context_fingerprint`` is the index's encoder fingerprint (train_retriever.py and
+          finetune.py record this when they save it), or
+        - the user pairs it explicitly (``pair``: ``--question_encoder X`` given on the command
+          line, or ``RagConfig.question_encoder``), as for DPR's question/context twins, which are
+          two different encoders trained together; a one-line notice says so.
+        Anything else is refused: searching with an unrelated encoder of the same dimension
+        returns confident nonsense.
+        """
         built = self.manifest["encoder"]
         if identity["dim"] != self.manifest["dim"]:
             raise UserError(
                 f"{where} was built with encoder {built['name']!r} (dim {self.manifest['dim']}); "
                 f"question encoder {identity['name']!r} has dim {identity['dim']}")
         known = identity["fingerprint"] in self.manifest["question_encoders"]
-        if not known and paired_fingerprint != built["fingerprint"]:
-            raise UserError(
-                f"{where} was built with encoder {built['name']!r} (fingerprint "
-                f"{built['fingerprint']}); question encoder {identity['name']!r} (fingerprint "
-                f"{identity['fingerprint']}) was neither that encoder nor trained against it")
+        if known or paired_fingerprint == built["fingerprint"]:
+            return
+        if pair:
+            log.warning("pairing question encoder %r (fingerprint %s) with %s's context encoder "
+                        "%r (fingerprint %s), as asked", identity["name"], identity["fingerprint"],
+                        where, built["name"], built["fingerprint"])
+            return
+        raise UserError(
+            f"{where} was built with encoder {built['name']!r} (fingerprint "
+            f"{built['fingerprint']}); question encoder {identity['name']!r} (fingerprint "
+            f"{identity['fingerprint']}) was neither that encoder nor trained against it (to "
+            "pair them, as DPR's question/context twins, pass it as --question_encoder)")
 
     # -------------------------------------------------------------- hot-swap
     def add(self, vectors: np.ndarray, rows: list[dict]) -> None:

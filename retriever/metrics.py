@@ -8,6 +8,10 @@ of the top-k passages contains a gold answer. "Contains" has two definitions her
   non-space character; the answer's tokens must appear as a contiguous run of the passage's.
 - ``substring``: both sides normalised as SQuAD's evaluation script does (lowercase, no
   punctuation, no articles a/an/the, single spaces), the answer on word boundaries.
+
+Regular-expression answers (CuratedTREC, as DPR distributes it) are tested the way DPR's regex
+has_answer does under either definition: pattern and passage NFD-normalised, the pattern searched
+anywhere in the passage, case-insensitive, multi-line.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import re
 import string
 import unicodedata
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 import regex
+
+from .errors import UserError
 
 MATCHES = ("dpr", "substring")
 _TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")
@@ -62,12 +69,46 @@ def token_has_answer(passage_tokens: Sequence[str], answers: Sequence[str]) -> b
     return False
 
 
-def answer_test(match: str) -> tuple[Callable[[str], object], Callable[[object, Sequence[str]], bool]]:
+@lru_cache(maxsize=4096)
+def compile_pattern(pattern: str) -> re.Pattern:
+    """A regex answer, compiled as DPR compiles them (case-insensitive, Unicode, multi-line);
+    an invalid one raises :class:`UserError` naming it."""
+    try:
+        return re.compile(pattern, flags=re.IGNORECASE | re.UNICODE | re.MULTILINE)
+    except re.error as err:
+        raise UserError(f"answer pattern {pattern!r} is not a valid regular expression ({err})") from None
+
+
+def regex_has_answer(passage: str, patterns: Sequence[str]) -> bool:
+    """DPR's regex has_answer: some NFD-normalised pattern occurs anywhere in the NFD passage."""
+    text = unicodedata.normalize("NFD", passage)
+    return any(compile_pattern(unicodedata.normalize("NFD", p)).search(text) for p in patterns)
+
+
+AnswerTest = Callable[[tuple[str, object], Sequence[str], Sequence[str]], bool]
+
+
+def answer_test(match: str) -> tuple[Callable[[str], tuple[str, object]], AnswerTest]:
     """The has-answer test ``match`` ("dpr" or "substring") as ``(prepare, test)``: ``prepare(text)``
-    once per passage, then ``test(prepared, answers)`` per question."""
+    once per passage, then ``test(prepared, answers, patterns=())`` per question (string answers
+    by ``match``, regex answers by :func:`regex_has_answer`)."""
     if match == "dpr":
-        return dpr_tokens, token_has_answer
-    return normalize_answer, lambda prepared, answers: has_answer(prepared, answers, normalized=True)
+        ready, contains = dpr_tokens, token_has_answer
+    else:
+        ready = normalize_answer
+        def contains(prepared, answers):
+            return has_answer(prepared, answers, normalized=True)
+
+    def prepare(text: str) -> tuple[str, object]:
+        return text, ready(text)
+
+    def test(prepared: tuple[str, object], answers: Sequence[str], patterns: Sequence[str] = ()
+             ) -> bool:
+        text, done = prepared
+        return ((bool(answers) and contains(done, answers))
+                or (bool(patterns) and regex_has_answer(text, patterns)))
+
+    return prepare, test
 
 
 def retrieval_metrics(

@@ -25,7 +25,7 @@ def dpr_results(questions: Sequence[Question], passages: Sequence[list[dict]],
     prepare, test = answer_test(match)
     return [{"question": q.question, "answers": list(q.answers),
              "ctxs": [{"id": p["id"], "title": p["title"], "text": p["text"], "score": p["score"],
-                       "has_answer": test(prepare(p["text"]), q.answers)} for p in hits]}
+                       "has_answer": test(prepare(p["text"]), q.answers, q.patterns)} for p in hits]}
             for q, hits in zip(questions, passages, strict=True)]
 
 

@@ -4,8 +4,9 @@
 searches dense, sparse or hybrid (``retriever.fusion``). Everything that retrieves goes through it:
 ``RagModel`` (with gradient into the question encoder), evaluation, the scripts. It checks its
 inputs (non-empty questions, 0 < k <= corpus size) and, once, that the question encoder belongs
-with the index (the pairing rule of ``retriever.index``: it is the index's encoder or was trained
-against it; ``train=True`` says it is about to be). Saving the question encoder through it records
+with the index (the pairing rule, ``DenseIndex.check_question_encoder``: it is the index's
+encoder, or was trained against it, ``train=True`` saying it is about to be, or the user pairs it
+explicitly, ``pair=True``). Saving the question encoder through it records
 the pairing, so no caller touches an encoder's bookkeeping.
 
 Scores, best first: dense q . d with the stored passage vectors; sparse the BM25 score divided by
@@ -63,7 +64,7 @@ class Retriever:
 
     def __init__(self, question_encoder: Encoder | None, index: DenseIndex,
                  config: RetrievalConfig | None = None, encode_config: EncodeConfig | None = None,
-                 train: bool = False):
+                 train: bool = False, pair: bool = False):
         config = config or RetrievalConfig()
         self.question_encoder = question_encoder
         self.index = index
@@ -80,7 +81,7 @@ class Retriever:
             # an encoder about to be trained against this index is paired with it by that training
             paired = (index.manifest["encoder"]["fingerprint"] if train
                       else question_encoder.paired_context_fingerprint)
-            index.check_question_encoder(question_encoder.identity(), paired)
+            index.check_question_encoder(question_encoder.identity(), paired, pair=pair)
 
     def check_k(self, k: int) -> None:
         self.index.check_k(k)

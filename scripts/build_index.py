@@ -31,7 +31,8 @@ SPARSE_KINDS = ("none", "bm25")
 
 @dataclass(frozen=True)
 class Args:
-    corpus: str | None = None  # passages: DPR TSV (id, text, title), JSONL or SQuAD JSON
+    corpus: str | None = None  # passages: DPR TSV (id, text, title), JSONL, SQuAD JSON, Parquet
+    # (id, text, title columns) or a datasets save_to_disk directory
     out: str | None = None  # index directory to write (atomically)
     encoder: str = "all-MiniLM-L6-v2"  # context encoder: hub id, local directory or packaged name
     max_length: int = 0  # tokens per passage (title + text); 0 = the encoder's own (256, or fewer

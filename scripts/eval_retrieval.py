@@ -27,7 +27,8 @@ from retriever.search import Retriever
 class Args:
     index: str = field(metadata={"help": "index directory written by build_index.py"})
     questions: str = field(metadata={"help": "SQuAD JSON, NQ-open JSONL, WebQuestions JSON or DPR TSV"})
-    question_encoder: str | None = None  # hub id or directory; default: the index's own encoder
+    question_encoder: str | None = None  # hub id or directory; default: the index's own encoder.
+    # Given here, it is paired with the index's context encoder (DPR's twins), with a notice
     ks: str = "1,5,20,100"  # comma-separated k values for top-k accuracy
     batch_size: int = 128  # questions per batch
     limit: int = 0  # evaluate only the first N questions; 0 = all
@@ -58,7 +59,7 @@ def main() -> None:
     if args.limit > 0:
         questions = questions[: args.limit]
     encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
-    retriever = Retriever(encoder, index, retrieval)
+    retriever = Retriever(encoder, index, retrieval, pair=bool(args.question_encoder))
     kept: list = []
     metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size, results=kept,
                                  match=args.match)

@@ -80,7 +80,9 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
         raise UserError("--index DIR is required (except with --mode closed_book)")
     index = DenseIndex.load(rag_cfg.index)
     q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
-    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval)
+    # a --question_encoder given explicitly is paired with the index (DenseIndex.check_question_encoder)
+    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval,
+                    pair=bool(rag_cfg.question_encoder))
 
 
 def main() -> None:

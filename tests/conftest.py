@@ -106,6 +106,28 @@ def tiny_encoder_dir_16(tmp_path_factory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-16"), hidden=16, seed=1)
 
 
+@pytest.fixture(scope="session")
+def dpr_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """A DPR twin pair, saved as transformers saves ``facebook/dpr-*``: a random tiny
+    ``DPRContextEncoder`` and ``DPRQuestionEncoder`` (hidden 32, different weights), with the
+    fixtures' WordPiece tokenizer. Returns (context dir, question dir)."""
+    import transformers
+    from transformers import BertTokenizerFast, DPRConfig
+
+    bert = make_tiny_bert(tmp_path_factory.mktemp("dpr-vocab"), hidden=32, seed=5)
+    tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    config = DPRConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    dirs = []
+    for seed, name in ((6, "DPRContextEncoder"), (7, "DPRQuestionEncoder")):
+        out = tmp_path_factory.mktemp(name)
+        torch.manual_seed(seed)
+        getattr(transformers, name)(config).eval().save_pretrained(str(out))
+        tokenizer.save_pretrained(str(out))
+        dirs.append(out)
+    return dirs[0], dirs[1]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_temporary_leftovers(tmp_path_factory):
     """Every temporary file or directory the library and the scripts make is removed: the session

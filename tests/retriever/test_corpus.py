@@ -101,9 +101,58 @@ def test_missing_file(tmp_path):
 
 
 def test_unknown_extension(tmp_path):
-    path = tmp_path / "c.parquet"
+    path = tmp_path / "c.xml"
     path.write_text("x")
     check_error(path, "unknown corpus format")
+    check_error(tmp_path, "not one written by datasets' save_to_disk")
+
+
+def datasets_forms(passages, tmp_path) -> dict:
+    """The same passages as a Parquet file (columns in another order, with an extra column), a
+    save_to_disk directory, a one-split DatasetDict directory and an in-memory Dataset."""
+    from datasets import Dataset, DatasetDict
+
+    table = Dataset.from_list([{"text": p["text"], "extra": 1, "id": p["id"], "title": p["title"]}
+                               for p in passages])
+    table.to_parquet(str(tmp_path / "c.parquet"))
+    table.save_to_disk(str(tmp_path / "saved"))
+    DatasetDict({"train": table}).save_to_disk(str(tmp_path / "dict"))
+    return {"parquet": tmp_path / "c.parquet", "saved": tmp_path / "saved",
+            "dict": tmp_path / "dict", "in-memory": table}
+
+
+def test_datasets_forms_read_exactly(passages, tmp_path):
+    from retriever.corpus import corpus_digest
+
+    forms = datasets_forms(passages, tmp_path / "forms")
+    for name, source in forms.items():
+        ds = load_corpus(source, tmp_path / name / "p.arrow", CorpusConfig(batch_rows=3))
+        assert rows(ds) == passages, name
+    digests = {name: corpus_digest(source) for name, source in forms.items()}
+    assert len(set(digests.values())) == 4
+    (forms["saved"] / "extra.txt").write_text("changed")
+    assert corpus_digest(forms["saved"]) != digests["saved"]
+
+
+def test_datasets_forms_bad_input(passages, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    def dataset_error(dataset, *fragments):
+        with pytest.raises(UserError) as info:
+            load_corpus(dataset, tmp_path / "out" / "p.arrow")
+        assert all(f in str(info.value) for f in ("dataset", *fragments)), info.value
+
+    no_text = Dataset.from_list([{"id": "1", "body": "x"}])
+    dataset_error(no_text, "no 'text' column", "id, body")
+    no_text.to_parquet(str(tmp_path / "no-text.parquet"))
+    check_error(tmp_path / "no-text.parquet", "no-text.parquet", "no 'text' column")
+    empty = Dataset.from_list([{"id": "1", "text": "fine"}, {"id": "2", "text": None}])
+    dataset_error(empty, "row 2", "passage '2' has an empty text")
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    check_error(tmp_path / "bad.parquet", "bad.parquet", "not a readable Parquet file")
+    split = Dataset.from_list([{"id": "1", "text": "x"}])
+    DatasetDict({"a": split, "b": split}).save_to_disk(str(tmp_path / "two"))
+    check_error(tmp_path / "two", "splits ['a', 'b']", "give one split's directory")
 
 
 @pytest.mark.parametrize("name,content,fragment", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from retriever.errors import UserError
 from retriever.metrics import has_answer, normalize_answer, retrieval_metrics
 
 
@@ -81,6 +82,50 @@ def test_dpr_has_answer_on_hand_made_cases(passage, answers, want):
     from retriever.metrics import dpr_tokens, token_has_answer
 
     assert token_has_answer(dpr_tokens(passage), answers) is want
+
+
+@pytest.mark.parametrize("passage,patterns,want", [
+    ("Apollo 11 landed in July, 1969.", [r"ju(ne|ly),? 19\d\d"], True),  # searched anywhere
+    ("Apollo 11 landed in July, 1969.", [r"^ju(ne|ly)"], False),  # anchored at a line start
+    ("Apollo 11 landed\nJuly 1969.", [r"^ju(ne|ly)"], True),  # multi-line: ^ starts each line
+    ("APOLLO ELEVEN", [r"apollo\s+eleven"], True),  # case-insensitive
+    ("The cafe\u0301 opened.", ["caf\u00e9"], True),  # NFD on both sides: composed meets decomposed
+    ("The café opened.", ["cafe"], True),  # a regex is a plain search: the accent is a later mark
+    ("The café opened.", [r"cafe\b"], True),  # ... not a word character for re's \b either
+    ("Parisian cafés", ["paris"], True),  # unlike token matching, a pattern may match inside a word
+    ("Paris", ["lyon", "par"], True),  # any pattern
+    ("Paris", [], False),
+])
+def test_dpr_regex_has_answer_on_hand_made_cases(passage, patterns, want):
+    from retriever.metrics import answer_test, regex_has_answer
+
+    assert regex_has_answer(passage, patterns) is want
+    for match in ("dpr", "substring"):  # regex answers are tested the same under both
+        prepare, test = answer_test(match)
+        assert test(prepare(passage), [], patterns) is want
+
+
+def test_answer_test_takes_string_or_regex_answers():
+    from retriever.metrics import answer_test
+
+    text = "Apollo 11 landed on the Moon in July, 1969."
+    for match in ("dpr", "substring"):
+        prepare, test = answer_test(match)
+        prepared = prepare(text)
+        assert test(prepared, ["July, 1969"]) and not test(prepared, ["June 1969"])
+        assert test(prepared, ["June 1969"], ["moon"])  # either kind of answer counts
+        assert not test(prepared, ["June 1969"], ["mars"])
+    prepare, test = answer_test("dpr")
+    assert not test(prepare(text), ["July 1969"])  # DPR's tokens keep the comma
+    prepare, test = answer_test("substring")
+    assert test(prepare(text), ["July 1969"])  # SQuAD normalisation drops it
+
+
+def test_invalid_pattern_is_one_clear_error():
+    from retriever.metrics import regex_has_answer
+
+    with pytest.raises(UserError, match="not a valid regular expression"):
+        regex_has_answer("x", ["(unclosed"])
 
 
 def test_dpr_tokens_split_like_dpr_simple_tokenizer():

@@ -91,6 +91,36 @@ def test_retriever_refuses_foreign_question_encoders(index, tiny_encoder_dir, ti
     Retriever(paired, index).retrieve(["paris"], k=1)
 
 
+def test_dpr_pair_builds_an_index_and_searches_it(dpr_pair_dirs, corpus_tsv, questions,
+                                                  tmp_path, caplog):
+    """DPR's twins: passages through the context encoder, questions through the question encoder,
+    paired explicitly (the pairing rule); the search equals the brute-force inner products."""
+    ctx_dir, q_dir = dpr_pair_dirs
+    ctx = Encoder.from_pretrained(str(ctx_dir))
+    index = build_index(corpus_tsv, ctx, tmp_path / "dpr-idx", BuildConfig(encode=QUIET))
+    q_enc = Encoder.from_pretrained(str(q_dir))
+    assert (ctx.config.pooling, q_enc.config.pooling) == ("pooler", "pooler")
+    with pytest.raises(UserError, match="--question_encoder"):  # not paired: refused, with the way out
+        Retriever(q_enc, index)
+    with caplog.at_level("WARNING", logger="retriever.index"):
+        retriever = Retriever(q_enc, index, pair=True)
+    notices = [r.getMessage() for r in caplog.records if "pairing" in r.getMessage()]
+    assert len(notices) == 1 and q_enc.fingerprint in notices[0] and ctx.fingerprint in notices[0]
+    texts = [q for q, _, _ in questions]
+    result = retriever.retrieve(texts, k=3)
+    q = encode_texts(q_enc, texts, config=QUIET)
+    vectors = encode_texts(ctx, list(index.passages["text"]), list(index.passages["title"]), QUIET)
+    scores = q @ vectors.T
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(result.rows, expected)
+    np.testing.assert_allclose(result.scores, np.take_along_axis(scores, expected, 1), atol=1e-5)
+
+
+def test_explicit_pairing_never_bridges_dimensions(index, tiny_encoder_dir_16):
+    with pytest.raises(UserError, match="dim"):
+        Retriever(Encoder.from_pretrained(str(tiny_encoder_dir_16), pooling="mean"), index, pair=True)
+
+
 def test_gold_passage_ids(index, squad_questions):
     squad = read_questions(squad_questions)
     assert gold_passage_ids(index, squad) == [{p} for p in list(index.passages["id"])]

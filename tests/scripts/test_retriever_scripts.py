@@ -23,7 +23,7 @@ PRELOAD = ["retriever.build", "retriever.evaluation", "retriever.search", "retri
 
 @pytest.fixture(scope="module")
 def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, corpus_tsv,
-         squad_questions):
+         squad_questions, dpr_pair_dirs, passages):
     """Run every scenario once, in order; returns ``({name: Run}, the scenarios' directory)``."""
     tmp = tmp_path_factory.mktemp("scripts")
     # an index built in-process, for the eval failures
@@ -100,6 +100,17 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                                  tmp / "idx-hyb", "--dev", squad_questions, "--dev_ks", "1",
                                  "--out", tmp / "qenc-hyb", "--epochs", "1", "--batch_size", "4",
                                  "--negatives", "corpus", "--hybrid", "--json", tmp / "train-hyb.json"]
+    # a corpus from the datasets ecosystem: Parquet
+    from datasets import Dataset
+
+    Dataset.from_list(passages).to_parquet(str(tmp / "corpus.parquet"))
+    scenarios["build_parquet"] = [*build(tmp / "corpus.parquet", tmp / "idx-parquet"), "--json",
+                                  tmp / "build-parquet.json"]
+    # DPR's twins: the index built with the context encoder, searched with the question encoder
+    scenarios["build_dpr"] = ["build_index.py", "--corpus", corpus_tsv, "--encoder", dpr_pair_dirs[0],
+                              "--out", tmp / "idx-dpr", "--no_progress"]
+    scenarios["eval_dpr"] = evaluate(tmp / "idx-dpr", "--ks", "1,2", "--question_encoder",
+                                     dpr_pair_dirs[1], "--json", tmp / "eval-dpr.json")
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD), tmp
 
 
@@ -169,6 +180,24 @@ def test_train_with_a_lexical_head_then_eval(runs):
     assert "epoch 0: lexical head fitted" in train.stdout
     assert evaluation.returncode == 0, evaluation
     assert json.loads(evaluation.stdout)["n"] == 8
+
+
+def test_build_from_parquet(runs, passages):
+    results, tmp = runs
+    assert results["build_parquet"].returncode == 0, results["build_parquet"]
+    assert json.loads((tmp / "build-parquet.json").read_text())["count"] == len(passages)
+    from retriever.index import DenseIndex
+
+    assert list(DenseIndex.load(tmp / "idx-parquet").passages["id"]) == [p["id"] for p in passages]
+
+
+def test_dpr_pair_build_then_eval(runs, dpr_pair_dirs):
+    results, tmp = runs
+    for name in ("build_dpr", "eval_dpr"):
+        assert results[name].returncode == 0, results[name]
+    notices = [line for line in results["eval_dpr"].stderr.splitlines() if "pairing" in line]
+    assert len(notices) == 1 and "as asked" in notices[0], results["eval_dpr"]
+    assert json.loads((tmp / "eval-dpr.json").read_text())["n"] == 8
 
 
 def test_hybrid_build_eval_and_train(runs):
