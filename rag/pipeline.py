@@ -352,7 +352,12 @@ class RagModel(nn.Module):
         ``overrides`` change RagConfig fields."""
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_NAME).is_file():
-            raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME})")
+            from .hf_rag import is_transformers_rag
+
+            if is_transformers_rag(model_dir):
+                return cls._from_transformers(model_dir, index, retrieval, **overrides)
+            raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME}, and not a "
+                            "transformers RAG checkpoint)")
         config_file = model_dir / CONFIG_NAME
         try:
             saved = json.loads(config_file.read_text())
@@ -386,3 +391,20 @@ class RagModel(nn.Module):
         # the encoder named in the config was paired with the index by the user (check_question_encoder)
         return cls(Encoder.from_pretrained(config.question_encoder), generator, tokenizer, index,
                    config, retrieval, pair=True)
+
+    @classmethod
+    def _from_transformers(cls, model_dir: Path, index: DenseIndex | str | None,
+                           retrieval: RetrievalConfig | None, **overrides) -> RagModel:
+        """A transformers RAG checkpoint (``rag.hf_rag``) with ``index``, paired explicitly."""
+        from .hf_rag import load
+
+        q_enc, generator, tokenizer, fields = load(model_dir)
+        config = RagConfig(**{**fields, **overrides})
+        if index is None or isinstance(index, str | os.PathLike):
+            if not (index or config.index):
+                raise UserError(f"{model_dir}: a transformers RAG checkpoint brings no index of "
+                                "ours: pass one (--index DIR)")
+            config = replace(config, index=str(index or config.index))
+            index = DenseIndex.load(config.index)
+        return cls(q_enc, generator, tokenizer, index, config, retrieval, pair=True)
+

@@ -2,8 +2,11 @@
 
 An :class:`Encoder` maps token ids to one vector per text, E(x) in R^D, and the retriever scores a
 question q against a passage p by the inner product E_Q(q)^T E_P(p) (DPR, Karpukhin et al. 2020, Eq. 1).
-Pooling is the DPR checkpoints' pooler output, the [CLS] state, or the masked mean of token states
-(sentence-transformers models); then an optional linear projection and optional L2 normalisation.
+Pooling is the DPR checkpoints' pooler output, the [CLS] state, or the masked mean, max or last
+token state (sentence-transformers models); then sentence-transformers' Dense layers if any, an
+optional linear projection and optional L2 normalisation. Query and passage prompts (e5/bge style)
+are prepended on their side. sentence-transformers folders are read and written faithfully
+(``retriever.st_folder``).
 
 Identity: each encoder has a ``fingerprint`` (SHA-256 of its weights). An index records the
 fingerprint of the context encoder that built it; a question encoder is accepted by an index if it
@@ -28,14 +31,12 @@ from torch import nn
 from .errors import UserError, non_negative, one_of, positive
 from .fsutil import atomic_directory
 from .lexical import HEAD_NAME, LexicalHead
+from .st_folder import DenseLayer, read_folder, write_folder
 
 CONFIG_NAME = "ragqa_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
+DENSE_NAME = "dense.safetensors"
 POOLINGS = ("cls", "mean", "max", "lasttoken", "pooler")
-# sentence-transformers' pooling modes, in its old config keys and in its newer "pooling_mode" values
-ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-              "pooling_mode_max_tokens": "max", "pooling_mode_lasttoken": "lasttoken",
-              "cls": "cls", "mean": "mean", "max": "max", "lasttoken": "lasttoken"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ class EncoderConfig:
     max_length: int = 256  # tokens per text; longer texts are truncated
     lexical_head: bool = False  # question side only: add a learned bag-of-words vector
     # (retriever.lexical; fitted to the index's BM25 by train_retriever.py --lexical_head)
+    query_prompt: str = ""  # prepended to every question (e5/bge style, e.g. "query: ")
+    passage_prompt: str = ""  # prepended to every passage (its title, when it has one)
+    dense: tuple = ()  # sentence-transformers Dense layers after pooling: their specs
+    # (in_features, out_features, bias, activation); the weights are in dense.safetensors
 
     def __post_init__(self) -> None:
         one_of(self, "pooling", POOLINGS)
@@ -77,46 +82,24 @@ def resolve(name_or_path: str) -> str:
     return name_or_path
 
 
-def _infer_config(path: str, hf_config) -> EncoderConfig:
-    """Pooling and normalisation for a checkpoint without our own config file."""
+def _infer_config(path: str, hf_config) -> tuple[EncoderConfig, tuple[DenseLayer, ...]]:
+    """Settings (and Dense layers) for a checkpoint without our own config file."""
     if hf_config.model_type == "dpr":
-        return EncoderConfig(pooling="pooler")
-    folder = Path(path)
-    modules_file = folder / "modules.json"
-    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
-    if not modules and (folder / "1_Pooling" / "config.json").is_file():  # a folder without a list
-        modules = [{"type": "Pooling", "path": "1_Pooling"}]
-    pools = [m for m in modules if str(m.get("type", "")).endswith("Pooling")]
-    if not pools:
-        return EncoderConfig()
-    unsupported = [m["type"] for m in modules if not str(m.get("type", "")).endswith(
-        ("Transformer", "Pooling", "Normalize"))]
-    if unsupported:  # refused: ignoring a module would give other embeddings, silently
-        raise UserError(f"{path}: sentence-transformers module {unsupported[0]} is not supported "
-                        "(only Transformer, Pooling and Normalize)")
-    return EncoderConfig(pooling=_st_pooling(folder / pools[0].get("path", "1_Pooling") /
-                                             "config.json"),
-                         normalize=any(str(m.get("type", "")).endswith("Normalize") for m in modules))
-
-
-def _st_pooling(config_file: Path) -> str:
-    """Our pooling for a sentence-transformers Pooling config, in either of its key formats."""
-    pool = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    mode = pool.get("pooling_mode")
-    modes = [mode] if isinstance(mode, str) else list(mode or [])
-    modes += [key for key, on in pool.items() if key.startswith("pooling_mode_") and on is True]
-    ours = {ST_POOLING.get(m) for m in modes}
-    if len(ours) != 1 or None in ours:
-        raise UserError(f"{config_file}: pooling {modes or 'unset'} is not supported (one of "
-                        "cls, mean, max, lasttoken)")
-    return ours.pop()
+        return EncoderConfig(pooling="pooler"), ()
+    folder = read_folder(path)
+    if folder is None:
+        return EncoderConfig(), ()
+    return EncoderConfig(pooling=folder.pooling, normalize=folder.normalize,
+                         query_prompt=folder.query_prompt, passage_prompt=folder.passage_prompt,
+                         dense=tuple(layer.spec for layer in folder.dense)), folder.dense
 
 
 class Encoder(nn.Module):
     """One tower of the bi-encoder: ``forward(input_ids, attention_mask) -> (N, D)`` float."""
 
     def __init__(self, backbone: nn.Module, tokenizer, config: EncoderConfig, name: str = "",
-                 paired_context_fingerprint: str | None = None):
+                 paired_context_fingerprint: str | None = None,
+                 dense: tuple[DenseLayer, ...] | None = None):
         super().__init__()
         if config.pooling not in POOLINGS:
             raise UserError(f"pooling {config.pooling!r} is not one of {POOLINGS}")
@@ -131,6 +114,12 @@ class Encoder(nn.Module):
         hidden = backbone.config.hidden_size
         if backbone.config.model_type == "dpr" and getattr(backbone.config, "projection_dim", 0):
             hidden = backbone.config.projection_dim
+        if dense is None:  # fresh layers of the configured shapes (weights loaded after)
+            dense = tuple(DenseLayer(s["in_features"], s["out_features"], s["bias"], s["activation"])
+                          for s in config.dense)
+        self.dense = nn.ModuleList(dense)
+        if dense:
+            hidden = dense[-1].spec["out_features"]
         self.projection = nn.Linear(hidden, config.projection_dim) if config.projection_dim else None
         self.dim = config.projection_dim or hidden
         self.lexical = LexicalHead(tokenizer, self.dim) if config.lexical_head else None
@@ -152,6 +141,8 @@ class Encoder(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (N, L, 1)
             emb = (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (N, H)
+        for layer in self.dense:
+            emb = layer(emb)
         if self.projection is not None:
             emb = self.projection(emb)
         if self.config.normalize:
@@ -178,11 +169,20 @@ class Encoder(nn.Module):
         return 20.0 if self.config.normalize else 1.0
 
     def tokenize(self, texts: list[str], titles: list[str] | None = None,
-                 padding: bool = True) -> dict:
+                 padding: bool = True, passages: bool | None = None) -> dict:
         """Tokenise questions, or passages as DPR does (``[CLS] title [SEP] text [SEP]``).
 
-        With ``padding`` returns (N, L) tensors; without, lists of ids (for length-sorted batching).
+        Texts with titles are passages (``passages`` says so for texts without), the rest
+        questions; each side's prompt is prepended to the first segment. With ``padding`` returns
+        (N, L) tensors; without, lists of ids (for length-sorted batching).
         """
+        passages = titles is not None if passages is None else passages
+        prompt = self.config.passage_prompt if passages else self.config.query_prompt
+        if prompt:
+            if titles is not None:
+                titles = [prompt + t for t in titles]
+            else:
+                texts = [prompt + t for t in texts]
         kwargs = dict(truncation=True, max_length=self.config.max_length,
                       return_token_type_ids=False)
         if padding:
@@ -198,8 +198,9 @@ class Encoder(nn.Module):
             # max_length only truncates inputs: hash it at its default, so the same weights keep one
             # identity whatever --max_length built an index (and default fingerprints are unchanged)
             ident = asdict(replace(self.config, max_length=EncoderConfig.max_length))
-            if not ident["lexical_head"]:  # fingerprints from before the head existed still hold
-                del ident["lexical_head"]
+            for key in ("lexical_head", "query_prompt", "passage_prompt", "dense"):
+                if not ident[key]:  # fingerprints from before these settings existed still hold
+                    del ident[key]
             h = hashlib.sha256(json.dumps(ident, sort_keys=True).encode())
             for key, tensor in sorted(self.state_dict().items()):
                 h.update(key.encode())
@@ -213,8 +214,9 @@ class Encoder(nn.Module):
 
     def identity(self) -> dict:
         """What an index manifest records about the encoder that built it."""
+        config = asdict(self.config)
         return {"name": self.name, "fingerprint": self.fingerprint, "dim": self.dim,
-                **asdict(self.config)}
+                **config, "dense": list(config["dense"])}  # as JSON reads it back
 
     def save_pretrained(self, out_dir: str | os.PathLike, half: bool = False,
                         backbone_from: str | None = None,
@@ -240,6 +242,9 @@ class Encoder(nn.Module):
             if self.projection is not None:
                 save_file({k: v.contiguous() for k, v in self.projection.state_dict().items()},
                           str(tmp / PROJECTION_NAME))
+            if len(self.dense):
+                save_file({k: v.detach().float().contiguous()
+                           for k, v in self.dense.state_dict().items()}, str(tmp / DENSE_NAME))
             if self.lexical is not None:
                 w = self.lexical.weight.detach()
                 save_file({"weight": (w.half() if half else w).contiguous()}, str(tmp / HEAD_NAME))
@@ -253,27 +258,14 @@ class Encoder(nn.Module):
                 self._write_st_modules(tmp)
 
     def _write_st_modules(self, out: Path) -> None:
-        """``modules.json`` and its module configs, so sentence-transformers loads this encoder with
+        """sentence-transformers' files (``retriever.st_folder``), so it loads this encoder with
         the same embeddings; skipped for what it cannot express (DPR's pooler, a projection, a
         lexical head)."""
         if self.config.pooling == "pooler" or self.projection is not None or self.lexical is not None:
             return
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling",
-                    "type": "sentence_transformers.models.Pooling"}]
-        if self.config.normalize:
-            modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
-                            "type": "sentence_transformers.models.Normalize"})
-            (out / "2_Normalize").mkdir()
-        (out / "1_Pooling").mkdir()
-        keys = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
-                "max": "pooling_mode_max_tokens", "lasttoken": "pooling_mode_lasttoken"}
-        pooling = {"word_embedding_dimension": self.backbone.config.hidden_size,
-                   **{key: mode == self.config.pooling for mode, key in keys.items()}}
-        (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=2))
-        (out / "modules.json").write_text(json.dumps(modules, indent=2))
-        (out / "sentence_bert_config.json").write_text(json.dumps(
-            {"max_seq_length": self.config.max_length, "do_lower_case": False}, indent=2))
+        write_folder(out, self.config.pooling, self.backbone.config.hidden_size,
+                     self.config.normalize, self.config.max_length, list(self.dense),
+                     self.config.query_prompt, self.config.passage_prompt)
 
     def _check_same_backbone(self, source: str) -> None:
         """Raise :class:`UserError` unless ``source``'s weights equal this encoder's backbone."""
@@ -308,7 +300,12 @@ class Encoder(nn.Module):
             raise UserError(f"{name_or_path}: cannot load encoder ({str(err).splitlines()[0]})"
                             ) from None
         fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
-        base = config or (EncoderConfig(**fields) if fields else _infer_config(path, hf_config))
+        dense = None
+        if fields:
+            saved = EncoderConfig(**{**fields, "dense": tuple(fields.get("dense", ()))})
+        else:
+            saved, dense = _infer_config(path, hf_config)
+        base = config or saved
         base = replace(base, **overrides)
         table = getattr(hf_config, "max_position_embeddings", None)
         if table and overrides.get("max_length", 0) > table:
@@ -326,8 +323,19 @@ class Encoder(nn.Module):
                     weights, add_pooling_layer=base.pooling == "pooler", dtype=torch.float32)
             except TypeError:
                 backbone = AutoModel.from_pretrained(weights, dtype=torch.float32)
+        if base.dense != saved.dense:  # Dense layers are the checkpoint's, not a setting to change
+            base = replace(base, dense=saved.dense)
         enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,
-                  paired_context_fingerprint=meta.get("paired_context_fingerprint"))
+                  paired_context_fingerprint=meta.get("paired_context_fingerprint"), dense=dense)
+        if len(enc.dense) and dense is None:
+            weights_file = Path(path) / DENSE_NAME
+            if not weights_file.is_file():
+                raise UserError(f"{path}: config names Dense layers but {DENSE_NAME} is missing")
+            try:
+                enc.dense.load_state_dict(load_file(str(weights_file)))
+            except RuntimeError as err:
+                raise UserError(f"{weights_file}: does not match the Dense layers of "
+                                f"{CONFIG_NAME} ({str(err).splitlines()[0]})") from None
         if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():
             enc.projection.load_state_dict(load_file(str(Path(path) / PROJECTION_NAME)))
         if enc.lexical is not None:

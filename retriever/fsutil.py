@@ -82,7 +82,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-OURS = ("manifest.json", "rag_config.json", "ragqa_encoder.json")  # what marks a directory as ours
+# what marks a directory as ours
+OURS = ("manifest.json", "rag_config.json", "ragqa_encoder.json", "ragqa_export.json")
 
 
 def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:

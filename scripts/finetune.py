@@ -36,7 +36,9 @@ class Args:
     train: str = field(metadata={"help": "training questions with answers (any supported format)"})
     out: str = field(metadata={"help": "model directory to write"})
     dev: str | None = None  # dev questions for exact match during training
-    generator: str = "starter"  # BART directory or hub id; "starter" = warm-start from MiniLM-L6
+    generator: str = "starter"  # BART directory or hub id; "starter" = warm-start from MiniLM-L6;
+    # a transformers RAG checkpoint gives its generator (and, without --question_encoder, its
+    # DPR question encoder, paired with --index)
     starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
     starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
     starter_cross_attention: str = "copy_self"  # starter: "random" or "copy_self" initialisation
@@ -59,13 +61,19 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
     from generator.copy import CopyBartForConditionalGeneration, has_copy_head
     from generator.model import load_generator
     from generator.warmstart import warm_start_bart
+    from rag.hf_rag import is_transformers_rag
+    from rag.hf_rag import load as load_transformers_rag
 
     resumed = resume_dir(args.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
         settings = {k: v for k, v in asdict(rag_cfg).items() if k != "index"}
         return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **settings)
-    if args.generator == "starter":
+    q_enc = None
+    if is_transformers_rag(args.generator):
+        rag_q_enc, generator, tokenizer, _ = load_transformers_rag(args.generator)
+        q_enc = None if rag_cfg.question_encoder else rag_q_enc
+    elif args.generator == "starter":
         generator, tokenizer = warm_start_bart(
             "all-MiniLM-L6-v2", encoder_layers=args.starter_encoder_layers,
             decoder_layers=args.starter_decoder_layers,
@@ -79,10 +87,12 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
     if not rag_cfg.index:
         raise UserError("--index DIR is required (except with --mode closed_book)")
     index = DenseIndex.load(rag_cfg.index)
-    q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
-    # a --question_encoder given explicitly is paired with the index (DenseIndex.check_question_encoder)
-    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval,
-                    pair=bool(rag_cfg.question_encoder))
+    # a --question_encoder given explicitly, or a transformers RAG checkpoint's, is paired with
+    # the index (DenseIndex.check_question_encoder)
+    pair = bool(rag_cfg.question_encoder) or q_enc is not None
+    if q_enc is None:
+        q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
+    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval, pair=pair)
 
 
 def main() -> None:

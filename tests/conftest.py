@@ -116,8 +116,10 @@ def dpr_pair_dirs(tmp_path_factory) -> tuple[Path, Path]:
 
     bert = make_tiny_bert(tmp_path_factory.mktemp("dpr-vocab"), hidden=32, seed=5)
     tokenizer = BertTokenizerFast.from_pretrained(str(bert))
+    # a wide initialisation, so that random towers still tell texts apart
     config = DPRConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+                       num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                       initializer_range=0.5)
     dirs = []
     for seed, name in ((6, "DPRContextEncoder"), (7, "DPRQuestionEncoder")):
         out = tmp_path_factory.mktemp(name)

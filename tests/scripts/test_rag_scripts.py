@@ -95,6 +95,20 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                          "--question_backbone_from", tiny_encoder_dir, "--max_mb", "0.01"],
         "pack_trained_tower": ["pack_starter.py", "--model", tmp / "ft", "--out",
                                tmp / "packed-ft", "--question_backbone_from", tiny_encoder_dir],
+        # transformers' RAG: the tiny model ([CLS] pooling) exported, then used as a checkpoint
+        "export": ["export_transformers.py", "--model", model, "--out", tmp / "exported"],
+        "ask_transformers": ["ask.py", q, "--model", tmp / "exported", "--index", tmp / "idx",
+                             "--json"],
+        "finetune_transformers": ["finetune.py", "--train", squad_questions, "--out",
+                                  tmp / "ft-hf", "--generator", tmp / "exported", "--index",
+                                  tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
+                                  "--max_input_length", "64", "--max_answer_length", "8"],
+        "export_spans": ["export_transformers.py", "--model", model, "--out", tmp / "exp-spans",
+                         "--constrain", "spans"],
+        "export_hybrid": ["export_transformers.py", "--model", model, "--index", tmp / "idx-hyb",
+                          "--out", tmp / "exp-hybrid"],
+        "ask_transformers_no_index": ["ask.py", q, "--model", tmp / "exported"],
+        "help_export_transformers": ["export_transformers.py", "--help"],
     }
     stdin = {"ask_stdin": "What is the capital of France?\n\nWho created Python?\n"}
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD, stdin=stdin,
@@ -147,6 +161,9 @@ def test_ask_reads_one_question_per_line_from_stdin(runs):
     ("ask_hybrid_no_sparse", ["--retrieval hybrid", "sparse side"]),
     ("ask_rrf", ["rrf", "--fusion linear"]),
     ("finetune_bad_weight", ["--fusion_weight", "inf"]),
+    ("export_spans", ["span-constrained", "--constrain none"]),
+    ("export_hybrid", ["hybrid retrieval", "--retrieval dense"]),
+    ("ask_transformers_no_index", ["exported", "transformers RAG checkpoint", "--index DIR"]),
 ])
 def test_bad_input_is_one_error_line(runs, name, fragments):
     proc = runs[0][name]
@@ -162,11 +179,31 @@ def test_unknown_flag_is_a_usage_error(runs):
     assert "Traceback" not in proc.stderr and "unrecognized arguments: --kk" in proc.stderr, proc
 
 
-@pytest.mark.parametrize("script", ["ask", "finetune"])
+@pytest.mark.parametrize("script", ["ask", "finetune", "export_transformers"])
 def test_help(runs, script):
     proc = runs[0][f"help_{script}"]
     assert proc.returncode == 0, proc
     assert "usage:" in proc.stdout and "Example" in proc.stdout
+
+
+def test_export_to_transformers_and_back(runs):
+    results, tmp = runs
+    for name in ("export", "ask_transformers", "finetune_transformers"):
+        assert results[name].returncode == 0, results[name]
+    out = tmp / "exported"
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "rag" and config["n_docs"] == 3
+    assert config["index_name"] == "custom" and config["passages_path"] == str(out / "passages")
+    assert (out / "passages.faiss").is_file() and (out / "question_encoder_tokenizer").is_dir()
+    # loaded back as a transformers checkpoint: the same passages, scored the same
+    ours, back = json.loads(results["ask_json"].stdout), json.loads(results["ask_transformers"].stdout)
+    assert [p["id"] for p in back["passages"]] == [p["id"] for p in ours["passages"]]
+    assert [p["score"] for p in back["passages"]] == pytest.approx(
+        [p["score"] for p in ours["passages"]], abs=1e-4)
+    assert "pairing question encoder" in results["ask_transformers"].stderr
+    # fine-tuned from it: the DPR question encoder and the BART generator carry on
+    saved = json.loads((tmp / "ft-hf" / "question_encoder" / "config.json").read_text())
+    assert saved["model_type"] == "dpr"
 
 
 def test_finetune_writes_a_model_directory(runs):
