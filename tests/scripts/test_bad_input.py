@@ -35,6 +35,9 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         return ["build_index.py", "--corpus", corpus, "--encoder", encoder, "--out", d / "new-idx",
                 *extra]
 
+    def build_from(source):
+        return ["build_index.py", "--corpus", source, "--encoder", encoder, "--out", d / "new-idx"]
+
     def evaluate(*extra):
         return ["eval_retrieval.py", "--index", d / "idx", "--questions", questions, *extra]
 
@@ -104,6 +107,13 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         "ask_k_negative": (ask("--k", "-1"), ["--k", "-1"]),
         "bench_batch_zero": (bench("--batch_size", "0"), ["batch_size"]),
         "bench_fusion_nan": (bench("--fusion_weight", "nan"), ["--fusion_weight", "nan"]),
+        "bench_match": (bench("--match", "exact"), ["match", "exact"]),
+        "eval_match": (evaluate("--match", "exact"), ["--match", "exact"]),
+        "export_constrain": (["export_transformers.py", "--model", d / "model", "--out",
+                              d / "new-export", "--constrain", "words"], ["--constrain", "words"]),
+        "export_out_user_dir": (["export_transformers.py", "--model", d / "model", "--out",
+                                 d / "user", "--overwrite"], ["user", "not written by ragqa"]),
+        "build_corpus_plain_dir": (build_from(d / "user"), ["user", "save_to_disk"]),
         # 2. outputs, checked before any work
         "build_json_missing_dir": (build("--json", d / "nowhere" / "b.json"), ["nowhere"]),
         "build_json_is_dir": (build("--json", d / "user"), ["user", "is a directory"]),
