@@ -9,10 +9,11 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset
 
-from .corpus import CorpusConfig, corpus_digest, load_corpus
-from .encode import EncodeConfig, encode_corpus
+from .corpus import CorpusConfig, corpus_digest, corpus_embeddings, load_corpus
+from .encode import EncodeConfig, encode_corpus, encode_texts
 from .encoder import Encoder
 from .errors import UserError
 from .fsutil import atomic_file, check_output_dir
@@ -32,6 +33,8 @@ class BuildConfig:
     sparse: SparseConfig | None = None  # also build a BM25 side (retriever.sparse) with these settings
     fusion: FusionConfig = field(default_factory=FusionConfig)  # hybrid defaults for the manifest
     overwrite: bool = False  # replace an existing index directory
+    use_embeddings: bool = False  # take the passage vectors from the corpus's "embeddings" column
+    # (a RagRetriever custom dataset) instead of encoding; a sample is checked against the encoder
 
 
 def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_dir: str | os.PathLike,
@@ -75,7 +78,15 @@ def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_
     if fresh or not (work / RECIPE).is_file():
         with atomic_file(work / RECIPE) as tmp:
             tmp.write_text(json.dumps(_recipe(corpus_path, encoder, config)))
-    vectors = encode_corpus(encoder, passages, work, config.encode, accelerator)
+    if config.use_embeddings:
+        try:
+            vectors = stored_vectors(corpus_path, passages, encoder, config)
+        except BaseException:
+            if fresh:  # nothing to resume: refused embeddings leave nothing behind
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+    else:
+        vectors = encode_corpus(encoder, passages, work, config.encode, accelerator)
     if accelerator is not None and not accelerator.is_main_process:
         return None
     index = DenseIndex.build(vectors, passages, encoder.identity(), config.index)
@@ -84,6 +95,32 @@ def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_
     index.save(out_dir, overwrite=config.overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return DenseIndex.load(out_dir)
+
+
+def stored_vectors(corpus_path, passages, encoder: Encoder, config: BuildConfig,
+                   sample: int = 8) -> np.ndarray:
+    """The corpus's stored embeddings, checked: one per passage, of the encoder's dimension, and
+    the first ``sample`` equal (cosine >= 0.99, allowing for half-precision storage) to what the
+    encoder makes of those passages, so vectors of another encoder are refused."""
+    if config.corpus.passage_words:
+        raise UserError("--use_embeddings keeps the stored passages whole: leave out --passage_words")
+    vectors = corpus_embeddings(corpus_path)
+    if vectors.shape != (len(passages), encoder.dim):
+        raise UserError(f"{corpus_path}: {vectors.shape[0]} embeddings of dimension "
+                        f"{vectors.shape[1]} for {len(passages)} passages and encoder "
+                        f"{encoder.name!r} of dimension {encoder.dim}")
+    head = passages[:sample]
+    fresh = encode_texts(encoder, head["text"], head["title"], config.encode)
+    cos = (fresh * vectors[: len(fresh)]).sum(1) / np.maximum(
+        np.linalg.norm(fresh, axis=1) * np.linalg.norm(vectors[: len(fresh)], axis=1), 1e-12)
+    if cos.min() < 0.99:
+        row = int(cos.argmin())
+        raise UserError(f"{corpus_path}: the stored embedding of row {row} is not encoder "
+                        f"{encoder.name!r}'s (cosine {cos[row]:.3f}): were they made by another "
+                        "encoder? Pass that one as --encoder")
+    log.info("%d stored embeddings used (a sample of %d checked against %s)", len(vectors),
+             len(fresh), encoder.name)
+    return vectors
 
 
 def _recipe(corpus_path: str | os.PathLike, encoder: Encoder, config: BuildConfig) -> dict:

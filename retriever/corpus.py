@@ -4,7 +4,10 @@ Arrow table.
 
 Every reader yields ``{"id", "title", "text"}`` rows and checks them as it goes: a missing field,
 a non-UTF-8 byte, an empty text or a duplicate id raises :class:`UserError` naming file and row.
-Columnar corpora need ``id`` and ``text`` columns (``title`` optional; others are ignored).
+Columnar corpora need a ``text`` column; ``title`` is optional, and so is ``id``: without it a
+passage's id is its row number from 0 (as transformers' ``RagRetriever`` numbers them). Other
+columns are ignored, except that :func:`corpus_embeddings` reads an ``embeddings`` column (a
+``RagRetriever`` custom dataset's), so such a corpus can be indexed without re-encoding.
 The rows are streamed into an Arrow file that :class:`datasets.Dataset` memory-maps, so memory does
 not grow with the corpus (DPR's 21M-passage Wikipedia is 13 GB of text).
 """
@@ -23,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
@@ -148,13 +152,14 @@ def _read_squad(path: Path) -> Iterator[dict]:
 def _columnar_rows(source: object, names: list[str], batches: Iterator[dict[str, list]]
                    ) -> Iterator[dict]:
     """Rows of a columnar corpus: ``names`` its columns, ``batches`` column dicts in order."""
-    for column in ("id", "text"):
-        if column not in names:
-            raise UserError(f"{source}: no {column!r} column (it has {', '.join(names) or 'none'})")
+    if "text" not in names:
+        raise UserError(f"{source}: no 'text' column (it has {', '.join(names) or 'none'})")
     row = 0
     for batch in batches:
-        titles = batch.get("title") or [""] * len(batch["id"])
-        for id_, title, text in zip(batch["id"], titles, batch["text"], strict=True):
+        size = len(batch["text"])
+        titles = batch.get("title") or [""] * size
+        ids = batch.get("id") or [str(row + i) for i in range(size)]
+        for id_, title, text in zip(ids, titles, batch["text"], strict=True):
             row += 1
             yield {"id": "" if id_ is None else str(id_), "title": "" if title is None else str(title),
                    "text": "" if text is None else str(text), "_where": f"row {row}"}
@@ -246,6 +251,39 @@ def iter_passages(path: str | os.PathLike | Dataset, config: CorpusConfig = Corp
                 yield {"id": f"{row['id']}_{j}", "title": row["title"], "text": chunk}
         else:
             yield row
+
+
+def _columnar(path: str | os.PathLike | Dataset) -> Dataset:
+    """A columnar corpus (Parquet, datasets directory or Dataset) as a memory-mapped Dataset."""
+    from datasets import DatasetDict, load_from_disk
+
+    if isinstance(path, Dataset):
+        return path
+    source = _check_file(path)
+    kind = corpus_format(source)
+    if kind == "parquet":
+        return Dataset.from_parquet(str(source))
+    if kind != "datasets":
+        raise UserError(f"{source}: stored embeddings are read from a Parquet file or a datasets "
+                        "directory, not from a .tsv, .jsonl or SQuAD file")
+    loaded = load_from_disk(str(source))
+    return next(iter(loaded.values())) if isinstance(loaded, DatasetDict) else loaded
+
+
+def corpus_embeddings(path: str | os.PathLike | Dataset, column: str = "embeddings") -> np.ndarray:
+    """The passage vectors (N, D) float32 stored in a columnar corpus's ``column``, in row order."""
+    table = _columnar(path)
+    source = "the dataset" if isinstance(path, Dataset) else path
+    if column not in table.column_names:
+        raise UserError(f"{source}: no {column!r} column (it has {', '.join(table.column_names)})")
+    try:
+        vectors = np.asarray(table.with_format("numpy")[column], dtype=np.float32)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"{source}: column {column!r} is not a table of equal-length vectors "
+                        f"({err})") from None
+    if vectors.ndim != 2 or not np.isfinite(vectors).all():
+        raise UserError(f"{source}: column {column!r} must hold finite vectors of one dimension")
+    return vectors
 
 
 def corpus_digest(path: str | os.PathLike | Dataset) -> str:

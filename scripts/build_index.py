@@ -3,11 +3,15 @@
 With --sparse bm25 the index also gets a BM25 side (bm25s, in <out>/sparse/) and searches can be
 hybrid: dense and BM25 candidates fused as s = s_dense + w * s_bm25 / (best s_bm25) (see
 retriever/fusion.py). --add_sparse gives an existing index a BM25 side without re-encoding.
+--use_embeddings indexes vectors already stored with the passages (the "embeddings" column of a
+Parquet file or datasets directory, as transformers' RagRetriever custom index keeps them).
 
 Example:
     python scripts/build_index.py --corpus ../shared/data/squad-open/corpus.tsv \\
         --encoder all-MiniLM-L6-v2 --out runs/index-l6 --sparse bm25
     python scripts/build_index.py --add_sparse runs/index-l6
+    python scripts/build_index.py --corpus my_knowledge_dataset/ --use_embeddings \
+        --encoder facebook/dpr-ctx_encoder-multiset-base --out runs/index-imported
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class Args:
     add_sparse: str | None = None  # existing index directory to give a BM25 side (replacing any),
     # without re-encoding; --corpus, --out and --encoder are then not used
     overwrite: bool = False  # replace an existing index directory
+    use_embeddings: bool = False  # index the vectors stored in the corpus's "embeddings" column (a
+    # Parquet file or datasets directory, e.g. transformers' RagRetriever custom passages) instead
+    # of encoding; --encoder names the encoder that made them, and a sample is checked against it
     json: str | None = None  # write figures (count, dim, seconds, passages/s) to this JSON file
 
     def __post_init__(self) -> None:
@@ -87,7 +94,7 @@ def main() -> None:
         encoder = Encoder.from_pretrained(args.encoder, **length)
         start = time.perf_counter()
         config = BuildConfig(corpus, encode, index_cfg, sparse if args.sparse == "bm25" else None,
-                             fusion, overwrite=args.overwrite)
+                             fusion, overwrite=args.overwrite, use_embeddings=args.use_embeddings)
         index = build_index(args.corpus, encoder, args.out, config)
         seconds = time.perf_counter() - start
         figures = {"count": len(index), "dim": index.manifest["dim"],

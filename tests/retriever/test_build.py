@@ -62,3 +62,40 @@ def test_the_same_build_resumes_from_its_shards(tiny_encoder_dir, corpus_tsv, tm
     assert len(calls) == 2  # shards 2 and 3 of 3: the first was kept
     want = build_index(corpus_tsv, encoder, tmp_path / "fresh", SMALL_SHARDS)
     np.testing.assert_array_equal(vectors(got), vectors(want))
+
+
+def test_stored_embeddings_are_indexed_without_encoding(tiny_encoder_dir, tiny_encoder_dir_16,
+                                                        passages, tmp_path, monkeypatch):
+    """A RagRetriever custom dataset (title, text, embeddings; no id) indexes as it is: ids are
+    row numbers, the vectors are the stored ones, and another encoder's vectors are refused."""
+    from datasets import Dataset
+
+    from retriever.encode import encode_texts
+    from retriever.errors import UserError
+
+    quiet = EncodeConfig(progress=False)
+    encoder = Encoder.from_pretrained(str(tiny_encoder_dir))
+    vectors = encode_texts(encoder, [p["text"] for p in passages], [p["title"] for p in passages],
+                           quiet).astype(np.float16)  # stored at half precision
+    Dataset.from_dict({"title": [p["title"] for p in passages], "text": [p["text"] for p in passages],
+                       "embeddings": list(vectors)}).save_to_disk(str(tmp_path / "psgs"))
+    calls = []
+    import retriever.build as build_mod
+
+    monkeypatch.setattr(build_mod, "encode_corpus", lambda *a, **k: calls.append(1))
+    index = build_index(tmp_path / "psgs", encoder, tmp_path / "idx",
+                        BuildConfig(encode=quiet, use_embeddings=True))
+    assert not calls  # nothing encoded beyond the sample check
+    assert list(index.passages["id"]) == [str(i) for i in range(len(passages))]
+    np.testing.assert_array_equal(index.vectors(np.arange(len(passages))), vectors.astype(np.float32))
+    with pytest.raises(UserError, match=r"row \d is not encoder .*cosine"):
+        build_index(tmp_path / "psgs", Encoder.from_pretrained(str(tiny_encoder_dir), pooling="mean"),
+                    tmp_path / "idx-mean", BuildConfig(encode=quiet, use_embeddings=True))
+    with pytest.raises(UserError, match="dimension 16"):
+        build_index(tmp_path / "psgs", Encoder.from_pretrained(str(tiny_encoder_dir_16)),
+                    tmp_path / "idx-16", BuildConfig(encode=quiet, use_embeddings=True))
+    with pytest.raises(UserError, match="no 'embeddings' column"):
+        Dataset.from_list(passages).save_to_disk(str(tmp_path / "plain"))
+        build_index(tmp_path / "plain", encoder, tmp_path / "idx-plain",
+                    BuildConfig(encode=quiet, use_embeddings=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "plain", "psgs"]

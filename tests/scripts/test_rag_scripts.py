@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,6 +104,9 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                                   tmp / "ft-hf", "--generator", tmp / "exported", "--index",
                                   tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
                                   "--max_input_length", "64", "--max_answer_length", "8"],
+        "import_export": ["build_index.py", "--corpus", tmp / "exported" / "passages",
+                          "--use_embeddings", "--encoder", tiny_encoder_dir, "--out",
+                          tmp / "idx-imported", "--no_progress"],
         "export_spans": ["export_transformers.py", "--model", model, "--out", tmp / "exp-spans",
                          "--constrain", "spans"],
         "export_hybrid": ["export_transformers.py", "--model", model, "--index", tmp / "idx-hyb",
@@ -201,6 +205,12 @@ def test_export_to_transformers_and_back(runs):
     assert [p["score"] for p in back["passages"]] == pytest.approx(
         [p["score"] for p in ours["passages"]], abs=1e-4)
     assert "pairing question encoder" in results["ask_transformers"].stderr
+    # its RagRetriever passages imported back as an index, without re-encoding
+    assert results["import_export"].returncode == 0, results["import_export"]
+    imported, original = DenseIndex.load(tmp / "idx-imported"), DenseIndex.load(tmp / "idx")
+    assert list(imported.passages["id"]) == list(original.passages["id"])
+    rows = np.arange(len(original))
+    np.testing.assert_allclose(imported.vectors(rows), original.vectors(rows), atol=1e-6)
     # fine-tuned from it: the DPR question encoder and the BART generator carry on
     saved = json.loads((tmp / "ft-hf" / "question_encoder" / "config.json").read_text())
     assert saved["model_type"] == "dpr"
