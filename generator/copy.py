@@ -219,14 +219,12 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
                 decoder_input_ids: Tensor | None = None, encoder_outputs=None, cache=None,
                 use_cache: bool | None = None, source_ids: Tensor | None = None,
                 decoder_attention_mask: Tensor | None = None, labels: Tensor | None = None,
-                past_key_values=None, **kwargs) -> CopyLMOutput:
+                **kwargs) -> CopyLMOutput:
         """log p of the mixture as ``logits`` (N, S, V); see :class:`CopyLMOutput`.
 
         ``labels`` (N, S) gives the mean token NLL as ``loss`` (-100 ignored), like BART's.
-        ``cache`` is the decoder's KV cache (``generate`` passes it so); ``past_key_values`` is
-        its older name, still accepted.
+        ``cache`` is the decoder's KV cache (``generate`` passes it so).
         """
-        cache = cache if cache is not None else past_key_values
         source = source_ids if source_ids is not None else input_ids
         if source is None:
             raise ValueError("the copy generator needs the encoder input ids "
@@ -248,7 +246,7 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
         loss = None
         if labels is not None:
             loss = F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return CopyLMOutput(loss=loss, logits=logp, past_key_values=out.past_key_values,
+        return CopyLMOutput(loss=loss, logits=logp, cache=out.cache,
                             encoder_last_hidden_state=enc, pointer_logp=pointer, gate_logit=gate)
 
     def target_logprobs(self, hidden: Tensor, vocab_logp_target: Tensor, enc: Tensor,

@@ -7,7 +7,7 @@ One run answers every question once and reports (``BenchmarkResult.metrics``)::
     top_k_accuracy      {"1": frac, "5": frac, ...}: fraction of questions with an answer-bearing
                         passage among the top k *that the answers were generated from*, for k in
                         1, 5, 10, 20, 50, 100, ... below the run's k, and the run's k itself
-                        (fractions, as scripts/eval_retrieval.py reports them, with the same
+                        (fractions, as ragqa eval-retrieval reports them, with the same
                         has-answer test: ``match``, DPR's by default); {} for closed book
     answer_in_passages  fraction of questions whose gold answer occurs in any retrieved passage
                         (the upper bound a reader of these passages could reach); None closed book

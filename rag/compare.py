@@ -1,6 +1,6 @@
 """Benchmark reports side by side: a markdown table, and exact match against k for a k sweep.
 
-The reports are the JSON files ``scripts/benchmark.py`` writes (:mod:`rag.benchmark`). Runs form a
+The reports are the JSON files ``ragqa benchmark`` writes (:mod:`rag.benchmark`). Runs form a
 *k sweep* when their settings differ in k alone: the device, batch size and library versions may
 differ too, since they do not change what is answered.
 """
@@ -30,7 +30,7 @@ def load_run(path: str | os.PathLike) -> Run:
     missing = [key for key in REQUIRED if key not in report] if isinstance(report, dict) else REQUIRED
     if missing:
         raise UserError(f"{path}: not a benchmark report (no {', '.join(missing)}); "
-                        "write one with scripts/benchmark.py")
+                        "write one with ragqa benchmark")
     _check_types(path, report)
     return path.stem, report
 

@@ -165,11 +165,11 @@ def _decoder_step(
         attention_mask=mask,
         encoder_outputs=BaseModelOutput(last_hidden_state=enc),
         decoder_input_ids=decoder_input_ids,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         **source_kwargs(generator, src),
     )
-    return out.logits, out.past_key_values
+    return out.logits, out.cache
 
 
 class _PassageCache(EncoderDecoderCache):
@@ -431,7 +431,7 @@ def rag_sequence_generate(
         input_ids=flat_ids,
         attention_mask=None if search_mask is None else search_mask.reshape(B * K, L),
         encoder_outputs=BaseModelOutput(last_hidden_state=enc.flatten(0, 1)),
-        past_key_values=_PassageCache(
+        cache=_PassageCache(
             DynamicCache(config=generator.config), DynamicCache(config=generator.config)
         ),
         num_return_sequences=N,

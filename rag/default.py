@@ -1,6 +1,6 @@
 """The embedded default: a small corpus shipped with the package, indexed on first use and cached.
 
-``scripts/ask.py`` uses it when no ``--index`` is given, so a fresh machine answers questions
+``ragqa ask`` uses it when no ``--index`` is given, so a fresh machine answers questions
 offline. The index is cached under ``$RAGQA_CACHE`` (default ``~/.cache/ragqa``), keyed by the
 context encoder's fingerprint, and rebuilt only when that encoder changes. It has a BM25 side, so
 the starter retrieves hybrid (dense + BM25, ``retriever.fusion``), the best on squad-open dev.

@@ -392,7 +392,7 @@ def hypothesis_logprobs(
         encoder_attention_mask=flat_mask,
         use_cache=True,
     )
-    cache0 = first.past_key_values
+    cache0 = first.cache
     hidden = encoder_states.new_empty(M, K, T - 1, D)  # decoder states that predict hyps[:, 1:]
     passage = torch.arange(K, device=hyps.device)
     per_chunk = max(1, _CHUNK_ELEMENTS // (K * L * D * 2 * len(cache0)))  # bounds the copied cache
@@ -407,7 +407,7 @@ def hypothesis_logprobs(
                 input_ids=inputs,
                 encoder_hidden_states=flat_enc[rows],
                 encoder_attention_mask=flat_mask[rows],
-                past_key_values=_cache_rows(cache0, rows),
+                cache=_cache_rows(cache0, rows),
                 use_cache=True,
             )
             hidden[lo : lo + m, :, 1:] = out.last_hidden_state.view(m, K, T - 2, D)

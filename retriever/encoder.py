@@ -47,7 +47,7 @@ class EncoderConfig:
     projection_dim: int = 0  # add a trainable D x H projection after pooling; 0 = none
     max_length: int = 256  # tokens per text; longer texts are truncated
     lexical_head: bool = False  # question side only: add a learned bag-of-words vector
-    # (retriever.lexical; fitted to the index's BM25 by train_retriever.py --lexical_head)
+    # (retriever.lexical; fitted to the index's BM25 by ragqa train-retriever --lexical_head)
     query_prompt: str = ""  # prepended to every question (e5/bge style, e.g. "query: ")
     passage_prompt: str = ""  # prepended to every passage (its title, when it has one)
     dense: tuple = ()  # sentence-transformers Dense layers after pooling: their specs

@@ -60,7 +60,7 @@ class FusionConfig:
 @dataclass(frozen=True)
 class RetrievalConfig:
     retrieval: str = ""  # "dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a
-    # sparse side (build_index.py --sparse bm25), else dense
+    # sparse side (ragqa index --sparse bm25), else dense
     fusion: str = ""  # hybrid: "linear" or "rrf"; "" = the index's setting
     fusion_weight: float | None = None  # hybrid: w on the normalised BM25 score; default: the index's
     candidates: int = 0  # hybrid: k', passages each side proposes; 0 = the index's setting

@@ -245,8 +245,8 @@ class DenseIndex:
         A question encoder of another dimension is always refused. Otherwise it is accepted when
         - it *is* the context encoder that built the index (one tower for both sides), or
         - it was trained against this index, or saved paired with it: its
-          ``paired_context_fingerprint`` is the index's encoder fingerprint (train_retriever.py and
-          finetune.py record this when they save it), or
+          ``paired_context_fingerprint`` is the index's encoder fingerprint (ragqa train-retriever and
+          ragqa finetune record this when they save it), or
         - the user pairs it explicitly (``pair``: ``--question_encoder X`` given on the command
           line, or ``RagConfig.question_encoder``), as for DPR's question/context twins, which are
           two different encoders trained together; a one-line notice says so.

@@ -73,7 +73,7 @@ class Retriever:
         self.mode = config.retrieval or ("hybrid" if index.sparse is not None else "dense")
         if self.mode != "dense" and index.sparse is None:
             raise UserError(f"--retrieval {self.mode} needs an index with a sparse side "
-                            "(build_index.py --add_sparse INDEX adds one)")
+                            "(ragqa index --add_sparse INDEX adds one)")
         self.fusion: FusionConfig = config.fusion_config(index.manifest.get("fusion"))
         if self.mode != "sparse":
             if question_encoder is None:

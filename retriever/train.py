@@ -211,7 +211,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     torch.manual_seed(config.seed)
     if config.hybrid:
         if index.sparse is None:
-            raise UserError("--hybrid needs an index with a sparse side (build_index.py --add_sparse)")
+            raise UserError("--hybrid needs an index with a sparse side (ragqa index --add_sparse)")
         if config.train_context_encoder:
             raise UserError("--hybrid needs the frozen context encoder")
         if sparse_weight is None:

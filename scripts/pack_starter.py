@@ -25,7 +25,7 @@ from retriever.fsutil import atomic_directory
 
 @dataclass(frozen=True)
 class Args:
-    model: str = field(metadata={"help": "RAG model directory to pack (finetune.py --out)"})
+    model: str = field(metadata={"help": "RAG model directory to pack (ragqa finetune --out)"})
     out: str = field(metadata={"help": "directory to write (e.g. rag/default/model)"})
     index: str | None = None  # index to load the model with; default: the model's own
     question_backbone_from: str = "all-MiniLM-L6-v2"  # store the question tower as this model

@@ -3,7 +3,7 @@
     python docs/experiments/hybrid_tuning.py runs/index-l6 ../shared/data/squad-open/dev.json \
         all-MiniLM-L6-v2 [question_encoder ...] > runs/hybrid-tuning.txt
 
-Everything goes through ``Retriever`` and ``evaluate_retrieval`` (as eval_retrieval.py does); the
+Everything goes through ``Retriever`` and ``evaluate_retrieval`` (as ragqa eval-retrieval does); the
 question vectors are computed once per encoder and reused across settings. The sparse side is
 rebuilt in memory for each BM25 setting (the index directory is not changed). Prints one
 tab-separated line per setting: part, encoder, tokenizer, k1, b, mode, fusion, w, k', top-1/5/20.

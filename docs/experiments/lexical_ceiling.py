@@ -4,7 +4,7 @@ Scores every dev question against every passage of the index four ways: the zero
 over the encoder's word pieces (retriever.lexical.bm25_weights), their sum with BM25 scaled by its
 per-question maximum (a two-index hybrid, which a single dense index cannot express), and the cosine
 plus the least-squares lexical head (retriever.lexical.fit_head) at several weights, which is what
-``train_retriever.py --lexical_head`` starts from. Nothing is trained. Run from the repository root:
+``ragqa train-retriever --lexical_head`` starts from. Nothing is trained. Run from the repository root:
 
     python docs/experiments/lexical_ceiling.py runs/index-l6 ../shared/data/squad-open/dev.json
 """

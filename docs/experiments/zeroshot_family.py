@@ -1,7 +1,7 @@
 """Zero-shot contrastive entropy of the two layer-cut families of all-MiniLM-L6-v2 (docs/scaling.md).
 
 Nothing is trained: each size is cut from the packaged encoder with ``truncated_encoder`` and
-measured the way ``scale.py sweep`` measures (500 random dev questions, 256 negatives, 5 redraws,
+measured the way ``ragqa scale sweep`` measures (500 random dev questions, 256 negatives, 5 redraws,
 scores 20 * q . p). Run from the repository root:
 
     python docs/experiments/zeroshot_family.py first_and_last first

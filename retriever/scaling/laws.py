@@ -157,7 +157,7 @@ def law_from_dict(kind: str, values: dict[str, Any], *, where: str = "") -> Law:
 
 
 def load_laws(path: str | Path) -> dict[str, Law]:
-    """Read the laws in a fit JSON file (as written by :func:`save_laws` or ``scale.py fit``).
+    """Read the laws in a fit JSON file (as written by :func:`save_laws` or ``ragqa scale fit``).
 
     Returns ``{kind: law}`` for each of ``model``, ``data``, ``joint`` present. Raises
     :class:`UserError` naming the file when it is missing, not JSON, or holds no law.

@@ -1,0 +1,71 @@
+"""The ``ragqa`` command: one subcommand per task, each a module of this package with a ``main()``.
+
+``ragqa SUB [options]`` runs ``SUB``'s ``main`` under :func:`retriever.cli.run` (a user error is
+one ``error:`` line and exit status 2). ``scripts/*.py`` of the same names are one-line wrappers,
+kept so that older command lines still work.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+from importlib import metadata
+from pathlib import Path
+
+COMMANDS = {  # subcommand -> module of this package
+    "ask": "ask",
+    "index": "build_index",
+    "eval-retrieval": "eval_retrieval",
+    "train-retriever": "train_retriever",
+    "finetune": "finetune",
+    "benchmark": "benchmark",
+    "compare": "compare",
+    "scale": "scale",
+    "export": "export_transformers",
+}
+
+
+def summary(name: str) -> str:
+    """The first line of a subcommand's docstring, read without importing it (imports are slow)."""
+    source = (Path(__file__).parent / f"{COMMANDS[name]}.py").read_text()
+    return (ast.get_docstring(ast.parse(source)) or "").splitlines()[0]
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: ragqa COMMAND [options]   (ragqa COMMAND --help explains every option)", "",
+             "Retrieval-augmented open-domain question answering.", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary(name)}" for name in COMMANDS]
+    lines += ["", "Without --model, ask answers with the starter shipped in the package, offline."]
+    return "\n".join(lines)
+
+
+def run_command(name: str, args: list[str]) -> None:
+    """Run subcommand ``name`` with ``args`` as a user would (``ragqa name args...``)."""
+    from retriever.cli import run
+
+    module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
+    sys.argv = [f"ragqa {name}", *args]
+    run(module.main)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``ragqa`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        print(f"ragqa {metadata.version('ragqa')}")
+        return
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown command {argv[0]!r} (one of {', '.join(COMMANDS)}; ragqa --help)",
+              file=sys.stderr)
+        sys.exit(2)
+    run_command(argv[0], argv[1:])
+
+
+def script(name: str) -> None:
+    """What ``scripts/<module>.py`` runs: the subcommand, with the script's arguments."""
+    run_command(name, sys.argv[1:])

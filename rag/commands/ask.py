@@ -1,0 +1,84 @@
+"""Answer open-domain questions, with the passages each answer came from.
+
+Examples:
+    ragqa ask "Who designed the Eiffel Tower?"
+    ragqa ask "Who wrote Hamlet?" --json
+    printf 'question one\\nquestion two\\n' | ragqa ask      # one answer per line
+    ragqa ask "..." --model runs/rag-seq --index runs/index-l6 --k 10
+
+Questions are the bare arguments (anywhere on the line); with none, one question per line is
+read from standard input. Without --model, the starter model shipped in rag/default/model is
+used; without --index, the model's own index, or for the starter the embedded corpus (indexed on
+first use and cached in ~/.cache/ragqa).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+from rag import default
+from rag.constrain import CONSTRAINTS
+from rag.pipeline import RagModel
+from retriever.cli import parse
+from retriever.errors import UserError, non_negative, positive
+from retriever.fusion import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class Args:
+    model: str | None = None  # RAG model directory (ragqa finetune --out); default: the starter
+    index: str | None = None  # index directory; default: the model's index or the embedded corpus
+    k: int = 0  # passages per question; 0 = the model's own k
+    num_beams: int = 0  # beam width; 0 = the model's own
+    constrain: str = ""  # "spans": answer only with stretches of the retrieved passages (then EOS);
+    # "none": free generation; "" = the model's own setting
+    json: bool = False  # print one JSON object per question (question, answer, score, passages)
+    batch_size: int = 8  # questions answered together
+
+    def __post_init__(self) -> None:
+        non_negative(self, "k", "num_beams")
+        positive(self, "batch_size")
+        if self.constrain not in ("", *CONSTRAINTS):
+            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+
+
+def _load(args: Args, retrieval: RetrievalConfig) -> RagModel:
+    overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams),
+                                           ("constrain", args.constrain)) if val}
+    model_dir = args.model or default.MODEL
+    if args.model is None and not (default.MODEL / "rag_config.json").is_file():
+        raise UserError(f"no starter model in {default.MODEL}; pass --model DIR (see README)")
+    index = args.index
+    if index is None and args.model is None:
+        index = default.default_index()
+    return RagModel.from_pretrained(model_dir, index, retrieval, **overrides)
+
+
+def main() -> None:
+    args, retrieval, questions = parse([Args, RetrievalConfig], description=__doc__,
+                                       positionals="QUESTION")
+    from_stdin = not questions
+    if from_stdin:
+        if sys.stdin.isatty():
+            raise UserError("give a question, or pipe questions on standard input")
+        try:
+            questions = [line.strip() for line in sys.stdin if line.strip()]
+        except UnicodeDecodeError as err:
+            raise UserError(f"standard input: not UTF-8 text (byte {err.start})") from None
+        if not questions:
+            raise UserError("no questions on standard input")
+    model = _load(args, retrieval).eval()
+    for start in range(0, len(questions), args.batch_size):
+        for ans in model.answer(questions[start : start + args.batch_size]):
+            if args.json:
+                print(json.dumps(asdict(ans)))
+            elif from_stdin or len(questions) > 1:
+                print(ans.answer)
+            else:
+                print(ans.answer)
+                for rank, p in enumerate(ans.passages, start=1):
+                    print(f"  [{rank}] {p['title']} (id {p['id']}, score {p['score']:.3f}): "
+                          f"{p['text'][:160]}")
+

@@ -1,0 +1,54 @@
+"""Benchmark a RAG model on a question set: EM and F1, retrieval top-k accuracy, latency.
+
+Writes one JSON report (n, exact_match, f1, top_k_accuracy, answer_in_passages, latency_ms,
+questions_per_s, config; see rag/benchmark.py) and, with --predictions, one JSON line per question
+(question, gold answers, prediction, em, f1, retrieved passage ids). Latency is per question:
+each batch's wall-clock time divided by its size (--batch_size 1 for unbatched latency).
+
+Example:
+    ragqa benchmark --model runs/rag-seq --index runs/index-l6 \\
+        --questions ../shared/data/squad-open/dev.json --k 10 --decoding fast \\
+        --json runs/bench-seq-k10.json --predictions runs/bench-seq-k10.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
+from retriever.cli import check_output_parent, parse, write_json
+from retriever.errors import UserError
+from retriever.fusion import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class Args:
+    model: str = field(metadata={"help": "RAG model directory (ragqa finetune --out)"})
+    questions: str = field(metadata={"help": "SQuAD JSON, NQ-open JSONL, WebQuestions JSON or DPR TSV"})
+    json: str = field(metadata={"help": "write the report (JSON) here"})
+    index: str | None = None  # index directory; default: the index the model was trained with
+    predictions: str | None = None  # write one JSON line per question here
+    device: str = ""  # torch device, e.g. "cpu" or "cuda"; "" = cuda when available
+
+
+def main() -> None:
+    args, config, retrieval = parse([Args, BenchmarkConfig, RetrievalConfig], description=__doc__)
+    for path in (args.json, args.predictions):
+        if path:
+            check_output_parent(path)
+    if args.predictions and args.predictions == args.json:
+        raise UserError(f"--predictions and --json are the same file {args.json}")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    result = benchmark(args.model, args.index, args.questions, config, device=device,
+                       retrieval=retrieval)
+    if args.predictions:
+        write_jsonl(args.predictions, result.predictions)
+    write_json(args.json, result.metrics)
+    print(json.dumps(result.metrics, indent=2))
+

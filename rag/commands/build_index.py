@@ -1,0 +1,108 @@
+"""Encode a passage corpus with a (frozen) context encoder and write a FAISS index directory.
+
+With --sparse bm25 the index also gets a BM25 side (bm25s, in <out>/sparse/) and searches can be
+hybrid: dense and BM25 candidates fused as s = s_dense + w * s_bm25 / (best s_bm25) (see
+retriever/fusion.py). --add_sparse gives an existing index a BM25 side without re-encoding.
+--use_embeddings indexes vectors already stored with the passages (the "embeddings" column of a
+Parquet file or datasets directory, as transformers' RagRetriever custom index keeps them).
+
+Example:
+    ragqa index --corpus ../shared/data/squad-open/corpus.tsv \\
+        --encoder all-MiniLM-L6-v2 --out runs/index-l6 --sparse bm25
+    ragqa index --add_sparse runs/index-l6
+    ragqa index --corpus my_knowledge_dataset/ --use_embeddings \\
+        --encoder facebook/dpr-ctx_encoder-multiset-base --out runs/index-imported
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from retriever.build import BuildConfig, build_index
+from retriever.cli import check_output_parent, parse, write_json
+from retriever.corpus import CorpusConfig
+from retriever.encode import EncodeConfig
+from retriever.encoder import Encoder
+from retriever.errors import UserError
+from retriever.fusion import FusionConfig
+from retriever.index import DenseIndex, IndexConfig
+from retriever.sparse import SPARSE_DIR, SparseConfig
+
+SPARSE_KINDS = ("none", "bm25")
+
+
+@dataclass(frozen=True)
+class Args:
+    corpus: str | None = None  # passages: DPR TSV (id, text, title), JSONL, SQuAD JSON, Parquet
+    # (id, text, title columns) or a datasets save_to_disk directory
+    out: str | None = None  # index directory to write (atomically)
+    encoder: str = "all-MiniLM-L6-v2"  # context encoder: hub id, local directory or packaged name
+    max_length: int = 0  # tokens per passage (title + text); 0 = the encoder's own (256, or fewer
+    # if its position table is shorter)
+    sparse: str = "none"  # "bm25": also index the passages with BM25 for sparse and hybrid search
+    add_sparse: str | None = None  # existing index directory to give a BM25 side (replacing any),
+    # without re-encoding; --corpus, --out and --encoder are then not used
+    overwrite: bool = False  # replace an existing index directory
+    use_embeddings: bool = False  # index the vectors stored in the corpus's "embeddings" column (a
+    # Parquet file or datasets directory, e.g. transformers' RagRetriever custom passages) instead
+    # of encoding; --encoder names the encoder that made them, and a sample is checked against it
+    json: str | None = None  # write figures (count, dim, seconds, passages/s) to this JSON file
+
+    def __post_init__(self) -> None:
+        if self.sparse not in SPARSE_KINDS:
+            raise UserError(f"--sparse {self.sparse!r} is not one of {SPARSE_KINDS}")
+        if self.add_sparse is not None and (self.corpus or self.out):
+            raise UserError("--add_sparse INDEX works on an existing index: leave out --corpus and --out")
+        if self.add_sparse is None and not (self.corpus and self.out):
+            raise UserError("give --corpus FILE and --out DIR (or --add_sparse INDEX)")
+        if self.max_length < 0:
+            raise UserError(f"--max_length must be positive (or 0: the encoder's own), got {self.max_length}")
+
+
+def _sparse_size(index_dir: str) -> int:
+    return sum(f.stat().st_size for f in (Path(index_dir) / SPARSE_DIR).rglob("*") if f.is_file())
+
+
+def add_sparse(args: Args, sparse: SparseConfig, fusion: FusionConfig) -> dict:
+    index = DenseIndex.load(args.add_sparse)
+    tokenizer = None
+    if sparse.sparse_tokenizer == "wordpiece":
+        tokenizer = Encoder.from_pretrained(index.manifest["encoder"]["name"]).tokenizer
+    start = time.perf_counter()
+    index.add_sparse(sparse, fusion, tokenizer)
+    index.save(args.add_sparse, overwrite=True)
+    seconds = time.perf_counter() - start
+    print(f"BM25 side over {len(index)} passages in {seconds:.1f}s "
+          f"({_sparse_size(args.add_sparse) / 2**20:.1f} MiB) -> {args.add_sparse}")
+    return {"count": len(index), "sparse": index.manifest["sparse"], "fusion": index.manifest["fusion"],
+            "seconds": round(seconds, 2), "sparse_bytes": _sparse_size(args.add_sparse),
+            "out": args.add_sparse}
+
+
+def main() -> None:
+    args, corpus, encode, index_cfg, sparse, fusion = parse(
+        [Args, CorpusConfig, EncodeConfig, IndexConfig, SparseConfig, FusionConfig],
+        description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    if args.add_sparse is not None:
+        figures = add_sparse(args, sparse, fusion)
+    else:
+        length = {"max_length": args.max_length} if args.max_length else {}
+        encoder = Encoder.from_pretrained(args.encoder, **length)
+        start = time.perf_counter()
+        config = BuildConfig(corpus, encode, index_cfg, sparse if args.sparse == "bm25" else None,
+                             fusion, overwrite=args.overwrite, use_embeddings=args.use_embeddings)
+        index = build_index(args.corpus, encoder, args.out, config)
+        seconds = time.perf_counter() - start
+        figures = {"count": len(index), "dim": index.manifest["dim"],
+                   "index_type": index_cfg.index_type, "encoder": encoder.identity(),
+                   "sparse": index.manifest.get("sparse"), "seconds": round(seconds, 2),
+                   "passages_per_s": round(len(index) / seconds, 2), "out": args.out}
+        print(f"indexed {len(index)} passages (dim {figures['dim']}, {index_cfg.index_type}"
+              f"{', + BM25' if index.sparse is not None else ''}) in {seconds:.1f}s -> {args.out}")
+    if args.json:
+        write_json(args.json, figures)
+

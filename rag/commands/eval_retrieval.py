@@ -1,0 +1,75 @@
+"""Retrieval accuracy on a question set: DPR top-k accuracy, gold-passage recall and MRR.
+
+Example:
+    ragqa eval-retrieval --index runs/index-l6 \\
+        --questions ../shared/data/squad-open/dev.json --json runs/eval-l6.json \\
+        --results runs/dev-retrieved.json --trec runs/dev.trec
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from retriever.cli import check_output_parent, parse, write_json
+from retriever.encoder import Encoder
+from retriever.errors import UserError, non_negative, one_of, positive
+from retriever.evaluation import evaluate_retrieval
+from retriever.fusion import RetrievalConfig
+from retriever.index import DenseIndex
+from retriever.metrics import MATCHES
+from retriever.questions import read_questions
+from retriever.results import dpr_results, write_dpr_results, write_trec
+from retriever.search import Retriever
+
+
+@dataclass(frozen=True)
+class Args:
+    index: str = field(metadata={"help": "index directory written by ragqa index"})
+    questions: str = field(metadata={"help": "SQuAD JSON, NQ-open JSONL, WebQuestions JSON or DPR TSV"})
+    question_encoder: str | None = None  # hub id or directory; default: the index's own encoder.
+    # Given here, it is paired with the index's context encoder (DPR's twins), with a notice
+    ks: str = "1,5,20,100"  # comma-separated k values for top-k accuracy
+    batch_size: int = 128  # questions per batch
+    limit: int = 0  # evaluate only the first N questions; 0 = all
+    json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval", "match"}
+    results: str | None = None  # write DPR's retrieval results JSON here (question, answers, ctxs
+    # with id, title, text, score, has_answer; the top max(--ks) passages), as FiD and DPR read it
+    trec: str | None = None  # write a TREC run file here (qid Q0 docid rank score ragqa)
+    match: str = "dpr"  # has-answer test: "dpr" (DPR's: the answer's tokens as a contiguous run of
+    # the passage's, after NFD) or "substring" (SQuAD-normalised answer string on word boundaries)
+
+    def __post_init__(self) -> None:
+        one_of(self, "match", MATCHES)
+        positive(self, "batch_size")
+        non_negative(self, "limit")
+
+
+def main() -> None:
+    args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
+    for path in (args.json, args.results, args.trec):
+        if path:
+            check_output_parent(path)
+    try:
+        ks = [int(k) for k in args.ks.split(",")]
+    except ValueError:
+        raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
+    index = DenseIndex.load(args.index)
+    questions = read_questions(args.questions)
+    if args.limit > 0:
+        questions = questions[: args.limit]
+    encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
+    retriever = Retriever(encoder, index, retrieval, pair=bool(args.question_encoder))
+    kept: list = []
+    metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size, results=kept,
+                                 match=args.match)
+    metrics["match"] = args.match
+    metrics["retrieval"] = {"mode": retriever.mode, **asdict(retriever.fusion)}
+    print(json.dumps(metrics, indent=2))
+    if args.json:
+        write_json(args.json, metrics)
+    if args.results:
+        write_dpr_results(args.results, dpr_results(questions, kept, args.match))
+    if args.trec:
+        write_trec(args.trec, questions, kept)
+

@@ -1,0 +1,58 @@
+"""Export a RAG model and its index for transformers: RagRetriever + RagSequenceForGeneration.
+
+Writes OUT as transformers reads it: config.json and model.safetensors of a
+RagSequenceForGeneration (or RagTokenForGeneration, by the model's mode), the RagTokenizer's two
+tokenizers, and RagRetriever's custom index (OUT/passages, a datasets directory with id, title,
+text and embeddings, and OUT/passages.faiss), named in the config. Then, in Python:
+
+    from transformers import RagRetriever, RagSequenceForGeneration, RagTokenizer
+    retriever = RagRetriever.from_pretrained("runs/exported")
+    model = RagSequenceForGeneration.from_pretrained("runs/exported", retriever=retriever)
+
+retrieves the same passages and generates the same answers (docs/interop.md says where
+transformers differs: its RAG-Sequence generate attends to padding). What transformers cannot
+represent is refused with one line: a mean-pooled or normalised question encoder (transformers'
+RAG uses DPR's pooler output), hybrid retrieval (pass --retrieval dense), span-constrained
+decoding (pass --constrain none), a copy generator, a score scale other than 1.
+
+Example:
+    ragqa export --model runs/rag-dpr --index runs/index-dpr \\
+        --retrieval dense --constrain none --out runs/exported
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from rag.constrain import CONSTRAINTS
+from rag.hf_rag import export
+from rag.pipeline import RagModel
+from retriever.cli import parse
+from retriever.errors import UserError
+from retriever.fsutil import check_output_dir
+from retriever.fusion import RetrievalConfig
+
+
+@dataclass(frozen=True)
+class Args:
+    model: str = field(metadata={"help": "RAG model directory (ours, or a transformers RAG checkpoint)"})
+    out: str = field(metadata={"help": "directory to write (refused if it exists, unless ours and "
+                                       "--overwrite)"})
+    index: str | None = None  # index directory; default: the model's own
+    constrain: str = ""  # "none" to export a model that decodes with "spans"; "" = the model's own
+    overwrite: bool = False  # replace an existing export written by this script
+
+    def __post_init__(self) -> None:
+        if self.constrain not in ("", *CONSTRAINTS):
+            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+
+
+def main() -> None:
+    args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
+    check_output_dir(args.out, args.overwrite)
+    overrides = {"constrain": args.constrain} if args.constrain else {}
+    model = RagModel.from_pretrained(args.model, args.index, retrieval, **overrides).eval()
+    out = export(model, args.out, overwrite=args.overwrite)
+    print(f"transformers RAG ({model.config.mode}, k={model.config.k}) + RagRetriever index of "
+          f"{len(model.index)} passages -> {out}")
+

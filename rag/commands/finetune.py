@@ -1,0 +1,121 @@
+"""Fine-tune RAG: question encoder and BART generator jointly, context encoder and index fixed.
+
+Writes a model directory (question_encoder/, generator/, rag_config.json naming mode, k and index)
+to --out; checkpoints go to <out>.checkpoint/ and a killed run resumes from them when restarted
+with the same command. --mode closed_book trains the same generator without retrieval (baseline).
+
+Example (the starter generator, warm-started from the packaged all-MiniLM-L6-v2):
+    ragqa finetune --train ../shared/data/squad-open/train.json \\
+        --dev ../shared/data/squad-open/dev.json --index runs/index-l6 \\
+        --question_encoder runs/qenc-l6 --generator starter --mode sequence --out runs/rag-seq
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rag.pipeline import RagConfig, RagModel
+from rag.train import FinetuneConfig, finetune
+from retriever.checkpoint import resume_dir
+from retriever.cli import check_output_parent, parse, write_json
+from retriever.encoder import Encoder
+from retriever.errors import UserError, non_negative, one_of, positive
+from retriever.fsutil import check_output_dir
+from retriever.fusion import RetrievalConfig
+from retriever.index import DenseIndex
+from retriever.questions import read_questions
+
+log = logging.getLogger("finetune")
+
+
+@dataclass(frozen=True)
+class Args:
+    train: str = field(metadata={"help": "training questions with answers (any supported format)"})
+    out: str = field(metadata={"help": "model directory to write"})
+    dev: str | None = None  # dev questions for exact match during training
+    generator: str = "starter"  # BART directory or hub id; "starter" = warm-start from MiniLM-L6;
+    # a transformers RAG checkpoint gives its generator (and, without --question_encoder, its
+    # DPR question encoder, paired with --index)
+    starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
+    starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
+    starter_cross_attention: str = "copy_self"  # starter: "random" or "copy_self" initialisation
+    copy_head: bool = False  # give the generator a copy path (generator/copy.py) if it has none:
+    # a pointer over its input, trained with --pointer_weight (supervised pointing)
+    train_offset: int = 0  # skip the first N training questions (continue on unseen ones)
+    train_limit: int = 0  # then use only the next N training questions; 0 = all
+    save_dtype: str = "fp32"  # dtype of the saved generator: "fp32" or "fp16" (half the size)
+    overwrite: bool = False  # replace an existing --out written by ragqa
+    json: str | None = None  # write the dev evaluation log here
+
+    def __post_init__(self) -> None:
+        one_of(self, "save_dtype", ("fp32", "fp16"))
+        non_negative(self, "train_offset", "train_limit")
+        positive(self, "starter_encoder_layers", "starter_decoder_layers")
+        one_of(self, "starter_cross_attention", ("random", "copy_self"))
+
+
+def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> RagModel:
+    from generator.copy import CopyBartForConditionalGeneration, has_copy_head
+    from generator.model import load_generator
+    from generator.warmstart import warm_start_bart
+    from rag.hf_rag import is_transformers_rag
+    from rag.hf_rag import load as load_transformers_rag
+
+    resumed = resume_dir(args.out)
+    if resumed is not None:
+        log.info("resuming from %s", resumed)
+        settings = {k: v for k, v in asdict(rag_cfg).items() if k != "index"}
+        return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **settings)
+    q_enc = None
+    if is_transformers_rag(args.generator):
+        rag_q_enc, generator, tokenizer, _ = load_transformers_rag(args.generator)
+        q_enc = None if rag_cfg.question_encoder else rag_q_enc
+    elif args.generator == "starter":
+        generator, tokenizer = warm_start_bart(
+            "all-MiniLM-L6-v2", encoder_layers=args.starter_encoder_layers,
+            decoder_layers=args.starter_decoder_layers,
+            cross_attention=args.starter_cross_attention)
+    else:
+        generator, tokenizer = load_generator(args.generator)
+    if args.copy_head and not has_copy_head(generator):
+        generator = CopyBartForConditionalGeneration.from_bart(generator)
+    if rag_cfg.mode == "closed_book":
+        return RagModel(None, generator, tokenizer, None, rag_cfg)
+    if not rag_cfg.index:
+        raise UserError("--index DIR is required (except with --mode closed_book)")
+    index = DenseIndex.load(rag_cfg.index)
+    # a --question_encoder given explicitly, or a transformers RAG checkpoint's, is paired with
+    # the index (DenseIndex.check_question_encoder)
+    pair = bool(rag_cfg.question_encoder) or q_enc is not None
+    if q_enc is None:
+        q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
+    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval, pair=pair)
+
+
+def main() -> None:
+    args, rag_cfg, config, retrieval = parse([Args, RagConfig, FinetuneConfig, RetrievalConfig],
+                                             description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    check_output_dir(args.out, args.overwrite)
+    train = read_questions(args.train)[args.train_offset :]
+    if args.train_limit > 0:
+        train = train[: args.train_limit]
+    dev = read_questions(args.dev) if args.dev else None
+    model = build_model(args, rag_cfg, retrieval)
+    logs = finetune(model, train, args.out, config, dev,
+                    on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
+                                            f"({e['n']} questions)", flush=True))
+    if args.save_dtype == "fp16":  # re-save the final model at half the size
+        final = RagModel.from_pretrained(args.out, model.index)
+        log_text = (Path(args.out) / "train_log.json").read_text()
+        final.save_pretrained(args.out, extra_files={"train_log.json": log_text}, half=True)
+    print(f"model -> {args.out}")
+    print(json.dumps(logs))
+    if args.json:
+        write_json(args.json, {"mode": rag_cfg.mode, "k": rag_cfg.k, "log": logs,
+                               "config": config.__dict__})
+

@@ -1,0 +1,120 @@
+"""Train the question encoder with DPR's loss (in-batch + BM25 hard negatives) against a frozen index.
+
+The context encoder stays frozen by default, so the index built with it stays valid and the trained
+question encoder (written to --out) is paired with it. Give --index, or --corpus to build one first.
+--lexical_head gives the question encoder a bag-of-words head fitted to the index's BM25
+(retriever/lexical.py) and --pseudo_queries adds passage-window pseudo-questions from the corpus.
+Checkpoints go to <out>.checkpoint/ every --save_every batches; a killed run rerun with the same
+command resumes from the last one and ends as an uninterrupted run would.
+
+Example:
+    ragqa train-retriever --train ../shared/data/squad-open/train.json \\
+        --dev ../shared/data/squad-open/dev.json --index runs/index-l6 --out runs/qenc-l6
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retriever.build import BuildConfig, build_index
+from retriever.checkpoint import checkpoint_dir, resume_dir
+from retriever.cli import check_output_parent, parse, write_json
+from retriever.encoder import Encoder
+from retriever.errors import UserError, non_negative
+from retriever.evaluation import evaluate_retrieval
+from retriever.fsutil import check_output_dir
+from retriever.fusion import RetrievalConfig
+from retriever.index import DenseIndex
+from retriever.questions import read_questions
+from retriever.search import Retriever
+from retriever.train import TrainConfig, train_dpr
+
+log = logging.getLogger("train_retriever")
+
+
+@dataclass(frozen=True)
+class Args:
+    train: str = field(metadata={"help": "training questions with gold passages: SQuAD JSON or DPR JSON"})
+    out: str = field(metadata={"help": "directory for the trained question encoder"})
+    dev: str | None = None  # dev questions; top-k accuracy is reported after every epoch
+    index: str | None = None  # index directory built with the (frozen) context encoder
+    corpus: str | None = None  # corpus file: build an index in <out>.index first (when no --index)
+    encoder: str | None = None  # context encoder; default: the index's encoder
+    question_encoder: str | None = None  # initial question encoder; default: same as --encoder
+    dev_ks: str = "1,5,20,100"  # k values reported on dev
+    dev_limit: int = 0  # evaluate on the first N dev questions only; 0 = all
+    train_limit: int = 0  # train on the first N questions only; 0 = all
+    eval_before: bool = False  # also evaluate the untrained question encoder on dev first
+    overwrite: bool = False  # replace an existing --out (and <out>.index) written by ragqa
+    json: str | None = None  # write the per-epoch log (loss, dev metrics) here
+
+    def __post_init__(self) -> None:
+        non_negative(self, "dev_limit", "train_limit")
+
+
+def main() -> None:
+    args, config, retrieval = parse([Args, TrainConfig, RetrievalConfig], description=__doc__)
+    if args.json:
+        check_output_parent(args.json)
+    if args.index is None and args.corpus is None:
+        raise UserError("give --index DIR or --corpus PATH")
+    try:
+        ks = [int(k) for k in args.dev_ks.split(",")]
+    except ValueError:
+        raise UserError(f"--dev_ks {args.dev_ks!r}: expected comma-separated integers") from None
+    check_output_dir(args.out, args.overwrite)
+    resumed = None if config.train_context_encoder else resume_dir(args.out)
+    index_dir = Path(args.out).with_name(Path(args.out).name + ".index")
+    reuse_index = args.index is None and resumed is not None and (index_dir / "manifest.json").is_file()
+    if args.index is None and not reuse_index:
+        check_output_dir(index_dir, args.overwrite)
+    train = read_questions(args.train)
+    if args.train_limit > 0:
+        train = train[: args.train_limit]
+    dev = read_questions(args.dev) if args.dev else None
+    if args.dev_limit > 0 and dev:
+        dev = dev[: args.dev_limit]
+    if args.index is not None or reuse_index:  # a resumed run uses the index it built before
+        index = DenseIndex.load(args.index or index_dir)
+        ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
+    else:
+        ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
+        index = build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=args.overwrite))
+        log.info("built %s", index_dir)
+    index.check_question_encoder(ctx_enc.identity(), where="index")
+    if resumed is not None:
+        log.info("resuming from %s", resumed.parent)
+    q_enc = Encoder.from_pretrained(str(resumed) if resumed else args.question_encoder or ctx_enc.name)
+    retriever = Retriever(q_enc, index, retrieval, train=True)
+
+    def evaluate(model: Encoder) -> dict:  # model is q_enc, the retriever's question encoder
+        return evaluate_retrieval(retriever, dev, ks, progress=False)
+
+    before = None
+    if args.eval_before and dev and not config.train_context_encoder and resumed is None:
+        before = evaluate(q_enc)
+    if before:
+        print(f"dev before training: top-k {before['top_k_accuracy']}")
+    logs = train_dpr(q_enc, ctx_enc, index, train, config,
+                     evaluate if dev and not config.train_context_encoder else None,
+                     sparse_weight=retriever.fusion.fusion_weight, checkpoint=checkpoint_dir(args.out))
+    if config.train_context_encoder:  # the pair is the new context encoder, not the index's
+        ctx_enc.refresh_fingerprint()
+        q_enc.save_pretrained(args.out, paired_context_fingerprint=ctx_enc.fingerprint)
+        ctx_enc.save_pretrained(Path(args.out) / "context_encoder")
+        print("context encoder trained: rebuild the index with --encoder "
+              f"{Path(args.out) / 'context_encoder'}")
+    else:
+        retriever.save_question_encoder(args.out)
+        shutil.rmtree(checkpoint_dir(args.out), ignore_errors=True)
+    for entry in logs:
+        loss = "lexical head fitted" if entry["loss"] is None else f"loss {entry['loss']:.4f}"
+        print(f"epoch {entry['epoch']}: {loss}"
+              + (f", dev top-k {entry['dev']['top_k_accuracy']}" if "dev" in entry else ""))
+    print(f"question encoder -> {args.out}")
+    if args.json:
+        write_json(args.json, {"before": before, "epochs": logs, "config": config.__dict__})
+
