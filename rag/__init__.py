@@ -1,0 +1,33 @@
+"""ragqa's RAG: retrieve passages, generate an answer with BART, say where it came from.
+
+In three lines, with the starter shipped in the package (offline; the embedded corpus is indexed
+on first use and cached)::
+
+    from rag import RagModel
+    model = RagModel.from_pretrained()                # or a model directory, and an index
+    model.answer("Who designed the Eiffel Tower?")    # one Answer; a list of questions gives a list
+
+Public names (imported on first use, so that ``import rag`` stays fast):
+
+- :class:`RagModel`, :class:`RagConfig`, :class:`Answer`: the model (``rag.pipeline``);
+- :class:`FinetuneConfig`, :func:`finetune`: joint fine-tuning (``rag.train``);
+- :class:`BenchmarkConfig`, :func:`run_benchmark`: exact match and latency (``rag.benchmark``);
+- :func:`qa_metrics`: SQuAD EM and F1 (``rag.metrics``);
+- :func:`export`: a transformers RAG directory of a model (``rag.hf_rag``).
+
+The command line is ``ragqa`` (``rag.commands``); retrieval is the ``retriever`` package and the
+generator the ``generator`` package.
+"""
+
+from __future__ import annotations
+
+from retriever.lazy import lazy_exports
+
+_EXPORTS = {
+    "RagModel": "rag.pipeline", "RagConfig": "rag.pipeline", "Answer": "rag.pipeline",
+    "FinetuneConfig": "rag.train", "finetune": "rag.train",
+    "BenchmarkConfig": "rag.benchmark", "run_benchmark": "rag.benchmark",
+    "qa_metrics": "rag.metrics", "export": "rag.hf_rag",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -39,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from retriever.cli import check_output_parent
 from retriever.errors import UserError
 from retriever.fsutil import atomic_file
 from retriever.fusion import RetrievalConfig
 from retriever.metrics import MATCHES, answer_test, retrieval_metrics
+from retriever.progress import progress_bar
 from retriever.questions import Question, read_questions
 
 from .constrain import CONSTRAINTS
@@ -176,7 +176,7 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
     seconds, rows, hits = [], [], []
     prepare, test = answer_test(config.match)
     seen: dict[str, object] = {}  # passage id -> the passage as the test reads it, computed once
-    bar = tqdm(total=len(questions), desc="answering", unit="q", disable=not config.progress)
+    bar = progress_bar(total=len(questions), desc="answering", unit="q", enabled=config.progress)
     for start in range(0, len(questions), config.batch_size):
         chunk = questions[start : start + config.batch_size]
         tic = time.perf_counter()

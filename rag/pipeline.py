@@ -288,13 +288,26 @@ class RagModel(nn.Module):
 
     # ------------------------------------------------------------- decoding
     @torch.no_grad()
-    def answer(self, questions: list[str], num_beams: int | None = None,
-               passages: list[tuple[str, str]] | None = None) -> list[Answer]:
-        """Generate one answer per question, with the passages it was generated from.
+    def answer(self, questions: str | list[str], num_beams: int | None = None,
+               passages: list[tuple[str, str]] | None = None, batch_size: int = 0
+               ) -> Answer | list[Answer]:
+        """Answer a question (a string: one :class:`Answer`) or several (a list: a list), each with
+        the passages it was generated from, best first.
 
-        ``passages`` (one ``(title, text)`` per question) replaces retrieval with that single given
-        passage (reading mode; its ``id`` is ``""`` and its ``score`` 0).
+        ``batch_size`` answers that many questions at a time (0: all at once). ``num_beams``
+        overrides the model's beam width. ``passages`` (one ``(title, text)`` per question)
+        replaces retrieval with that single given passage (reading mode; its ``id`` is ``""`` and
+        its ``score`` 0).
         """
+        if isinstance(questions, str):
+            return self.answer([questions], num_beams, passages, batch_size)[0]
+        if batch_size < 0:
+            raise UserError(f"batch_size must be >= 0, got {batch_size}")
+        if 0 < batch_size < len(questions):
+            return [a for start in range(0, len(questions), batch_size)
+                    for a in self.answer(questions[start : start + batch_size], num_beams,
+                                         None if passages is None
+                                         else passages[start : start + batch_size])]
         inputs, doc_scores, result = self._prepare(questions, passages)
         if result is not None:
             sources = result.passages
@@ -345,11 +358,24 @@ class RagModel(nn.Module):
                 (tmp / name).write_text(text)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | os.PathLike, index: DenseIndex | str | None = None,
+    def from_pretrained(cls, model_dir: str | os.PathLike | None = None,
+                        index: DenseIndex | str | None = None,
                         retrieval: RetrievalConfig | None = None, **overrides) -> RagModel:
-        """Load a model directory; ``index`` (object or directory) defaults to the trained one,
-        ``retrieval`` overrides the saved retrieval settings where it sets a field (RetrievalConfig.over);
-        ``overrides`` change RagConfig fields."""
+        """Load a model: the starter shipped with the package (no ``model_dir``), one of our
+        model directories, or a transformers RAG checkpoint (``rag.hf_rag``).
+
+        ``index`` (object or directory) defaults to the one the model was trained with, and for the
+        starter to the embedded corpus (indexed on first use and cached, ``rag.default``).
+        ``retrieval`` overrides the saved retrieval settings where it sets a field
+        (``RetrievalConfig.over``); ``overrides`` change :class:`RagConfig` fields, e.g. ``k=10``.
+        """
+        if model_dir is None:
+            from . import default
+
+            if not (default.MODEL / CONFIG_NAME).is_file():
+                raise UserError(f"no starter model in {default.MODEL}; pass a model directory")
+            model_dir = default.MODEL
+            index = default.default_index() if index is None else index
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_NAME).is_file():
             from .hf_rag import is_transformers_rag

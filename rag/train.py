@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from retriever.errors import UserError, fraction, non_negative, one_of, positive
 from retriever.metrics import exact_match
+from retriever.progress import progress_bar
 from retriever.questions import Question
 from retriever.train import optimizer_step
 
@@ -191,8 +191,8 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     wrapped, opt, sched = acc.prepare(model, opt, sched)
     restore_rng(ckpt)
     model.train()
-    bar = tqdm(total=total, initial=state["step"], desc="fine-tuning",
-               disable=not acc.is_local_main_process)
+    bar = progress_bar(total=total, initial=state["step"], desc="fine-tuning",
+                       enabled=acc.is_local_main_process)
 
     subset = dev_subset(dev or [], config.eval_limit, config.eval_sample, config.seed)
 

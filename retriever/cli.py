@@ -1,4 +1,10 @@
-"""Helpers shared by the thin scripts in ``scripts/``: dataclass-generated parsers and error handling."""
+"""Helpers shared by the ``ragqa`` subcommands (``rag/commands``): dataclass-generated parsers,
+error handling, and the verbosity every subcommand shares.
+
+Verbosity: ``--quiet`` shows errors only and no progress bars; ``--verbose`` adds debugging
+detail; by default warnings, progress bars and what a long run is doing (INFO) are shown, except
+for commands quiet by default (``ask``: its output is the answer), which show warnings only.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,14 @@ from .fsutil import atomic_file
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the script docstring's layout (examples) and show defaults."""
+    """Keep the script docstring's layout (examples) and show defaults (not for switches that
+    turn something off or set the verbosity: their default says nothing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        flag = action.option_strings[0] if action.option_strings else ""
+        if flag.startswith("--no_") or flag in ("--quiet", "--verbose"):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def field_comments(cls: type) -> dict[str, str]:
@@ -40,27 +53,52 @@ def field_comments(cls: type) -> dict[str, str]:
     return out
 
 
+def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
+    """Log levels and progress bars as the module doc describes."""
+    from .progress import set_progress
+
+    level = (logging.ERROR if quiet else logging.DEBUG if verbose
+             else logging.WARNING if quiet_by_default else logging.INFO)
+    logging.getLogger().setLevel(max(level, logging.INFO))  # other libraries: never their DEBUG
+    for ours in ("retriever", "rag", "generator"):
+        logging.getLogger(ours).setLevel(level)
+    set_progress(not quiet)
+
+
 def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
-          description: str | None = None, positionals: str | None = None) -> tuple:
+          description: str | None = None, positionals: str | None = None,
+          quiet_by_default: bool = False) -> tuple:
     """Parse ``argv`` into one instance per dataclass; ``--help`` text comes from field comments.
 
     With ``positionals`` (a name for the usage line), bare arguments are allowed anywhere and
-    returned as a final list of strings. Bad arguments exit with status 2 (argparse's convention),
-    as every other user error does.
+    returned as a final list of strings. Every command also gets ``--quiet`` and ``--verbose``
+    (:func:`set_verbosity`). Bad arguments exit with status 2 (argparse's convention), as every
+    other user error does.
     """
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(list(dataclass_types), description=description)
     parser.formatter_class = _HelpFormatter
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("--quiet", action="store_true",
+                      help="print errors only: no progress bars, no notes on what is being done")
+    talk.add_argument("--verbose", action="store_true",
+                      help="also print debugging detail")
     comments: dict[str, str] = {}
     for cls in dataclass_types:
         comments.update(field_comments(cls))
     for action in parser._actions:
-        if not action.help and action.dest in comments:
+        if action.option_strings and action.option_strings[0].startswith("--no_"):
+            positive = comments.get(action.dest, "").replace("%", "%%")
+            action.help = f"turn --{action.dest} off" + (f" (it means: {positive})" if positive else "")
+        elif not action.help and action.dest in comments:
             action.help = comments[action.dest].replace("%", "%%")
     if positionals:
         parser.usage = f"%(prog)s [{positionals} ...] [options]"
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    extra = parsed.pop() if parsed and isinstance(parsed[-1], argparse.Namespace) else None
+    set_verbosity(getattr(extra, "quiet", False), getattr(extra, "verbose", False),
+                  quiet_by_default)
     bare = [u for u in unknown if not u.startswith("-")] if positionals else []
     rest = [u for u in unknown if u not in bare]
     if rest:  # HfArgumentParser raises ValueError (a traceback): argparse's error instead

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .encoder import Encoder
 from .errors import UserError, positive
 from .fsutil import atomic_file
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def encode_texts(encoder: Encoder, texts: list[str], titles: list[str] | None = 
     amp = autocast_dtype(config.dtype, device)
     was_training = encoder.training
     encoder.eval()
-    bar = tqdm(total=len(texts), desc=desc, disable=not config.progress, unit="text")
+    bar = progress_bar(total=len(texts), desc=desc, enabled=config.progress, unit="text")
     for start in range(0, len(texts), config.batch_size):
         idx = order[start : start + config.batch_size]
         input_ids, mask = _pad([ids[i] for i in idx], pad_id, device)

@@ -318,11 +318,17 @@ class Encoder(nn.Module):
             model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
             backbone = model_cls.from_pretrained(weights, dtype=torch.float32)
         else:
+            from transformers.utils import logging as hf_logging
+
+            level = hf_logging.get_verbosity()  # the pooler weights left out on purpose are
+            hf_logging.set_verbosity_error()  # not worth transformers' "unexpected keys" report
             try:  # BERT-family models build a pooler we do not need unless pooling == "pooler"
                 backbone = AutoModel.from_pretrained(
                     weights, add_pooling_layer=base.pooling == "pooler", dtype=torch.float32)
             except TypeError:
                 backbone = AutoModel.from_pretrained(weights, dtype=torch.float32)
+            finally:
+                hf_logging.set_verbosity(level)
         if base.dense != saved.dense:  # Dense layers are the checkpoint's, not a setting to change
             base = replace(base, dense=saved.dense)
         enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,

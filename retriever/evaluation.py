@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tqdm.auto import tqdm
-
 from .corpus import collapse_ws
 from .errors import UserError
 from .index import DenseIndex
 from .metrics import MATCHES, answer_test, retrieval_metrics
+from .progress import progress_bar
 from .questions import Question
 from .search import Retriever
 
@@ -52,7 +51,7 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
     hits, gold_hits = [], []
     prepare, test = answer_test(match)
     seen: dict[int, object] = {}  # row -> the passage as the test reads it, computed once
-    bar = tqdm(total=len(questions), desc="retrieving", unit="q", disable=not progress)
+    bar = progress_bar(total=len(questions), desc="retrieving", unit="q", enabled=progress)
     for start in range(0, len(questions), batch_size):
         chunk = questions[start : start + batch_size]
         result = retriever.retrieve([q.question for q in chunk], top)

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .encode import EncodeConfig, encode_texts
@@ -39,6 +38,7 @@ from .encoder import Encoder
 from .errors import UserError, fraction, non_negative, one_of, positive
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
+from .progress import progress_bar
 from .questions import Question
 
 log = logging.getLogger(__name__)
@@ -285,8 +285,8 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         random.Random(config.seed + epoch).shuffle(order)
         mine = order[acc.process_index :: acc.num_processes]
         starts = range(0, len(mine), config.batch_size)
-        bar = tqdm(starts, desc=f"epoch {epoch + 1}", initial=state["batch"],
-                   disable=not acc.is_local_main_process)
+        bar = progress_bar(starts, desc=f"epoch {epoch + 1}", initial=state["batch"],
+                           enabled=acc.is_local_main_process)
         for b in range(state["batch"], len(starts)):
             batch = [examples[i] for i in mine[starts[b] : starts[b] + config.batch_size]]
             with acc.accumulate(q_enc):

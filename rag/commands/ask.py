@@ -2,7 +2,8 @@
 
 Examples:
     ragqa ask "Who designed the Eiffel Tower?"
-    ragqa ask "Who wrote Hamlet?" --json
+    ragqa ask "Who wrote Hamlet?" --format json          # one JSON object per answer
+    ragqa ask "Who wrote Hamlet?" --json answers.json    # and all answers in a JSON file
     printf 'question one\\nquestion two\\n' | ragqa ask      # one answer per line
     ragqa ask "..." --model runs/rag-seq --index runs/index-l6 --k 10
 
@@ -18,11 +19,10 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
-from rag import default
 from rag.constrain import CONSTRAINTS
 from rag.pipeline import RagModel
-from retriever.cli import parse
-from retriever.errors import UserError, non_negative, positive
+from retriever.cli import check_output_parent, parse, write_json
+from retriever.errors import UserError, non_negative, one_of, positive
 from retriever.fusion import RetrievalConfig
 
 
@@ -34,12 +34,15 @@ class Args:
     num_beams: int = 0  # beam width; 0 = the model's own
     constrain: str = ""  # "spans": answer only with stretches of the retrieved passages (then EOS);
     # "none": free generation; "" = the model's own setting
-    json: bool = False  # print one JSON object per question (question, answer, score, passages)
+    format: str = "text"  # "text": the answer (and for one question its passages, best first);
+    # "json": one JSON object per question (question, answer, score, passages) per line
+    json: str | None = None  # also write every answer (a JSON list of those objects) to this file
     batch_size: int = 8  # questions answered together
 
     def __post_init__(self) -> None:
         non_negative(self, "k", "num_beams")
         positive(self, "batch_size")
+        one_of(self, "format", ("text", "json"))
         if self.constrain not in ("", *CONSTRAINTS):
             raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
 
@@ -47,18 +50,14 @@ class Args:
 def _load(args: Args, retrieval: RetrievalConfig) -> RagModel:
     overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams),
                                            ("constrain", args.constrain)) if val}
-    model_dir = args.model or default.MODEL
-    if args.model is None and not (default.MODEL / "rag_config.json").is_file():
-        raise UserError(f"no starter model in {default.MODEL}; pass --model DIR (see README)")
-    index = args.index
-    if index is None and args.model is None:
-        index = default.default_index()
-    return RagModel.from_pretrained(model_dir, index, retrieval, **overrides)
+    return RagModel.from_pretrained(args.model, args.index, retrieval, **overrides)
 
 
 def main() -> None:
-    args, retrieval, questions = parse([Args, RetrievalConfig], description=__doc__,
+    args, retrieval, questions = parse([Args, RetrievalConfig], description=__doc__, quiet_by_default=True,
                                        positionals="QUESTION")
+    if args.json:
+        check_output_parent(args.json)
     from_stdin = not questions
     if from_stdin:
         if sys.stdin.isatty():
@@ -70,10 +69,12 @@ def main() -> None:
         if not questions:
             raise UserError("no questions on standard input")
     model = _load(args, retrieval).eval()
+    answered = []
     for start in range(0, len(questions), args.batch_size):
         for ans in model.answer(questions[start : start + args.batch_size]):
-            if args.json:
-                print(json.dumps(asdict(ans)))
+            answered.append(asdict(ans))
+            if args.format == "json":
+                print(json.dumps(answered[-1]), flush=True)
             elif from_stdin or len(questions) > 1:
                 print(ans.answer)
             else:
@@ -81,4 +82,5 @@ def main() -> None:
                 for rank, p in enumerate(ans.passages, start=1):
                     print(f"  [{rank}] {p['title']} (id {p['id']}, score {p['score']:.3f}): "
                           f"{p['text'][:160]}")
-
+    if args.json:
+        write_json(args.json, answered)

@@ -28,7 +28,7 @@ from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 
-log = logging.getLogger("finetune")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

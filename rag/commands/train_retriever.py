@@ -32,7 +32,7 @@ from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.train import TrainConfig, train_dpr
 
-log = logging.getLogger("train_retriever")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -55,9 +55,10 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     model = tmp / "model"
     q = "What is the capital of France?"
     scenarios = {
-        "ask_json": ["ask.py", q, "--model", model, "--json"],
+        "ask_json": ["ask.py", q, "--model", model, "--format", "json", "--json",
+                     tmp / "asked.json"],
         "ask_plain": ["ask.py", q, "--model", model],
-        "ask_stdin": ["ask.py", "--model", model, "--json"],
+        "ask_stdin": ["ask.py", "--model", model, "--format", "json"],
         "ask_empty": ["ask.py", "", "--model", model],
         "ask_k_too_large": ["ask.py", q, "--model", model, "--k", "1000"],
         "ask_other_encoder": ["ask.py", q, "--model", model, "--index", tmp / "idx-mean"],
@@ -69,19 +70,20 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                      "--generator", tmp / "bart", "--question_encoder", tiny_encoder_dir,
                      "--index", tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
                      "--max_input_length", "64", "--max_answer_length", "8"],
-        "ask_finetuned": ["ask.py", q, "--model", tmp / "ft", "--json"],
+        "ask_finetuned": ["ask.py", q, "--model", tmp / "ft", "--format", "json"],
         "finetune_copy": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-copy",
                           "--generator", tmp / "bart", "--copy_head", "--index", tmp / "idx",
                           "--question_encoder", tiny_encoder_dir, "--max_steps", "2",
                           "--batch_size", "2", "--k", "2", "--max_input_length", "64",
                           "--max_answer_length", "8", "--lr", "1e-3"],
-        "ask_copy_spans": ["ask.py", q, "--model", tmp / "ft-copy", "--json", "--constrain", "spans"],
+        "ask_copy_spans": ["ask.py", q, "--model", tmp / "ft-copy", "--format", "json",
+                           "--constrain", "spans"],
         "ask_closed_spans": ["ask.py", q, "--model", tmp / "closed", "--constrain", "spans"],
         "ask_bad_constrain": ["ask.py", q, "--model", model, "--constrain", "words"],
         "ask_hybrid_no_sparse": ["ask.py", q, "--model", model, "--retrieval", "hybrid"],
         "ask_rrf": ["ask.py", q, "--model", model, "--index", tmp / "idx-hyb", "--fusion", "rrf"],
         "ask_sparse": ["ask.py", q, "--model", model, "--index", tmp / "idx-hyb", "--retrieval",
-                       "sparse", "--json"],
+                       "sparse", "--format", "json"],
         "finetune_bad_weight": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-bad",
                                 "--index", tmp / "idx-hyb", "--fusion_weight", "inf"],
         "finetune_hybrid": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-hyb",
@@ -89,7 +91,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                             "--index", tmp / "idx-hyb", "--max_steps", "1", "--batch_size", "2",
                             "--k", "2", "--max_input_length", "64", "--max_answer_length", "8",
                             "--fusion_weight", "0.4", "--candidates", "4"],
-        "ask_hybrid": ["ask.py", q, "--model", tmp / "ft-hyb", "--json"],
+        "ask_hybrid": ["ask.py", q, "--model", tmp / "ft-hyb", "--format", "json"],
         "pack": ["pack_starter.py", "--model", model, "--out", tmp / "packed", "--k", "2",
                  "--question_backbone_from", tiny_encoder_dir, "--constrain", "spans"],
         "pack_too_big": ["pack_starter.py", "--model", model, "--out", tmp / "packed-big",
@@ -99,7 +101,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         # transformers' RAG: the tiny model ([CLS] pooling) exported, then used as a checkpoint
         "export": ["export_transformers.py", "--model", model, "--out", tmp / "exported"],
         "ask_transformers": ["ask.py", q, "--model", tmp / "exported", "--index", tmp / "idx",
-                             "--json"],
+                             "--format", "json"],
         "finetune_transformers": ["finetune.py", "--train", squad_questions, "--out",
                                   tmp / "ft-hf", "--generator", tmp / "exported", "--index",
                                   tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
@@ -137,6 +139,9 @@ def test_ask_json(runs):
     lines = proc.stdout.splitlines()
     assert len(lines) == 1, proc
     check_answer(lines[0], "What is the capital of France?", k=3)
+    assert proc.stderr == ""  # a successful ask prints nothing else
+    written = json.loads((runs[1] / "asked.json").read_text())  # --json PATH: the same answers
+    assert written == [json.loads(lines[0])]
 
 
 def test_ask_plain_lists_the_passages(runs):
