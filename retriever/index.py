@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pyarrow as pa
 from datasets import Dataset
@@ -41,6 +40,12 @@ from .errors import UserError, non_negative, one_of, positive, require
 from .fsutil import atomic_directory, remove_with
 from .fusion import FusionConfig
 from .sparse import SPARSE_DIR, SparseConfig, SparseIndex
+
+try:
+    import faiss
+except ImportError:  # the "cpu" or "gpu" extra brings it (pyproject.toml)
+    raise UserError("FAISS is not installed: pip install 'ragqa[cpu]', or 'ragqa[gpu]' with CUDA 12"
+                    ) from None
 
 log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")

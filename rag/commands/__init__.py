@@ -45,9 +45,9 @@ def run_command(name: str, args: list[str]) -> None:
     """Run subcommand ``name`` with ``args`` as a user would (``ragqa name args...``)."""
     from retriever.cli import run
 
-    module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
     sys.argv = [f"ragqa {name}", *args]
-    run(module.main)
+    # imported inside run: a missing optional dependency is one error line too
+    run(lambda: importlib.import_module(f"{__name__}.{COMMANDS[name]}").main())
 
 
 def main(argv: list[str] | None = None) -> None:
