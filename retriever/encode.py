@@ -63,8 +63,10 @@ def _pad(batch: list[list[int]], pad_id: int, device: torch.device) -> tuple[tor
 
 @torch.inference_mode()
 def encode_texts(encoder: Encoder, texts: list[str], titles: list[str] | None = None,
-                 config: EncodeConfig = EncodeConfig(), desc: str = "encoding") -> np.ndarray:
-    """Encode texts (with titles: passages) into a float32 array (N, D), in input order."""
+                 config: EncodeConfig = EncodeConfig(), desc: str = "encoding",
+                 bar=None) -> np.ndarray:
+    """Encode texts (with titles: passages) into a float32 array (N, D), in input order; progress
+    goes to ``bar`` when given (a caller's bar over more work), else to a bar of its own."""
     device = next(encoder.parameters()).device
     ids = encoder.tokenize(texts, titles, padding=False)["input_ids"]
     order = np.argsort([-len(x) for x in ids], kind="stable")
@@ -73,14 +75,17 @@ def encode_texts(encoder: Encoder, texts: list[str], titles: list[str] | None = 
     amp = autocast_dtype(config.dtype, device)
     was_training = encoder.training
     encoder.eval()
-    bar = progress_bar(total=len(texts), desc=desc, enabled=config.progress, unit="text")
+    own = bar is None
+    if own:
+        bar = progress_bar(total=len(texts), desc=desc, enabled=config.progress, unit="text")
     for start in range(0, len(texts), config.batch_size):
         idx = order[start : start + config.batch_size]
         input_ids, mask = _pad([ids[i] for i in idx], pad_id, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             out[idx] = to_numpy32(encoder(input_ids, mask))
         bar.update(len(idx))
-    bar.close()
+    if own:
+        bar.close()
     encoder.train(was_training)
     return out
 
@@ -121,11 +126,14 @@ def encode_corpus(encoder: Encoder, passages, work_dir: str | os.PathLike,
             todo.append(i)
     if len(todo) < len(shards) // world:
         log.info("resuming: %d of %d shards left for this process", len(todo), len(shards))
-    for count, i in enumerate(todo, start=1):
+    left = sum(min(config.shard_size, n - i * config.shard_size) for i in todo)
+    bar = progress_bar(total=left, desc="encoding passages", unit="passage",
+                       enabled=config.progress and bool(todo))
+    for i in todo:
         part = passages[i * config.shard_size : (i + 1) * config.shard_size]
-        vecs = encode_texts(encoder, part["text"], part["title"], config,
-                            desc=f"shard {count}/{len(todo)}")
+        vecs = encode_texts(encoder, part["text"], part["title"], config, bar=bar)
         _save_npy_atomic(work_dir / f"shard-{i:05d}.npy", vecs)
+    bar.close()
     if accelerator is not None:
         accelerator.wait_for_everyone()
     return np.concatenate([np.load(work_dir / f"shard-{i:05d}.npy") for i in shards])

@@ -66,11 +66,11 @@ class Spy:
         self.calls: list[str] = []
         self.fail_on = fail_on
 
-    def __call__(self, encoder, texts, titles=None, config=QUIET, desc=""):
+    def __call__(self, encoder, texts, titles=None, config=QUIET, desc="", bar=None):
         self.calls.append(texts[0])
         if len(self.calls) == self.fail_on:
             raise RuntimeError("killed")
-        return encode_texts(encoder, texts, titles, config, desc)
+        return encode_texts(encoder, texts, titles, config, desc, bar)
 
 
 def test_encode_corpus_equals_one_pass(encoder, table, texts, tmp_path):
