@@ -29,7 +29,7 @@ from retriever.errors import UserError, fraction, non_negative, one_of, positive
 from retriever.metrics import exact_match
 from retriever.progress import progress_bar
 from retriever.questions import Question
-from retriever.train import optimizer_step
+from retriever.train import make_accelerator, optimizer_step, rank_share
 
 from .pipeline import RagModel
 
@@ -157,13 +157,11 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     Resumes from ``<out>.checkpoint`` when present (the caller loads the model from
     :func:`resume_dir`). The final model directory is ``out``, with ``train_log.json`` in it.
     """
-    from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
     out = Path(out)
     ckpt = checkpoint_dir(out)
-    acc = accelerator or Accelerator(mixed_precision=config.mixed_precision,
-                                     gradient_accumulation_steps=config.grad_accum)
+    acc = accelerator or make_accelerator(config.mixed_precision, config.grad_accum)
     torch.manual_seed(config.seed)
 
     def epoch_pairs(epoch: int) -> list[tuple[str, str, tuple[str, str] | None]]:
@@ -188,7 +186,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     if state["step"]:
         log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
                  state["batch"])
-    wrapped, opt, sched = acc.prepare(model, opt, sched)
+    wrapped, opt = acc.prepare(model, opt)  # the scheduler stays unprepared (optimizer_step)
     restore_rng(ckpt)
     model.train()
     bar = progress_bar(total=total, initial=state["step"], desc="fine-tuning",
@@ -213,9 +211,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
                                                   state["step"] >= config.max_steps):
         if state["epoch"] > 0 and config.gold_window > 0 and config.gold_position == "random":
             pairs = epoch_pairs(state["epoch"])
-        order = list(range(len(pairs)))
-        random.Random(config.seed + state["epoch"]).shuffle(order)
-        mine = order[acc.process_index :: acc.num_processes]
+        mine = rank_share(len(pairs), config.seed + state["epoch"], acc)
         batches = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
         for b in range(state["batch"], len(batches)):
             batch = [pairs[i] for i in batches[b]]

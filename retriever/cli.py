@@ -57,6 +57,8 @@ def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: 
     """Log levels and progress bars as the module doc describes."""
     from .progress import set_progress
 
+    if int(os.environ.get("RANK", "0")) != 0:  # one of several processes: the first one talks
+        quiet = True
     level = (logging.ERROR if quiet else logging.DEBUG if verbose
              else logging.WARNING if quiet_by_default else logging.INFO)
     logging.getLogger().setLevel(max(level, logging.INFO))  # other libraries: never their DEBUG

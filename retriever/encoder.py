@@ -268,17 +268,22 @@ class Encoder(nn.Module):
                      self.config.query_prompt, self.config.passage_prompt)
 
     def _check_same_backbone(self, source: str) -> None:
-        """Raise :class:`UserError` unless ``source``'s weights equal this encoder's backbone."""
+        """Raise :class:`UserError` unless ``source``'s weights equal this encoder's backbone;
+        then take them (exact where ours were float16-rounded), so that the fingerprint saved is
+        the one the directory loads with."""
         from transformers import AutoModel
 
         other = AutoModel.from_pretrained(resolve(source), dtype=torch.float32).state_dict()
-        for key, value in self.backbone.state_dict().items():
+        own = self.backbone.state_dict()
+        for key, value in own.items():
             ours = value.detach().float().cpu()
             # a tower stored in float16 (save_pretrained(half=True)) holds the reference rounded
             if key in other and not (torch.equal(ours, other[key].float())
                                      or torch.equal(ours, other[key].half().float())):
                 raise UserError(f"cannot store the backbone as a reference to {source}: its "
                                 f"weights differ ({key})")
+        self.backbone.load_state_dict({k: other.get(k, v) for k, v in own.items()})
+        self.refresh_fingerprint()
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, config: EncoderConfig | None = None,

@@ -144,13 +144,40 @@ def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: DenseIndex, wei
     log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(ctx.rows), weight)
 
 
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
+    """accelerate's ``Accelerator`` for our trainers. On a machine without CUDA it is told so
+    (``cpu=True``): only then does accelerate join the processes that torchrun or
+    ``accelerate launch`` started (gloo); without it each would train alone, unsynchronised."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       cpu=not torch.cuda.is_available())
+
+
+def rank_share(n: int, seed: int, acc) -> list[int]:
+    """This process's examples of an epoch: the ``n`` shuffled by ``seed``, padded by repeating
+    the first few to a multiple of the process count (as ``DistributedSampler`` does), then every
+    ``num_processes``-th from this rank's. Every rank gets as many examples, so as many batches of
+    the same sizes: no rank waits forever for another's gradients, and the mean over ranks of
+    their batch means is the mean over the global batch."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    order += order[: (-n) % acc.num_processes]
+    return order[acc.process_index :: acc.num_processes]
+
+
 def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: float) -> None:
-    """Backward, clip (when gradients sync), step and zero: one accelerate update, both trainers."""
+    """Backward, clip (when gradients sync), step and zero: one accelerate update, both trainers.
+
+    ``sched`` is *not* accelerate-prepared: a prepared scheduler steps once per process at every
+    update, so its schedule would depend on the number of processes. Ours count updates (their
+    totals already divide by the process count) and step once per update."""
     acc.backward(loss)
     if acc.sync_gradients:
         acc.clip_grad_norm_(params, max_grad_norm)
     opt.step()
-    sched.step()
+    if acc.sync_gradients:
+        sched.step()
     opt.zero_grad()
 
 
@@ -167,13 +194,16 @@ def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, wei
 
 
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
-                    scale: float, index: DenseIndex | None = None, sparse_weight: float = 0.0
-                    ) -> torch.Tensor:
+                    scale: float, index: DenseIndex | None = None, sparse_weight: float = 0.0,
+                    forward=None) -> torch.Tensor:
     """Encode a batch of questions and return the DPR loss against its candidates (with
-    ``config.hybrid``, inside the hybrid score of ``index``'s sparse side, weight ``sparse_weight``)."""
+    ``config.hybrid``, inside the hybrid score of ``index``'s sparse side, weight ``sparse_weight``).
+
+    ``forward`` runs the encoder (default ``q_enc`` itself): under torch.distributed, the
+    accelerate-prepared (DDP) module, so that gradients are averaged across processes."""
     device = next(q_enc.parameters()).device
     tok = q_enc.tokenize([ex.question for ex in batch])
-    q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
+    q = (forward or q_enc)(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
     if config.negatives == "corpus":  # every passage is a candidate, in the lookup's row order
         positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
         ctx = ctx_lookup.vectors.to(device=device, dtype=q.dtype)  # (C, D), C = all rows
@@ -202,11 +232,9 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     ``config.save_every`` batches and resumes from it exactly: the caller passes the checkpoint's
     question encoder (``retriever.checkpoint.resume_dir``) as ``q_enc``.
     """
-    from accelerate import Accelerator
     from transformers import get_linear_schedule_with_warmup
 
-    acc = accelerator or Accelerator(mixed_precision=config.mixed_precision,
-                                     gradient_accumulation_steps=config.grad_accum)
+    acc = accelerator or make_accelerator(config.mixed_precision, config.grad_accum)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     if config.hybrid:
@@ -228,10 +256,12 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     if config.lexical_head and config.train_context_encoder:
         raise UserError("--lexical_head needs the frozen context encoder")
     if config.train_context_encoder:
-        def ctx_lookup(rows):
+        plain_ctx = ctx_enc
+
+        def ctx_lookup(rows):  # ctx_enc is the prepared (DDP) module once training starts
             part = index.passages[rows]
-            tok = ctx_enc.tokenize(part["text"], part["title"])
-            dev = next(ctx_enc.parameters()).device
+            tok = plain_ctx.tokenize(part["text"], part["title"])
+            dev = next(plain_ctx.parameters()).device
             return ctx_enc(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
     else:
         if config.negatives == "corpus":
@@ -271,19 +301,17 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         if resumed:
             log.info("resuming from %s (epoch %d, batch %d)", checkpoint, state["epoch"] + 1,
                      state["batch"])
-    if config.train_context_encoder:
-        q_enc, ctx_enc, opt, sched = acc.prepare(q_enc, ctx_enc, opt, sched)
+    if config.train_context_encoder:  # the scheduler stays unprepared (optimizer_step)
+        q_enc, ctx_enc, opt = acc.prepare(q_enc, ctx_enc, opt)
     else:
-        q_enc, opt, sched = acc.prepare(q_enc, opt, sched)
+        q_enc, opt = acc.prepare(q_enc, opt)
     model = acc.unwrap_model(q_enc)
     if checkpoint is not None:
         restore_rng(checkpoint)
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
         q_enc.train()
-        order = list(range(len(examples)))
-        random.Random(config.seed + epoch).shuffle(order)
-        mine = order[acc.process_index :: acc.num_processes]
+        mine = rank_share(len(examples), config.seed + epoch, acc)
         starts = range(0, len(mine), config.batch_size)
         bar = progress_bar(starts, desc=f"epoch {epoch + 1}", initial=state["batch"],
                            enabled=acc.is_local_main_process)
@@ -291,7 +319,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             batch = [examples[i] for i in mine[starts[b] : starts[b] + config.batch_size]]
             with acc.accumulate(q_enc):
                 loss = train_step_loss(model, batch, ctx_lookup, config, scale, index,
-                                       sparse_weight or 0.0)
+                                       sparse_weight or 0.0, forward=q_enc)
                 optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
             state["loss_sum"] += loss.item()
             state["batch"] = b + 1

@@ -19,6 +19,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from retriever.build import BuildConfig, build_index
 from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.cli import check_output_parent, parse, write_json
@@ -56,7 +58,10 @@ class Args:
 
 
 def main() -> None:
+    from accelerate import PartialState
+
     args, config, retrieval = parse([Args, TrainConfig, RetrievalConfig], description=__doc__)
+    state = PartialState(cpu=not torch.cuda.is_available())  # as retriever.train.make_accelerator
     if args.json:
         check_output_parent(args.json)
     if args.index is None and args.corpus is None:
@@ -82,8 +87,11 @@ def main() -> None:
         ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
     else:
         ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
-        index = build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=args.overwrite))
-        log.info("built %s", index_dir)
+        if state.is_main_process:  # built once; the other processes load it
+            build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=args.overwrite))
+            log.info("built %s", index_dir)
+        state.wait_for_everyone()
+        index = DenseIndex.load(index_dir)
     index.check_question_encoder(ctx_enc.identity(), where="index")
     if resumed is not None:
         log.info("resuming from %s", resumed.parent)
@@ -94,13 +102,16 @@ def main() -> None:
         return evaluate_retrieval(retriever, dev, ks, progress=False)
 
     before = None
-    if args.eval_before and dev and not config.train_context_encoder and resumed is None:
+    if (args.eval_before and dev and not config.train_context_encoder and resumed is None
+            and state.is_main_process):
         before = evaluate(q_enc)
     if before:
         print(f"dev before training: top-k {before['top_k_accuracy']}")
     logs = train_dpr(q_enc, ctx_enc, index, train, config,
                      evaluate if dev and not config.train_context_encoder else None,
                      sparse_weight=retriever.fusion.fusion_weight, checkpoint=checkpoint_dir(args.out))
+    if not state.is_main_process:  # the ranks end identical (gradients averaged): one saves
+        return
     if config.train_context_encoder:  # the pair is the new context encoder, not the index's
         ctx_enc.refresh_fingerprint()
         q_enc.save_pretrained(args.out, paired_context_fingerprint=ctx_enc.fingerprint)

@@ -30,7 +30,7 @@ def st_model(tiny_encoder_dir, out, pooling, normalize=False, dense=0, prompts=N
     modules = [word, Pooling(word.get_embedding_dimension(), pooling_mode=pooling)]
     sizes = [word.get_embedding_dimension(), 8, 6, 4][: dense + 1]
     activations = [torch.nn.Tanh(), torch.nn.Identity(), torch.nn.ReLU()]
-    for a, b, act in zip(sizes, sizes[1:], activations[:dense], strict=True):
+    for a, b, act in zip(sizes[:-1], sizes[1:], activations[:dense], strict=True):
         modules.append(Dense(a, b, activation_function=act))
     if normalize:
         modules.append(Normalize())

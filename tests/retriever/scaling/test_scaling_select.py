@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +23,6 @@ from retriever.scaling import (
 from retriever.scaling.select import BERT_ENCODERS
 
 TOY = JointLaw(a=1e4, b=1e3, alpha=0.5, beta=1.0, delta=0.1)
-SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "scale.py"
 
 
 def _msmarco() -> JointLaw:
@@ -123,11 +119,9 @@ def test_msmarco_inference_cost_moves_the_optimum_to_small_encoders():
 
 
 def _script():
-    if "scale_script" not in sys.modules:  # dataclasses look their module up in sys.modules
-        spec = importlib.util.spec_from_file_location("scale_script", SCRIPT)
-        sys.modules["scale_script"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules["scale_script"])
-    return sys.modules["scale_script"]
+    from rag.commands import scale
+
+    return scale
 
 
 def test_script_select_writes_json(tmp_path, capsys):

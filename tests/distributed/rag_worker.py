@@ -1,0 +1,42 @@
+"""One process of a distributed RAG fine-tuning run (launched by ``torchrun`` from
+``test_distributed.py``): fine-tunes the tiny RAG model (question encoder and generator) and saves
+its weights, and the training questions' NLL (``__outputs__``), as ``<out>/rank<RANK>.safetensors``.
+Dropout is off, so runs can be compared exactly.
+
+    torchrun --nproc_per_node 2 rag_worker.py MODEL_DIR QUESTIONS OUT BATCH_SIZE
+"""
+
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from rag.pipeline import RagModel
+from rag.train import FinetuneConfig, finetune
+from retriever.questions import read_questions
+
+
+def main(model_dir: str, questions: str, out: str, batch_size: str) -> None:
+    torch.manual_seed(0)
+    model = RagModel.from_pretrained(model_dir)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        for name in ("dropout", "activation_dropout", "attention_dropout", "layerdrop"):
+            if isinstance(getattr(module, name, None), float):  # BART keeps its rates as floats
+                setattr(module, name, 0.0)
+    config = FinetuneConfig(epochs=1, batch_size=int(batch_size), lr=1e-3, warmup_ratio=0.0,
+                            eval_limit=0, seed=0)
+    train = read_questions(questions)
+    finetune(model, train, os.path.join(out, f"model-{batch_size}"), config)
+    model.eval()
+    with torch.no_grad():  # what the weights do: the training questions' NLL
+        outputs = model.loss([q.question for q in train], [q.answers[0] for q in train])[1]
+    state = {k: v.clone() for k, v in model.state_dict().items()}  # tied weights: copies
+    state["__outputs__"] = outputs.contiguous()
+    save_file(state, os.path.join(out, f"rank{os.environ.get('RANK', '0')}.safetensors"))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
