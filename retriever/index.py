@@ -122,6 +122,7 @@ class DenseIndex:
         self._pending: list[Path] = []  # shards added since load (in a private temp dir)
         self._row_of: dict[str, int] | None = None
         self._gpu_index = None
+        self.mmap = False  # loaded memory-mapped (load(mmap=True)): read-only
         self.config = IndexConfig(**manifest["index_config"])
         if self.config.index_type == "ivfpq":
             index.nprobe = self.config.nprobe
@@ -278,8 +279,14 @@ class DenseIndex:
             "pair them, as DPR's question/context twins, pass it as --question_encoder)")
 
     # -------------------------------------------------------------- hot-swap
+    def _check_writable(self) -> None:
+        if self.mmap:
+            raise UserError("this index was loaded memory-mapped, which is read-only: load it "
+                            "without mmap to add or remove passages")
+
     def add(self, vectors: np.ndarray, rows: list[dict]) -> None:
         """Append passages (dicts with id, title, text) and their vectors (n, D) without rebuild."""
+        self._check_writable()
         if len(rows) != len(vectors):
             raise ValueError(f"{len(vectors)} vectors for {len(rows)} passages")
         if np.ndim(vectors) != 2 or np.shape(vectors)[1] != self.manifest["dim"]:
@@ -321,6 +328,7 @@ class DenseIndex:
 
     def remove(self, passage_ids: list[str]) -> None:
         """Remove passages by id; unknown ids raise :class:`UserError` and nothing is removed."""
+        self._check_writable()
         rows = []
         for pid in passage_ids:
             row = self.row_of(pid)
@@ -360,8 +368,13 @@ class DenseIndex:
         self.passages = open_shards(self._shard_files)
 
     @classmethod
-    def load(cls, index_dir: str | os.PathLike) -> DenseIndex:
-        """Open an index directory; an incomplete or foreign directory raises :class:`UserError`."""
+    def load(cls, index_dir: str | os.PathLike, mmap: bool = False) -> DenseIndex:
+        """Open an index directory; an incomplete or foreign directory raises :class:`UserError`.
+
+        With ``mmap`` the FAISS index is memory-mapped read-only instead of read into memory (the
+        vectors of flat and HNSW indexes, the inverted lists of IVF-PQ): a corpus larger than RAM
+        can be searched, pages coming from disk as needed. Passages are always memory-mapped.
+        Such an index cannot be hot-swapped."""
         index_dir = Path(index_dir)
         if not index_dir.is_dir():
             raise UserError(f"{index_dir}: no such index directory")
@@ -381,8 +394,12 @@ class DenseIndex:
         for f in files:
             if not f.is_file():
                 raise UserError(f"{index_dir}: incomplete index directory (missing {f.name})")
+        flags = 0
+        if mmap:
+            flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if manifest.get("index_type") ==
+                                               "ivfpq" else faiss.IO_FLAG_MMAP_IFC)
         try:
-            index = faiss.read_index(str(files[0]))
+            index = faiss.read_index(str(files[0]), flags)
         except RuntimeError:  # FAISS's message is a C++ trace; the file is what matters
             raise UserError(f"{files[0]}: not a readable FAISS index (corrupt or truncated)") from None
         try:
@@ -414,7 +431,9 @@ class DenseIndex:
                 FusionConfig(**manifest.get("fusion", {}))
             except (TypeError, UserError) as err:
                 raise UserError(f"{manifest_file}: bad fusion settings ({err})") from None
-        return cls(index, passages, manifest, removed, shard_files=files[1:], sparse=sparse)
+        loaded = cls(index, passages, manifest, removed, shard_files=files[1:], sparse=sparse)
+        loaded.mmap = mmap
+        return loaded
 
 
 def _inside(index_dir: Path, name, manifest_file: Path) -> Path:

@@ -107,6 +107,23 @@ def test_save_load_round_trip(vectors, table, queries, tmp_path, index_type):
         tmp_path / "idx" / "passages"]
 
 
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivfpq"])
+def test_memory_mapped_load_searches_alike_and_is_read_only(vectors, table, queries, tmp_path,
+                                                            index_type):
+    index = DenseIndex.build(vectors, table, IDENTITY, IndexConfig(index_type=index_type, nprobe=8))
+    index.remove(["p3"])  # a hot-swapped index maps too
+    index.save(tmp_path / "idx")
+    plain, mapped = DenseIndex.load(tmp_path / "idx"), DenseIndex.load(tmp_path / "idx", mmap=True)
+    want, got = plain.search(queries, 5), mapped.search(queries, 5)
+    np.testing.assert_array_equal(got.rows, want.rows)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    assert "p3" not in {pid for ids in got.ids for pid in ids}
+    with pytest.raises(UserError, match="memory-mapped"):
+        mapped.remove(["p4"])
+    with pytest.raises(UserError, match="memory-mapped"):
+        mapped.add(vectors[:1], [{"id": "new", "title": "", "text": "x"}])
+
+
 def test_build_from_a_selected_view(vectors, table, tmp_path):
     view = table.select([5, 3, 9])
     index = DenseIndex.build(vectors[[5, 3, 9]], view, IDENTITY)
