@@ -353,7 +353,7 @@ class RagModel(nn.Module):
             save_generator(self.generator, self.tokenizer, tmp / "generator",
                            dtype=torch.float16 if half else None)
             (tmp / CONFIG_NAME).write_text(json.dumps(
-                {**asdict(self.config), "retrieval": asdict(retrieval)}, indent=2))
+                {**asdict(self.config), "retrieval": retrieval.saved()}, indent=2))
             for name, text in (extra_files or {}).items():
                 (tmp / name).write_text(text)
 
@@ -408,7 +408,7 @@ class RagModel(nn.Module):
             path = index or config.index
             if not path:
                 raise UserError(f"{model_dir}: no index recorded; pass an index directory")
-            index = DenseIndex.load(path)
+            index = DenseIndex.load(path, mmap=retrieval.mmap)
         q_dir = model_dir / "question_encoder"
         if not q_dir.is_dir() and not config.question_encoder:
             raise UserError(f"{model_dir}: no question_encoder/ and no question_encoder in config")
@@ -431,6 +431,6 @@ class RagModel(nn.Module):
                 raise UserError(f"{model_dir}: a transformers RAG checkpoint brings no index of "
                                 "ours: pass one (--index DIR)")
             config = replace(config, index=str(index or config.index))
-            index = DenseIndex.load(config.index)
+            index = DenseIndex.load(config.index, mmap=bool(retrieval and retrieval.mmap))
         return cls(q_enc, generator, tokenizer, index, config, retrieval, pair=True)
 

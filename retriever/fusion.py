@@ -20,7 +20,7 @@ Glossary: B questions, C candidates per question.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ class RetrievalConfig:
     fusion: str = ""  # hybrid: "linear" or "rrf"; "" = the index's setting
     fusion_weight: float | None = None  # hybrid: w on the normalised BM25 score; default: the index's
     candidates: int = 0  # hybrid: k', passages each side proposes; 0 = the index's setting
+    mmap: bool = False  # load the FAISS index memory-mapped and read-only, for a corpus larger
+    # than RAM (pages come from disk as searched); a load setting, never saved with a model
 
     def __post_init__(self) -> None:
         if self.retrieval not in ("", *RETRIEVALS):
@@ -75,7 +77,11 @@ class RetrievalConfig:
         return RetrievalConfig(
             retrieval=self.retrieval or saved.retrieval, fusion=self.fusion or saved.fusion,
             fusion_weight=saved.fusion_weight if self.fusion_weight is None else self.fusion_weight,
-            candidates=self.candidates or saved.candidates)
+            candidates=self.candidates or saved.candidates, mmap=self.mmap or saved.mmap)
+
+    def saved(self) -> dict:
+        """What a model directory records: the search settings, not how the index was loaded."""
+        return {k: v for k, v in asdict(self).items() if k != "mmap"}
 
     def fusion_config(self, saved: dict | None = None) -> FusionConfig:
         """The index's saved settings (or the defaults) with this search's overrides."""

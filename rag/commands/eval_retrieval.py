@@ -54,7 +54,7 @@ def main() -> None:
         ks = [int(k) for k in args.ks.split(",")]
     except ValueError:
         raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
-    index = DenseIndex.load(args.index)
+    index = DenseIndex.load(args.index, mmap=retrieval.mmap)
     questions = read_questions(args.questions)
     if args.limit > 0:
         questions = questions[: args.limit]

@@ -86,7 +86,7 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
         return RagModel(None, generator, tokenizer, None, rag_cfg)
     if not rag_cfg.index:
         raise UserError("--index DIR is required (except with --mode closed_book)")
-    index = DenseIndex.load(rag_cfg.index)
+    index = DenseIndex.load(rag_cfg.index, mmap=retrieval.mmap)
     # a --question_encoder given explicitly, or a transformers RAG checkpoint's, is paired with
     # the index (DenseIndex.check_question_encoder)
     pair = bool(rag_cfg.question_encoder) or q_enc is not None

@@ -83,7 +83,7 @@ def main() -> None:
     if args.dev_limit > 0 and dev:
         dev = dev[: args.dev_limit]
     if args.index is not None or reuse_index:  # a resumed run uses the index it built before
-        index = DenseIndex.load(args.index or index_dir)
+        index = DenseIndex.load(args.index or index_dir, mmap=retrieval.mmap)
         ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
     else:
         ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
@@ -91,7 +91,7 @@ def main() -> None:
             build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=args.overwrite))
             log.info("built %s", index_dir)
         state.wait_for_everyone()
-        index = DenseIndex.load(index_dir)
+        index = DenseIndex.load(index_dir, mmap=retrieval.mmap)
     index.check_question_encoder(ctx_enc.identity(), where="index")
     if resumed is not None:
         log.info("resuming from %s", resumed.parent)

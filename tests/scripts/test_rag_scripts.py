@@ -58,6 +58,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         "ask_json": ["ask.py", q, "--model", model, "--format", "json", "--json",
                      tmp / "asked.json"],
         "ask_plain": ["ask.py", q, "--model", model],
+        "ask_mmap": ["ask.py", q, "--model", model, "--format", "json", "--mmap"],
         "ask_stdin": ["ask.py", "--model", model, "--format", "json"],
         "ask_empty": ["ask.py", "", "--model", model],
         "ask_k_too_large": ["ask.py", q, "--model", model, "--k", "1000"],
@@ -140,6 +141,8 @@ def test_ask_json(runs):
     assert len(lines) == 1, proc
     check_answer(lines[0], "What is the capital of France?", k=3)
     assert proc.stderr == ""  # a successful ask prints nothing else
+    mapped = runs[0]["ask_mmap"]  # the index memory-mapped: the same answer and passages
+    assert mapped.returncode == 0 and mapped.stdout == proc.stdout, mapped
     written = json.loads((runs[1] / "asked.json").read_text())  # --json PATH: the same answers
     assert written == [json.loads(lines[0])]
 
@@ -229,6 +232,7 @@ def test_finetune_writes_a_model_directory(runs):
     assert f"model -> {out}" in proc.stdout
     saved = json.loads((out / "rag_config.json").read_text())
     assert saved["index"] == str(tmp / "idx") and saved["k"] == 2 and saved["mode"] == "sequence"
+    assert "mmap" not in saved["retrieval"]  # how an index is loaded is not the model's
     assert (out / "question_encoder").is_dir() and (out / "generator" / "config.json").is_file()
     assert json.loads((out / "train_log.json").read_text())["steps"] == 1
     assert not (tmp / "ft.checkpoint").exists()

@@ -78,6 +78,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     scenarios["build"] = [*build(corpus_tsv, idx), "--max_length", "64", "--json", tmp / "build.json"]
     scenarios["eval"] = evaluate(idx, "--ks", "1,2", "--json", tmp / "eval.json", "--results",
                                  tmp / "retrieved.json", "--trec", tmp / "run.trec")
+    scenarios["eval_mmap"] = evaluate(idx, "--ks", "1,2", "--mmap", "--json", tmp / "eval-mmap.json")
     # a question encoder trained against the index's (frozen) context encoder is accepted by it
     scenarios["train"] = ["train_retriever.py", "--train", squad_questions, "--index", idx,
                           "--out", tmp / "qenc", "--epochs", "1", "--batch_size", "4",
@@ -134,6 +135,13 @@ def test_build_then_eval(runs):
         assert figures_by_k["1"] <= figures_by_k["2"]
     assert 0 <= metrics["mrr"] <= 1
     assert json.loads(evaluation.stdout) == metrics
+
+
+def test_eval_with_a_memory_mapped_index_reports_the_same(runs):
+    results, tmp = runs
+    assert results["eval_mmap"].returncode == 0, results["eval_mmap"]
+    assert (json.loads((tmp / "eval-mmap.json").read_text())
+            == json.loads((tmp / "eval.json").read_text()))
 
 
 def test_eval_writes_dpr_results_and_a_trec_run(runs):
