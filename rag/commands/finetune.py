@@ -109,6 +109,10 @@ def main() -> None:
     logs = finetune(model, train, args.out, config, dev,
                     on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
                                             f"({e['n']} questions)", flush=True))
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under torchrun: the first process saves and reports
+        return
     if args.save_dtype == "fp16":  # re-save the final model at half the size
         final = RagModel.from_pretrained(args.out, model.index)
         log_text = (Path(args.out) / "train_log.json").read_text()
