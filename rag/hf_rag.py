@@ -80,10 +80,8 @@ def load(path: str | os.PathLike) -> tuple[Encoder, torch.nn.Module, object, dic
     return encoder.eval(), rag.rag.generator.eval(), g_tok, fields
 
 
-def _dpr_question_encoder(encoder: Encoder):
-    """Our question encoder as a transformers ``DPRQuestionEncoder`` with the same outputs."""
-    from transformers import DPRConfig, DPRQuestionEncoder
-
+def _check_question_encoder(encoder: Encoder) -> None:
+    """Refuse a question encoder with no ``DPRQuestionEncoder`` counterpart."""
     config = encoder.config
     unsupported = [what for what, bad in (
         ("normalised outputs", config.normalize), ("a projection", config.projection_dim),
@@ -93,11 +91,18 @@ def _dpr_question_encoder(encoder: Encoder):
         what = unsupported[0] if unsupported else f"{config.pooling} pooling"
         raise UserError(f"question encoder {encoder.name!r} has {what}: transformers' RAG uses "
                         "the DPR pooler output ([CLS]), so it cannot be exported")
+    kind = encoder.backbone.config.model_type
+    if kind != "dpr" and (config.pooling != "cls" or kind != "bert"):
+        raise UserError(f"question encoder {encoder.name!r} ({kind}, {config.pooling} pooling) has "
+                        "no DPRQuestionEncoder counterpart")
+
+
+def _dpr_question_encoder(encoder: Encoder):
+    """Our (checked) question encoder as a transformers ``DPRQuestionEncoder``, same outputs."""
+    from transformers import DPRConfig, DPRQuestionEncoder
+
     if encoder.backbone.config.model_type == "dpr":
         return encoder.backbone
-    if config.pooling != "cls" or encoder.backbone.config.model_type != "bert":
-        raise UserError(f"question encoder {encoder.name!r} ({encoder.backbone.config.model_type}, "
-                        f"{config.pooling} pooling) has no DPRQuestionEncoder counterpart")
     bert = encoder.backbone.config.to_dict()
     known = DPRConfig().to_dict()
     dpr = DPRQuestionEncoder(DPRConfig(**{k: v for k, v in bert.items() if k in known
@@ -126,7 +131,7 @@ def check_exportable(model) -> None:
     if model.score_scale != 1.0:
         raise UserError(f"a doc score scale of {model.score_scale:g} cannot be exported: "
                         "transformers' RAG takes p(z|x) = softmax(q . d)")
-    _dpr_question_encoder(model.question_encoder)
+    _check_question_encoder(model.question_encoder)
 
 
 def export(model, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -184,7 +184,8 @@ def _read_dataset(dataset: Dataset, source: object) -> Iterator[dict]:
                               dataset.select_columns(columns).iter(batch_size=10_000))
 
 
-def _read_saved_dataset(path: Path) -> Iterator[dict]:
+def _load_saved(path: Path) -> Dataset:
+    """A ``save_to_disk`` directory as a memory-mapped Dataset (a DatasetDict: its one split)."""
     from datasets import DatasetDict, load_from_disk
 
     try:
@@ -196,7 +197,11 @@ def _read_saved_dataset(path: Path) -> Iterator[dict]:
             raise UserError(f"{path}: a DatasetDict with splits {sorted(loaded)}: give one split's "
                             f"directory (e.g. {path / sorted(loaded)[0]})")
         loaded = next(iter(loaded.values()))
-    yield from _read_dataset(loaded, path)
+    return loaded
+
+
+def _read_saved_dataset(path: Path) -> Iterator[dict]:
+    yield from _read_dataset(_load_saved(path), path)
 
 
 def corpus_format(path: Path) -> str:
@@ -253,32 +258,24 @@ def iter_passages(path: str | os.PathLike | Dataset, config: CorpusConfig = Corp
             yield row
 
 
-def _columnar(path: str | os.PathLike | Dataset) -> Dataset:
-    """A columnar corpus (Parquet, datasets directory or Dataset) as a memory-mapped Dataset."""
-    from datasets import DatasetDict, load_from_disk
-
-    if isinstance(path, Dataset):
-        return path
-    source = _check_file(path)
-    kind = corpus_format(source)
-    if kind == "parquet":
-        return Dataset.from_parquet(str(source))
-    if kind != "datasets":
-        raise UserError(f"{source}: stored embeddings are read from a Parquet file or a datasets "
-                        "directory, not from a .tsv, .jsonl or SQuAD file")
-    loaded = load_from_disk(str(source))
-    return next(iter(loaded.values())) if isinstance(loaded, DatasetDict) else loaded
-
-
 def corpus_embeddings(path: str | os.PathLike | Dataset, column: str = "embeddings") -> np.ndarray:
     """The passage vectors (N, D) float32 stored in a columnar corpus's ``column``, in row order."""
-    table = _columnar(path)
-    source = "the dataset" if isinstance(path, Dataset) else path
-    if column not in table.column_names:
-        raise UserError(f"{source}: no {column!r} column (it has {', '.join(table.column_names)})")
+    import pyarrow.parquet as pq
+
+    source = "the dataset" if isinstance(path, Dataset) else _check_file(path)
+    kind = "dataset" if isinstance(path, Dataset) else corpus_format(source)
+    if kind not in ("dataset", "parquet", "datasets"):
+        raise UserError(f"{source}: stored embeddings are read from a Parquet file or a datasets "
+                        "directory, not from a .tsv, .jsonl or SQuAD file")
+    dataset = None if kind == "parquet" else path if kind == "dataset" else _load_saved(source)
+    names = pq.read_schema(str(source)).names if kind == "parquet" else dataset.column_names
+    if column not in names:
+        raise UserError(f"{source}: no {column!r} column (it has {', '.join(names)})")
+    values = (pq.read_table(str(source), columns=[column]).column(column) if kind == "parquet"
+              else dataset.with_format("arrow")[column])  # in row order, a selection respected
     try:
-        vectors = np.asarray(table.with_format("numpy")[column], dtype=np.float32)
-    except (ValueError, TypeError) as err:
+        vectors = np.stack(values.to_numpy(zero_copy_only=False)).astype(np.float32)
+    except (ValueError, TypeError, pa.ArrowException) as err:
         raise UserError(f"{source}: column {column!r} is not a table of equal-length vectors "
                         f"({err})") from None
     if vectors.ndim != 2 or not np.isfinite(vectors).all():

@@ -27,6 +27,7 @@ from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
+from retriever.train import make_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,11 @@ def main() -> None:
         train = train[: args.train_limit]
     dev = read_questions(args.dev) if args.dev else None
     model = build_model(args, rag_cfg, retrieval)
-    logs = finetune(model, train, args.out, config, dev,
+    acc = make_accelerator(config.mixed_precision, config.grad_accum)  # one of several under torchrun
+    logs = finetune(model, train, args.out, config, dev, accelerator=acc,
                     on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
                                             f"({e['n']} questions)", flush=True))
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:  # under torchrun: the first process saves and reports
+    if not acc.is_main_process:  # under torchrun: the first process saves and reports
         return
     if args.save_dtype == "fp16":  # re-save the final model at half the size
         final = RagModel.from_pretrained(args.out, model.index)

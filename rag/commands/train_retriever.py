@@ -19,8 +19,6 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from retriever.build import BuildConfig, build_index
 from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.cli import check_output_parent, parse, write_json
@@ -32,7 +30,7 @@ from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions
 from retriever.search import Retriever
-from retriever.train import TrainConfig, train_dpr
+from retriever.train import TrainConfig, make_accelerator, train_dpr
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +56,9 @@ class Args:
 
 
 def main() -> None:
-    from accelerate import PartialState
-
     args, config, retrieval = parse([Args, TrainConfig, RetrievalConfig], description=__doc__)
-    state = PartialState(cpu=not torch.cuda.is_available())  # as retriever.train.make_accelerator
+    # the trainer's accelerator, made here: under torchrun this is one of several processes
+    state = make_accelerator(config.mixed_precision, config.grad_accum)
     if args.json:
         check_output_parent(args.json)
     if args.index is None and args.corpus is None:
@@ -109,7 +106,8 @@ def main() -> None:
         print(f"dev before training: top-k {before['top_k_accuracy']}")
     logs = train_dpr(q_enc, ctx_enc, index, train, config,
                      evaluate if dev and not config.train_context_encoder else None,
-                     sparse_weight=retriever.fusion.fusion_weight, checkpoint=checkpoint_dir(args.out))
+                     sparse_weight=retriever.fusion.fusion_weight, checkpoint=checkpoint_dir(args.out),
+                     accelerator=state)
     if not state.is_main_process:  # the ranks end identical (gradients averaged): one saves
         return
     if config.train_context_encoder:  # the pair is the new context encoder, not the index's

@@ -10,6 +10,7 @@ import os
 import sys
 
 import torch
+from determinism import no_dropout  # this directory (torchrun runs the worker as a script)
 from safetensors.torch import save_file
 
 from retriever.encoder import Encoder
@@ -22,12 +23,7 @@ def main(encoder_dir: str, index_dir: str, questions: str, out: str, batch_size:
     torch.manual_seed(0)
     q_enc = Encoder.from_pretrained(encoder_dir)
     ctx_enc = Encoder.from_pretrained(encoder_dir)
-    for module in q_enc.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name in ("dropout", "activation_dropout", "attention_dropout", "layerdrop"):
-            if isinstance(getattr(module, name, None), float):  # BART keeps its rates as floats
-                setattr(module, name, 0.0)
+    no_dropout(q_enc)
     config = TrainConfig(epochs=2, batch_size=int(batch_size), negatives="corpus", lr=1e-3,
                          warmup_ratio=0.0, seed=0)
     train = read_questions(questions)

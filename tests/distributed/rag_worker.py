@@ -10,6 +10,7 @@ import os
 import sys
 
 import torch
+from determinism import no_dropout  # this directory (torchrun runs the worker as a script)
 from safetensors.torch import save_file
 
 from rag.pipeline import RagModel
@@ -20,12 +21,7 @@ from retriever.questions import read_questions
 def main(model_dir: str, questions: str, out: str, batch_size: str) -> None:
     torch.manual_seed(0)
     model = RagModel.from_pretrained(model_dir)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-        for name in ("dropout", "activation_dropout", "attention_dropout", "layerdrop"):
-            if isinstance(getattr(module, name, None), float):  # BART keeps its rates as floats
-                setattr(module, name, 0.0)
+    no_dropout(model)
     config = FinetuneConfig(epochs=1, batch_size=int(batch_size), lr=1e-3, warmup_ratio=0.0,
                             eval_limit=0, seed=0)
     train = read_questions(questions)
