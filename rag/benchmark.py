@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from retriever.cli import check_output_parent
+from retriever.collective import gather_shares, share, world
 from retriever.errors import UserError
 from retriever.fsutil import atomic_file
 from retriever.fusion import RetrievalConfig
@@ -173,6 +174,8 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         raise UserError("no questions to answer")
     check_patterns([p for q in questions for p in q.patterns])  # fail before the work
     set_seed(config.seed)
+    n = len(questions)
+    questions = [questions[i] for i in share(n)]  # under torch.distributed: this process's share
     seconds, rows, hits = [], [], []
     prepare, test = answer_test(config.match)
     seen: dict[str, object] = {}  # passage id -> the passage as the test reads it, computed once
@@ -196,10 +199,11 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
                          "retrieved": [p["id"] for p in ans.passages]})
         bar.update(len(chunk))
     bar.close()
+    seconds, rows, hits = (gather_shares(x, n) for x in (seconds, rows, hits))
 
-    n, rag = len(rows), model.config
+    rag, processes = model.config, world()[1]
     closed = rag.mode == "closed_book"
-    total = float(sum(seconds))
+    total = float(sum(seconds))  # over all processes, which ran side by side
     metrics = {
         "n": n,
         "exact_match": 100.0 * sum(r["em"] for r in rows) / n,
@@ -208,12 +212,13 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         "answer_in_passages": None if closed else sum(any(h) for h in hits) / n,
         "latency_ms": {"p50": _percentile_ms(seconds, 50), "p95": _percentile_ms(seconds, 95),
                        "mean": 1000.0 * total / n},
-        "questions_per_s": n / total if total > 0 else None,
+        "questions_per_s": n * processes / total if total > 0 else None,
         "seconds": total,
         "config": {
             "k": None if closed else rag.k, "mode": rag.mode, "decoding": decoding or rag.decoding,
             "num_beams": rag.num_beams, "limit": config.limit, "seed": config.seed,
-            "batch_size": config.batch_size, "match": config.match, "max_input_length": rag.max_input_length,
+            "batch_size": config.batch_size, "processes": processes, "match": config.match,
+            "max_input_length": rag.max_input_length,
             "max_answer_length": rag.max_answer_length, "constrain": rag.constrain,
             "retrieval": None if closed else {"mode": model.retriever.mode,
                                               **asdict(model.retriever.fusion)},

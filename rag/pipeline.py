@@ -40,6 +40,7 @@ from retriever.fsutil import atomic_directory
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex, SearchResult
 from retriever.search import Retriever, check_questions
+from retriever.shards import load_index
 
 from .constrain import CONSTRAINTS
 from .decode import DecodeConfig, rag_sequence_generate, rag_token_generate
@@ -408,7 +409,7 @@ class RagModel(nn.Module):
             path = index or config.index
             if not path:
                 raise UserError(f"{model_dir}: no index recorded; pass an index directory")
-            index = DenseIndex.load(path, mmap=retrieval.mmap)
+            index = load_index(path, mmap=retrieval.mmap)
         q_dir = model_dir / "question_encoder"
         if not q_dir.is_dir() and not config.question_encoder:
             raise UserError(f"{model_dir}: no question_encoder/ and no question_encoder in config")
@@ -431,6 +432,6 @@ class RagModel(nn.Module):
                 raise UserError(f"{model_dir}: a transformers RAG checkpoint brings no index of "
                                 "ours: pass one (--index DIR)")
             config = replace(config, index=str(index or config.index))
-            index = DenseIndex.load(config.index, mmap=bool(retrieval and retrieval.mmap))
+            index = load_index(config.index, mmap=bool(retrieval and retrieval.mmap))
         return cls(q_enc, generator, tokenizer, index, config, retrieval, pair=True)
 

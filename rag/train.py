@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
+from retriever.collective import gather_shares, share
 from retriever.errors import UserError, fraction, non_negative, one_of, positive
 from retriever.metrics import exact_match
 from retriever.progress import progress_bar
@@ -79,15 +80,20 @@ class FinetuneConfig:
 
 def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 16,
                     num_beams: int = 1) -> float:
-    """SQuAD exact match (percent) of ``model``'s answers on ``dev``."""
+    """SQuAD exact match (percent) of ``model``'s answers on ``dev``. With a sharded index under
+    torch.distributed it is collective: each process answers its share (``collective.share``)."""
     was_training = model.training
     model.eval()
+    together = getattr(model.index, "collective", False)
+    mine = [dev[i] for i in share(len(dev))] if together else list(dev)
     scores = []
-    for start in range(0, len(dev), batch_size):
-        chunk = dev[start : start + batch_size]
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start : start + batch_size]
         answers = model.answer([q.question for q in chunk], num_beams=num_beams)
         scores += [exact_match(a.answer, q.answers) for a, q in zip(answers, chunk, strict=True)]
     model.train(was_training)
+    if together:
+        scores = gather_shares(scores, len(dev))
     return 100.0 * sum(scores) / max(1, len(scores))
 
 
@@ -194,8 +200,8 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
 
     subset = dev_subset(dev or [], config.eval_limit, config.eval_sample, config.seed)
 
-    def evaluate() -> None:
-        if subset and acc.is_main_process:
+    def evaluate() -> None:  # on the main process; on all when a sharded index searches
+        if subset and (acc.is_main_process or getattr(model.index, "collective", False)):
             unwrapped = acc.unwrap_model(wrapped)
             entry = {"step": state["step"], "dev_em": dev_exact_match(
                 unwrapped, subset, num_beams=config.eval_beams), "n": len(subset)}
@@ -204,7 +210,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
             state["log"].append(entry)
             log.info("step %d: dev EM %.2f on %d questions", entry["step"], entry["dev_em"],
                      entry["n"])
-            if on_eval:
+            if on_eval and acc.is_main_process:
                 on_eval(entry)
 
     while state["epoch"] < config.epochs and not (config.max_steps and

@@ -12,17 +12,20 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from .corpus import CorpusConfig, corpus_digest, corpus_embeddings, load_corpus
+from . import collective
+from .corpus import CorpusConfig, corpus_digest, corpus_embeddings, load_corpus, open_shards
 from .encode import EncodeConfig, encode_corpus, encode_texts
 from .encoder import Encoder
 from .errors import UserError
 from .fsutil import atomic_file, check_output_dir
 from .fusion import FusionConfig
 from .index import DenseIndex, IndexConfig
-from .sparse import SparseConfig
+from .shards import ShardedIndex, build_shards, shard_ranges
+from .sparse import SparseConfig, SparseIndex
 
 log = logging.getLogger(__name__)
 RECIPE = "recipe.json"
+PASSAGES = "passages.arrow"  # the corpus as read, in the encoding folder
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class BuildConfig:
     overwrite: bool = False  # replace an existing index directory
     use_embeddings: bool = False  # take the passage vectors from the corpus's "embeddings" column
     # (a RagRetriever custom dataset) instead of encoding; a sample is checked against the encoder
+    shards: int = 0  # write N shards by passage range (retriever.shards); 0 = one index
 
 
 def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_dir: str | os.PathLike,
@@ -57,44 +61,71 @@ def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_
     out_dir = Path(out_dir)
     check_output_dir(out_dir, config.overwrite)
     work = out_dir.with_name(out_dir.name + ".encoding")
-    if work.exists() and (isinstance(corpus_path, Dataset) or Path(corpus_path).exists()):
-        recipe = _recipe(corpus_path, encoder, config)
+    main = accelerator is None or accelerator.is_main_process
+    passages, error = None, None
+    if main:  # under torchrun the first process reads the corpus, then the others open it
         try:
-            saved = json.loads((work / RECIPE).read_text())
-        except (OSError, ValueError):  # none (an older or killed run), or unreadable
-            saved = None
-        if saved != recipe:
-            log.info("%s holds shards of another build (corpus, encoder or settings changed): "
-                     "starting over", work)
-            shutil.rmtree(work)
-    fresh = not work.exists()
-    try:
-        passages = load_corpus(corpus_path, work / "passages.arrow", config.corpus)
-    except BaseException:
-        if fresh:  # a bad corpus leaves nothing behind
-            shutil.rmtree(work, ignore_errors=True)
-        raise
-    log.info("%d passages", len(passages))
-    if fresh or not (work / RECIPE).is_file():
-        with atomic_file(work / RECIPE) as tmp:
-            tmp.write_text(json.dumps(_recipe(corpus_path, encoder, config)))
+            passages = _prepare(corpus_path, encoder, work, config)
+        except UserError as err:
+            if accelerator is None:
+                raise
+            error = str(err)
+    if accelerator is not None:
+        collective.agree(error)  # a bad corpus stops every process, each with the line
+        passages = passages if main else open_shards([work / PASSAGES])
     if config.use_embeddings:
+        if not main:
+            return None
         try:
             vectors = stored_vectors(corpus_path, passages, encoder, config)
-        except BaseException:
-            if fresh:  # nothing to resume: refused embeddings leave nothing behind
-                shutil.rmtree(work, ignore_errors=True)
+        except BaseException:  # nothing to resume: refused embeddings leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
             raise
     else:
         vectors = encode_corpus(encoder, passages, work, config.encode, accelerator)
-    if accelerator is not None and not accelerator.is_main_process:
+    if not main:
         return None
+    if config.shards:  # BM25 over the whole corpus, cut for each shard (retriever.shards)
+        sparse = None if config.sparse is None else SparseIndex.build(
+            passages["title"], passages["text"], config.sparse, encoder.tokenizer)
+        build_shards(vectors, passages, encoder.identity(), config.index, config.shards, out_dir,
+                     sparse, asdict(config.fusion), config.overwrite)
+        shutil.rmtree(work, ignore_errors=True)
+        return ShardedIndex.load(out_dir, mmap=True, alone=True)
     index = DenseIndex.build(vectors, passages, encoder.identity(), config.index)
     if config.sparse is not None:
         index.add_sparse(config.sparse, config.fusion, encoder.tokenizer)
     index.save(out_dir, overwrite=config.overwrite)
     shutil.rmtree(work, ignore_errors=True)
     return DenseIndex.load(out_dir)
+
+
+def _prepare(corpus_path, encoder: Encoder, work: Path, config: BuildConfig) -> Dataset:
+    """The corpus read into ``work`` (the encoding folder), with the recipe its shards are made
+    from; a folder left by a build of anything else is started over (see :func:`build_index`)."""
+    if work.exists() and (isinstance(corpus_path, Dataset) or Path(corpus_path).exists()):
+        try:
+            saved = json.loads((work / RECIPE).read_text())
+        except (OSError, ValueError):  # none (an older or killed run), or unreadable
+            saved = None
+        if saved != _recipe(corpus_path, encoder, config):
+            log.info("%s holds shards of another build (corpus, encoder or settings changed): "
+                     "starting over", work)
+            shutil.rmtree(work)
+    fresh = not work.exists()
+    try:
+        passages = load_corpus(corpus_path, work / PASSAGES, config.corpus)
+        log.info("%d passages", len(passages))
+        if config.shards:  # before encoding: more shards than passages is refused
+            shard_ranges(len(passages), config.shards)
+    except BaseException:
+        if fresh:  # a bad corpus leaves nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    if fresh or not (work / RECIPE).is_file():
+        with atomic_file(work / RECIPE) as tmp:
+            tmp.write_text(json.dumps(_recipe(corpus_path, encoder, config)))
+    return passages
 
 
 def stored_vectors(corpus_path, passages, encoder: Encoder, config: BuildConfig,

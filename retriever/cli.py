@@ -139,7 +139,11 @@ def run(main: Callable[[], Any]) -> None:
 
 
 def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if "torch.distributed" in sys.modules:  # one process of a job: let the others say it too
+        from .collective import settle
+
+        settle()
     sys.exit(2)
 
 

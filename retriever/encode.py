@@ -24,6 +24,7 @@ from .fsutil import atomic_file
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
+VECTORS = "vectors.npy"  # encode_corpus's result, in its work directory
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ def encode_corpus(encoder: Encoder, passages, work_dir: str | os.PathLike,
     ``work_dir/shard-{i:05d}.npy``; shards already there with the right shape are skipped. With an
     ``accelerate.Accelerator``, process ``r`` of ``W`` encodes shards ``i % W == r``, and every
     process returns the full matrix once all are done.
+
+    The matrix is returned memory-mapped, read-only: the shards are copied one by one into
+    ``work_dir/vectors.npy`` (written atomically), so the corpus is never whole in memory. Only
+    the main process writes it; the others, which :func:`~retriever.build.build_index` does not
+    index with, get the shards concatenated in memory.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -136,4 +142,17 @@ def encode_corpus(encoder: Encoder, passages, work_dir: str | os.PathLike,
     bar.close()
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    return np.concatenate([np.load(work_dir / f"shard-{i:05d}.npy") for i in shards])
+    files = [work_dir / f"shard-{i:05d}.npy" for i in shards]
+    if accelerator is not None and not accelerator.is_main_process:
+        return np.concatenate([np.load(f) for f in files])
+    out = work_dir / VECTORS
+    with atomic_file(out) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, encoder.dim))
+        start = 0
+        for f in files:
+            shard = np.load(f, mmap_mode="r")
+            matrix[start : start + len(shard)] = shard
+            start += len(shard)
+        matrix.flush()
+        del matrix
+    return np.load(out, mmap_mode="r")

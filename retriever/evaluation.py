@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .collective import gather_shares, share
 from .corpus import collapse_ws
 from .errors import UserError
 from .index import DenseIndex
@@ -47,8 +48,12 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
         raise UserError(f"k values must be positive, got {list(ks)}")
     top = ks[-1]
     retriever.check_k(top)
+    n = len(questions)
     golds = gold_passage_ids(retriever.index, questions)
-    hits, gold_hits = [], []
+    positions = share(n)  # under torch.distributed each process retrieves its share
+    questions = [questions[i] for i in positions]
+    golds = None if golds is None else [golds[i] for i in positions]
+    hits, gold_hits, found = [], [], []
     prepare, test = answer_test(match)
     seen: dict[int, object] = {}  # row -> the passage as the test reads it, computed once
     bar = progress_bar(total=len(questions), desc="retrieving", unit="q", enabled=progress)
@@ -56,7 +61,7 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
         chunk = questions[start : start + batch_size]
         result = retriever.retrieve([q.question for q in chunk], top)
         if results is not None:
-            results += result.passages
+            found += result.passages
         for j, (q, passages, rows) in enumerate(zip(chunk, result.passages, result.rows,
                                                     strict=True)):
             for p, row in zip(passages, rows, strict=False):
@@ -68,4 +73,8 @@ def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],
                 gold_hits.append([p["id"] in gold for p in passages])
         bar.update(len(chunk))
     bar.close()
-    return retrieval_metrics(hits, ks, gold_hits if golds is not None else None)
+    if results is not None:
+        results += gather_shares(found, n)
+    hits = gather_shares(hits, n)
+    gold_hits = gather_shares(gold_hits, n) if golds is not None else None
+    return retrieval_metrics(hits, ks, gold_hits)

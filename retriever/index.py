@@ -49,6 +49,8 @@ except ImportError:  # the "cpu" or "gpu" extra brings it (pyproject.toml)
 
 log = logging.getLogger(__name__)
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+ADD_CHUNK = 65_536  # rows converted to float32 and added to FAISS at a time
+TRAIN_SEED = 0  # of the IVF-PQ training sample: one corpus, one index
 FORMAT = "ragqa-index"
 VERSION = 1
 
@@ -63,12 +65,15 @@ class IndexConfig:
     pq_m: int = 0  # PQ sub-quantisers; 0 = D/8 (must divide D)
     pq_nbits: int = 8  # bits per PQ code (lowered automatically for tiny corpora)
     nprobe: int = 32  # IVF cells visited per query
+    train_sample: int = 0  # IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)
     use_gpu: bool = True  # search a flat index on GPU FAISS when faiss-gpu and a GPU are present
 
     def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
         one_of(self, "index_type", INDEX_TYPES)
         positive(self, "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "nprobe")
-        non_negative(self, "ivf_nlist", "pq_m")
+        non_negative(self, "ivf_nlist", "pq_m", "train_sample")
+        require(isinstance(self.train_sample, int), "train_sample", self.train_sample,
+                "must be a whole number")
         require(isinstance(self.pq_nbits, int) and 1 <= self.pq_nbits <= 16, "pq_nbits",
                 self.pq_nbits, "must be in 1..16")
 
@@ -103,6 +108,42 @@ def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
     raise UserError(f"index type {config.index_type!r} is not one of {INDEX_TYPES}")
 
 
+def _training_sample(vectors: np.ndarray, index: faiss.IndexIVFPQ, config: IndexConfig
+                     ) -> np.ndarray:
+    """The IVF-PQ training vectors (S, D) float32: all N rows, or a seeded random sample of them
+    gathered in row order (a memory-mapped matrix is then read front to back).
+
+    FAISS's k-means wants at least 39 points per centroid and uses at most 256 (it drops the
+    rest), for the IVF cells and for the 2^nbits codes of each PQ sub-quantiser alike: a size
+    asked for outside these bounds is moved inside them."""
+    n = len(vectors)
+    cells, codes = index.nlist, 1 << index.pq.nbits
+    size = config.train_sample or max(64 * cells, 256 * codes)
+    size = min(n, max(size, 39 * max(cells, codes)), 256 * max(cells, codes))
+    if size == n:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
+    log.info("training IVF-PQ on %d of %d vectors", size, n)
+    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
+
+
+def trained_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
+    """An empty FAISS index for ``vectors`` (N, D), trained if its type needs it (IVF-PQ, on a
+    sample); ``DenseIndex.build(trained=)`` copies it, so shards share one coarse quantizer."""
+    index = _factory(vectors.shape[1], len(vectors), config)
+    if not index.is_trained:
+        index.train(_training_sample(vectors, index, config))
+    return index
+
+
+def best_first(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first k of each row of ``(scores, rows)`` (Q, W) ordered by score, highest first, then
+    by row, lowest first; missing hits (row -1) last. The one order of every search result."""
+    key = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
+    order = np.lexsort((key, -scores.astype(np.float64)), axis=-1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
 def _gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -130,22 +171,25 @@ class DenseIndex:
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, vectors: np.ndarray, passages: Dataset, encoder_identity: dict,
-              config: IndexConfig = IndexConfig()) -> DenseIndex:
-        """Index ``vectors`` (N, D) float32 whose row i is passage ``passages[i]``."""
+              config: IndexConfig = IndexConfig(), trained: faiss.Index | None = None
+              ) -> DenseIndex:
+        """Index ``vectors`` (N, D) whose row i is passage ``passages[i]``.
+
+        ``vectors`` may be a memory-mapped array (``np.load(path, mmap_mode="r")``): it is read in
+        chunks of ``ADD_CHUNK`` rows, converted to float32 one chunk at a time, so the vectors are
+        held in memory only inside FAISS. IVF-PQ trains on a sample (``config.train_sample``)."""
         n, dim = vectors.shape
         if n != len(passages):
             raise ValueError(f"{n} vectors for {len(passages)} passages")
         if dim != encoder_identity["dim"]:
             raise ValueError(f"vectors have dim {dim}, encoder says {encoder_identity['dim']}")
-        index = _factory(dim, n, config)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not index.is_trained:
-            index.train(vectors)
-        rows = np.arange(n, dtype=np.int64)
-        if config.index_type == "hnsw":
-            index.add(vectors)  # HNSW ids are insertion order, i.e. the row number
-        else:
-            index.add_with_ids(vectors, rows)
+        index = faiss.clone_index(trained) if trained is not None else trained_index(vectors, config)
+        for start in range(0, n, ADD_CHUNK):
+            chunk = np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32)
+            if config.index_type == "hnsw":
+                index.add(chunk)  # HNSW ids are insertion order, i.e. the row number
+            else:
+                index.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
         manifest = {
             "format": FORMAT, "version": VERSION, "encoder": encoder_identity,
             "question_encoders": [encoder_identity["fingerprint"]], "dim": dim, "count": n,
@@ -154,7 +198,7 @@ class DenseIndex:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         temp = None
-        if passages._indices is not None:  # a select()/shuffle() view: write the rows it shows
+        if _is_view(passages):  # a select()/shuffle() view or a slice: write the rows it shows
             temp = Path(tempfile.mkdtemp(prefix="ragqa-passages-"))
             write_arrow(iter(passages), temp / "00000.arrow")
             passages = open_shards([temp / "00000.arrow"])
@@ -181,7 +225,14 @@ class DenseIndex:
         return self._gpu_index
 
     def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product: ``(scores (Q, k) float32, rows (Q, k) int64)``, best first."""
+        """Top-k by inner product: ``(scores (Q, k) float32, rows (Q, k) int64)``, best first,
+        equal scores in increasing row order.
+
+        For flat and IVF-PQ indexes ties are settled at the cut too: of the passages tied at the
+        k-th score, the lowest rows are kept, so the result is a function of the scores alone (as
+        FAISS's is not) and a search split over shards (``retriever.shards``) merges to exactly
+        this one. HNSW keeps the passages its graph search found.
+        """
         self.check_k(k)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
@@ -197,8 +248,15 @@ class DenseIndex:
                 params.sel = selector
             scores, rows = self.index.search(queries, k, params=params)
             del batch, selector
-            return scores, rows
-        return self._searcher().search(queries, k)
+            return best_first(scores, rows, k)
+        searcher, size = self._searcher(), int(self.index.ntotal)
+        width = min(size, 2 * k)
+        while True:  # widen while a tie at the k-th score may run past the list's end
+            scores, rows = searcher.search(queries, width)
+            open_ties = (scores[:, -1] == scores[:, k - 1]) & (rows[:, -1] >= 0)
+            if width >= size or not open_ties.any():
+                return best_first(scores, rows, k)
+            width = min(size, 2 * width)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Stored vectors (n, D) float32 of FAISS ids ``rows`` (approximate for IVF-PQ)."""
@@ -379,6 +437,9 @@ class DenseIndex:
         if not index_dir.is_dir():
             raise UserError(f"{index_dir}: no such index directory")
         manifest_file = index_dir / "manifest.json"
+        if (index_dir / "shards.json").is_file():  # retriever.shards.SHARDS_FILE
+            raise UserError(f"{index_dir}: a sharded index, which this needs whole (ragqa ask, "
+                            "eval-retrieval, benchmark and finetune search sharded indexes)")
         if not manifest_file.is_file():
             raise UserError(f"{index_dir}: incomplete index directory (no manifest.json)")
         try:
@@ -449,6 +510,14 @@ def _backing_files(passages: Dataset) -> list[Path]:
     if not files:
         raise ValueError("passages must be an Arrow-backed table (see retriever.corpus.load_corpus)")
     return files
+
+
+def _is_view(passages: Dataset) -> bool:
+    """Whether ``passages`` shows other rows than its Arrow files hold, in their order (a
+    ``select``/``shuffle`` view, or a slice, as a contiguous ``select`` gives)."""
+    if passages._indices is not None:
+        return True
+    return len(passages) != sum(len(Dataset.from_file(str(f))) for f in _backing_files(passages))
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -59,6 +59,20 @@ def sparse_scores(index: DenseIndex, questions: list[str], sparse: SparseIndex |
     return scores
 
 
+def sparse_candidates(index: DenseIndex, questions: list[str], width: int,
+                      dense_rows: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The BM25 top ``width`` rows of each question, joined with ``dense_rows`` (B, W) when given
+    (``fusion.union``): ``(rows (B, C), their BM25 scores (B, C), each question's best BM25 score
+    (B,))``. A sharded index answers collectively (``retriever.shards``)."""
+    if getattr(index, "collective", False):
+        return index.sparse_candidates(questions, width, dense_rows)
+    scores = sparse_scores(index, questions)
+    rows = top_k(scores, width)
+    cand = rows if dense_rows is None else union(dense_rows, rows)
+    return cand, np.take_along_axis(scores, np.where(cand >= 0, cand, 0), 1), scores.max(axis=1)
+
+
 class Retriever:
     """A question encoder and a :class:`DenseIndex`, searched as ``config`` says (module doc)."""
 
@@ -120,24 +134,20 @@ class Retriever:
         """
         questions = check_questions(questions)
         self.check_k(k)
-        q = sparse = None
+        q = None
         if self.mode != "sparse":
             q = self.encode(questions, grad)
-        if self.mode != "dense":
-            sparse = sparse_scores(self.index, questions)
         if self.mode == "dense":  # FAISS's scores, or with gradient the same from the stored vectors
             found, rows = self.index.search_knn(q.detach().cpu().numpy(), k)
             scores = self.dense_scores(q, rows) if grad else torch.from_numpy(found)
         elif self.mode == "sparse":
-            rows = top_k(sparse, k)
-            scores = torch.from_numpy(normalise_sparse(np.take_along_axis(sparse, rows, 1),
-                                                       sparse.max(axis=1)))
+            rows, found, best = sparse_candidates(self.index, questions, k)
+            scores = torch.from_numpy(normalise_sparse(found, best))
         else:
             width = min(self.fusion.candidates, len(self.index))
             _, dense_rows = self.index.search_knn(q.detach().cpu().numpy(), width)
-            cand = union(dense_rows, top_k(sparse, width))  # (B, C)
-            cand_sparse = np.take_along_axis(sparse, np.where(cand >= 0, cand, 0), 1)
-            fused = fuse(self.dense_scores(q, cand), cand_sparse, sparse.max(axis=1), cand,
+            cand, cand_sparse, best = sparse_candidates(self.index, questions, width, dense_rows)
+            fused = fuse(self.dense_scores(q, cand), cand_sparse, best, cand,
                          self.fusion)  # (B, C)
             order = torch.sort(fused.detach(), dim=1, descending=True, stable=True).indices[:, :k]
             scores = fused.gather(1, order)

@@ -24,6 +24,7 @@ Glossary: B questions, R index rows, V sparse vocabulary.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -128,6 +129,16 @@ class SparseIndex:
             terms += tokenize(passage_texts(titles[start : start + 4096], texts[start : start + 4096]))
         bm25.index(terms, show_progress=False)
         return cls(bm25, config, tokenizer)
+
+    def rows(self, start: int, stop: int) -> SparseIndex:
+        """The sparse side of rows ``start:stop`` alone, with the whole corpus's term statistics:
+        its scores are these rows' scores here (a shard's, ``retriever.shards``)."""
+        part = self.matrix[start:stop].tocsc()
+        bm25 = copy.copy(self.bm25)  # its settings and vocabulary; the scores are replaced
+        dtype = self.bm25.scores["indices"].dtype
+        bm25.scores = {"data": part.data, "indices": part.indices.astype(dtype),
+                       "indptr": part.indptr.astype(dtype), "num_docs": stop - start}
+        return SparseIndex(bm25, self.config, self.tokenize.tokenizer)
 
     def scores(self, questions: list[str]) -> np.ndarray:
         """BM25 scores (B, R) float32 of every row for each question (``bm25s.get_scores``)."""

@@ -4,6 +4,8 @@ Writes one JSON report (n, exact_match, f1, top_k_accuracy, answer_in_passages, 
 questions_per_s, config; see rag/benchmark.py) and, with --predictions, one JSON line per question
 (question, gold answers, prediction, em, f1, retrieved passage ids). Latency is per question:
 each batch's wall-clock time divided by its size (--batch_size 1 for unbatched latency).
+Under torchrun the processes share the questions (and search a sharded index together); the
+first one reports.
 
 Example:
     ragqa benchmark --model runs/rag-seq --index runs/index-l6 \\
@@ -22,6 +24,7 @@ from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
 from retriever.cli import check_output_parent, parse, write_json
 from retriever.errors import UserError
 from retriever.fusion import RetrievalConfig
+from retriever.train import make_accelerator
 
 
 @dataclass(frozen=True)
@@ -45,8 +48,13 @@ def main() -> None:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
         raise UserError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    acc = make_accelerator()  # under torchrun: join the other processes, which share the questions
+    if not args.device and acc.num_processes > 1:
+        device = acc.device  # each process its own GPU
     result = benchmark(args.model, args.index, args.questions, config, device=device,
                        retrieval=retrieval)
+    if not acc.is_main_process:  # the first process reports
+        return
     if args.predictions:
         write_jsonl(args.predictions, result.predictions)
     write_json(args.json, result.metrics)

@@ -5,6 +5,9 @@ hybrid: dense and BM25 candidates fused as s = s_dense + w * s_bm25 / (best s_bm
 retriever/fusion.py). --add_sparse gives an existing index a BM25 side without re-encoding.
 --use_embeddings indexes vectors already stored with the passages (the "embeddings" column of a
 Parquet file or datasets directory, as transformers' RagRetriever custom index keeps them).
+--shards N writes the index as N shards by passage range, for processes that each hold one
+(docs/scale-out.md); --split INDEX --shards N does so for an index already built. Under torchrun
+the processes encode a share of the corpus each, and the first one indexes.
 
 Example:
     ragqa index --corpus ../shared/data/squad-open/corpus.tsv \\
@@ -12,6 +15,7 @@ Example:
     ragqa index --add_sparse runs/index-l6
     ragqa index --corpus my_knowledge_dataset/ --use_embeddings \\
         --encoder facebook/dpr-ctx_encoder-multiset-base --out runs/index-imported
+    ragqa index --split runs/index-l6 --shards 2 --out runs/index-l6-2shards
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from retriever.corpus import CorpusConfig
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.errors import UserError
+from retriever.fsutil import check_output_dir
 from retriever.fusion import FusionConfig
 from retriever.index import DenseIndex, IndexConfig
+from retriever.shards import split_index
 from retriever.sparse import SPARSE_DIR, SparseConfig
+from retriever.train import make_accelerator
 
 SPARSE_KINDS = ("none", "bm25")
 
@@ -49,8 +56,19 @@ class Args:
     # Parquet file or datasets directory, e.g. transformers' RagRetriever custom passages) instead
     # of encoding; --encoder names the encoder that made them, and a sample is checked against it
     json: str | None = None  # write figures (count, dim, seconds, passages/s) to this JSON file
+    shards: int = 0  # write N shards by passage range, searched together by N (or a multiple of
+    # N) processes under torchrun, each holding one (docs/scale-out.md); 0 = one index
+    split: str | None = None  # existing index directory (flat or hnsw) to write as --shards N
+    # shards into --out, without re-encoding; --corpus and --encoder are then not used
 
     def __post_init__(self) -> None:
+        if self.shards < 0:
+            raise UserError(f"--shards must be a positive number of shards, got {self.shards}")
+        if self.split is not None:
+            if self.corpus or self.add_sparse is not None or not self.out or self.shards < 1:
+                raise UserError("--split INDEX takes --shards N and --out DIR (no --corpus or "
+                                "--add_sparse)")
+            return
         if self.sparse not in SPARSE_KINDS:
             raise UserError(f"--sparse {self.sparse!r} is not one of {SPARSE_KINDS}")
         if self.add_sparse is not None and (self.corpus or self.out):
@@ -87,22 +105,38 @@ def main() -> None:
         description=__doc__)
     if args.json:
         check_output_parent(args.json)
-    if args.add_sparse is not None:
+    if args.split is not None:
+        check_output_dir(args.out, args.overwrite)
+        start = time.perf_counter()
+        split_index(DenseIndex.load(args.split), args.out, args.shards, args.overwrite)
+        seconds = time.perf_counter() - start
+        print(f"split {args.split} into {args.shards} shards in {seconds:.1f}s -> {args.out}")
+        figures = {"split": args.split, "shards": args.shards, "seconds": round(seconds, 2),
+                   "out": args.out}
+    elif args.add_sparse is not None:
         figures = add_sparse(args, sparse, fusion)
     else:
         length = {"max_length": args.max_length} if args.max_length else {}
         encoder = Encoder.from_pretrained(args.encoder, **length)
         start = time.perf_counter()
         config = BuildConfig(corpus, encode, index_cfg, sparse if args.sparse == "bm25" else None,
-                             fusion, overwrite=args.overwrite, use_embeddings=args.use_embeddings)
-        index = build_index(args.corpus, encoder, args.out, config)
+                             fusion, overwrite=args.overwrite, use_embeddings=args.use_embeddings,
+                             shards=args.shards)
+        acc = make_accelerator()  # under torchrun the processes encode a share each
+        index = build_index(args.corpus, encoder, args.out, config,
+                            accelerator=acc if acc.num_processes > 1 else None)
+        if index is None:  # not the first process, which indexes and reports
+            return
         seconds = time.perf_counter() - start
         figures = {"count": len(index), "dim": index.manifest["dim"],
                    "index_type": index_cfg.index_type, "encoder": encoder.identity(),
                    "sparse": index.manifest.get("sparse"), "seconds": round(seconds, 2),
-                   "passages_per_s": round(len(index) / seconds, 2), "out": args.out}
+                   "passages_per_s": round(len(index) / seconds, 2), "shards": args.shards,
+                   "out": args.out}
+        shards = f", {args.shards} shards" if args.shards else ""
         print(f"indexed {len(index)} passages (dim {figures['dim']}, {index_cfg.index_type}"
-              f"{', + BM25' if index.sparse is not None else ''}) in {seconds:.1f}s -> {args.out}")
+              f"{', + BM25' if index.sparse is not None else ''}{shards}) in {seconds:.1f}s "
+              f"-> {args.out}")
     if args.json:
         write_json(args.json, figures)
 

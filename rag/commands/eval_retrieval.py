@@ -16,11 +16,12 @@ from retriever.encoder import Encoder
 from retriever.errors import UserError, non_negative, one_of, positive
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
-from retriever.index import DenseIndex
 from retriever.metrics import MATCHES
 from retriever.questions import read_questions
 from retriever.results import dpr_results, write_dpr_results, write_trec
 from retriever.search import Retriever
+from retriever.shards import load_index
+from retriever.train import make_accelerator
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ def main() -> None:
         ks = [int(k) for k in args.ks.split(",")]
     except ValueError:
         raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
-    index = DenseIndex.load(args.index, mmap=retrieval.mmap)
+    acc = make_accelerator()  # under torchrun: join the other processes, which share the work
+    index = load_index(args.index, mmap=retrieval.mmap)
     questions = read_questions(args.questions)
     if args.limit > 0:
         questions = questions[: args.limit]
@@ -63,6 +65,8 @@ def main() -> None:
     kept: list = []
     metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size, results=kept,
                                  match=args.match)
+    if not acc.is_main_process:  # the first process reports
+        return
     metrics["match"] = args.match
     metrics["retrieval"] = {"mode": retriever.mode, **asdict(retriever.fusion)}
     print(json.dumps(metrics, indent=2))

@@ -25,8 +25,8 @@ from retriever.encoder import Encoder
 from retriever.errors import UserError, non_negative, one_of, positive
 from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
-from retriever.index import DenseIndex
 from retriever.questions import read_questions
+from retriever.shards import load_index
 from retriever.train import make_accelerator
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
         return RagModel(None, generator, tokenizer, None, rag_cfg)
     if not rag_cfg.index:
         raise UserError("--index DIR is required (except with --mode closed_book)")
-    index = DenseIndex.load(rag_cfg.index, mmap=retrieval.mmap)
+    index = load_index(rag_cfg.index, mmap=retrieval.mmap)
     # a --question_encoder given explicitly, or a transformers RAG checkpoint's, is paired with
     # the index (DenseIndex.check_question_encoder)
     pair = bool(rag_cfg.question_encoder) or q_enc is not None
@@ -106,8 +106,9 @@ def main() -> None:
     if args.train_limit > 0:
         train = train[: args.train_limit]
     dev = read_questions(args.dev) if args.dev else None
+    # first: under torchrun it joins the other processes, which a sharded index searches with
+    acc = make_accelerator(config.mixed_precision, config.grad_accum)
     model = build_model(args, rag_cfg, retrieval)
-    acc = make_accelerator(config.mixed_precision, config.grad_accum)  # one of several under torchrun
     logs = finetune(model, train, args.out, config, dev, accelerator=acc,
                     on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
                                             f"({e['n']} questions)", flush=True))

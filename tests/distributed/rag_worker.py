@@ -1,9 +1,10 @@
 """One process of a distributed RAG fine-tuning run (launched by ``torchrun`` from
 ``test_distributed.py``): fine-tunes the tiny RAG model (question encoder and generator) and saves
 its weights, and the training questions' NLL (``__outputs__``), as ``<out>/rank<RANK>.safetensors``.
-Dropout is off, so runs can be compared exactly.
+Dropout is off, so runs can be compared exactly. INDEX, when given, replaces the model's own (a
+sharded one: the processes search it together, in training and in the dev evaluation).
 
-    torchrun --nproc_per_node 2 rag_worker.py MODEL_DIR QUESTIONS OUT BATCH_SIZE
+    torchrun --nproc_per_node 2 rag_worker.py MODEL_DIR QUESTIONS OUT BATCH_SIZE [INDEX]
 """
 
 import os
@@ -16,16 +17,20 @@ from safetensors.torch import save_file
 from rag.pipeline import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.questions import read_questions
+from retriever.train import make_accelerator
 
 
-def main(model_dir: str, questions: str, out: str, batch_size: str) -> None:
+def main(model_dir: str, questions: str, out: str, batch_size: str, index: str | None = None
+         ) -> None:
     torch.manual_seed(0)
-    model = RagModel.from_pretrained(model_dir)
+    acc = make_accelerator()  # before the index: a sharded one is searched by every process
+    model = RagModel.from_pretrained(model_dir, index)
     no_dropout(model)
     config = FinetuneConfig(epochs=1, batch_size=int(batch_size), lr=1e-3, warmup_ratio=0.0,
                             eval_limit=0, seed=0)
     train = read_questions(questions)
-    finetune(model, train, os.path.join(out, f"model-{batch_size}"), config)
+    finetune(model, train, os.path.join(out, f"model-{batch_size}"), config, dev=train[:3],
+             accelerator=acc)
     model.eval()
     with torch.no_grad():  # what the weights do: the training questions' NLL
         outputs = model.loss([q.question for q in train], [q.answers[0] for q in train])[1]

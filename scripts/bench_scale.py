@@ -1,0 +1,448 @@
+"""How the dense index types scale: real queries among synthetic distractors.
+
+Corpora of --sizes vectors: the passage vectors of --real_index at spread-out rows, the rest drawn
+from a Gaussian with their mean and covariance (scaled to their length when they all have one, as
+a normalising encoder's do), so that distractors look like passages, not noise. Each is written in
+chunks to a memory-mapped .npy under --work and reused while its recipe (<file>.json) holds; so
+are the queries (--queries questions of --questions, encoded by the real index's encoder) and
+the ground truth (their exact top-k by inner product).
+
+Each index (--types; IVF-PQ once per --pq_m) is built from the memory-mapped vectors by
+DenseIndex.build, saved, and measured by each function of MEASUREMENTS: bytes on disk; RSS after
+DenseIndex.load(dir), after DenseIndex.load(dir, mmap=True) and after searching the queries, each
+in a fresh process (forked from a helper forked before any work) less its RSS before loading
+(VmRSS, Linux); queries/s searching the whole batch in one call (FAISS's default threads) and one
+at a time (the first --single_queries); recall@k = mean |found & exact| / k, and the same over the
+real passages of the exact top-k. Settings: HNSW efSearch --hnsw_ef (set through index.config,
+which DenseIndex.search_knn reads at each call), IVF-PQ nprobe --nprobe (set on the FAISS index,
+index.index.nprobe). HNSW is not built above --hnsw_max vectors; its build time there is
+extrapolated (N log N) from a smaller size of the same run. Targets, PASS/MISS per size: HNSW
+>= 10x flat's batch queries/s at recall@10 >= 0.95; IVF-PQ index.faiss <= 1/8 of flat's at
+recall@10 >= 0.9.
+
+Example:
+    python scripts/bench_scale.py --real_index runs/index-l6 --sizes 1000000 \
+        --json runs/scale/bench-1m.json
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.corpus import corpus_digest, open_shards, write_arrow
+from retriever.encoder import Encoder
+from retriever.errors import UserError, non_negative, positive, require
+from retriever.fsutil import atomic_file
+from retriever.index import INDEX_TYPES, DenseIndex, IndexConfig
+from retriever.questions import read_questions
+from retriever.search import Retriever, check_questions
+
+log = logging.getLogger("bench_scale")
+CHUNK = 100_000  # corpus rows generated, written or searched exactly at a time
+RECIPE_VERSION = 1
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class Args:
+    real_index: str = "runs/index-l6"  # index directory (flat or HNSW) of the real corpus: its vectors,
+    # passage ids and encoder
+    questions: str = "../shared/data/squad-open/dev.json"  # question file; a sample are the queries
+    queries: int = 1000  # questions sampled (seeded) as queries
+    sizes: list[int] = field(default_factory=lambda: [1_000_000, 10_000_000])  # corpus sizes N
+    types: list[str] = field(default_factory=lambda: list(INDEX_TYPES))  # index types to measure
+    hnsw_ef: list[int] = field(default_factory=lambda: [16, 64, 256])  # HNSW efSearch settings
+    nprobe: list[int] = field(default_factory=lambda: [8, 32, 128])  # IVF-PQ nprobe settings
+    pq_m: list[int] = field(default_factory=lambda: [48, 96])  # IVF-PQ sub-quantisers: one index each
+    hnsw_max: int = 2_000_000  # build HNSW only for corpora of at most this many vectors
+    k: int = 10  # neighbours per query (recall@k)
+    single_queries: int = 200  # queries searched one at a time for single-query q/s (HNSW, IVF-PQ)
+    seed: int = 0  # of the query sample, the real rows' places and the distractors
+    work: str = "runs/scale"  # corpora, queries, ground truth and (while measured) the indexes
+    keep_indexes: bool = False  # keep the built index directories under --work
+    json: str | None = None  # write all figures here (rewritten after each index)
+
+
+@dataclass
+class Case:
+    """One saved index of one corpus: what each measurement gets."""
+
+    args: Args
+    size: int
+    name: str  # "flat", "hnsw", "ivfpq-m48", ...
+    config: IndexConfig
+    dir: Path
+    queries_file: Path  # the queries (Q, D) float32, for the memory probe
+    queries: np.ndarray  # (Q, D) float32
+    truth: np.ndarray  # (Q, k) int64 rows of the exact top-k
+    real_rows: np.ndarray  # rows holding the real passages, sorted
+    probe: Connection  # to the memory probe's helper (probe_server)
+
+
+# ---------------------------------------------------------------------------------- measurements
+def measure_disk(case: Case) -> dict:
+    faiss_bytes = (case.dir / "index.faiss").stat().st_size
+    return {"index_bytes": faiss_bytes, "bytes_per_vector": round(faiss_bytes / case.size, 1),
+            "dir_bytes": sum(f.stat().st_size for f in case.dir.rglob("*") if f.is_file())}
+
+
+def _rss() -> dict[str, int]:
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}  # bytes
+
+
+def _probe_once(index_dir: str, queries: str, k: int, mmap: bool) -> dict:
+    q, base = np.load(queries), _rss()
+    index = DenseIndex.load(index_dir, mmap=mmap)
+    loaded = _rss()
+    index.search_knn(q, k)
+    return {"loaded": loaded["VmRSS"] - base["VmRSS"], "peak": loaded["VmHWM"] - base["VmRSS"],
+            "searched": _rss()["VmRSS"] - base["VmRSS"]}
+
+
+def probe_server(conn: Connection) -> None:
+    """The memory probe's helper, forked before any work: for each job it receives, a child
+    forked from it (a fresh process with only the imports done) measures and answers."""
+    while (job := conn.recv()) is not None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                conn.send(_probe_once(**job))
+                code = 0
+            finally:
+                os._exit(code)
+        if os.waitpid(pid, 0)[1]:  # died (out of memory?): no answer
+            conn.send(None)
+
+
+def measure_memory(case: Case) -> dict:
+    out = {}  # MiB after DenseIndex.load (peak: its highest), then after searching the queries
+    for mode, mmap in (("ram", False), ("mmap", True)):
+        case.probe.send({"index_dir": str(case.dir), "queries": str(case.queries_file),
+                         "k": case.args.k, "mmap": mmap})
+        got = case.probe.recv()
+        if got is None:
+            raise RuntimeError(f"the memory probe failed on {case.dir} (mmap={mmap})")
+        out[mode] = {key: round(value / MiB, 1) for key, value in got.items()}
+    return {"rss_mib": out}
+
+
+def measure_search(case: Case) -> dict:
+    index, k, q, kind = DenseIndex.load(case.dir), case.args.k, case.queries, case.config.index_type
+    settings = {"flat": [("exact", None)],
+                "hnsw": [(f"efSearch={ef}", ef) for ef in case.args.hnsw_ef],
+                "ivfpq": [(f"nprobe={p}", p) for p in case.args.nprobe]}[kind]
+    real = np.isin(case.truth, case.real_rows)  # (Q, k)
+    rows = []
+    for label, value in settings:
+        if kind == "hnsw":
+            index.config = replace(index.config, hnsw_ef_search=value)
+        elif kind == "ivfpq":
+            index.index.nprobe = value
+        index.search_knn(q[:10], k)  # warm-up
+        start = time.perf_counter()
+        _, found = index.search_knn(q, k)
+        row = {"setting": label, "qps_batch": round(len(q) / (time.perf_counter() - start), 1)}
+        hit = np.array([np.isin(t, f) for f, t in zip(found, case.truth, strict=True)])  # (Q, k)
+        row[f"recall_at_{k}"] = round(float(hit.mean()), 4)
+        row[f"real_recall_at_{k}"] = round(float(hit[real].mean()), 4) if real.any() else None
+        if kind != "flat":
+            one_by_one, start = q[: case.args.single_queries], time.perf_counter()
+            for i in range(len(one_by_one)):
+                index.search_knn(one_by_one[i : i + 1], k)
+            row["qps_single"] = round(len(one_by_one) / (time.perf_counter() - start), 1)
+        rows.append(row)
+    return {"search": rows, **({"nlist": index.index.nlist} if kind == "ivfpq" else {})}
+
+
+# One function per measured aspect: each gets a built, saved index (a Case) and returns figures for
+# that index's entry of the report. To add a section (e.g. sharded search over 2 processes against
+# 1), write one more such function and list it here.
+MEASUREMENTS: list[Callable[[Case], dict]] = [measure_disk, measure_memory, measure_search]
+
+
+# ------------------------------------------------------------------------------ corpus and truth
+def cached(path: Path, recipe: dict, write: Callable[[Path], None]) -> Path:
+    """``path``, written by ``write(temporary path)`` unless it is there with the same recipe
+    (kept beside it as ``<name>.json``); both are written atomically."""
+    meta = path.with_name(path.name + ".json")
+    try:
+        if path.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(recipe)):
+            log.info("reusing %s", path)
+            return path
+    except (OSError, ValueError):
+        pass
+    meta.unlink(missing_ok=True)
+    with atomic_file(path) as tmp:
+        write(tmp)
+    with atomic_file(meta) as tmp:
+        tmp.write_text(json.dumps(recipe))
+    return path
+
+
+def make_corpus(args: Args, size: int, real: np.ndarray, real_ids: list[str], rows: np.ndarray,
+                recipe: dict, out: Path) -> tuple[np.ndarray, Path]:
+    """The memory-mapped corpus (N, D) float32, real vector j at row ``rows[j]`` and Gaussian
+    distractors elsewhere (module doc), and the file of its passage table."""
+    norms = np.linalg.norm(real, axis=1)
+    norm = float(norms.mean()) if np.allclose(norms, norms.mean(), rtol=1e-3) else None  # one length?
+
+    def write_vectors(tmp: Path) -> None:
+        mean = real.mean(axis=0, dtype=np.float64)
+        eigval, eigvec = np.linalg.eigh(np.cov(real, rowvar=False))  # covariance (D, D)
+        root = (eigvec * np.sqrt(np.clip(eigval, 0, None))).astype(np.float32)  # root @ root.T = cov
+        rng = np.random.default_rng(args.seed + 1)
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(size, real.shape[1]))
+        for start in range(0, size, CHUNK):
+            stop = min(size, start + CHUNK)
+            noise = rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
+            x = (noise @ root.T + mean).astype(np.float32)  # (chunk, D)
+            if norm is not None:  # the real vectors all have one length: so do the distractors
+                x *= norm / np.linalg.norm(x, axis=1, keepdims=True)
+            here = (rows >= start) & (rows < stop)
+            x[rows[here] - start] = real[here]
+            matrix[start:stop] = x
+        matrix.flush()
+
+    def write_passages(tmp: Path) -> None:
+        real_at = dict(zip(rows.tolist(), real_ids, strict=True))
+        write_arrow(({"id": real_at.get(i, f"synthetic-{i}"), "title": "", "text": ""}
+                     for i in range(size)), tmp)
+
+    vectors = np.load(cached(out / "vectors.npy", recipe, write_vectors), mmap_mode="r")
+    return vectors, cached(out / "passages.arrow", recipe, write_passages)
+
+
+def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Rows (Q, k) int64 of the k largest inner products, over ``vectors`` CHUNK rows at a time."""
+    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)  # (Q, <=k)
+    best_r = np.zeros((len(queries), 0), dtype=np.int64)
+    for start in range(0, len(vectors), CHUNK):
+        flat = faiss.IndexFlatIP(vectors.shape[1])
+        flat.add(np.ascontiguousarray(vectors[start : start + CHUNK], dtype=np.float32))
+        s, r = flat.search(queries, min(k, flat.ntotal))
+        s, r = np.concatenate([best_s, s], 1), np.concatenate([best_r, r + start], 1)  # (Q, <=2k)
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
+    return best_r
+
+
+def load_queries(args: Args, real: DenseIndex, questions: list[str], work: Path) -> tuple[Path, dict]:
+    """The sampled questions encoded by the real index's encoder, as Retriever encodes them."""
+    pick = np.sort(np.random.default_rng(args.seed).choice(len(questions), args.queries, replace=False))
+    recipe = {"questions": corpus_digest(args.questions), "queries": args.queries,
+              "seed": args.seed, "encoder": real.manifest["encoder"]["fingerprint"]}
+
+    def write(tmp: Path) -> None:
+        encoder = Encoder.from_pretrained(real.manifest["encoder"]["name"]).eval()
+        texts = check_questions([questions[i] for i in pick])
+        np.save(tmp, Retriever(encoder, real).encode(texts).numpy().astype(np.float32))
+
+    return cached(work / "queries.npy", recipe, write), recipe
+
+
+# ------------------------------------------------------------------------------------ the runs
+def variants(args: Args) -> list[tuple[str, IndexConfig]]:
+    out = [(kind, IndexConfig(index_type=kind)) for kind in ("flat", "hnsw") if kind in args.types]
+    if "ivfpq" in args.types:
+        out += [(f"ivfpq-m{m}", IndexConfig(index_type="ivfpq", pq_m=m)) for m in args.pq_m]
+    return out
+
+
+def bench_size(args: Args, size: int, real: DenseIndex, queries_file: Path, qrecipe: dict,
+               report: dict, hnsw_rate: dict, probe: Connection) -> None:
+    """Measure every index variant on the corpus of ``size`` vectors into ``report["runs"]``."""
+    out = Path(args.work) / f"n{size}"
+    out.mkdir(parents=True, exist_ok=True)
+    entry = report["runs"].setdefault(str(size), {"phases_s": {}, "indexes": []})
+    start = time.perf_counter()
+    live = np.setdiff1d(np.arange(int(real.manifest["rows"])), real.removed)
+    ids = list(real.passages.select(live)["id"])
+    recipe = {"version": RECIPE_VERSION, "size": size, "seed": args.seed, "real": {
+        "index": str(Path(args.real_index).resolve()), "created": real.manifest["created"],
+        "encoder": real.manifest["encoder"]["fingerprint"], "count": len(live)}}
+    rows = np.sort(np.random.default_rng(args.seed).choice(size, len(live), replace=False))
+    vectors, passages_file = make_corpus(args, size, real.vectors(live), ids, rows, recipe, out)
+    entry["phases_s"]["corpus"] = round(time.perf_counter() - start, 1)
+    start = time.perf_counter()
+    queries = np.load(queries_file)
+    truth = np.load(cached(out / f"truth-k{args.k}.npy", {"corpus": recipe, "queries": qrecipe},
+                           lambda tmp: np.save(tmp, exact_top_k(vectors, queries, args.k))))
+    entry["phases_s"]["ground_truth"] = round(time.perf_counter() - start, 1)
+    log.info("n=%d: phases %s", size, entry["phases_s"])
+    passages = open_shards([passages_file])
+    for name, config in variants(args):
+        row = {"index": name, "config": asdict(config), "phases_s": {}}
+        entry["indexes"].append(row)
+        if config.index_type == "hnsw" and size > args.hnsw_max:
+            row["skipped"] = hnsw_skip_reason(size, args.hnsw_max, hnsw_rate)
+            log.info("n=%d: %s", size, row["skipped"])
+            continue
+        log.info("n=%d: building %s", size, name)
+        start = time.perf_counter()
+        built = DenseIndex.build(vectors, passages, real.manifest["encoder"], config)
+        row["build_s"] = row["phases_s"]["build"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        built.save(out / f"index-{name}", overwrite=True)
+        row["phases_s"]["save"] = round(time.perf_counter() - start, 1)
+        del built
+        gc.collect()
+        if config.index_type == "hnsw":
+            hnsw_rate.update(size=size, build_s=row["build_s"])
+        case = Case(args, size, name, config, out / f"index-{name}", queries_file, queries, truth, rows,
+                    probe)
+        for measure in MEASUREMENTS:
+            start = time.perf_counter()
+            row.update(measure(case))
+            row["phases_s"][measure.__name__] = round(time.perf_counter() - start, 1)
+            gc.collect()
+        log.info("n=%d: %s: phases %s", size, name, row["phases_s"])
+        if not args.keep_indexes:
+            shutil.rmtree(case.dir)
+        if args.json:
+            write_json(args.json, report)
+
+
+def hnsw_skip_reason(size: int, limit: int, rate: dict) -> str:
+    why = f"HNSW skipped: {size:,} vectors > --hnsw_max {limit:,}"
+    if not rate:
+        return why + " (no HNSW build measured in this run to extrapolate from)"
+    n, t = rate["size"], rate["build_s"]
+    hours = t * size / n * math.log(size) / math.log(n) / 3600
+    return why + f"; at the rate measured at {n:,} ({t:.0f}s) its build would take ~{hours:.1f} h"
+
+
+def targets(report: dict, k: int) -> list[str]:
+    """PASS/MISS lines of the two targets (module doc), per size."""
+    lines, key = [], f"recall_at_{k}"
+    for size, entry in report["runs"].items():
+        got = {r["index"]: r for r in entry["indexes"] if "search" in r}
+        if "flat" not in got:
+            lines.append(f"n/a   N={int(size):,}: no flat index measured to compare with")
+            continue
+        flat_qps, flat_bytes = got["flat"]["search"][0]["qps_batch"], got["flat"]["index_bytes"]
+        hnsw = [(s["qps_batch"] / flat_qps, f"hnsw {s['setting']}", s[key])
+                for s in got.get("hnsw", {}).get("search", []) if s[key] >= 0.95]
+        ivfpq = [(r["index_bytes"] / flat_bytes, f"{name} {s['setting']}", s[key])
+                 for name, r in got.items() if name.startswith("ivfpq") for s in r["search"]
+                 if s[key] >= 0.9]
+        for what, best, ok in (
+                (f"HNSW >= 10x flat's q/s at recall@{k} >= 0.95", max(hnsw, default=None),
+                 lambda ratio: ratio >= 10),
+                (f"IVF-PQ <= 1/8 of flat's bytes at recall@{k} >= 0.9", min(ivfpq, default=None),
+                 lambda ratio: ratio <= 1 / 8)):
+            passed = best is not None and ok(best[0])
+            lines.append(f"{'PASS' if passed else 'MISS'}  N={int(size):,}: {what}: " + (
+                f"best {best[0]:.3g} x flat's ({best[1]}, recall {best[2]})" if best
+                else "no setting reaches that recall"))
+    return lines
+
+
+def table(report: dict, k: int) -> str:
+    head = (f"{'N':>11} {'index':<10} {'setting':<13} {'build s':>8} {'MiB':>7} {'B/vec':>7} "
+            f"{'RSS MiB':>8} {'mmap MiB':>8} {'q/s':>8} {'q/s 1by1':>8} {'recall@' + str(k):>9} "
+            f"{'real':>6}")
+    lines = [head, "-" * len(head)]
+    for size, entry in report["runs"].items():
+        for r in entry["indexes"]:
+            if "skipped" in r:
+                lines.append(f"{int(size):>11,} {r['index']:<10} {r['skipped']}")
+            for s in r.get("search", []):
+                real = s[f"real_recall_at_{k}"]
+                lines.append(
+                    f"{int(size):>11,} {r['index']:<10} {s['setting']:<13} {r['build_s']:>8.1f} "
+                    f"{r['index_bytes'] / MiB:>7.1f} {r['bytes_per_vector']:>7.1f} "
+                    f"{r['rss_mib']['ram']['loaded']:>8.1f} {r['rss_mib']['mmap']['loaded']:>8.1f} "
+                    f"{s['qps_batch']:>8.1f} {s.get('qps_single', '-'):>8} "
+                    f"{s[f'recall_at_{k}']:>9.4f} {'-' if real is None else f'{real:.3f}':>6}")
+    return "\n".join(lines)
+
+
+def check(args: Args) -> tuple[DenseIndex, list[str]]:
+    """Refuse bad options before any work; return the real index and the questions."""
+    positive(args, "queries", "k", "single_queries")
+    non_negative(args, "hnsw_max", "seed")
+    for flag in ("sizes", "hnsw_ef", "nprobe", "pq_m"):
+        values = getattr(args, flag)
+        require(bool(values) and all(v > 0 for v in values), flag, values,
+                "must be one or more positive numbers")
+    require(bool(args.types) and set(args.types) <= set(INDEX_TYPES), "types", args.types,
+            f"must be among {', '.join(INDEX_TYPES)}")
+    work = Path(args.work).absolute()
+    if work.exists() and not work.is_dir():
+        raise UserError(f"{args.work}: exists and is not a directory (--work)")
+    parent = next(p for p in (work, *work.parents) if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{args.work}: cannot write in {parent} (--work)")
+    if args.json:
+        check_output_parent(args.json)
+    real = DenseIndex.load(args.real_index)
+    if real.config.index_type == "ivfpq":
+        raise UserError(f"{args.real_index}: an IVF-PQ index holds approximate vectors: give a flat "
+                        "or HNSW index as --real_index")
+    dim = int(real.manifest["dim"])
+    if "ivfpq" in args.types:
+        require(all(dim % m == 0 for m in args.pq_m), "pq_m", args.pq_m, f"must divide the dimension {dim}")
+    require(min(args.sizes) >= len(real), "sizes", args.sizes,
+            f"must each hold the {len(real)} real passages of {args.real_index}")
+    require(args.k <= len(real), "k", args.k, f"must be at most {len(real)}")
+    questions = [q.question for q in read_questions(args.questions, require_answers=False)]
+    require(args.queries <= len(questions), "queries", args.queries,
+            f"must be at most the {len(questions)} questions of {args.questions}")
+    return real, questions
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    real, questions = check(args)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"cpu_threads": os.cpu_count(), "faiss_threads": faiss.omp_get_max_threads(),
+                          "platform": platform.platform(), "faiss": faiss.__version__},
+              "args": asdict(args), "runs": {}}
+    probe, server_end = get_context("fork").Pipe()
+    helper = get_context("fork").Process(target=probe_server, args=(server_end,), daemon=True)
+    helper.start()  # now, while this process holds only its imports
+    started = time.perf_counter()
+    try:
+        queries_file, qrecipe = load_queries(args, real, questions, Path(args.work))
+        report["queries_s"] = round(time.perf_counter() - started, 1)
+        hnsw_rate: dict = {}
+        for size in sorted(set(args.sizes)):
+            bench_size(args, size, real, queries_file, qrecipe, report, hnsw_rate, probe)
+    finally:
+        probe.send(None)
+        helper.join()
+    report["targets"] = targets(report, args.k)
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    report["peak_rss_mib"] = {  # ru_maxrss is in KiB on Linux; children: the largest memory probe
+        "main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "probes": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    print(table(report, args.k))
+    print("\n".join(report["targets"]))
+    print(f"peak RSS: main process {report['peak_rss_mib']['main']:.0f} MiB, memory probes "
+          f"{report['peak_rss_mib']['probes']:.0f} MiB; total {report['total_s']:.0f}s")
+    if args.json:
+        write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    run(main)

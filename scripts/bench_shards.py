@@ -1,0 +1,173 @@
+"""Sharded search against one process, side by side: memory per process and queries/s.
+
+Splits --index (flat or HNSW) into --shards shards (as `ragqa index --split` does; reused when
+--work already holds them), then starts torchrun twice: one process searching the whole index,
+and --shards processes searching the shards together (retriever.shards), each process asking its
+share of the queries in batches of --batch. Each process reports its RSS after loading (VmRSS,
+less its RSS just before) and its search time; queries/s is all queries over the slowest
+process's time. The sharded results are checked against the whole index's: the same rows.
+The machine's cores are divided among the processes (OMP_NUM_THREADS), as they would be on one
+machine; on several machines each process would have its own.
+
+Query vectors: --query_vectors (a .npy of (Q, D) float32, e.g. the one scripts/bench_scale.py
+caches) or the questions of --questions encoded by the index's encoder.
+
+Example:
+    python scripts/bench_shards.py --index runs/scale/flat-1m --query_vectors runs/scale/queries.npy \
+        --shards 2 --json runs/scale/shards-1m.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retriever.cli import check_output_parent, parse, run, write_json
+from retriever.errors import UserError, positive
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Args:
+    index: str = "runs/index-l6"  # unsharded index directory (flat or HNSW) to split and search
+    shards: int = 2  # shards, and processes searching them together
+    query_vectors: str | None = None  # .npy (Q, D) float32 query vectors; default: --questions
+    questions: str = "../shared/data/squad-open/dev.json"  # encoded when --query_vectors is absent
+    k: int = 10  # passages per query
+    batch: int = 100  # queries per search call (per process)
+    work: str = "runs/scale"  # where the shards and the queries go
+    json: str | None = None  # write the figures here
+    worker: str | None = None  # (internal) run as one process of a torchrun job, writing this file
+
+    def __post_init__(self) -> None:
+        positive(self, "shards", "k", "batch")
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(args: Args) -> None:
+    """One process: load, search its share of the queries, report (collective with the others)."""
+    from retriever import collective
+    from retriever.shards import load_index
+    from retriever.train import make_accelerator
+
+    acc = make_accelerator()
+    queries = np.load(Path(args.work) / "bench-shards-queries.npy")
+    before = rss_mib()
+    index = load_index(args.index)
+    loaded = rss_mib() - before
+    mine = collective.share(len(queries))
+    index.search_knn(queries[mine[:10]], args.k)  # warm-up
+    acc.wait_for_everyone()
+    start = time.perf_counter()
+    rows = []
+    for i in range(0, len(mine), args.batch):
+        rows.append(index.search_knn(queries[mine[i : i + args.batch]], args.k)[1])
+    seconds = time.perf_counter() - start
+    rows = collective.gather_shares(list(np.concatenate(rows)), len(queries))
+    report = {"rank": acc.process_index, "rss_after_load_mib": round(loaded, 1),
+              "rss_mib": round(rss_mib(), 1), "seconds": seconds}
+    reports = collective.all_objects(report)
+    if acc.is_main_process:
+        np.save(Path(args.worker).with_suffix(".rows.npy"), np.stack(rows))
+        Path(args.worker).write_text(json.dumps(reports))
+
+
+def launch(args: Args, index: Path, processes: int, out: Path) -> dict:
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+           str(Path(__file__).resolve()), "--index", str(index), "--k", str(args.k),
+           "--batch", str(args.batch), "--work", args.work, "--worker", str(out), "--quiet"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise UserError(f"the {processes}-process search failed:\n{done.stderr[-3000:]}")
+    reports = json.loads(out.read_text())
+    seconds = max(r["seconds"] for r in reports)
+    return {"processes": processes, "omp_threads": threads, "index": str(index),
+            "rss_after_load_mib": [r["rss_after_load_mib"] for r in reports],
+            "rss_mib": [r["rss_mib"] for r in reports], "seconds": round(seconds, 3),
+            "rows": np.load(out.with_suffix(".rows.npy"))}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def query_vectors(args: Args, index) -> np.ndarray:
+    if args.query_vectors:
+        return np.load(args.query_vectors).astype(np.float32)
+    from retriever.encode import EncodeConfig, encode_texts
+    from retriever.encoder import Encoder
+    from retriever.questions import read_questions
+
+    encoder = Encoder.from_pretrained(index.manifest["encoder"]["name"])
+    questions = [q.question for q in read_questions(args.questions)]
+    return encode_texts(encoder, questions, config=EncodeConfig(progress=False))
+
+
+def main() -> None:
+    (args,) = parse([Args], description=__doc__)
+    if args.worker:
+        return worker(args)
+    if args.json:
+        check_output_parent(args.json)
+    from retriever.index import DenseIndex
+    from retriever.shards import is_sharded, split_index
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    index = DenseIndex.load(args.index)
+    np.save(work / "bench-shards-queries.npy", query_vectors(args, index))
+    sharded = work / f"{Path(args.index).name}-{args.shards}shards"
+    start = time.perf_counter()
+    if not is_sharded(sharded):
+        split_index(index, sharded, args.shards)
+    split_seconds = time.perf_counter() - start
+    del index
+    tmp = Path(tempfile.mkdtemp(prefix="bench-shards-", dir=work))
+    try:
+        one = launch(args, Path(args.index), 1, tmp / "one.json")
+        many = launch(args, sharded, args.shards, tmp / "many.json")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    n = len(one["rows"])
+    same = float(np.mean([np.array_equal(a, b) for a, b in zip(one.pop("rows"), many.pop("rows"),
+                                                               strict=True)]))
+    figures = {"index": args.index, "queries": n, "k": args.k, "batch": args.batch,
+               "split_seconds": round(split_seconds, 1), "one": one, "sharded": many,
+               "queries_per_s": {"one": round(n / one["seconds"], 1),
+                                 "sharded": round(n / many["seconds"], 1)},
+               "same_results": same,
+               "memory_ratio": round(max(many["rss_after_load_mib"]) /
+                                     max(one["rss_after_load_mib"]), 3)}
+    print(f"{n} queries, k={args.k}: 1 process {figures['queries_per_s']['one']} q/s, "
+          f"RSS after load {one['rss_after_load_mib'][0]} MiB; {args.shards} processes "
+          f"{figures['queries_per_s']['sharded']} q/s, RSS after load {many['rss_after_load_mib']} "
+          f"MiB (ratio {figures['memory_ratio']}); same results for {same:.0%} of queries")
+    if args.json:
+        write_json(args.json, figures)
+
+
+if __name__ == "__main__":
+    run(main)
