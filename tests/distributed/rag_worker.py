@@ -7,6 +7,7 @@ sharded one: the processes search it together, in training and in the dev evalua
     torchrun --nproc_per_node 2 rag_worker.py MODEL_DIR QUESTIONS OUT BATCH_SIZE [INDEX]
 """
 
+import json
 import os
 import sys
 
@@ -14,6 +15,7 @@ import torch
 from determinism import no_dropout  # this directory (torchrun runs the worker as a script)
 from safetensors.torch import save_file
 
+from rag.benchmark import BenchmarkConfig, run_benchmark
 from rag.pipeline import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.questions import read_questions
@@ -32,6 +34,11 @@ def main(model_dir: str, questions: str, out: str, batch_size: str, index: str |
     finetune(model, train, os.path.join(out, f"model-{batch_size}"), config, dev=train[:3],
              accelerator=acc)
     model.eval()
+    # the benchmark, the questions shared by the processes: predictions to compare across runs
+    bench = run_benchmark(model, train, BenchmarkConfig(batch_size=3, progress=False))
+    if acc.is_main_process:
+        with open(os.path.join(out, f"predictions-{acc.num_processes}.json"), "w") as f:
+            json.dump([r["prediction"] for r in bench.predictions] + [bench.metrics["n"]], f)
     with torch.no_grad():  # what the weights do: the training questions' NLL
         outputs = model.loss([q.question for q in train], [q.answers[0] for q in train])[1]
     state = {k: v.clone() for k, v in model.state_dict().items()}  # tied weights: copies

@@ -9,6 +9,7 @@ the two runs see the same examples.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -127,7 +128,11 @@ def test_rag_finetuning_synchronises_across_two_processes(rag_dir, index_dir, sq
     for rank in (0, 1):
         weights = load_file(str(tmp_path / "sharded" / f"rank{rank}.safetensors"))
         assert all(torch.equal(weights[key], two[key]) for key in two), rank
+    # and the benchmark, the questions shared by the two processes, predicts the same answers
     train = read_questions(squad_questions)
+    predictions = [json.loads((d / "predictions-2.json").read_text())
+                   for d in (tmp_path, tmp_path / "sharded")]
+    assert predictions[0] == predictions[1] and predictions[0][-1] == len(train)
     with torch.no_grad():
         start = RagModel.from_pretrained(rag_dir).eval().loss([q.question for q in train],
                                                               [q.answers[0] for q in train])[1]
