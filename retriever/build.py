@@ -115,9 +115,9 @@ def _prepare(corpus_path, encoder: Encoder, work: Path, config: BuildConfig) -> 
     fresh = not work.exists()
     try:
         passages = load_corpus(corpus_path, work / PASSAGES, config.corpus)
-        log.info("%d passages", len(passages))
         if config.shards:  # before encoding: more shards than passages is refused
             shard_ranges(len(passages), config.shards)
+        log.info("%d passages", len(passages))
     except BaseException:
         if fresh:  # a bad corpus leaves nothing behind
             shutil.rmtree(work, ignore_errors=True)

@@ -64,18 +64,21 @@ MiB = 2**20
 class Args:
     real_index: str = "runs/index-l6"  # index directory (flat or HNSW) of the real corpus: its vectors,
     # passage ids and encoder
-    questions: str = "../shared/data/squad-open/dev.json"  # question file; a sample are the queries
-    queries: int = 1000  # questions sampled (seeded) as queries
+    questions: str = "../shared/data/squad-open/dev.json"  # questions (any format ragqa reads);
+    # a seeded sample of them are the queries
+    queries: int = 1000  # how many questions to sample as queries
     sizes: list[int] = field(default_factory=lambda: [1_000_000, 10_000_000])  # corpus sizes N
     types: list[str] = field(default_factory=lambda: list(INDEX_TYPES))  # index types to measure
     hnsw_ef: list[int] = field(default_factory=lambda: [16, 64, 256])  # HNSW efSearch settings
     nprobe: list[int] = field(default_factory=lambda: [8, 32, 128])  # IVF-PQ nprobe settings
     pq_m: list[int] = field(default_factory=lambda: [48, 96])  # IVF-PQ sub-quantisers: one index each
+    ivf_nlist: int = 0  # IVF-PQ cells; 0 = the product's default (about 4 sqrt(N)), whose k-means
+    # takes hours at 10M on a few cores
     hnsw_max: int = 2_000_000  # build HNSW only for corpora of at most this many vectors
     k: int = 10  # neighbours per query (recall@k)
     single_queries: int = 200  # queries searched one at a time for single-query q/s (HNSW, IVF-PQ)
-    seed: int = 0  # of the query sample, the real rows' places and the distractors
-    work: str = "runs/scale"  # corpora, queries, ground truth and (while measured) the indexes
+    seed: int = 0  # seed of the query sample, of the real rows' places and of the distractors
+    work: str = "runs/scale"  # folder for the corpora, queries, ground truth and (while measured) indexes
     keep_indexes: bool = False  # keep the built index directories under --work
     json: str | None = None  # write all figures here (rewritten after each index)
 
@@ -264,7 +267,8 @@ def load_queries(args: Args, real: DenseIndex, questions: list[str], work: Path)
 def variants(args: Args) -> list[tuple[str, IndexConfig]]:
     out = [(kind, IndexConfig(index_type=kind)) for kind in ("flat", "hnsw") if kind in args.types]
     if "ivfpq" in args.types:
-        out += [(f"ivfpq-m{m}", IndexConfig(index_type="ivfpq", pq_m=m)) for m in args.pq_m]
+        out += [(f"ivfpq-m{m}", IndexConfig(index_type="ivfpq", pq_m=m, ivf_nlist=args.ivf_nlist))
+                for m in args.pq_m]
     return out
 
 

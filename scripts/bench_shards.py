@@ -13,8 +13,8 @@ Query vectors: --query_vectors (a .npy of (Q, D) float32, e.g. the one scripts/b
 caches) or the questions of --questions encoded by the index's encoder.
 
 Example:
-    python scripts/bench_shards.py --index runs/scale/flat-1m --query_vectors runs/scale/queries.npy \
-        --shards 2 --json runs/scale/shards-1m.json
+    python scripts/bench_shards.py --corpus runs/scale/n1000000 --index runs/scale/flat-1m \
+        --query_vectors runs/scale/queries.npy --shards 2 --json runs/scale/shards-1m.json
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Args:
     index: str = "runs/index-l6"  # unsharded index directory (flat or HNSW) to split and search
+    corpus: str | None = None  # instead: a corpus directory of scripts/bench_scale.py (vectors.npy,
+    # passages.arrow), indexed flat into --index first (unless --index exists)
     shards: int = 2  # shards, and processes searching them together
     query_vectors: str | None = None  # .npy (Q, D) float32 query vectors; default: --questions
     questions: str = "../shared/data/squad-open/dev.json"  # encoded when --query_vectors is absent
@@ -137,6 +139,13 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.corpus and not Path(args.index).exists():
+        from retriever.corpus import open_shards
+
+        corpus = Path(args.corpus)
+        vectors = np.load(corpus / "vectors.npy", mmap_mode="r")
+        identity = {"name": "synthetic", "fingerprint": "bench-scale", "dim": vectors.shape[1]}
+        DenseIndex.build(vectors, open_shards([corpus / "passages.arrow"]), identity).save(args.index)
     index = DenseIndex.load(args.index)
     np.save(work / "bench-shards-queries.npy", query_vectors(args, index))
     sharded = work / f"{Path(args.index).name}-{args.shards}shards"

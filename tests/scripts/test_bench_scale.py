@@ -11,6 +11,8 @@ before any work.
 from __future__ import annotations
 
 import json
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +130,27 @@ def test_help_explains(runs):
     assert results["help"].returncode == 0, results["help"]
     for words in ("--real_index", "--hnsw_max", "recall@k", "MEASUREMENTS", "PASS/MISS"):
         assert words in results["help"].stdout
+
+
+def search(qps: float, recall: float, name: str = "x") -> dict:
+    return {"setting": name, "qps_batch": qps, "recall_at_10": recall}
+
+
+def test_targets_pass_and_miss():
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_scale.py"
+    targets = runpy.run_path(str(script), run_name="bench_scale")["targets"]
+
+    def report(hnsw: list[tuple[float, float]], ivfpq_bytes: int, ivfpq_recall: float) -> dict:
+        return {"runs": {"1000": {"indexes": [
+            {"index": "flat", "index_bytes": 800, "search": [search(10.0, 1.0, "exact")]},
+            {"index": "hnsw", "search": [search(q, r, f"efSearch={i}") for i, (q, r) in enumerate(hnsw)]},
+            {"index": "ivfpq-m48", "index_bytes": ivfpq_bytes, "search": [search(1e4, ivfpq_recall)]},
+            {"index": "ivfpq-m96", "skipped": "not built"}]}}}
+
+    good = targets(report([(500.0, 0.9), (150.0, 0.96)], 100, 0.9), 10)
+    assert [line[:4] for line in good] == ["PASS", "PASS"]
+    assert "15 x flat's (hnsw efSearch=1" in good[0] and "0.125 x flat's (ivfpq-m48 x" in good[1]
+    slow = targets(report([(500.0, 0.9), (90.0, 0.99)], 101, 0.95), 10)  # 9x; just over 1/8
+    assert [line[:4] for line in slow] == ["MISS", "MISS"]
+    low = targets(report([(500.0, 0.94)], 10, 0.89), 10)
+    assert all(line.startswith("MISS") and line.endswith("no setting reaches that recall") for line in low)

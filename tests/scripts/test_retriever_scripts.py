@@ -101,6 +101,21 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                                  tmp / "idx-hyb", "--dev", squad_questions, "--dev_ks", "1",
                                  "--out", tmp / "qenc-hyb", "--epochs", "1", "--batch_size", "4",
                                  "--negatives", "corpus", "--hybrid", "--json", tmp / "train-hyb.json"]
+    # sharded: built in shards, or split afterwards; evaluated as the whole index is
+    scenarios["eval_hybrid_json"] = evaluate(tmp / "idx-hyb", "--ks", "1,2", "--json",
+                                             tmp / "eval-hyb.json")
+    scenarios["build_shards"] = [*build(corpus_tsv, tmp / "idx-sh"), "--sparse", "bm25",
+                                 "--shards", "2", "--json", tmp / "build-sh.json"]
+    scenarios["eval_shards"] = evaluate(tmp / "idx-sh", "--ks", "1,2", "--json", tmp / "eval-sh.json")
+    scenarios["split"] = ["build_index.py", "--split", tmp / "idx-hyb", "--shards", "3", "--out",
+                          tmp / "idx-split"]
+    scenarios["eval_split"] = evaluate(tmp / "idx-split", "--ks", "1,2", "--json",
+                                       tmp / "eval-split.json")
+    scenarios["build_too_many_shards"] = [*build(corpus_tsv, tmp / "out-too-many"), "--shards", "9"]
+    scenarios["split_no_shards"] = ["build_index.py", "--split", tmp / "idx-hyb", "--out",
+                                    tmp / "out-split-none"]
+    scenarios["train_sharded"] = ["train_retriever.py", "--train", squad_questions, "--index",
+                                  tmp / "idx-sh", "--out", tmp / "out-train-sharded"]
     # a corpus from the datasets ecosystem: Parquet
     from datasets import Dataset
 
@@ -135,6 +150,32 @@ def test_build_then_eval(runs):
         assert figures_by_k["1"] <= figures_by_k["2"]
     assert 0 <= metrics["mrr"] <= 1
     assert json.loads(evaluation.stdout) == metrics
+
+
+def test_sharded_indexes_evaluate_as_the_whole_index(runs):
+    results, tmp = runs
+    for name in ("eval_hybrid_json", "build_shards", "eval_shards", "split", "eval_split"):
+        assert results[name].returncode == 0, results[name]
+    assert json.loads((tmp / "build-sh.json").read_text())["shards"] == 2
+    assert sorted(p.name for p in (tmp / "idx-split").iterdir()) == [
+        "shard-00000-of-00003", "shard-00001-of-00003", "shard-00002-of-00003", "shards.json"]
+    whole = json.loads((tmp / "eval-hyb.json").read_text())
+    assert whole["retrieval"]["mode"] == "hybrid"
+    for name in ("eval-sh.json", "eval-split.json"):
+        assert json.loads((tmp / name).read_text()) == whole, name
+
+
+def test_bad_shard_requests_get_one_line(runs):
+    results, tmp = runs
+    expect = {"build_too_many_shards": "--shards 9: must be between 1 and the 8 passages",
+              "split_no_shards": "--split INDEX takes --shards N",
+              "train_sharded": "a sharded index, which this needs whole"}
+    for name, message in expect.items():
+        run = results[name]
+        lines = run.stderr.strip().splitlines()
+        assert run.returncode == 2 and len(lines) == 1 and message in lines[0], (name, run.stderr)
+    assert not any(tmp.glob("out-too-many*")) and not (tmp / "out-split-none").exists()
+    assert not (tmp / "out-train-sharded").exists()
 
 
 def test_eval_with_a_memory_mapped_index_reports_the_same(runs):
