@@ -107,18 +107,17 @@ def _shard_done(path: Path, rows: int, dim: int) -> bool:
 
 
 def encode_corpus(encoder: Encoder, passages, work_dir: str | os.PathLike,
-                  config: EncodeConfig = EncodeConfig(), accelerator=None) -> np.ndarray:
+                  config: EncodeConfig = EncodeConfig(), accelerator=None) -> np.ndarray | None:
     """Encode a passage table (columns title, text) into (N, D) float32, resumably.
 
     Shard ``i`` covers rows ``[i*shard_size, (i+1)*shard_size)`` and is written atomically to
     ``work_dir/shard-{i:05d}.npy``; shards already there with the right shape are skipped. With an
-    ``accelerate.Accelerator``, process ``r`` of ``W`` encodes shards ``i % W == r``, and every
-    process returns the full matrix once all are done.
+    ``accelerate.Accelerator``, process ``r`` of ``W`` encodes shards ``i % W == r``; once all
+    are done the main process returns the full matrix and the others None (they do not index).
 
     The matrix is returned memory-mapped, read-only: the shards are copied one by one into
     ``work_dir/vectors.npy`` (written atomically), so the corpus is never whole in memory. Only
-    the main process writes it; the others, which :func:`~retriever.build.build_index` does not
-    index with, get the shards concatenated in memory.
+    the main process writes it.
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +143,7 @@ def encode_corpus(encoder: Encoder, passages, work_dir: str | os.PathLike,
         accelerator.wait_for_everyone()
     files = [work_dir / f"shard-{i:05d}.npy" for i in shards]
     if accelerator is not None and not accelerator.is_main_process:
-        return np.concatenate([np.load(f) for f in files])
+        return None
     out = work_dir / VECTORS
     with atomic_file(out) as tmp:
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, encoder.dim))

@@ -85,7 +85,9 @@ def test_chunked_add_equals_one_add(kind, vectors, table, queries, monkeypatch):
     monkeypatch.setattr(index_mod, "ADD_CHUNK", N)
     whole = DenseIndex.build(vectors, table, IDENTITY, CONFIGS[kind]).search_knn(queries, K)
     monkeypatch.setattr(index_mod, "ADD_CHUNK", 700)  # not a divisor of N: a short last chunk
-    chunked = DenseIndex.build(vectors, table, IDENTITY, CONFIGS[kind]).search_knn(queries, K)
+    # float64 rows are converted a chunk at a time (float32 ones go to FAISS in one call)
+    chunked = DenseIndex.build(vectors.astype(np.float64), table, IDENTITY,
+                               CONFIGS[kind]).search_knn(queries, K)
     np.testing.assert_array_equal(whole[1], chunked[1])
     np.testing.assert_array_equal(whole[0], chunked[0])
 
