@@ -184,10 +184,10 @@ class DenseIndex:
         if dim != encoder_identity["dim"]:
             raise ValueError(f"vectors have dim {dim}, encoder says {encoder_identity['dim']}")
         index = faiss.clone_index(trained) if trained is not None else trained_index(vectors, config)
-        # Flat storage (flat and HNSW) is one growing std::vector: added in chunks, it doubles and
-        # copies, needing up to 3x the vectors at once (a 10M x 384 build ran out of 24 GB). Float32
-        # rows in order (a memory-mapped encoding) are therefore added in one call, which FAISS
-        # copies once from the pages; anything else is converted a chunk at a time.
+        # Flat storage (flat and HNSW) is one growing buffer, reallocated as chunks are added, old
+        # and new copies held at once (a 10M x 384 build, added in chunks, ran out of 24 GB).
+        # Float32 rows in order (a memory-mapped encoding) are therefore added in one call, which
+        # FAISS copies once from the pages; anything else is converted a chunk at a time.
         step = n if vectors.dtype == np.float32 and vectors.flags.c_contiguous else ADD_CHUNK
         for start in range(0, n, max(step, 1)):
             chunk = np.ascontiguousarray(vectors[start : start + step], dtype=np.float32)
