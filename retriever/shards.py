@@ -325,7 +325,7 @@ class ShardedIndex:
             tops.append((top_scores, top))
         _, rows = self._merge(np.hstack([s for s, _ in tops]), np.hstack([r for _, r in tops]),
                               width, mine)
-        best = np.max(np.stack(self._all(collective.all_gather, best[None])), axis=0)[0][mine]
+        best = np.concatenate(self._all(collective.all_gather, best[None])).max(axis=0)[mine]
         cand = rows if dense_rows is None else union(dense_rows, rows)
         # the BM25 scores of this process's candidates, from the shards that hold them
         pairs = np.stack([np.repeat(np.arange(start, start + len(cand)), cand.shape[1]),

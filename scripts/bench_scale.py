@@ -106,19 +106,19 @@ def measure_disk(case: Case) -> dict:
             "dir_bytes": sum(f.stat().st_size for f in case.dir.rglob("*") if f.is_file())}
 
 
-def _rss() -> dict[str, int]:
+def process_rss() -> dict[str, int]:
     with open("/proc/self/status") as f:
         fields = dict(line.split(":", 1) for line in f)
     return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}  # bytes
 
 
 def _probe_once(index_dir: str, queries: str, k: int, mmap: bool) -> dict:
-    q, base = np.load(queries), _rss()
+    q, base = np.load(queries), process_rss()
     index = DenseIndex.load(index_dir, mmap=mmap)
-    loaded = _rss()
+    loaded = process_rss()
     index.search_knn(q, k)
     return {"loaded": loaded["VmRSS"] - base["VmRSS"], "peak": loaded["VmHWM"] - base["VmRSS"],
-            "searched": _rss()["VmRSS"] - base["VmRSS"]}
+            "searched": process_rss()["VmRSS"] - base["VmRSS"]}
 
 
 def probe_server(conn: Connection) -> None:

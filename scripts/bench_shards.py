@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from bench_scale import process_rss  # noqa: E402  (this directory: one VmRSS reader)
 
 from retriever.cli import check_output_parent, parse, run, write_json
 from retriever.errors import UserError, positive
@@ -56,10 +57,7 @@ class Args:
 
 
 def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    return process_rss()["VmRSS"] / 2**20
 
 
 def worker(args: Args) -> None:
@@ -93,8 +91,8 @@ def worker(args: Args) -> None:
 def launch(args: Args, index: Path, processes: int, out: Path) -> dict:
     threads = max(1, (os.cpu_count() or 1) // processes)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-           "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",  # a free port of its own
+           f"--nproc_per_node={processes}",
            str(Path(__file__).resolve()), "--index", str(index), "--k", str(args.k),
            "--batch", str(args.batch), "--work", args.work, "--worker", str(out), "--quiet"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
@@ -106,14 +104,6 @@ def launch(args: Args, index: Path, processes: int, out: Path) -> dict:
             "rss_after_load_mib": [r["rss_after_load_mib"] for r in reports],
             "rss_mib": [r["rss_mib"] for r in reports], "seconds": round(seconds, 3),
             "rows": np.load(out.with_suffix(".rows.npy"))}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def query_vectors(args: Args, index) -> np.ndarray:
