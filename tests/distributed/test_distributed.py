@@ -1,18 +1,22 @@
-"""Training under torch.distributed, as torchrun starts it: two gloo processes on CPU.
+"""torch.distributed as torchrun starts it: two gloo processes on CPU, in one launch
+(``worker.py``; each launch costs seconds of imports), with a timeout so nothing can hang.
 
-DPR training and RAG fine-tuning synchronise: both ranks end with bit-identical weights, equal
-(within float tolerance) to one process trained with the same global batch. A question's loss does
-not depend on the rest of its batch (RAG's never does; DPR's when every passage is a candidate,
-``negatives="corpus"``), and rank r's batch b holds the global batch's questions r, r+2, ...: so
-the two runs see the same examples.
+- DPR training and RAG fine-tuning synchronise: both ranks end with bit-identical weights, equal
+  (within float tolerance) to one process, this one, trained with the same global batch. A
+  question's loss does not depend on the rest of its batch (RAG's never does; DPR's when every
+  passage is a candidate, ``negatives="corpus"``), and rank r's batch b holds the global batch's
+  questions r, r+2, ...: so the two runs see the same examples.
+- Sharded search: every search and an evaluation equal the whole index's exactly, and
+  ``ragqa eval-retrieval`` reports what one process reports on the whole index. Bad layouts give
+  the same one-line error on both processes, and neither waits for the other.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +25,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rag.pipeline import RagModel
 from retriever.build import BuildConfig, build_index
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
+from retriever.evaluation import evaluate_retrieval
+from retriever.index import DenseIndex
+from retriever.questions import read_questions
+from retriever.search import Retriever
+from retriever.shards import split_index
+from retriever.sparse import SparseConfig
+from retriever.train import make_accelerator
+from tests.distributed.parts import dpr_part, rag_part
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(worker: str, args: list, nproc: int, tmp: Path) -> subprocess.CompletedProcess:
@@ -41,47 +48,53 @@ def torchrun(worker: str, args: list, nproc: int, tmp: Path) -> subprocess.Compl
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TMPDIR": str(scratch),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT)}
     cmd = [shutil.which("torchrun") or f"{sys.executable} -m torch.distributed.run",
-           f"--nproc_per_node={nproc}", f"--master_port={free_port()}", "--master_addr=127.0.0.1",
-           str(HERE / worker), *map(str, args)]
+           f"--nproc_per_node={nproc}", "--standalone", str(HERE / worker), *map(str, args)]
     cmd = [*cmd[0].split(), *cmd[1:]]
     return subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=240)
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, tiny_encoder_dir, corpus_jsonl) -> Path:
-    out = tmp_path_factory.mktemp("dist") / "index"
-    build_index(corpus_jsonl, Encoder.from_pretrained(str(tiny_encoder_dir)), out,
-                BuildConfig(encode=EncodeConfig(progress=False)))
-    return out
+def built(tmp_path_factory, tiny_encoder_dir, corpus_jsonl) -> dict[str, Path]:
+    """The whole index (with BM25), its 2 and 3 shards, 2 shards whose second is unreadable, and
+    a tiny RAG model (the tiny BERT as question encoder, a BART warm-started from it)."""
+    from generator.warmstart import warm_start_bart
+    from rag.pipeline import RagConfig
+
+    tmp = tmp_path_factory.mktemp("dist")
+    encoder = Encoder.from_pretrained(str(tiny_encoder_dir))
+    whole = build_index(corpus_jsonl, encoder, tmp / "whole",
+                        BuildConfig(encode=EncodeConfig(progress=False), sparse=SparseConfig()))
+    split_index(whole, tmp / "two", 2)
+    split_index(whole, tmp / "three", 3)
+    shutil.copytree(tmp / "two", tmp / "broken")
+    (tmp / "broken" / "shard-00001-of-00002" / "index.faiss").write_bytes(b"not faiss")
+    generator, tokenizer = warm_start_bart(tiny_encoder_dir, tmp / "bart", cross_attention="copy_self")
+    config = RagConfig(k=2, max_input_length=64, max_answer_length=8, num_beams=1,
+                       index=str(tmp / "whole"))
+    RagModel(encoder, generator, tokenizer, whole, config).save_pretrained(tmp / "rag")
+    return {name: tmp / name for name in ("whole", "two", "three", "broken", "rag")} | {"": tmp}
 
 
 @pytest.fixture(scope="module")
-def rag_dir(tmp_path_factory, tiny_encoder_dir, index_dir) -> Path:
-    """A tiny RAG model directory (the tiny BERT as question encoder, a BART warm-started from it)."""
-    from generator.warmstart import warm_start_bart
-    from rag.pipeline import RagConfig, RagModel
-    from retriever.index import DenseIndex
-
-    tmp = tmp_path_factory.mktemp("dist-rag")
-    generator, tokenizer = warm_start_bart(tiny_encoder_dir, tmp / "bart", cross_attention="copy_self")
-    config = RagConfig(k=2, max_input_length=64, max_answer_length=8, num_beams=1,
-                       index=str(index_dir))
-    RagModel(Encoder.from_pretrained(str(tiny_encoder_dir)), generator, tokenizer,
-             DenseIndex.load(index_dir), config).save_pretrained(tmp / "model")
-    return tmp / "model"
+def job(built, tiny_encoder_dir, squad_questions, tmp_path_factory):
+    """The one torchrun job, its output folder, and this process's one-process reference runs."""
+    out = tmp_path_factory.mktemp("job")
+    run = torchrun("worker.py", [tiny_encoder_dir, built["whole"], built["rag"], built["two"],
+                                 built[""], squad_questions, out], nproc=2, tmp=out)
+    assert all((out / f"done-{r}").exists() for r in (0, 1)), run.stderr[-4000:]
+    reference = {"dpr": dpr_part(tiny_encoder_dir, built["whole"], squad_questions, 4),
+                 "rag": rag_part(built["rag"], squad_questions, out / "reference", 4,
+                                 make_accelerator())[0]}
+    return run, out, reference
 
 
-def two_then_one(worker: str, args: list, global_batch: int, tmp: Path) -> tuple[dict, dict]:
-    """Weights after 2 processes (checked bit-identical across ranks) and after 1, same batch."""
-    two = torchrun(worker, [*args, tmp, global_batch // 2], nproc=2, tmp=tmp)
-    assert two.returncode == 0, two.stderr[-4000:]
-    rank0, rank1 = (load_file(str(tmp / f"rank{r}.safetensors")) for r in (0, 1))
+def both_ranks(folder: Path) -> dict[str, torch.Tensor]:
+    """Rank 0's weights, after checking rank 1's are bit-identical (gradients were averaged)."""
+    rank0, rank1 = (load_file(str(folder / f"rank{r}.safetensors")) for r in (0, 1))
     assert rank0.keys() == rank1.keys()
     for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key  # bit-identical: gradients were averaged
-    one = torchrun(worker, [*args, tmp, global_batch], nproc=1, tmp=tmp)
-    assert one.returncode == 0, one.stderr[-4000:]
-    return rank0, load_file(str(tmp / "rank0.safetensors"))
+        assert torch.equal(rank0[key], rank1[key]), key
+    return rank0
 
 
 def assert_same_training(two: dict, one: dict, start: torch.Tensor) -> None:
@@ -98,42 +111,56 @@ def assert_same_training(two: dict, one: dict, start: torch.Tensor) -> None:
     assert moved > 1e-2, moved  # it did train
 
 
-def test_dpr_training_synchronises_across_two_processes(tiny_encoder_dir, index_dir,
-                                                        squad_questions, tmp_path):
-    two, one = two_then_one("dpr_worker.py", [tiny_encoder_dir, index_dir, squad_questions], 4,
-                            tmp_path)
-    from retriever.questions import read_questions
-
+def test_dpr_training_synchronises_across_two_processes(job, tiny_encoder_dir,
+                                                        squad_questions):
+    _, out, reference = job
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir)).eval()
     with torch.no_grad():
         tok = encoder.tokenize([q.question for q in read_questions(squad_questions)])
         start = encoder(tok["input_ids"], tok["attention_mask"])
-    assert_same_training(two, one, start)
+    assert_same_training(both_ranks(out / "dpr"), reference["dpr"], start)
 
 
-def test_rag_finetuning_synchronises_across_two_processes(rag_dir, index_dir, squad_questions,
-                                                          tmp_path):
-    from rag.pipeline import RagModel
-    from retriever.index import DenseIndex
-    from retriever.questions import read_questions
-    from retriever.shards import split_index
-
-    two, one = two_then_one("rag_worker.py", [rag_dir, squad_questions], 4, tmp_path)
+def test_rag_finetuning_synchronises_across_two_processes(job, built, squad_questions):
+    _, out, reference = job
+    two = both_ranks(out / "rag")
     # the same on two shards, one per process, searched together: the very same weights
-    split_index(DenseIndex.load(index_dir), tmp_path / "shards", 2)
-    (tmp_path / "sharded").mkdir()
-    sharded = torchrun("rag_worker.py", [rag_dir, squad_questions, tmp_path / "sharded", 2,
-                                         tmp_path / "shards"], nproc=2, tmp=tmp_path)
-    assert sharded.returncode == 0, sharded.stderr[-4000:]
-    for rank in (0, 1):
-        weights = load_file(str(tmp_path / "sharded" / f"rank{rank}.safetensors"))
-        assert all(torch.equal(weights[key], two[key]) for key in two), rank
+    sharded = both_ranks(out / "rag-sharded")
+    assert all(torch.equal(sharded[key], two[key]) for key in two)
     # and the benchmark, the questions shared by the two processes, predicts the same answers
     train = read_questions(squad_questions)
-    predictions = [json.loads((d / "predictions-2.json").read_text())
-                   for d in (tmp_path, tmp_path / "sharded")]
+    predictions = [json.loads((out / d / "predictions.json").read_text())
+                   for d in ("rag", "rag-sharded")]
     assert predictions[0] == predictions[1] and predictions[0][-1] == len(train)
     with torch.no_grad():
-        start = RagModel.from_pretrained(rag_dir).eval().loss([q.question for q in train],
-                                                              [q.answers[0] for q in train])[1]
-    assert_same_training(two, one, start)
+        start = RagModel.from_pretrained(built["rag"]).eval().loss(
+            [q.question for q in train], [q.answers[0] for q in train])[1]
+    assert_same_training(two, reference["rag"], start)
+
+
+def test_two_processes_search_their_shards_as_one_index(job):
+    reports = [json.loads((job[1] / "search" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["shard"] for r in reports] == [[0], [1]]
+    assert all(r["checks"] == 15 for r in reports)
+    assert reports[0]["evaluation"] == reports[1]["evaluation"]
+    for r in reports:  # the same line on both: the process count, and the rank that failed
+        assert "3 shards need 1 process or a multiple of 3; this job has 2" in r["three"]
+        assert r["broken"].startswith("rank 1: ") and "shard-00001-of-00002" in r["broken"]
+
+
+def test_eval_retrieval_under_torchrun_reports_what_one_process_does(job, built,
+                                                                     squad_questions):
+    run, out, _ = job
+    whole = DenseIndex.load(built["whole"])  # the same, in this one process, on the whole index
+    one = evaluate_retrieval(Retriever(Encoder.from_pretrained(whole.manifest["encoder"]["name"]),
+                                       whole), read_questions(squad_questions), [1, 3],
+                             progress=False)
+    two = json.loads((out / "eval.json").read_text())
+    assert {k: two[k] for k in one} == one and two["retrieval"]["mode"] == "hybrid"
+    # three shards for two processes: one line per process (their writes may interleave on the
+    # shared pipe), exit status 2, no traceback of ours, no output written
+    lines = re.findall(r"error: (.*?\(launch with)", run.stdout + run.stderr)
+    assert run.returncode != 0 and len(lines) == 2, run.stderr[-4000:]
+    assert all("3 shards need 1 process or a multiple of 3" in x for x in lines)
+    assert not re.search(r'File ".*/(retriever|rag)/', run.stderr)  # torchrun's report alone
+    assert not (out / "bad.json").exists()
