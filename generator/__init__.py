@@ -11,7 +11,7 @@ Public names (imported on first use):
 
 from __future__ import annotations
 
-from retriever.lazy import lazy_exports
+from rag.common.lazy import lazy_exports
 
 _EXPORTS = {
     "load_generator": "generator.model", "save_generator": "generator.model",

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 __all__ = [
     "DOC_SEP",

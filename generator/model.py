@@ -24,9 +24,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rag.common.atomic import atomic_directory
+from rag.common.errors import UserError
 from retriever.encoder import packaged_model_path
-from retriever.errors import UserError
-from retriever.fsutil import atomic_directory
 
 from .copy import COPY_HEAD_KEYS, CopyBartForConditionalGeneration
 

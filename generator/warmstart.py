@@ -52,7 +52,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 from .model import apply_layer_norm_eps, load_pretrained_config, resolve_pretrained, save_generator
 

@@ -21,7 +21,7 @@ generator the ``generator`` package.
 
 from __future__ import annotations
 
-from retriever.lazy import lazy_exports
+from rag.common.lazy import lazy_exports
 
 _EXPORTS = {
     "RagModel": "rag.pipeline", "RagConfig": "rag.pipeline", "Answer": "rag.pipeline",

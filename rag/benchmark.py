@@ -40,13 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retriever.cli import check_output_parent
-from retriever.collective import gather_shares, share, world
-from retriever.errors import UserError
-from retriever.fsutil import atomic_file
+from rag.common.atomic import atomic_file, check_output_parent
+from rag.common.collective import gather_shares, share, world
+from rag.common.errors import UserError
+from rag.common.progress import progress_bar
 from retriever.fusion import RetrievalConfig
 from retriever.metrics import MATCHES, answer_test, retrieval_metrics
-from retriever.progress import progress_bar
 from retriever.questions import Question, read_questions
 
 from .constrain import CONSTRAINTS

@@ -11,9 +11,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from rag.common.atomic import atomic_file
+from rag.common.errors import UserError
 from retriever.corpus import load_json
-from retriever.errors import UserError
-from retriever.fsutil import atomic_file
 
 REQUIRED = ("n", "exact_match", "f1", "top_k_accuracy", "answer_in_passages", "config")
 NOT_SETTINGS = ("k", "device", "batch_size", "versions")  # may differ within a k sweep

@@ -30,9 +30,9 @@ import torch
 
 from generator.copy import has_copy_head
 from generator.inputs import DOC_SEP, TITLE_SEP
+from rag.common.atomic import atomic_directory, check_output_dir
+from rag.common.errors import UserError
 from retriever.encoder import Encoder, EncoderConfig
-from retriever.errors import UserError
-from retriever.fsutil import atomic_directory, check_output_dir
 
 PASSAGES, FAISS_FILE, EXPORT_NOTE = "passages", "passages.faiss", "ragqa_export.json"
 

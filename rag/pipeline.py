@@ -34,9 +34,9 @@ from torch import nn
 from generator.copy import has_copy_head
 from generator.inputs import build_generator_inputs, generator_input_strings, pointer_targets
 from generator.model import load_generator, save_generator
+from rag.common.atomic import atomic_directory
+from rag.common.errors import UserError, fraction, positive, require
 from retriever.encoder import Encoder
-from retriever.errors import UserError, fraction, positive, require
-from retriever.fsutil import atomic_directory
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex, SearchResult
 from retriever.search import Retriever, check_questions

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
+from rag.common.collective import gather_shares, share
+from rag.common.errors import UserError, fraction, non_negative, one_of, positive
+from rag.common.progress import progress_bar
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
-from retriever.collective import gather_shares, share
-from retriever.errors import UserError, fraction, non_negative, one_of, positive
 from retriever.metrics import exact_match
-from retriever.progress import progress_bar
 from retriever.questions import Question
 from retriever.train import make_accelerator, optimizer_step, rank_share
 

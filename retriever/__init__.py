@@ -11,7 +11,7 @@ Public names (imported on first use):
 - :func:`evaluate_retrieval`: DPR top-k accuracy, gold recall, MRR (``retriever.evaluation``);
 - :func:`train_dpr`, :class:`TrainConfig`: question-encoder training (``retriever.train``);
 - :func:`read_questions`, :func:`load_corpus`: question and corpus readers;
-- :class:`UserError`: the one exception for bad input (``retriever.errors``).
+- :class:`UserError`: the one exception for bad input (``rag.common.errors``).
 
 Example::
 
@@ -23,7 +23,7 @@ Example::
 
 from __future__ import annotations
 
-from .lazy import lazy_exports
+from rag.common.lazy import lazy_exports
 
 _EXPORTS = {
     "Encoder": "retriever.encoder", "EncoderConfig": "retriever.encoder",
@@ -33,7 +33,7 @@ _EXPORTS = {
     "evaluate_retrieval": "retriever.evaluation",
     "train_dpr": "retriever.train", "TrainConfig": "retriever.train",
     "read_questions": "retriever.questions", "load_corpus": "retriever.corpus",
-    "UserError": "retriever.errors",
+    "UserError": "rag.common.errors",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 from datasets import Dataset
 
-from . import collective
+from rag.common import collective
+from rag.common.atomic import atomic_file, check_output_dir
+from rag.common.errors import UserError
+
 from .corpus import CorpusConfig, corpus_digest, corpus_embeddings, load_corpus, open_shards
 from .encode import EncodeConfig, encode_corpus, encode_texts
 from .encoder import Encoder
-from .errors import UserError
-from .fsutil import atomic_file, check_output_dir
 from .fusion import FusionConfig
 from .index import DenseIndex, IndexConfig
 from .shards import ShardedIndex, build_shards, shard_ranges

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .fsutil import atomic_directory
+from rag.common.atomic import atomic_directory
 
 
 def checkpoint_dir(out: str | os.PathLike) -> Path:

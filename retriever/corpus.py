@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
-from .errors import UserError, non_negative, positive
-from .fsutil import atomic_file, remove_with
+from rag.common.atomic import atomic_file, remove_with
+from rag.common.errors import UserError, non_negative, positive
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _WS = re.compile(r"\s+")

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rag.common.atomic import atomic_file
+from rag.common.errors import UserError, positive
+from rag.common.progress import progress_bar
+
 from .encoder import Encoder
-from .errors import UserError, positive
-from .fsutil import atomic_file
-from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 VECTORS = "vectors.npy"  # encode_corpus's result, in its work directory

@@ -28,8 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UserError, non_negative, one_of, positive
-from .fsutil import atomic_directory
+from rag.common.atomic import atomic_directory
+from rag.common.errors import UserError, non_negative, one_of, positive
+
 from .lexical import HEAD_NAME, LexicalHead
 from .st_folder import DenseLayer, read_folder, write_folder
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .collective import gather_shares, share
+from rag.common.collective import gather_shares, share
+from rag.common.errors import UserError
+from rag.common.progress import progress_bar
+
 from .corpus import collapse_ws
-from .errors import UserError
 from .index import DenseIndex
 from .metrics import MATCHES, answer_test, retrieval_metrics
-from .progress import progress_bar
 from .questions import Question
 from .search import Retriever
 

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rag.common.errors import UserError
+
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
-from .errors import UserError
 from .index import DenseIndex
 from .metrics import has_answer
 from .questions import Question

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .errors import UserError
+from rag.common.errors import UserError
 
 RETRIEVALS = ("dense", "sparse", "hybrid")
 FUSIONS = ("linear", "rrf")

@@ -35,9 +35,10 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset
 
+from rag.common.atomic import atomic_directory, remove_with
+from rag.common.errors import UserError, non_negative, one_of, positive, require
+
 from .corpus import open_shards, write_arrow
-from .errors import UserError, non_negative, one_of, positive, require
-from .fsutil import atomic_directory, remove_with
 from .fusion import FusionConfig
 from .sparse import SPARSE_DIR, SparseConfig, SparseIndex
 

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import regex
 
-from .errors import UserError
+from rag.common.errors import UserError
 
 MATCHES = ("dpr", "substring")
 _TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")

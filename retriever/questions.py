@@ -12,8 +12,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rag.common.errors import UserError
+
 from .corpus import _check_file, _utf8_lines, collapse_ws, json_lines, load_json
-from .errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import json
 import os
 from collections.abc import Sequence
 
-from .fsutil import atomic_file
+from rag.common.atomic import atomic_file
+
 from .metrics import answer_test
 from .questions import Question
 

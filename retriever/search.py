@@ -24,9 +24,10 @@ import os
 import numpy as np
 import torch
 
+from rag.common.errors import UserError
+
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
-from .errors import UserError
 from .fusion import FusionConfig, RetrievalConfig, fuse, normalise_sparse, union
 from .index import DenseIndex, SearchResult
 from .sparse import SparseIndex, top_k

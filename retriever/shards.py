@@ -38,10 +38,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import collective
+from rag.common import collective
+from rag.common.atomic import atomic_directory, check_output_dir
+from rag.common.errors import UserError
+
 from .corpus import open_shards
-from .errors import UserError
-from .fsutil import atomic_directory, check_output_dir
 from .fusion import union
 from .index import DenseIndex, IndexConfig, best_first, trained_index
 from .search import sparse_scores

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import UserError
+from rag.common.errors import UserError
 
 log = logging.getLogger(__name__)
 TOKENIZERS = ("words", "wordpiece")

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .errors import UserError
+from rag.common.errors import UserError
 
 # sentence-transformers' pooling modes, in its old config keys and in its newer "pooling_mode" values
 ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",

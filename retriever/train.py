@@ -32,13 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rag.common.errors import UserError, fraction, non_negative, one_of, positive
+from rag.common.progress import progress_bar
+
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
-from .errors import UserError, fraction, non_negative, one_of, positive
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
-from .progress import progress_bar
 from .questions import Question
 
 log = logging.getLogger(__name__)

@@ -33,10 +33,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from rag.commands.cli import parse, run
+from rag.common.atomic import check_output_parent, write_json
+from rag.common.errors import non_negative, positive
 from rag.decode import DecodeConfig, rag_sequence_generate, rag_token_generate
 from rag.marginal import rag_loss
-from retriever.cli import check_output_parent, parse, run, write_json
-from retriever.errors import non_negative, positive
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,12 @@ import faiss
 import numpy as np
 import torch
 
-from retriever.cli import check_output_parent, parse, run, write_json
+from rag.commands.cli import parse, run
+from rag.common.atomic import check_output_parent, remove_with, write_json
+from rag.common.errors import positive
 from retriever.corpus import load_corpus, open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder, resolve
-from retriever.errors import positive
-from retriever.fsutil import remove_with
 from retriever.index import DenseIndex, IndexConfig
 
 

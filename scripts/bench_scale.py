@@ -45,11 +45,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from retriever.cli import check_output_parent, parse, run, write_json
+from rag.commands.cli import parse, run
+from rag.common.atomic import atomic_file, check_output_parent, write_json
+from rag.common.errors import UserError, non_negative, positive, require
 from retriever.corpus import corpus_digest, open_shards, write_arrow
 from retriever.encoder import Encoder
-from retriever.errors import UserError, non_negative, positive, require
-from retriever.fsutil import atomic_file
 from retriever.index import INDEX_TYPES, DenseIndex, IndexConfig
 from retriever.questions import read_questions
 from retriever.search import Retriever, check_questions

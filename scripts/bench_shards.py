@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from bench_scale import process_rss  # noqa: E402  (this directory: one VmRSS reader)
 
-from retriever.cli import check_output_parent, parse, run, write_json
-from retriever.errors import UserError, positive
+from rag.commands.cli import parse, run
+from rag.common.atomic import check_output_parent, write_json
+from rag.common.errors import UserError, positive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,7 @@ def rss_mib() -> float:
 
 def worker(args: Args) -> None:
     """One process: load, search its share of the queries, report (collective with the others)."""
-    from retriever import collective
+    from rag.common import collective
     from retriever.shards import load_index
     from retriever.train import make_accelerator
 

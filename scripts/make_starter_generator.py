@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from retriever.cli import parse, run
-from retriever.errors import UserError
+from rag.commands.cli import parse, run
+from rag.common.errors import UserError
 
 
 def _packaged_minilm() -> str:

@@ -16,11 +16,11 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from rag.commands.cli import parse, run
+from rag.common.atomic import atomic_directory
+from rag.common.errors import UserError
 from rag.constrain import CONSTRAINTS
 from rag.pipeline import RagModel
-from retriever.cli import parse, run
-from retriever.errors import UserError
-from retriever.fsutil import atomic_directory
 
 
 @dataclass(frozen=True)

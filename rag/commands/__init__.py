@@ -1,6 +1,6 @@
 """The ``ragqa`` command: one subcommand per task, each a module of this package with a ``main()``.
 
-``ragqa SUB [options]`` runs ``SUB``'s ``main`` under :func:`retriever.cli.run` (a user error is
+``ragqa SUB [options]`` runs ``SUB``'s ``main`` under :func:`rag.commands.cli.run` (a user error is
 one ``error:`` line and exit status 2). ``scripts/*.py`` of the same names are one-line wrappers,
 kept so that older command lines still work.
 """
@@ -43,7 +43,7 @@ def usage() -> str:
 
 def run_command(name: str, args: list[str]) -> None:
     """Run subcommand ``name`` with ``args`` as a user would (``ragqa name args...``)."""
-    from retriever.cli import run
+    from rag.commands.cli import run
 
     sys.argv = [f"ragqa {name}", *args]
     # imported inside run: a missing optional dependency is one error line too

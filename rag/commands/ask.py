@@ -19,10 +19,11 @@ import json
 import sys
 from dataclasses import asdict, dataclass
 
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_parent, write_json
+from rag.common.errors import UserError, non_negative, one_of, positive
 from rag.constrain import CONSTRAINTS
 from rag.pipeline import RagModel
-from retriever.cli import check_output_parent, parse, write_json
-from retriever.errors import UserError, non_negative, one_of, positive
 from retriever.fusion import RetrievalConfig
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import torch
 
 from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
-from retriever.cli import check_output_parent, parse, write_json
-from retriever.errors import UserError
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_parent, write_json
+from rag.common.errors import UserError
 from retriever.fusion import RetrievalConfig
 from retriever.train import make_accelerator
 

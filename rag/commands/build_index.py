@@ -24,13 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.common.errors import UserError
 from retriever.build import BuildConfig, build_index
-from retriever.cli import check_output_parent, parse, write_json
 from retriever.corpus import CorpusConfig
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
-from retriever.errors import UserError
-from retriever.fsutil import check_output_dir
 from retriever.fusion import FusionConfig
 from retriever.index import DenseIndex, IndexConfig
 from retriever.shards import split_index

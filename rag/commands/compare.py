@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_parent
+from rag.common.errors import UserError
 from rag.compare import load_run, plot_em_vs_k, runs_table, sweep_problem
-from retriever.cli import check_output_parent, parse
-from retriever.errors import UserError
 
 
 @dataclass(frozen=True)

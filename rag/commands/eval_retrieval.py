@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from retriever.cli import check_output_parent, parse, write_json
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_parent, write_json
+from rag.common.errors import UserError, non_negative, one_of, positive
 from retriever.encoder import Encoder
-from retriever.errors import UserError, non_negative, one_of, positive
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.metrics import MATCHES

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_dir
+from rag.common.errors import UserError
 from rag.constrain import CONSTRAINTS
 from rag.hf_rag import export
 from rag.pipeline import RagModel
-from retriever.cli import parse
-from retriever.errors import UserError
-from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
 
 

@@ -17,13 +17,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.common.errors import UserError, non_negative, one_of, positive
 from rag.pipeline import RagConfig, RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.checkpoint import resume_dir
-from retriever.cli import check_output_parent, parse, write_json
 from retriever.encoder import Encoder
-from retriever.errors import UserError, non_negative, one_of, positive
-from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
 from retriever.questions import read_questions
 from retriever.shards import load_index

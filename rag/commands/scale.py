@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from retriever.cli import parse
-from retriever.errors import UserError
+from rag.commands.cli import parse
+from rag.common.errors import UserError
 from retriever.scaling import (
     CostModel,
     FitConfig,

@@ -19,13 +19,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rag.commands.cli import parse
+from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.common.errors import UserError, non_negative
 from retriever.build import BuildConfig, build_index
 from retriever.checkpoint import checkpoint_dir, resume_dir
-from retriever.cli import check_output_parent, parse, write_json
 from retriever.encoder import Encoder
-from retriever.errors import UserError, non_negative
 from retriever.evaluation import evaluate_retrieval
-from retriever.fsutil import check_output_dir
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
 from retriever.questions import read_questions

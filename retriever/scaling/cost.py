@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 ArrayLike = float | np.ndarray
 

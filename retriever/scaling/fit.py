@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
-from retriever.errors import UserError, one_of, positive
+from rag.common.errors import UserError, one_of, positive
 
 from .laws import (
     DataSizeLaw,

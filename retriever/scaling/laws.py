@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 if TYPE_CHECKING:
     import torch

@@ -3,7 +3,7 @@
 One row per trained encoder: ``name``, ``n_params`` (non-embedding parameters N),
 ``n_train_pairs`` (D), ``contrastive_entropy`` (nats) and optionally ``ce_std`` (standard
 deviation over negative-sampling repeats). Other columns are kept in ``extra``.
-Bad rows raise :class:`retriever.errors.UserError` naming the file, the row and the line.
+Bad rows raise :class:`rag.common.errors.UserError` naming the file, the row and the line.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 REQUIRED = ("name", "n_params", "n_train_pairs", "contrastive_entropy")
 

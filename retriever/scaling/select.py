@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import UserError, non_negative, positive, require
+from rag.common.errors import UserError, non_negative, positive, require
 
 from .cost import CostBreakdown, CostModel
 from .laws import JointLaw

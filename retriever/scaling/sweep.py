@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.errors import UserError, non_negative, one_of, positive
+from rag.common.errors import UserError, non_negative, one_of, positive
 
 from .entropy import contrastive_entropy, negative_pool_indices
 from .laws import count_non_embedding_params

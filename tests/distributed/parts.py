@@ -10,10 +10,10 @@ import numpy as np
 import torch
 
 from rag.benchmark import BenchmarkConfig, run_benchmark
+from rag.common.errors import UserError
 from rag.pipeline import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex

@@ -16,6 +16,7 @@ from generator.copy import (
     mixture_logprobs,
 )
 from generator.model import load_generator, save_generator
+from rag.common.errors import UserError
 from rag.decode import DecodeConfig, encode_passages, rag_sequence_generate, rag_token_generate
 from rag.marginal import (
     generator_logits,
@@ -24,7 +25,6 @@ from rag.marginal import (
     rag_token_nll,
     token_logprobs,
 )
-from retriever.errors import UserError
 
 TINY = dict(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from generator.inputs import build_generator_inputs, format_generator_input, generator_input_strings
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 QUESTIONS = ["who wrote hamlet?", "what is the  capital of france"]
 TITLES = [

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from transformers import BartConfig, BartForConditionalGeneration
 
 from generator.model import load_generator, save_generator
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 
 @pytest.fixture(scope="module")

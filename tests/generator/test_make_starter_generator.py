@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from generator.model import load_generator
-from retriever.cli import run
+from rag.commands.cli import run
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "make_starter_generator.py"
 

@@ -8,7 +8,7 @@ from transformers import AutoTokenizer, BartForConditionalGeneration, BertModel
 
 from generator.model import apply_layer_norm_eps, load_generator
 from generator.warmstart import POSITION_OFFSET, warm_start_bart
-from retriever.errors import UserError
+from rag.common.errors import UserError
 
 SENTENCES = ["who wrote hamlet? the capital of france is paris.", "paris", "what is 42?"]
 

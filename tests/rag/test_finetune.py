@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from rag.pipeline import RagModel
 from rag.train import (
     FinetuneConfig,
@@ -17,7 +18,6 @@ from rag.train import (
     gold_examples,
 )
 from retriever.checkpoint import checkpoint_dir, resume_dir
-from retriever.errors import UserError
 from retriever.questions import Question
 
 

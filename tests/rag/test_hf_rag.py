@@ -14,11 +14,11 @@ import json
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from rag.pipeline import RagConfig, RagModel
 from retriever.build import BuildConfig, build_index
 from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.index import DenseIndex
 
 QUESTIONS = ["who is the paris", "where is the river", "what is the capital"]  # one token a word

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from rag.pipeline import RagConfig, RagModel
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.index import DenseIndex, SearchResult
 
 QUESTIONS = ["What is the capital of France?", "Who developed the theory of relativity?",

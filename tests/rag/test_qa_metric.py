@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rag.common.errors import UserError
 from rag.metrics import (
     QA_METRIC_DIR,
     exact_match_score,
@@ -12,7 +13,6 @@ from rag.metrics import (
     qa_scores,
     regex_match,
 )
-from retriever.errors import UserError
 
 ROOT = QA_METRIC_DIR.parents[1]
 

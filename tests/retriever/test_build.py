@@ -70,8 +70,8 @@ def test_stored_embeddings_are_indexed_without_encoding(tiny_encoder_dir, tiny_e
     row numbers, the vectors are the stored ones, and another encoder's vectors are refused."""
     from datasets import Dataset
 
+    from rag.common.errors import UserError
     from retriever.encode import encode_texts
-    from retriever.errors import UserError
 
     quiet = EncodeConfig(progress=False)
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir))

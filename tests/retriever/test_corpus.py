@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from rag.common.errors import UserError
 from retriever.corpus import CorpusConfig, iter_passages, load_corpus, split_words
-from retriever.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")
 

@@ -7,9 +7,9 @@ import pytest
 from datasets import Dataset
 
 import retriever.encode as encode_mod
+from rag.common.errors import UserError
 from retriever.encode import EncodeConfig, encode_corpus, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 
 QUIET = EncodeConfig(batch_size=2, shard_size=3, progress=False)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from retriever.encoder import CONFIG_NAME, Encoder
-from retriever.errors import UserError
 
 TEXTS = ["What is the capital of France?", "Paris", "the theory of relativity was developed by Einstein"]
 

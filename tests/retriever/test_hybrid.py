@@ -13,10 +13,10 @@ import pytest
 import Stemmer
 import torch
 
+from rag.common.errors import UserError
 from retriever.corpus import open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import DEFAULT_CANDIDATES, DEFAULT_WEIGHT, RRF_K, FusionConfig, RetrievalConfig
 from retriever.index import DenseIndex

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import retriever.index as index_mod
+from rag.common.errors import UserError
 from retriever.corpus import open_shards, write_arrow
-from retriever.errors import UserError
 from retriever.index import DenseIndex, IndexConfig
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")

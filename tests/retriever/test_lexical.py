@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from retriever.build import build_index
 from retriever.corpus import open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.examples import pseudo_questions
 from retriever.index import DenseIndex
 from retriever.lexical import LexicalHead, bm25_weights, content_tokens, fit_head

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 from retriever.metrics import has_answer, normalize_answer, retrieval_metrics
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 from retriever.questions import Question, read_questions
 
 

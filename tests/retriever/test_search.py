@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rag.common.errors import UserError
 from retriever.build import BuildConfig, build_index
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.evaluation import evaluate_retrieval, gold_passage_ids
 from retriever.index import DenseIndex
 from retriever.metrics import has_answer

@@ -10,9 +10,9 @@ import json
 import numpy as np
 import pytest
 
+from rag.common.errors import UserError
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 
 TEXTS = ["the capital of france is paris", "a river flows into the sea", "short",
          "albert einstein developed the theory of relativity in the early twentieth century"]

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from retriever.corpus import open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.fusion import FusionConfig, RetrievalConfig
 from retriever.index import DenseIndex, IndexConfig
 from retriever.search import Retriever

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from rag.common.errors import UserError
 from retriever.corpus import open_shards, write_arrow
 from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.errors import UserError
 from retriever.examples import Example, build_examples, mine_bm25_negatives
 from retriever.index import DenseIndex
 from retriever.questions import Question, read_questions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 from retriever.scaling import CostModel
 
 # usd_per_flop = 1.8 / (3600 * 1e12 * 0.5) = 1e-15 exactly.

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 from retriever.scaling import (
     DataSizeLaw,
     JointLaw,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 from retriever.scaling import (
     JointLaw,
     ModelSizeLaw,

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from retriever.errors import UserError
+from rag.common.errors import UserError
 from retriever.scaling import (
     CostModel,
     Encoder,

@@ -6,6 +6,7 @@ atomic): a reader, or a run killed half-way, sees the old version or the new one
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -13,6 +14,9 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+from rag.common.errors import UserError
 
 DIR_MODE = 0o755  # mkdtemp makes 0700; a saved model or index should read like any other directory
 FILE_MODE = 0o644  # likewise mkstemp's 0600
@@ -93,7 +97,6 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
     ``OURS``) and ``overwrite`` is set; a file in its place, or a place that cannot be written, is
     refused too. Raises :class:`UserError` naming the path.
     """
-    from .errors import UserError
 
     out = Path(path)
     if out.exists() or out.is_symlink():
@@ -160,3 +163,23 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # someone else's process
         return True
     return True
+
+
+def check_output_parent(path: str | os.PathLike) -> None:
+    """Fail early (before hours of work) when an output file cannot be written: its directory does
+    not exist or is not writable, or a directory stands where the file would go."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UserError(f"{path}: directory {parent} does not exist")
+    if Path(path).is_dir():
+        raise UserError(f"{path}: is a directory, not a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: directory {parent} is not writable")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically; a missing parent directory is a :class:`UserError`."""
+    path = Path(path)
+    check_output_parent(path)
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")

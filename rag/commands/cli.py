@@ -16,11 +16,9 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .fsutil import atomic_file
+from rag.common.errors import UserError
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -55,7 +53,7 @@ def field_comments(cls: type) -> dict[str, str]:
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
     """Log levels and progress bars as the module doc describes."""
-    from .progress import set_progress
+    from rag.common.progress import set_progress
 
     if int(os.environ.get("RANK", "0")) != 0:  # one of several processes: the first one talks
         quiet = True
@@ -141,27 +139,7 @@ def run(main: Callable[[], Any]) -> None:
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     if "torch.distributed" in sys.modules:  # one process of a job: let the others say it too
-        from .collective import settle
+        from rag.common.collective import settle
 
         settle()
     sys.exit(2)
-
-
-def check_output_parent(path: str | os.PathLike) -> None:
-    """Fail early (before hours of work) when an output file cannot be written: its directory does
-    not exist or is not writable, or a directory stands where the file would go."""
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise UserError(f"{path}: directory {parent} does not exist")
-    if Path(path).is_dir():
-        raise UserError(f"{path}: is a directory, not a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{path}: directory {parent} is not writable")
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically; a missing parent directory is a :class:`UserError`."""
-    path = Path(path)
-    check_output_parent(path)
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from rag.common.errors import UserError
 
 
 def world() -> tuple[int, int]:

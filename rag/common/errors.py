@@ -1,7 +1,7 @@
 """The one exception type for bad user input.
 
 Library code raises :class:`UserError` with a message that names the file, row or value at fault;
-scripts catch it (see :func:`retriever.cli.run`) and print that message on one line with exit status 2.
+scripts catch it (see :func:`rag.commands.cli.run`) and print that message on one line with exit status 2.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from retriever.fsutil import atomic_directory, atomic_file
+from rag.common.atomic import atomic_directory, atomic_file
 
 
 class Boom(Exception):

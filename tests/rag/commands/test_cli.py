@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retriever.cli import field_comments, parse
+from rag.commands.cli import field_comments, parse
 
 
 @dataclass(frozen=True)
