@@ -33,6 +33,7 @@ def child(job):
         os.dup2(os.open(path, flags, 0o644), fd)
     sys.stdin = open(0, closefd=False)  # the runner's stdin object has been read to its end
     sys.argv = [job["script"], *job["args"]]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(job["script"])))  # as python SCRIPT does
     try:
         runpy.run_path(job["script"], run_name="__main__")
         code = 0

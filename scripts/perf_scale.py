@@ -3,7 +3,7 @@
 Corpora of --sizes vectors: the passage vectors of --real_index at spread-out rows, the rest drawn
 from a Gaussian with their mean and covariance (scaled to their length when they all have one, as
 a normalising encoder's do), so that distractors look like passages, not noise. Each is written in
-chunks to a memory-mapped .npy under --work and reused while its recipe (<file>.json) holds; so
+chunks to a memory-mapped .npy under --work (scale_data.py) and reused while its recipe holds; so
 are the queries (--queries questions of --questions, encoded by the real index's encoder) and
 the ground truth (their exact top-k by inner product).
 
@@ -21,21 +21,19 @@ extrapolated (N log N) from a smaller size of the same run. Targets, PASS/MISS p
 recall@10 >= 0.9.
 
 Example:
-    python scripts/bench_scale.py --real_index runs/index-l6 --sizes 1000000 \
+    python scripts/perf_scale.py --real_index runs/index-l6 --sizes 1000000 \
         --json runs/scale/bench-1m.json
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import math
 import os
 import platform
 import resource
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
@@ -44,20 +42,18 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from measure import MiB, Stopwatch, process_rss  # this directory: the perf scripts' one set
+from scale_data import cached, exact_top_k, load_queries, make_corpus
 
 from rag.commands.cli import parse, run
-from rag.common.atomic import atomic_file, check_output_parent, write_json
+from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError, non_negative, positive, require
-from retriever.corpus import corpus_digest, open_shards, write_arrow
-from retriever.encoder import Encoder
+from retriever.corpus import open_shards
 from retriever.index import INDEX_TYPES, DenseIndex, IndexConfig
 from retriever.questions import read_questions
-from retriever.search import Retriever, check_questions
 
-log = logging.getLogger("bench_scale")
-CHUNK = 100_000  # corpus rows generated, written or searched exactly at a time
+log = logging.getLogger("perf_scale")
 RECIPE_VERSION = 1
-MiB = 2**20
 
 
 @dataclass(frozen=True)
@@ -104,12 +100,6 @@ def measure_disk(case: Case) -> dict:
     faiss_bytes = (case.dir / "index.faiss").stat().st_size
     return {"index_bytes": faiss_bytes, "bytes_per_vector": round(faiss_bytes / case.size, 1),
             "dir_bytes": sum(f.stat().st_size for f in case.dir.rglob("*") if f.is_file())}
-
-
-def process_rss() -> dict[str, int]:
-    with open("/proc/self/status") as f:
-        fields = dict(line.split(":", 1) for line in f)
-    return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}  # bytes
 
 
 def _probe_once(index_dir: str, queries: str, k: int, mmap: bool) -> dict:
@@ -162,17 +152,18 @@ def measure_search(case: Case) -> dict:
         elif kind == "ivfpq":
             index.index.nprobe = value
         index.search_knn(q[:10], k)  # warm-up
-        start = time.perf_counter()
-        _, found = index.search_knn(q, k)
-        row = {"setting": label, "qps_batch": round(len(q) / (time.perf_counter() - start), 1)}
+        with Stopwatch() as watch:
+            _, found = index.search_knn(q, k)
+        row = {"setting": label, "qps_batch": round(len(q) / watch.seconds, 1)}
         hit = np.array([np.isin(t, f) for f, t in zip(found, case.truth, strict=True)])  # (Q, k)
         row[f"recall_at_{k}"] = round(float(hit.mean()), 4)
         row[f"real_recall_at_{k}"] = round(float(hit[real].mean()), 4) if real.any() else None
         if kind != "flat":
-            one_by_one, start = q[: case.args.single_queries], time.perf_counter()
-            for i in range(len(one_by_one)):
-                index.search_knn(one_by_one[i : i + 1], k)
-            row["qps_single"] = round(len(one_by_one) / (time.perf_counter() - start), 1)
+            one_by_one = q[: case.args.single_queries]
+            with Stopwatch() as watch:
+                for i in range(len(one_by_one)):
+                    index.search_knn(one_by_one[i : i + 1], k)
+            row["qps_single"] = round(len(one_by_one) / watch.seconds, 1)
         rows.append(row)
     return {"search": rows, **({"nlist": index.index.nlist} if kind == "ivfpq" else {})}
 
@@ -181,86 +172,6 @@ def measure_search(case: Case) -> dict:
 # that index's entry of the report. To add a section (e.g. sharded search over 2 processes against
 # 1), write one more such function and list it here.
 MEASUREMENTS: list[Callable[[Case], dict]] = [measure_disk, measure_memory, measure_search]
-
-
-# ------------------------------------------------------------------------------ corpus and truth
-def cached(path: Path, recipe: dict, write: Callable[[Path], None]) -> Path:
-    """``path``, written by ``write(temporary path)`` unless it is there with the same recipe
-    (kept beside it as ``<name>.json``); both are written atomically."""
-    meta = path.with_name(path.name + ".json")
-    try:
-        if path.exists() and json.loads(meta.read_text()) == json.loads(json.dumps(recipe)):
-            log.info("reusing %s", path)
-            return path
-    except (OSError, ValueError):
-        pass
-    meta.unlink(missing_ok=True)
-    with atomic_file(path) as tmp:
-        write(tmp)
-    with atomic_file(meta) as tmp:
-        tmp.write_text(json.dumps(recipe))
-    return path
-
-
-def make_corpus(args: Args, size: int, real: np.ndarray, real_ids: list[str], rows: np.ndarray,
-                recipe: dict, out: Path) -> tuple[np.ndarray, Path]:
-    """The memory-mapped corpus (N, D) float32, real vector j at row ``rows[j]`` and Gaussian
-    distractors elsewhere (module doc), and the file of its passage table."""
-    norms = np.linalg.norm(real, axis=1)
-    norm = float(norms.mean()) if np.allclose(norms, norms.mean(), rtol=1e-3) else None  # one length?
-
-    def write_vectors(tmp: Path) -> None:
-        mean = real.mean(axis=0, dtype=np.float64)
-        eigval, eigvec = np.linalg.eigh(np.cov(real, rowvar=False))  # covariance (D, D)
-        root = (eigvec * np.sqrt(np.clip(eigval, 0, None))).astype(np.float32)  # root @ root.T = cov
-        rng = np.random.default_rng(args.seed + 1)
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(size, real.shape[1]))
-        for start in range(0, size, CHUNK):
-            stop = min(size, start + CHUNK)
-            noise = rng.standard_normal((stop - start, real.shape[1]), dtype=np.float32)
-            x = (noise @ root.T + mean).astype(np.float32)  # (chunk, D)
-            if norm is not None:  # the real vectors all have one length: so do the distractors
-                x *= norm / np.linalg.norm(x, axis=1, keepdims=True)
-            here = (rows >= start) & (rows < stop)
-            x[rows[here] - start] = real[here]
-            matrix[start:stop] = x
-        matrix.flush()
-
-    def write_passages(tmp: Path) -> None:
-        real_at = dict(zip(rows.tolist(), real_ids, strict=True))
-        write_arrow(({"id": real_at.get(i, f"synthetic-{i}"), "title": "", "text": ""}
-                     for i in range(size)), tmp)
-
-    vectors = np.load(cached(out / "vectors.npy", recipe, write_vectors), mmap_mode="r")
-    return vectors, cached(out / "passages.arrow", recipe, write_passages)
-
-
-def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """Rows (Q, k) int64 of the k largest inner products, over ``vectors`` CHUNK rows at a time."""
-    best_s = np.full((len(queries), 0), -np.inf, dtype=np.float32)  # (Q, <=k)
-    best_r = np.zeros((len(queries), 0), dtype=np.int64)
-    for start in range(0, len(vectors), CHUNK):
-        flat = faiss.IndexFlatIP(vectors.shape[1])
-        flat.add(np.ascontiguousarray(vectors[start : start + CHUNK], dtype=np.float32))
-        s, r = flat.search(queries, min(k, flat.ntotal))
-        s, r = np.concatenate([best_s, s], 1), np.concatenate([best_r, r + start], 1)  # (Q, <=2k)
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_r = np.take_along_axis(s, order, 1), np.take_along_axis(r, order, 1)
-    return best_r
-
-
-def load_queries(args: Args, real: DenseIndex, questions: list[str], work: Path) -> tuple[Path, dict]:
-    """The sampled questions encoded by the real index's encoder, as Retriever encodes them."""
-    pick = np.sort(np.random.default_rng(args.seed).choice(len(questions), args.queries, replace=False))
-    recipe = {"questions": corpus_digest(args.questions), "queries": args.queries,
-              "seed": args.seed, "encoder": real.manifest["encoder"]["fingerprint"]}
-
-    def write(tmp: Path) -> None:
-        encoder = Encoder.from_pretrained(real.manifest["encoder"]["name"]).eval()
-        texts = check_questions([questions[i] for i in pick])
-        np.save(tmp, Retriever(encoder, real).encode(texts).numpy().astype(np.float32))
-
-    return cached(work / "queries.npy", recipe, write), recipe
 
 
 # ------------------------------------------------------------------------------------ the runs
@@ -272,26 +183,26 @@ def variants(args: Args) -> list[tuple[str, IndexConfig]]:
     return out
 
 
-def bench_size(args: Args, size: int, real: DenseIndex, queries_file: Path, qrecipe: dict,
+def perf_size(args: Args, size: int, real: DenseIndex, queries_file: Path, qrecipe: dict,
                report: dict, hnsw_rate: dict, probe: Connection) -> None:
     """Measure every index variant on the corpus of ``size`` vectors into ``report["runs"]``."""
     out = Path(args.work) / f"n{size}"
     out.mkdir(parents=True, exist_ok=True)
     entry = report["runs"].setdefault(str(size), {"phases_s": {}, "indexes": []})
-    start = time.perf_counter()
+    watch = Stopwatch()
     live = np.setdiff1d(np.arange(int(real.manifest["rows"])), real.removed)
     ids = list(real.passages.select(live)["id"])
     recipe = {"version": RECIPE_VERSION, "size": size, "seed": args.seed, "real": {
         "index": str(Path(args.real_index).resolve()), "created": real.manifest["created"],
         "encoder": real.manifest["encoder"]["fingerprint"], "count": len(live)}}
     rows = np.sort(np.random.default_rng(args.seed).choice(size, len(live), replace=False))
-    vectors, passages_file = make_corpus(args, size, real.vectors(live), ids, rows, recipe, out)
-    entry["phases_s"]["corpus"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    queries = np.load(queries_file)
-    truth = np.load(cached(out / f"truth-k{args.k}.npy", {"corpus": recipe, "queries": qrecipe},
-                           lambda tmp: np.save(tmp, exact_top_k(vectors, queries, args.k))))
-    entry["phases_s"]["ground_truth"] = round(time.perf_counter() - start, 1)
+    vectors, passages_file = make_corpus(args.seed, size, real.vectors(live), ids, rows, recipe, out)
+    entry["phases_s"]["corpus"] = round(watch.seconds, 1)
+    with Stopwatch() as watch:
+        queries = np.load(queries_file)
+        truth = np.load(cached(out / f"truth-k{args.k}.npy", {"corpus": recipe, "queries": qrecipe},
+                               lambda tmp: np.save(tmp, exact_top_k(vectors, queries, args.k))))
+    entry["phases_s"]["ground_truth"] = round(watch.seconds, 1)
     log.info("n=%d: phases %s", size, entry["phases_s"])
     passages = open_shards([passages_file])
     for name, config in variants(args):
@@ -302,12 +213,12 @@ def bench_size(args: Args, size: int, real: DenseIndex, queries_file: Path, qrec
             log.info("n=%d: %s", size, row["skipped"])
             continue
         log.info("n=%d: building %s", size, name)
-        start = time.perf_counter()
-        built = DenseIndex.build(vectors, passages, real.manifest["encoder"], config)
-        row["build_s"] = row["phases_s"]["build"] = round(time.perf_counter() - start, 1)
-        start = time.perf_counter()
-        built.save(out / f"index-{name}", overwrite=True)
-        row["phases_s"]["save"] = round(time.perf_counter() - start, 1)
+        with Stopwatch() as watch:
+            built = DenseIndex.build(vectors, passages, real.manifest["encoder"], config)
+        row["build_s"] = row["phases_s"]["build"] = round(watch.seconds, 1)
+        with Stopwatch() as watch:
+            built.save(out / f"index-{name}", overwrite=True)
+        row["phases_s"]["save"] = round(watch.seconds, 1)
         del built
         gc.collect()
         if config.index_type == "hnsw":
@@ -315,9 +226,9 @@ def bench_size(args: Args, size: int, real: DenseIndex, queries_file: Path, qrec
         case = Case(args, size, name, config, out / f"index-{name}", queries_file, queries, truth, rows,
                     probe)
         for measure in MEASUREMENTS:
-            start = time.perf_counter()
-            row.update(measure(case))
-            row["phases_s"][measure.__name__] = round(time.perf_counter() - start, 1)
+            with Stopwatch() as watch:
+                row.update(measure(case))
+            row["phases_s"][measure.__name__] = round(watch.seconds, 1)
             gc.collect()
         log.info("n=%d: %s: phases %s", size, name, row["phases_s"])
         if not args.keep_indexes:
@@ -425,18 +336,19 @@ def main() -> None:
     probe, server_end = get_context("fork").Pipe()
     helper = get_context("fork").Process(target=probe_server, args=(server_end,), daemon=True)
     helper.start()  # now, while this process holds only its imports
-    started = time.perf_counter()
+    total = Stopwatch()
     try:
-        queries_file, qrecipe = load_queries(args, real, questions, Path(args.work))
-        report["queries_s"] = round(time.perf_counter() - started, 1)
+        queries_file, qrecipe = load_queries(args.questions, questions, args.queries, args.seed, real,
+                                               Path(args.work))
+        report["queries_s"] = round(total.seconds, 1)
         hnsw_rate: dict = {}
         for size in sorted(set(args.sizes)):
-            bench_size(args, size, real, queries_file, qrecipe, report, hnsw_rate, probe)
+            perf_size(args, size, real, queries_file, qrecipe, report, hnsw_rate, probe)
     finally:
         probe.send(None)
         helper.join()
     report["targets"] = targets(report, args.k)
-    report["total_s"] = round(time.perf_counter() - started, 1)
+    report["total_s"] = round(total.seconds, 1)
     report["peak_rss_mib"] = {  # ru_maxrss is in KiB on Linux; children: the largest memory probe
         "main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "probes": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}

@@ -19,19 +19,17 @@ Token sequences must be identical and losses agree to 1e-4; the script prints bo
 are random, so "outputs" are only meaningful as an equivalence check.
 
 Example:
-    python scripts/bench_rag.py --json runs/bench_rag.json
+    python scripts/perf_rag.py --json runs/perf_rag.json
 """
 
 from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
+from measure import alternating  # this directory: the perf scripts' one set of timers
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
@@ -111,20 +109,7 @@ def make_batch(args: Args, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return ids, mask, torch.randn(B, K, generator=g) * 2
 
 
-def timed(contenders: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds per contender over ``repeats`` alternating runs, after one warm-up each."""
-    for fn in contenders.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def bench_decoding(args: Args, generator, hf_seq, hf_tok, ids, mask, scores) -> dict:
+def perf_decoding(args: Args, generator, hf_seq, hf_tok, ids, mask, scores) -> dict:
     B, K, L = ids.shape
     cfg = DecodeConfig(num_beams=args.num_beams, max_length=args.max_length)
     flat = {"context_input_ids": ids.view(B * K, L), "context_attention_mask": mask.view(B * K, L),
@@ -148,11 +133,11 @@ def bench_decoding(args: Args, generator, hf_seq, hf_tok, ids, mask, scores) -> 
         "token_mean_len": _mean_len(hf_tok_out, generator.config.pad_token_id),
     }
     with torch.no_grad():
-        t = timed({"ours": ours_seq, "hf": lambda: hf_seq.generate(**flat)}, args.repeats)
+        t = alternating({"ours": ours_seq, "hf": lambda: hf_seq.generate(**flat)}, args.repeats)
         result.update(sequence_ours_s=t["ours"], sequence_hf_s=t["hf"])
-        t = timed({"fast": lambda: ours_seq(fast=True)}, args.repeats)
+        t = alternating({"fast": lambda: ours_seq(fast=True)}, args.repeats)
         result["sequence_fast_s"] = t["fast"]
-        t = timed({"ours": ours_tok, "hf": lambda: hf_tok.generate(**flat)}, args.repeats)
+        t = alternating({"ours": ours_tok, "hf": lambda: hf_tok.generate(**flat)}, args.repeats)
         result.update(token_ours_s=t["ours"], token_hf_s=t["hf"])
     return result
 
@@ -161,7 +146,7 @@ def _mean_len(seqs: torch.Tensor, pad: int) -> float:
     return seqs[:, 1:].ne(pad).sum(1).float().mean().item()
 
 
-def bench_training(args: Args, generator, hf_models: dict, ids, mask, scores) -> dict:
+def perf_training(args: Args, generator, hf_models: dict, ids, mask, scores) -> dict:
     B, K, L = ids.shape
     g = torch.Generator().manual_seed(args.seed + 2)
     labels = torch.randint(4, args.vocab_size, (B, args.target_length), generator=g)
@@ -187,13 +172,13 @@ def bench_training(args: Args, generator, hf_models: dict, ids, mask, scores) ->
             return loss.detach()
 
         result[f"{mode}_loss_abs_diff"] = (ours() - theirs()).abs().item()
-        t = timed({"ours": ours, "hf": theirs}, args.repeats)
+        t = alternating({"ours": ours, "hf": theirs}, args.repeats)
         result[f"{mode}_train_ours_qps"] = B / t["ours"]
         result[f"{mode}_train_hf_qps"] = B / t["hf"]
     return result
 
 
-def bench_copy(args: Args, generator, ids, mask, scores) -> dict:
+def perf_copy(args: Args, generator, ids, mask, scores) -> dict:
     """Copy generator against the plain BART it wraps: training step and decoding, seconds."""
     from generator.copy import CopyBartForConditionalGeneration
 
@@ -211,16 +196,16 @@ def bench_copy(args: Args, generator, ids, mask, scores) -> dict:
         loss.backward()
 
     result = {}
-    t = timed({"plain": lambda: step(generator),
+    t = alternating({"plain": lambda: step(generator),
                "copy": lambda: step(copy, pointer_targets=targets, pointer_weight=1.0)},
               args.repeats)
     result.update(copy_train_plain_s=t["plain"], copy_train_copy_s=t["copy"])
     with torch.no_grad():
-        t = timed({"plain": lambda: rag_sequence_generate(generator, ids, mask, scores, cfg),
+        t = alternating({"plain": lambda: rag_sequence_generate(generator, ids, mask, scores, cfg),
                    "copy": lambda: rag_sequence_generate(copy, ids, mask, scores, cfg)},
                   args.repeats)
         result.update(copy_sequence_plain_s=t["plain"], copy_sequence_copy_s=t["copy"])
-        t = timed({"plain": lambda: rag_token_generate(generator, ids, mask, scores, cfg),
+        t = alternating({"plain": lambda: rag_token_generate(generator, ids, mask, scores, cfg),
                    "copy": lambda: rag_token_generate(copy, ids, mask, scores, cfg)}, args.repeats)
         result.update(copy_token_plain_s=t["plain"], copy_token_copy_s=t["copy"])
     return result
@@ -234,10 +219,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     generator, hf_seq, hf_tok = build_models(args)
     ids, mask, scores = make_batch(args, generator.config.pad_token_id)
-    figures = bench_decoding(args, generator, hf_seq, hf_tok, ids, mask, scores)
-    figures.update(bench_training(args, generator, {"sequence": hf_seq, "token": hf_tok},
+    figures = perf_decoding(args, generator, hf_seq, hf_tok, ids, mask, scores)
+    figures.update(perf_training(args, generator, {"sequence": hf_seq, "token": hf_tok},
                                   ids, mask, scores))
-    figures.update(bench_copy(args, generator, ids, mask, scores))
+    figures.update(perf_copy(args, generator, ids, mask, scores))
     s = t = figures
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")

@@ -1,4 +1,4 @@
-"""bench_scale.py as a user runs it, on a tiny setting: an 8-passage "real" index made with a
+"""perf_scale.py as a user runs it, on a tiny setting: an 8-passage "real" index made with a
 tiny random DPR context encoder (the tiny BERT's vectors are all nearly one), a corpus of 2000
 vectors, the 8 fixture questions as queries.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,16 +38,16 @@ def runs(run_scripts, tmp_path_factory, dpr_pair_dirs, corpus_jsonl, squad_quest
               "--k", str(K), "--sizes", str(N), "--work", tmp / "work"]
     tiny = ["--pq_m", "4", "8", "--hnsw_ef", "16", "64", "--nprobe", "2", "64",
             "--single_queries", "4"]
-    bad = ["bench_scale.py", "--real_index", tmp / "real", "--questions", squad_questions,
+    bad = ["perf_scale.py", "--real_index", tmp / "real", "--questions", squad_questions,
            "--queries", "8", "--pq_m", "4", "--work", tmp / "bad-work", "--sizes"]
     scenarios = {
-        "tiny": ["bench_scale.py", *common, *tiny, "--json", tmp / "tiny.json"],
-        "again": ["bench_scale.py", *common, "--types", "flat", "--json", tmp / "again.json"],
+        "tiny": ["perf_scale.py", *common, *tiny, "--json", tmp / "tiny.json"],
+        "again": ["perf_scale.py", *common, "--types", "flat", "--json", tmp / "again.json"],
         "bad_type": [*bad, "1000", "--types", "flat", "lsh"],
         "bad_size": [*bad, "1000", "5"],  # fewer vectors than the 8 real passages
         "bad_index": [*bad, "1000", "--real_index", tmp / "nowhere"],
         "bad_pq_m": [*bad, "1000", "--pq_m", "5"],  # does not divide 32
-        "help": ["bench_scale.py", "--help"],
+        "help": ["perf_scale.py", "--help"],
     }
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD), tmp
 
@@ -137,8 +138,12 @@ def search(qps: float, recall: float, name: str = "x") -> dict:
 
 
 def test_targets_pass_and_miss():
-    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_scale.py"
-    targets = runpy.run_path(str(script), run_name="bench_scale")["targets"]
+    script = Path(__file__).resolve().parents[2] / "scripts" / "perf_scale.py"
+    sys.path.insert(0, str(script.parent))  # as python SCRIPT does: its folder's modules import
+    try:
+        targets = runpy.run_path(str(script), run_name="perf_scale")["targets"]
+    finally:
+        sys.path.remove(str(script.parent))
 
     def report(hnsw: list[tuple[float, float]], ivfpq_bytes: int, ivfpq_recall: float) -> dict:
         return {"runs": {"1000": {"indexes": [

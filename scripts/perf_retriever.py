@@ -14,8 +14,8 @@
    sparse side's build time and size on disk.
 
 Example:
-    python scripts/bench_retriever.py --corpus ../shared/data/squad-open/corpus.tsv --json runs/bench.json
-    python scripts/bench_retriever.py --skip_encoding --skip_search --hybrid_index runs/index-l6 \
+    python scripts/perf_retriever.py --corpus ../shared/data/squad-open/corpus.tsv --json runs/bench.json
+    python scripts/perf_retriever.py --skip_encoding --skip_search --hybrid_index runs/index-l6 \
         --json runs/bench-hybrid.json
 """
 
@@ -24,13 +24,13 @@ from __future__ import annotations
 import platform
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
+from measure import Stopwatch, median_seconds  # this directory: the perf scripts' one set of timers
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, remove_with, write_json
@@ -66,16 +66,7 @@ class Args:
                  "dim", "k", "hybrid_batch", "replicas")
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def bench_encoding(args: Args) -> dict:
+def perf_encoding(args: Args) -> dict:
     from sentence_transformers import SentenceTransformer
 
     texts = load_corpus(args.corpus)["text"][: args.n_passages]
@@ -95,8 +86,8 @@ def bench_encoding(args: Args) -> dict:
     cos = float(np.min(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
     t_ours, t_st = [], []
     for _ in range(args.repeats):  # alternate so background load hits both alike
-        t_ours.append(_median_time(run_ours, 1))
-        t_st.append(_median_time(run_st, 1))
+        t_ours.append(median_seconds(run_ours, 1))
+        t_st.append(median_seconds(run_st, 1))
     ours_ps = len(texts) / statistics.median(t_ours)
     st_ps = len(texts) / statistics.median(t_st)
     return {"passages": len(texts), "batch_size": args.batch_size, "max_length": args.max_length,
@@ -123,14 +114,14 @@ def _index(vectors: np.ndarray, config: IndexConfig) -> DenseIndex:
     return index
 
 
-def bench_search(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
+def perf_search(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
     index = _index(base, IndexConfig(index_type="flat"))
     bare = index.index
     index.search_knn(queries[:10], args.k)
 
-    t_bare = _median_time(lambda: bare.search(queries, args.k), args.repeats)
-    t_ours = _median_time(lambda: index.search_knn(queries, args.k), args.repeats)
-    t_full = _median_time(lambda: index.search(queries, args.k), args.repeats)
+    t_bare = median_seconds(lambda: bare.search(queries, args.k), args.repeats)
+    t_ours = median_seconds(lambda: index.search_knn(queries, args.k), args.repeats)
+    t_full = median_seconds(lambda: index.search(queries, args.k), args.repeats)
     same = np.array_equal(bare.search(queries, args.k)[1], index.search_knn(queries, args.k)[1])
     return {"vectors": len(base), "queries": len(queries), "k": args.k,
             "bare_faiss_s": round(t_bare, 4), "search_knn_s": round(t_ours, 4),
@@ -138,17 +129,17 @@ def bench_search(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
             "same_results": bool(same)}
 
 
-def bench_hnsw(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
+def perf_hnsw(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
     exact = faiss.IndexFlatIP(base.shape[1])
     exact.add(base)
     _, truth = exact.search(queries, args.k)
-    start = time.perf_counter()
-    index = _index(base, IndexConfig(index_type="hnsw"))
-    build_s = time.perf_counter() - start
-    t = _median_time(lambda: index.search_knn(queries, args.k), args.repeats)
+    with Stopwatch() as watch:
+        index = _index(base, IndexConfig(index_type="hnsw"))
+    build_s = watch.seconds
+    t = median_seconds(lambda: index.search_knn(queries, args.k), args.repeats)
     _, got = index.search_knn(queries, args.k)
     recall = np.mean([len(set(g) & set(t_)) / args.k for g, t_ in zip(got, truth, strict=True)])
-    t_flat = _median_time(lambda: exact.search(queries, args.k), args.repeats)
+    t_flat = median_seconds(lambda: exact.search(queries, args.k), args.repeats)
     return {"vectors": len(base), "dim": base.shape[1], "k": args.k,
             "ef_search": index.config.hnsw_ef_search, "m": index.config.hnsw_m,
             "build_s": round(build_s, 1), f"recall_at_{args.k}": round(float(recall), 4),
@@ -156,7 +147,7 @@ def bench_hnsw(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
             "flat_queries_per_s": round(len(queries) / t_flat, 1)}
 
 
-def bench_hybrid(args: Args) -> dict:
+def perf_hybrid(args: Args) -> dict:
     from retriever.questions import read_questions
 
     index = DenseIndex.load(args.hybrid_index)
@@ -165,9 +156,9 @@ def bench_hybrid(args: Args) -> dict:
     out = {"batch": len(questions), "k": args.k, "squad_open": _time_modes(args, index, encoder,
                                                                            questions)}
     big = _replicated(index, args.replicas)
-    start = time.perf_counter()
-    big.add_sparse(index.sparse.config, tokenizer=encoder.tokenizer)
-    build_s = time.perf_counter() - start
+    with Stopwatch() as watch:
+        big.add_sparse(index.sparse.config, tokenizer=encoder.tokenizer)
+    build_s = watch.seconds
     with tempfile.TemporaryDirectory(prefix="ragqa-bench-") as tmp:
         big.save(Path(tmp) / "idx")
         size = sum(f.stat().st_size for f in (Path(tmp) / "idx" / "sparse").rglob("*") if f.is_file())
@@ -197,7 +188,7 @@ def _time_modes(args: Args, index: DenseIndex, encoder: Encoder, questions: list
             for name, cls in ((mode, Retriever), (f"{mode}_search", Given)):
                 r = cls(encoder, index, RetrievalConfig(mode))
                 times.setdefault(name, []).append(
-                    _median_time(lambda r=r: r.retrieve(questions, args.k), 1))
+                    median_seconds(lambda r=r: r.retrieve(questions, args.k), 1))
     med = {m: statistics.median(t) for m, t in times.items()}
     return {"passages": len(index), "dense_s": round(med["dense"], 4),
             "hybrid_s": round(med["hybrid"], 4), "ratio": round(med["hybrid"] / med["dense"], 3),
@@ -238,13 +229,13 @@ def main() -> None:
     report = {"machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                           "faiss": faiss.__version__, "torch": torch.__version__}}
     if not args.skip_encoding:
-        report["encoding"] = bench_encoding(args)
+        report["encoding"] = perf_encoding(args)
         e = report["encoding"]
         print(f"encoding: ours {e['ours_passages_per_s']} passages/s, sentence-transformers "
               f"{e['st_passages_per_s']} passages/s, ratio {e['ratio']} (goal >= 1.0); "
               f"min cosine {e['min_cosine_ours_vs_st']}")
     if args.hybrid_index:
-        report["hybrid"] = h = bench_hybrid(args)
+        report["hybrid"] = h = perf_hybrid(args)
         for name in ("squad_open", "replicated"):
             r = h[name]
             print(f"hybrid vs dense, {r['passages']} passages, batch {h['batch']}, k {h['k']}: "
@@ -258,10 +249,10 @@ def main() -> None:
         return
     base = synthetic(args.n_vectors, args.dim, seed=0)
     queries = synthetic(args.n_queries, args.dim, seed=1)
-    report["search"] = s = bench_search(args, base, queries)
+    report["search"] = s = perf_search(args, base, queries)
     print(f"search: bare faiss {s['bare_faiss_s']}s, search_knn {s['search_knn_s']}s, overhead "
           f"{s['overhead_ratio']}x (goal <= 1.10x); with passages {s['search_with_passages_s']}s")
-    report["hnsw"] = h = bench_hnsw(args, base, queries)
+    report["hnsw"] = h = perf_hnsw(args, base, queries)
     print(f"hnsw: recall@{args.k} {h[f'recall_at_{args.k}']}, {h['hnsw_queries_per_s']} q/s "
           f"(flat {h['flat_queries_per_s']} q/s), build {h['build_s']}s")
     if args.json:

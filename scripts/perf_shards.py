@@ -9,11 +9,11 @@ process's time. The sharded results are checked against the whole index's: the s
 The machine's cores are divided among the processes (OMP_NUM_THREADS), as they would be on one
 machine; on several machines each process would have its own.
 
-Query vectors: --query_vectors (a .npy of (Q, D) float32, e.g. the one scripts/bench_scale.py
+Query vectors: --query_vectors (a .npy of (Q, D) float32, e.g. the one scripts/perf_scale.py
 caches) or the questions of --questions encoded by the index's encoder.
 
 Example:
-    python scripts/bench_shards.py --corpus runs/scale/n1000000 --index runs/scale/flat-1m \
+    python scripts/perf_shards.py --corpus runs/scale/n1000000 --index runs/scale/flat-1m \
         --query_vectors runs/scale/queries.npy --shards 2 --json runs/scale/shards-1m.json
 """
 
@@ -25,12 +25,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bench_scale import process_rss  # noqa: E402  (this directory: one VmRSS reader)
+from measure import MiB, Stopwatch, process_rss  # this directory: the perf scripts' one set
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
@@ -42,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Args:
     index: str = "runs/index-l6"  # unsharded index directory (flat or HNSW) to split and search
-    corpus: str | None = None  # instead: a corpus directory of scripts/bench_scale.py (vectors.npy,
+    corpus: str | None = None  # instead: a corpus directory of scripts/perf_scale.py (vectors.npy,
     # passages.arrow), indexed flat into --index first (unless --index exists)
     shards: int = 2  # shards, and processes searching them together
     query_vectors: str | None = None  # .npy (Q, D) float32 query vectors; default: --questions
@@ -58,7 +57,7 @@ class Args:
 
 
 def rss_mib() -> float:
-    return process_rss()["VmRSS"] / 2**20
+    return process_rss()["VmRSS"] / MiB
 
 
 def worker(args: Args) -> None:
@@ -75,11 +74,11 @@ def worker(args: Args) -> None:
     mine = collective.share(len(queries))
     index.search_knn(queries[mine[:10]], args.k)  # warm-up
     acc.wait_for_everyone()
-    start = time.perf_counter()
     rows = []
-    for i in range(0, len(mine), args.batch):
-        rows.append(index.search_knn(queries[mine[i : i + args.batch]], args.k)[1])
-    seconds = time.perf_counter() - start
+    with Stopwatch() as watch:
+        for i in range(0, len(mine), args.batch):
+            rows.append(index.search_knn(queries[mine[i : i + args.batch]], args.k)[1])
+    seconds = watch.seconds
     rows = collective.gather_shares(list(np.concatenate(rows)), len(queries))
     report = {"rank": acc.process_index, "rss_after_load_mib": round(loaded, 1),
               "rss_mib": round(rss_mib(), 1), "seconds": seconds}
@@ -140,10 +139,10 @@ def main() -> None:
     index = DenseIndex.load(args.index)
     np.save(work / "bench-shards-queries.npy", query_vectors(args, index))
     sharded = work / f"{Path(args.index).name}-{args.shards}shards"
-    start = time.perf_counter()
-    if not is_sharded(sharded):
-        split_index(index, sharded, args.shards)
-    split_seconds = time.perf_counter() - start
+    with Stopwatch() as watch:
+        if not is_sharded(sharded):
+            split_index(index, sharded, args.shards)
+    split_seconds = watch.seconds
     del index
     tmp = Path(tempfile.mkdtemp(prefix="bench-shards-", dir=work))
     try:
