@@ -10,7 +10,11 @@ Lewis et al. (2020), quirks included, so checkpoints fine-tuned there see the sa
   (so three spaces become two);
 * the tokeniser truncates from the right, so an over-long passage cuts off the question.
 
-Glossary: B questions, K passages per question, L tokens per generator input.
+RAG models build their inputs with :func:`passage_inputs`, which first cuts over-long passage
+texts so that the question survives (:func:`fit_passages`), and their decoder targets with
+:func:`answer_labels`; :func:`passage_pointer_targets` says where a copy pointer should point.
+
+Glossary: B questions, K passages per question, L tokens per generator input, T decoder targets.
 """
 
 from __future__ import annotations
@@ -26,10 +30,16 @@ from rag.common.errors import UserError
 __all__ = [
     "DOC_SEP",
     "TITLE_SEP",
+    "answer_labels",
+    "answer_start",
     "build_generator_inputs",
+    "fit_passages",
     "format_generator_input",
     "generator_input_strings",
+    "passage_inputs",
+    "passage_pointer_targets",
     "pointer_targets",
+    "question_inputs",
 ]
 
 TITLE_SEP = " / "  # RagConfig.title_sep
@@ -112,6 +122,90 @@ def build_generator_inputs(
         "input_ids": encoded["input_ids"].view(B, K, L),  # (B, K, L)
         "attention_mask": encoded["attention_mask"].view(B, K, L),  # (B, K, L)
     }
+
+
+def fit_passages(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+                 titles: Sequence[Sequence[str]], texts: Sequence[Sequence[str]],
+                 max_length: int) -> list[list[str]]:
+    """Cut passage texts (at a token boundary) so that title, text *and question* fit max_length.
+
+    transformers' RAG truncates the joined string from the right, which drops the question when
+    the passage is long; trimming the passage instead keeps the input format and the question.
+    """
+    flat = [t for row in texts for t in row]
+    enc = tokenizer(flat, add_special_tokens=False, return_offsets_mapping=True)
+    q_len = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    t_len = tokenizer([t for row in titles for t in row], add_special_tokens=False)["input_ids"]
+    out, i = [], 0
+    for b, row in enumerate(texts):
+        kept = []
+        for _ in row:
+            budget = max(8, max_length - q_len[b] - len(t_len[i]) - 8)  # 8: separators, specials
+            offsets = enc["offset_mapping"][i]
+            kept.append(flat[i] if len(offsets) <= budget else flat[i][: offsets[budget - 1][1]])
+            i += 1
+        out.append(kept)
+    return out
+
+
+def passage_inputs(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+                   passages: Sequence[Sequence[dict]], max_length: int) -> dict[str, Tensor]:
+    """Inputs (B, K, L) for K passage dicts (``title``, ``text``) per question, the texts cut to
+    fit (:func:`fit_passages`), padded to the longest input (see :func:`build_generator_inputs`)."""
+    titles, texts = _fitted(tokenizer, questions, passages, max_length)
+    return build_generator_inputs(tokenizer, questions, titles, texts, max_length,
+                                  pad_to_max_length=False)
+
+
+def question_inputs(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+                    max_length: int) -> dict[str, Tensor]:
+    """Closed-book inputs: the questions alone, truncated to ``max_length``, as (B, 1, L)."""
+    enc = tokenizer(questions, max_length=max_length, truncation=True, padding=True,
+                    return_tensors="pt")
+    return {key: enc[key][:, None, :] for key in ("input_ids", "attention_mask")}  # (B, 1, L)
+
+
+def answer_start(generation_config) -> list[int]:
+    """The symbols before the answer in the decoder targets: the decoder start symbol, then the
+    forced BOS if the generator has one."""
+    start = [generation_config.decoder_start_token_id]
+    if getattr(generation_config, "forced_bos_token_id", None) is not None:
+        start.append(generation_config.forced_bos_token_id)
+    return start
+
+
+def answer_labels(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str], generation_config,
+                  pad_token_id: int, max_length: int) -> Tensor:
+    """Decoder targets (B, T) int64: :func:`answer_start`, the answer tokens (truncated so that
+    T <= ``max_length``), EOS, right-padded with ``pad_token_id``."""
+    start = answer_start(generation_config)
+    body = tokenizer(answers, add_special_tokens=False, truncation=True,
+                     max_length=max_length - len(start) - 1)["input_ids"]
+    seqs = [start + ids + [generation_config.eos_token_id] for ids in body]
+    width = max(len(s) for s in seqs)
+    return torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs])  # (B, T)
+
+
+def passage_pointer_targets(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+                            passages: Sequence[Sequence[dict]], answers: Sequence[str],
+                            labels: Tensor, input_ids: Tensor, max_length: int,
+                            generation_config) -> Tensor:
+    """:func:`pointer_targets` for inputs built by :func:`passage_inputs` and targets built by
+    :func:`answer_labels`: (B, K, T - 1) int64 on the device of ``labels``."""
+    titles, texts = _fitted(tokenizer, questions, passages, max_length)
+    strings = generator_input_strings(questions, titles, texts)
+    targets = pointer_targets(tokenizer, strings, answers, labels.cpu(), input_ids.cpu(),
+                              len(answer_start(generation_config)))
+    return targets.to(labels.device)
+
+
+def _fitted(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+            passages: Sequence[Sequence[dict]], max_length: int
+            ) -> tuple[list[list[str]], list[list[str]]]:
+    """(B, K) titles and texts of passage dicts, the texts cut to fit (:func:`fit_passages`)."""
+    titles = [[p["title"] for p in row] for row in passages]
+    texts = [[p["text"] for p in row] for row in passages]
+    return titles, fit_passages(tokenizer, questions, titles, texts, max_length)
 
 
 def _check_nested(

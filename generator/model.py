@@ -26,7 +26,7 @@ from transformers import (
 
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
-from retriever.encoder import packaged_model_path
+from retriever.model_path import resolve_pretrained
 
 from .copy import COPY_HEAD_KEYS, CopyBartForConditionalGeneration
 
@@ -36,28 +36,8 @@ __all__ = [
     "apply_layer_norm_eps",
     "load_generator",
     "load_pretrained_config",
-    "resolve_pretrained",
     "save_generator",
 ]
-
-
-def resolve_pretrained(name_or_path: str | os.PathLike) -> str:
-    """Return ``name_or_path`` as a local model directory or a hub id, or raise :class:`UserError`.
-
-    A path that exists must be a directory with a ``config.json``; an absolute or ``.``/``~`` path
-    that does not exist is an error; any other string is taken to be a hub id.
-    """
-    path = Path(name_or_path).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{path} is a file; expected a model directory with a config.json")
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} is not a model directory: it has no config.json")
-        return str(path)
-    if path.is_absolute() or str(name_or_path).startswith((".", "~")):
-        raise UserError(f"model directory {path} does not exist")
-    packaged = packaged_model_path(str(name_or_path))  # e.g. all-MiniLM-L6-v2 from PyPI
-    return packaged if packaged is not None else str(name_or_path)
 
 
 def load_pretrained_config(name_or_path: str | os.PathLike) -> PreTrainedConfig:

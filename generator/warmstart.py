@@ -53,8 +53,9 @@ from transformers import (
 )
 
 from rag.common.errors import UserError
+from retriever.model_path import resolve_pretrained
 
-from .model import apply_layer_norm_eps, load_pretrained_config, resolve_pretrained, save_generator
+from .model import apply_layer_norm_eps, load_pretrained_config, save_generator
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,8 @@ on first use and cached)::
 
 Public names (imported on first use, so that ``import rag`` stays fast):
 
-- :class:`RagModel`, :class:`RagConfig`, :class:`Answer`: the model (``rag.pipeline``);
+- :class:`RagModel`, :class:`RagConfig`, :class:`Answer`: the model (``rag.model``), its settings
+  (``rag.config``) and its answers (``rag.answers``);
 - :class:`FinetuneConfig`, :func:`finetune`: joint fine-tuning (``rag.train``);
 - :class:`BenchmarkConfig`, :func:`run_benchmark`: exact match and latency (``rag.benchmark``);
 - :func:`qa_metrics`: SQuAD EM and F1 (``rag.metrics``);
@@ -24,7 +25,7 @@ from __future__ import annotations
 from rag.common.lazy import lazy_exports
 
 _EXPORTS = {
-    "RagModel": "rag.pipeline", "RagConfig": "rag.pipeline", "Answer": "rag.pipeline",
+    "RagModel": "rag.model", "RagConfig": "rag.config", "Answer": "rag.answers",
     "FinetuneConfig": "rag.train", "finetune": "rag.train",
     "BenchmarkConfig": "rag.benchmark", "run_benchmark": "rag.benchmark",
     "qa_metrics": "rag.metrics", "export": "rag.hf_rag",

@@ -23,7 +23,7 @@ amortised cost of one question at that batch size, not the time a lone question 
 ``batch_size=1`` for that). Loading the model and scoring are not timed; the first batch is (so
 one-off costs such as moving a FAISS index to the GPU land in the p95 of short runs).
 
-Decoding (``BenchmarkConfig.decoding``): RAG-Sequence decodes "thorough" or "fast" (Lewis et al.
+Decoding (``rag.config.Overrides.decoding``): RAG-Sequence decodes "thorough" or "fast" (Lewis et al.
 2020, Sec. 2.4) with the model's beam width; "greedy" is beam width 1 and "beam" the model's beam
 width (or ``num_beams``), with the model's own thorough/fast rescoring in sequence mode. RAG-Token
 takes only "greedy" or "beam".
@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,23 +48,19 @@ from retriever.fusion import RetrievalConfig
 from retriever.metrics import MATCHES, answer_test, retrieval_metrics
 from retriever.questions import Question, read_questions
 
-from .constrain import CONSTRAINTS
+from .config import Overrides
+from .loading import load_model
 from .metrics import check_patterns, qa_scores
-from .pipeline import CONFIG_NAME, MODES, RagConfig, RagModel
+from .model import RagModel
 
-DECODINGS = ("thorough", "fast", "greedy", "beam")
 TOP_K_STEPS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
-    k: int = 0  # passages per question; 0 = the model's own k
-    mode: str = ""  # "sequence", "token" or "closed_book"; "" = the model's own mode
-    decoding: str = ""  # "thorough" or "fast" (RAG-Sequence), "greedy" or "beam"; "" = the model's own
-    num_beams: int = 0  # beam width for thorough, fast and beam decoding; 0 = the model's own
-    max_input_length: int = 0  # generator tokens per passage input; 0 = the model's own
-    constrain: str = ""  # "spans": answers only as stretches of the passages, "none": free; "" = the
-    # model's own (rag.constrain)
+    """How a benchmark run answers and scores (the model's own settings are changed, if at all,
+    by ``rag.config.Overrides``)."""
+
     limit: int = 0  # answer only the first N questions; 0 = all
     batch_size: int = 8  # questions answered together (latency is per batch, divided by its size)
     seed: int = 0  # seed of torch, numpy and random, set before answering
@@ -76,15 +72,8 @@ class BenchmarkConfig:
     def __post_init__(self) -> None:
         if self.match not in MATCHES:
             raise UserError(f"match {self.match!r} is not one of {MATCHES}")
-        if self.mode and self.mode not in MODES:
-            raise UserError(f"mode {self.mode!r} is not one of {MODES}")
-        if self.constrain and self.constrain not in CONSTRAINTS:
-            raise UserError(f"constrain {self.constrain!r} is not one of {CONSTRAINTS}")
-        if self.decoding and self.decoding not in DECODINGS:
-            raise UserError(f"decoding {self.decoding!r} is not one of {DECODINGS}")
-        for name in ("k", "num_beams", "max_input_length", "limit"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.limit < 0:
+            raise UserError(f"limit must be >= 0, got {self.limit}")
         if self.batch_size <= 0:
             raise UserError(f"batch_size must be positive, got {self.batch_size}")
 
@@ -97,49 +86,6 @@ class BenchmarkResult:
 
     metrics: dict
     predictions: list[dict]
-
-
-def resolve_decoding(rag: RagConfig, config: BenchmarkConfig) -> tuple[RagConfig, str]:
-    """The model config that decodes as ``config`` asks, and the decoding's name for the report."""
-    beams = config.num_beams or rag.num_beams
-    decoding = config.decoding
-    if not decoding:  # the model's own
-        decoding = rag.decoding if rag.mode != "token" else ("greedy" if beams == 1 else "beam")
-    if decoding in ("thorough", "fast"):
-        if rag.mode == "token":
-            raise UserError(f"decoding {decoding!r} is RAG-Sequence's; RAG-Token decodes 'greedy' or 'beam'")
-        return replace(rag, decoding=decoding, num_beams=beams), decoding
-    if decoding == "greedy":
-        if config.num_beams > 1:
-            raise UserError(f"greedy decoding has one beam, not num_beams={config.num_beams}")
-        return replace(rag, num_beams=1), decoding
-    if beams < 2:
-        raise UserError(f"beam decoding needs num_beams >= 2 (the model's is {rag.num_beams}; "
-                        "pass num_beams)")
-    return replace(rag, num_beams=beams), decoding
-
-
-def load_model(model_dir: str | os.PathLike, index: str | os.PathLike | None,
-               config: BenchmarkConfig, retrieval: RetrievalConfig | None = None
-               ) -> tuple[RagModel, str]:
-    """Load a model directory (with ``index`` or its own) set up as ``config`` asks, in eval mode.
-
-    Returns ``(model, decoding name)``. Raises :class:`UserError` for a model directory that is not
-    one, an index the model's question encoder does not belong to, a k larger than the index, or a
-    decoding the mode does not have. ``retrieval`` overrides the model's retrieval settings.
-    """
-    model_dir = Path(model_dir)
-    if (config.mode in ("sequence", "token") and (model_dir / CONFIG_NAME).is_file()
-            and not (model_dir / "question_encoder").is_dir()):
-        raise UserError(f"{model_dir}: a closed-book model (no question encoder) cannot run in "
-                        f"mode {config.mode!r}")
-    overrides = {name: getattr(config, name) for name in ("k", "mode", "max_input_length",
-                                                          "constrain") if getattr(config, name)}
-    model = RagModel.from_pretrained(model_dir, index, retrieval, **overrides)
-    model.config, decoding = resolve_decoding(model.config, config)
-    if model.index is not None:
-        model.index.check_k(model.config.k)
-    return model.eval(), decoding
 
 
 def _top_ks(k: int) -> list[int]:
@@ -162,7 +108,7 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
                   decoding: str = "") -> BenchmarkResult:
     """Answer ``questions`` (the first ``config.limit``) with ``model`` and score the answers.
 
-    ``decoding`` is the name the report gives the model's decoding (see :func:`load_model`).
+    ``decoding`` is the name the report gives the model's decoding (``Overrides.apply``).
     The ``config`` record of the metrics names the run's model settings; the caller adds where the
     model, index and questions came from.
     """
@@ -230,16 +176,18 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
 def benchmark(model_dir: str | os.PathLike, index: str | os.PathLike | None,
               questions: str | os.PathLike, config: BenchmarkConfig = BenchmarkConfig(),
               device: str | torch.device | None = None,
-              retrieval: RetrievalConfig | None = None) -> BenchmarkResult:
-    """Read the question file, load the model (:func:`load_model`), move it to ``device`` and
-    :func:`run_benchmark`; the metrics' ``config`` also names the model, index and question files.
+              retrieval: RetrievalConfig | None = None,
+              overrides: Overrides | None = None) -> BenchmarkResult:
+    """Read the question file, load the model with the run's ``overrides``
+    (``rag.loading.load_model``), move it to ``device`` and :func:`run_benchmark`; the metrics'
+    ``config`` also names the model, index and question files.
 
     ``index`` None means the index the model was trained with. Bad files raise :class:`UserError`
     before the model is loaded (the questions) or before any question is answered.
     """
     records = read_questions(questions)
     check_patterns([p for q in records for p in q.patterns])
-    model, decoding = load_model(model_dir, index, config, retrieval)
+    model, decoding = load_model(model_dir, index, overrides, retrieval)
     if device is not None:
         model.to(device)
     result = run_benchmark(model, records, config, decoding)

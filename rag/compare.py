@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rag.common.atomic import atomic_file
 from rag.common.errors import UserError
-from retriever.corpus import load_json
+from rag.common.jsonl import load_json
 
 REQUIRED = ("n", "exact_match", "f1", "top_k_accuracy", "answer_in_passages", "config")
 NOT_SETTINGS = ("k", "device", "batch_size", "versions")  # may differ within a k sweep

@@ -12,8 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.sparse import SparseConfig

@@ -2,7 +2,7 @@
 
 In: a directory written by ``RagSequenceForGeneration.save_pretrained`` or
 ``RagTokenForGeneration.save_pretrained`` (with ``RagTokenizer``'s ``question_encoder_tokenizer/``
-and ``generator_tokenizer/``) loads as a :class:`rag.pipeline.RagModel`: the DPR question encoder
+and ``generator_tokenizer/``) loads as a :class:`rag.model.RagModel`: the DPR question encoder
 (its pooler output, as transformers' RAG uses it), the BART generator, the mode from the
 architecture, ``n_docs`` as k and ``max_combined_length`` as the generator's input length. The
 index is given separately, and the question encoder is paired with it explicitly (the pairing
@@ -32,6 +32,7 @@ from generator.copy import has_copy_head
 from generator.inputs import DOC_SEP, TITLE_SEP
 from rag.common.atomic import atomic_directory, check_output_dir
 from rag.common.errors import UserError
+from retriever.batch_encode import to_numpy32
 from retriever.encoder import Encoder, EncoderConfig
 
 PASSAGES, FAISS_FILE, EXPORT_NOTE = "passages", "passages.faiss", "ragqa_export.json"
@@ -135,7 +136,7 @@ def check_exportable(model) -> None:
 
 
 def export(model, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``model`` (a :class:`rag.pipeline.RagModel`) and its index as a transformers RAG
+    """Write ``model`` (a :class:`rag.model.RagModel`) and its index as a transformers RAG
     directory with ``RagRetriever`` files (module doc); returns the directory."""
     import faiss
     import transformers
@@ -148,7 +149,7 @@ def export(model, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     index = model.index
     removed = set(index.removed.tolist())
     rows = np.array([r for r in range(len(index.passages)) if r not in removed], dtype=np.int64)
-    vectors = index.vectors(rows).astype(np.float32)
+    vectors = to_numpy32(index.vectors(rows))
     q_model = _dpr_question_encoder(model.question_encoder)
     config = transformers.RagConfig.from_question_encoder_generator_configs(
         q_model.config, model.generator.config, n_docs=model.config.k,

@@ -28,11 +28,13 @@ from rag.common.collective import gather_shares, share
 from rag.common.errors import UserError, fraction, non_negative, one_of, positive
 from rag.common.progress import progress_bar
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
+from retriever.gold import gold_rows
+from retriever.loop import optimizer_step, rank_share
 from retriever.metrics import exact_match
-from retriever.questions import Question
-from retriever.train import make_accelerator, optimizer_step, rank_share
+from retriever.questions import Question, dev_subset
+from retriever.train import make_accelerator
 
-from .pipeline import RagModel
+from .model import RagModel
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +99,6 @@ def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 
     return 100.0 * sum(scores) / max(1, len(scores))
 
 
-def dev_subset(dev: Sequence[Question], limit: int, sample: str = "random", seed: int = 0
-               ) -> list[Question]:
-    """The dev questions an evaluation answers: all (``limit`` 0), the first ``limit``, or
-    ``limit`` drawn at random (seeded) and kept in file order."""
-    if not limit or limit >= len(dev):
-        return list(dev)
-    if sample == "first":
-        return list(dev[:limit])
-    return [dev[i] for i in sorted(random.Random(seed).sample(range(len(dev)), limit))]
-
-
 def answer_window(context: str, answer: str, width: int, rng: random.Random | None = None
                   ) -> str | None:
     """``context`` cut to ``2 * width`` characters of surrounding text around the first occurrence of
@@ -141,10 +132,10 @@ def gold_examples(train: Sequence[Question], model: RagModel, width: int, seed: 
     if model.index is None:
         raise UserError("gold_window needs an index (the titles of the gold paragraphs)")
     table = model.index.passages
-    title_of = dict(zip(map(collapse_ws, table["text"]), table["title"], strict=True))
+    titles = table["title"]
     out, rng = [], None if seed is None else random.Random(seed)
-    for q in train:
-        title = title_of.get(collapse_ws(q.gold_context)) if q.gold_context and q.answers else None
+    for q, rows in zip(train, gold_rows(train, table["text"]), strict=True):
+        title = titles[rows[0]] if rows and q.answers else None
         window = answer_window(collapse_ws(q.gold_context), q.answers[0], width, rng) if title else None
         if window:
             out.append((q.question, q.answers[0], (title, window)))

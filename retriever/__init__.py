@@ -5,7 +5,8 @@ Public names (imported on first use):
 - :class:`Encoder`, :class:`EncoderConfig`: a text encoder (BERT, DPR or sentence-transformers
   checkpoint; ``retriever.encoder``);
 - :func:`build_index`, :class:`BuildConfig`: corpus -> index directory (``retriever.build``);
-- :class:`DenseIndex`, :class:`IndexConfig`: the FAISS index with its passages (``retriever.index``);
+- :class:`DenseIndex`, :class:`IndexConfig`: the FAISS index with its passages (``retriever.index``)
+  and its type's settings (``retriever.index_factory``);
 - :class:`Retriever`, :class:`RetrievalConfig`: questions -> passages, dense, sparse or hybrid
   (``retriever.search``, ``retriever.fusion``);
 - :func:`evaluate_retrieval`: DPR top-k accuracy, gold recall, MRR (``retriever.evaluation``);
@@ -28,7 +29,7 @@ from rag.common.lazy import lazy_exports
 _EXPORTS = {
     "Encoder": "retriever.encoder", "EncoderConfig": "retriever.encoder",
     "build_index": "retriever.build", "BuildConfig": "retriever.build",
-    "DenseIndex": "retriever.index", "IndexConfig": "retriever.index",
+    "DenseIndex": "retriever.index", "IndexConfig": "retriever.index_factory",
     "Retriever": "retriever.search", "RetrievalConfig": "retriever.fusion",
     "evaluate_retrieval": "retriever.evaluation",
     "train_dpr": "retriever.train", "TrainConfig": "retriever.train",

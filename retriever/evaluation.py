@@ -8,28 +8,10 @@ from rag.common.collective import gather_shares, share
 from rag.common.errors import UserError
 from rag.common.progress import progress_bar
 
-from .corpus import collapse_ws
-from .index import DenseIndex
+from .gold import gold_passage_ids
 from .metrics import MATCHES, answer_test, retrieval_metrics
 from .questions import Question
 from .search import Retriever
-
-
-def gold_passage_ids(index: DenseIndex, questions: Sequence[Question]) -> list[set[str]] | None:
-    """Gold passage ids per question, when every question knows its gold passage, else None.
-
-    DPR-format questions name them (``positive_ctxs``); SQuAD questions carry their paragraph,
-    matched to the passage with the same whitespace-collapsed text.
-    """
-    if all(q.positive_ids for q in questions):
-        return [set(q.positive_ids) for q in questions]
-    if not all(q.gold_context for q in questions):
-        return None
-    by_text: dict[str, set[str]] = {}
-    for pid, text in zip(index.passages["id"], index.passages["text"], strict=True):
-        by_text.setdefault(collapse_ws(text), set()).add(pid)
-    golds = [by_text.get(q.gold_context, set()) for q in questions]
-    return golds if any(golds) else None
 
 
 def evaluate_retrieval(retriever: Retriever, questions: Sequence[Question],

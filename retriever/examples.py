@@ -17,8 +17,9 @@ import numpy as np
 
 from rag.common.errors import UserError
 
-from .encode import EncodeConfig, encode_texts
+from .batch_encode import EncodeConfig, encode_texts
 from .encoder import Encoder
+from .gold import gold_passage_ids
 from .index import DenseIndex
 from .metrics import has_answer
 from .questions import Question
@@ -39,8 +40,6 @@ class Example:
 
 def positives_from_index(index: DenseIndex, questions: Sequence[Question]) -> list[int | None]:
     """Row of each question's gold passage in ``index`` (DPR positive ids or SQuAD context)."""
-    from .evaluation import gold_passage_ids
-
     golds = gold_passage_ids(index, questions)
     if golds is None:
         raise UserError("training questions must name their gold passage (SQuAD JSON or DPR JSON)")

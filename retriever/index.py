@@ -1,82 +1,39 @@
-"""FAISS inner-product index over passage vectors, stored as one directory with its passages.
+"""The dense index: passages and their vectors in FAISS, searched by inner product.
 
-Layout of an index directory (written to a temporary directory and renamed into place)::
-
-    manifest.json       encoder identity, dimension, count, index type, metric, passage shards
-    index.faiss         the FAISS index (FAISS's own binary format)
-    passages/*.arrow    passage table (id, title, text), memory-mapped; FAISS id = row number
-    removed.npy         rows removed by hot-swapping (int64), if any
-    sparse/             BM25 over the passages (``retriever.sparse``), if built; the manifest
-                        then names it ("sparse") and the hybrid settings ("fusion")
-
-The interface follows DPR's ``DenseIndexer`` (build / search_knn / save / load). Passages can be
-added and removed without rebuilding (the RAG paper's index hot-swapping, Lewis et al. 2020, Sec. 5):
-flat and IVF-PQ indexes delete ids natively; HNSW cannot, so removed rows are filtered at search
-time with a FAISS ``IDSelector``. bm25s cannot add documents to an index, so adding passages to
-an index with a sparse side rebuilds that side over all rows (docs/benchmarks.md gives the cost);
-removing masks the rows on both sides.
+The interface follows DPR's ``DenseIndexer`` (build / search_knn / save / load); the directory it
+saves and loads is ``retriever.index_files``'s, the FAISS index types ``retriever.index_factory``'s.
+Passages can be added and removed without rebuilding (the RAG paper's index hot-swapping, Lewis
+et al. 2020, Sec. 5): flat and IVF-PQ indexes delete ids natively; HNSW cannot, so removed rows
+are filtered at search time with a FAISS ``IDSelector``. bm25s cannot add documents to an index,
+so adding passages to an index with a sparse side rebuilds that side over all rows
+(docs/benchmarks.md gives the cost); removing masks the rows on both sides.
 
 Glossary: Q questions, N passages, D dimension, k results per question.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from datasets import Dataset
 
-from rag.common.atomic import atomic_directory, remove_with
-from rag.common.errors import UserError, non_negative, one_of, positive, require
+from rag.common.atomic import remove_with
+from rag.common.errors import UserError
 
+from .batch_encode import to_numpy32
 from .corpus import open_shards, write_arrow
 from .fusion import FusionConfig
-from .sparse import SPARSE_DIR, SparseConfig, SparseIndex
-
-try:
-    import faiss
-except ImportError:  # the "cpu" or "gpu" extra brings it (pyproject.toml)
-    raise UserError("FAISS is not installed: pip install 'ragqa[cpu]', or 'ragqa[gpu]' with CUDA 12"
-                    ) from None
+from .index_factory import IndexConfig, faiss, trained_index
+from .index_files import arrow_files, new_manifest, read_index, write_index
+from .sparse import SparseConfig, SparseIndex
 
 log = logging.getLogger(__name__)
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 ADD_CHUNK = 65_536  # rows converted to float32 and added to FAISS at a time
-TRAIN_SEED = 0  # of the IVF-PQ training sample: one corpus, one index
-FORMAT = "ragqa-index"
-VERSION = 1
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    index_type: str = "flat"  # "flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)
-    hnsw_m: int = 32  # HNSW neighbours per node
-    hnsw_ef_construction: int = 200  # HNSW build-time beam width
-    hnsw_ef_search: int = 128  # HNSW search-time beam width (recall/speed trade-off)
-    ivf_nlist: int = 0  # IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points
-    pq_m: int = 0  # PQ sub-quantisers; 0 = D/8 (must divide D)
-    pq_nbits: int = 8  # bits per PQ code (lowered automatically for tiny corpora)
-    nprobe: int = 32  # IVF cells visited per query
-    train_sample: int = 0  # IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)
-    use_gpu: bool = True  # search a flat index on GPU FAISS when faiss-gpu and a GPU are present
-
-    def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
-        one_of(self, "index_type", INDEX_TYPES)
-        positive(self, "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "nprobe")
-        non_negative(self, "ivf_nlist", "pq_m", "train_sample")
-        require(isinstance(self.train_sample, int), "train_sample", self.train_sample,
-                "must be a whole number")
-        require(isinstance(self.pq_nbits, int) and 1 <= self.pq_nbits <= 16, "pq_nbits",
-                self.pq_nbits, "must be in 1..16")
 
 
 @dataclass
@@ -88,53 +45,6 @@ class SearchResult:
     rows: np.ndarray
     ids: list[list[str]]
     passages: list[list[dict]]
-
-
-def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
-    ip = faiss.METRIC_INNER_PRODUCT
-    if config.index_type == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-    if config.index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
-        index.hnsw.efConstruction = config.hnsw_ef_construction
-        return index
-    if config.index_type == "ivfpq":
-        nlist = config.ivf_nlist or int(4 * math.sqrt(n))
-        nlist = max(1, min(nlist, n // 39))
-        pq_m = config.pq_m or max(1, dim // 8)
-        if dim % pq_m:
-            raise UserError(f"pq_m={pq_m} does not divide the dimension {dim}")
-        nbits = max(1, min(config.pq_nbits, int(math.log2(max(2, n // 39)))))
-        return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
-    raise UserError(f"index type {config.index_type!r} is not one of {INDEX_TYPES}")
-
-
-def _training_sample(vectors: np.ndarray, index: faiss.IndexIVFPQ, config: IndexConfig
-                     ) -> np.ndarray:
-    """The IVF-PQ training vectors (S, D) float32: all N rows, or a seeded random sample of them
-    gathered in row order (a memory-mapped matrix is then read front to back).
-
-    FAISS's k-means wants at least 39 points per centroid and uses at most 256 (it drops the
-    rest), for the IVF cells and for the 2^nbits codes of each PQ sub-quantiser alike: a size
-    asked for outside these bounds is moved inside them."""
-    n = len(vectors)
-    cells, codes = index.nlist, 1 << index.pq.nbits
-    size = config.train_sample or max(64 * cells, 256 * codes)
-    size = min(n, max(size, 39 * max(cells, codes)), 256 * max(cells, codes))
-    if size == n:
-        return np.ascontiguousarray(vectors, dtype=np.float32)
-    rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
-    log.info("training IVF-PQ on %d of %d vectors", size, n)
-    return np.ascontiguousarray(vectors[rows], dtype=np.float32)
-
-
-def trained_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
-    """An empty FAISS index for ``vectors`` (N, D), trained if its type needs it (IVF-PQ, on a
-    sample); ``DenseIndex.build(trained=)`` copies it, so shards share one coarse quantizer."""
-    index = _factory(vectors.shape[1], len(vectors), config)
-    if not index.is_trained:
-        index.train(_training_sample(vectors, index, config))
-    return index
 
 
 def best_first(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -172,13 +82,15 @@ class DenseIndex:
     # ------------------------------------------------------------------ build
     @classmethod
     def build(cls, vectors: np.ndarray, passages: Dataset, encoder_identity: dict,
-              config: IndexConfig = IndexConfig(), trained: faiss.Index | None = None
+              config: IndexConfig | None = None, trained: faiss.Index | None = None
               ) -> DenseIndex:
         """Index ``vectors`` (N, D) whose row i is passage ``passages[i]``.
 
         ``vectors`` may be a memory-mapped array (``np.load(path, mmap_mode="r")``): it is read in
         chunks of ``ADD_CHUNK`` rows, converted to float32 one chunk at a time, so the vectors are
-        held in memory only inside FAISS. IVF-PQ trains on a sample (``config.train_sample``)."""
+        held in memory only inside FAISS. IVF-PQ trains on a sample (``config.train_sample``;
+        default settings: ``IndexConfig()``)."""
+        config = config or IndexConfig()
         n, dim = vectors.shape
         if n != len(passages):
             raise ValueError(f"{n} vectors for {len(passages)} passages")
@@ -191,24 +103,13 @@ class DenseIndex:
         # FAISS copies once from the pages; anything else is converted a chunk at a time.
         step = n if vectors.dtype == np.float32 and vectors.flags.c_contiguous else ADD_CHUNK
         for start in range(0, n, max(step, 1)):
-            chunk = np.ascontiguousarray(vectors[start : start + step], dtype=np.float32)
+            chunk = to_numpy32(vectors[start : start + step])
             if config.index_type == "hnsw":
                 index.add(chunk)  # HNSW ids are insertion order, i.e. the row number
             else:
                 index.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
-        manifest = {
-            "format": FORMAT, "version": VERSION, "encoder": encoder_identity,
-            "question_encoders": [encoder_identity["fingerprint"]], "dim": dim, "count": n,
-            "rows": n, "index_type": config.index_type, "metric": "inner_product",
-            "index_config": asdict(config),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        temp = None
-        if _is_view(passages):  # a select()/shuffle() view or a slice: write the rows it shows
-            temp = Path(tempfile.mkdtemp(prefix="ragqa-passages-"))
-            write_arrow(iter(passages), temp / "00000.arrow")
-            passages = open_shards([temp / "00000.arrow"])
-        built = cls(index, passages, manifest, shard_files=_backing_files(passages))
+        passages, files, temp = arrow_files(passages)
+        built = cls(index, passages, new_manifest(encoder_identity, n, config), shard_files=files)
         if temp is not None:
             remove_with(built, temp)
         return built
@@ -240,7 +141,7 @@ class DenseIndex:
         this one. HNSW keeps the passages its graph search found.
         """
         self.check_k(k)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        queries = to_numpy32(queries)
         if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
             raise UserError(f"query vectors of shape {queries.shape} do not match the index "
                             f"dimension {self.manifest['dim']}")
@@ -369,7 +270,7 @@ class DenseIndex:
         self._pending.append(shard)
         self.passages = open_shards(self._shard_files + self._pending)
         new_rows = np.arange(start, start + len(rows), dtype=np.int64)
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = to_numpy32(vectors)
         if self.config.index_type == "hnsw":
             self.index.add(vectors)
         else:
@@ -408,24 +309,12 @@ class DenseIndex:
 
     # ------------------------------------------------------------ save / load
     def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
-        """Write the index directory atomically (temp dir next to it, then rename)."""
+        """Write the index directory atomically (``retriever.index_files``)."""
         out_dir = Path(out_dir)
         if out_dir.exists() and not overwrite:
             raise UserError(f"{out_dir}: already exists (use overwrite to replace it)")
-        with atomic_directory(out_dir) as tmp:
-            (tmp / "passages").mkdir()
-            names = []
-            for i, src in enumerate(self._shard_files + self._pending):
-                name = f"passages/{i:05d}.arrow"
-                _link_or_copy(src, tmp / name)
-                names.append(name)
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
-            if self.sparse is not None:
-                self.sparse.save(tmp / SPARSE_DIR)
-            if len(self.removed):
-                np.save(tmp / "removed.npy", self.removed)
-            manifest = {**self.manifest, "passage_shards": names}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        names = write_index(out_dir, self.index, self._shard_files + self._pending, self.manifest,
+                            self.removed, self.sparse)
         self.manifest["passage_shards"] = names
         self._shard_files = [out_dir / name for name in names]
         self._pending = []
@@ -439,95 +328,8 @@ class DenseIndex:
         vectors of flat and HNSW indexes, the inverted lists of IVF-PQ): a corpus larger than RAM
         can be searched, pages coming from disk as needed. Passages are always memory-mapped.
         Such an index cannot be hot-swapped."""
-        index_dir = Path(index_dir)
-        if not index_dir.is_dir():
-            raise UserError(f"{index_dir}: no such index directory")
-        manifest_file = index_dir / "manifest.json"
-        if (index_dir / "shards.json").is_file():  # retriever.shards.SHARDS_FILE
-            raise UserError(f"{index_dir}: a sharded index, which this needs whole (ragqa ask, "
-                            "eval-retrieval, benchmark and finetune search sharded indexes)")
-        if not manifest_file.is_file():
-            raise UserError(f"{index_dir}: incomplete index directory (no manifest.json)")
-        try:
-            manifest = json.loads(manifest_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise UserError(f"{manifest_file}: not valid JSON") from None
-        if manifest.get("format") != FORMAT:
-            raise UserError(f"{manifest_file}: not a ragqa index manifest")
-        shards = manifest.get("passage_shards")
-        if not shards or not isinstance(shards, list):
-            raise UserError(f"{manifest_file}: lists no passage shards")
-        files = [index_dir / "index.faiss"] + [_inside(index_dir, s, manifest_file) for s in shards]
-        for f in files:
-            if not f.is_file():
-                raise UserError(f"{index_dir}: incomplete index directory (missing {f.name})")
-        flags = 0
-        if mmap:
-            flags = faiss.IO_FLAG_READ_ONLY | (faiss.IO_FLAG_MMAP if manifest.get("index_type") ==
-                                               "ivfpq" else faiss.IO_FLAG_MMAP_IFC)
-        try:
-            index = faiss.read_index(str(files[0]), flags)
-        except RuntimeError:  # FAISS's message is a C++ trace; the file is what matters
-            raise UserError(f"{files[0]}: not a readable FAISS index (corrupt or truncated)") from None
-        try:
-            if index.d != manifest["dim"] or index.ntotal != manifest[
-                    "rows" if manifest["index_type"] == "hnsw" else "count"]:
-                raise UserError(f"{index_dir}: index.faiss does not match manifest.json")
-            IndexConfig(**manifest["index_config"])
-        except (KeyError, TypeError) as err:
-            raise UserError(f"{manifest_file}: missing or wrong field ({err})") from None
-        removed_file = index_dir / "removed.npy"
-        removed = None
-        if removed_file.exists():
-            try:
-                removed = np.load(removed_file, allow_pickle=False)
-            except (OSError, ValueError, EOFError):
-                raise UserError(f"{removed_file}: not a readable array (corrupt or truncated)") from None
-            if removed.ndim != 1 or removed.dtype != np.int64:
-                raise UserError(f"{removed_file}: expected a 1-D int64 array, got {removed.dtype} "
-                                f"{removed.shape}")
-        try:
-            passages = open_shards(files[1:])
-        except (pa.ArrowException, OSError, ValueError) as err:
-            raise UserError(f"{index_dir}: a passage shard is not a readable Arrow file "
-                            f"({type(err).__name__})") from None
-        sparse = None
-        if "sparse" in manifest:
-            sparse = SparseIndex.load(index_dir, manifest["sparse"], rows=manifest["rows"])
-            try:  # the saved hybrid settings, checked as the flags are
-                FusionConfig(**manifest.get("fusion", {}))
-            except (TypeError, UserError) as err:
-                raise UserError(f"{manifest_file}: bad fusion settings ({err})") from None
-        loaded = cls(index, passages, manifest, removed, shard_files=files[1:], sparse=sparse)
+        stored = read_index(Path(index_dir), mmap)
+        loaded = cls(stored.index, stored.passages, stored.manifest, stored.removed,
+                     shard_files=stored.shard_files, sparse=stored.sparse)
         loaded.mmap = mmap
         return loaded
-
-
-def _inside(index_dir: Path, name, manifest_file: Path) -> Path:
-    """``index_dir / name``, refused unless it stays inside ``index_dir``."""
-    path = index_dir / str(name)
-    if Path(str(name)).is_absolute() or not path.resolve().is_relative_to(index_dir.resolve()):
-        raise UserError(f"{manifest_file}: names {name!r}, outside the index directory")
-    return path
-
-
-def _backing_files(passages: Dataset) -> list[Path]:
-    files = [Path(f["filename"]) for f in passages.cache_files]
-    if not files:
-        raise ValueError("passages must be an Arrow-backed table (see retriever.corpus.load_corpus)")
-    return files
-
-
-def _is_view(passages: Dataset) -> bool:
-    """Whether ``passages`` shows other rows than its Arrow files hold, in their order (a
-    ``select``/``shuffle`` view, or a slice, as a contiguous ``select`` gives)."""
-    if passages._indices is not None:
-        return True
-    return len(passages) != sum(len(Dataset.from_file(str(f))) for f in _backing_files(passages))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)

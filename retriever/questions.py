@@ -2,6 +2,7 @@
 
 :func:`read_questions` detects the format from the file name and content and returns
 :class:`Question` records; every script that takes ``--questions`` goes through it.
+:func:`dev_subset` picks the questions an evaluation answers when it answers only some.
 """
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ from __future__ import annotations
 import ast
 import json
 import os
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from rag.common.errors import UserError
+from rag.common.jsonl import json_lines, load_json, utf8_lines
 
-from .corpus import _check_file, _utf8_lines, collapse_ws, json_lines, load_json
+from .corpus import _check_file, collapse_ws
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -99,7 +106,7 @@ def _jsonl(path: Path) -> list[Question]:
 
 def _tsv(path: Path) -> list[Question]:
     out = []
-    for lineno, line in enumerate(_utf8_lines(path), start=1):
+    for lineno, line in enumerate(utf8_lines(path), start=1):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -149,3 +156,14 @@ def read_questions(path: str | os.PathLike, require_answers: bool = True) -> lis
         if require_answers and not q.answers and not q.patterns:
             raise UserError(f"{path}: question {i} (id {q.id!r}) has no gold answers")
     return questions
+
+
+def dev_subset(dev: Sequence[T], limit: int, sample: str = "random", seed: int = 0) -> list[T]:
+    """The dev questions an evaluation answers: all (``limit`` 0), the first ``limit``, or
+    ``limit`` drawn at random (seeded) and kept in file order. ``dev`` may hold anything that
+    stands for the questions (their positions, say)."""
+    if not limit or limit >= len(dev):
+        return list(dev)
+    if sample == "first":
+        return list(dev[:limit])
+    return [dev[i] for i in sorted(random.Random(seed).sample(range(len(dev)), limit))]

@@ -26,7 +26,7 @@ import torch
 
 from rag.common.errors import UserError
 
-from .encode import EncodeConfig, encode_texts
+from .batch_encode import EncodeConfig, encode_texts, to_numpy32
 from .encoder import Encoder
 from .fusion import FusionConfig, RetrievalConfig, fuse, normalise_sparse, union
 from .index import DenseIndex, SearchResult
@@ -139,14 +139,14 @@ class Retriever:
         if self.mode != "sparse":
             q = self.encode(questions, grad)
         if self.mode == "dense":  # FAISS's scores, or with gradient the same from the stored vectors
-            found, rows = self.index.search_knn(q.detach().cpu().numpy(), k)
+            found, rows = self.index.search_knn(to_numpy32(q), k)
             scores = self.dense_scores(q, rows) if grad else torch.from_numpy(found)
         elif self.mode == "sparse":
             rows, found, best = sparse_candidates(self.index, questions, k)
             scores = torch.from_numpy(normalise_sparse(found, best))
         else:
             width = min(self.fusion.candidates, len(self.index))
-            _, dense_rows = self.index.search_knn(q.detach().cpu().numpy(), width)
+            _, dense_rows = self.index.search_knn(to_numpy32(q), width)
             cand, cand_sparse, best = sparse_candidates(self.index, questions, width, dense_rows)
             fused = fuse(self.dense_scores(q, cand), cand_sparse, best, cand,
                          self.fusion)  # (B, C)

@@ -6,7 +6,7 @@ Layout::
 
     INDEX/shards.json                 the build's id, the row count, each shard's directory,
                                       first row and row count
-    INDEX/shard-00000-of-00002/       an ordinary index directory (``retriever.index``) of rows
+    INDEX/shard-00000-of-00002/       an ordinary index directory (``retriever.index_files``) of rows
     INDEX/shard-00001-of-00002/       [offset, offset + count), its manifest naming the build
 
 A shard's FAISS ids are its own rows; its row r is the index's row offset + r. Every process opens
@@ -42,9 +42,11 @@ from rag.common import collective
 from rag.common.atomic import atomic_directory, check_output_dir
 from rag.common.errors import UserError
 
+from .batch_encode import to_numpy32
 from .corpus import open_shards
 from .fusion import union
-from .index import DenseIndex, IndexConfig, best_first, trained_index
+from .index import DenseIndex, best_first
+from .index_factory import IndexConfig, trained_index
 from .search import sparse_scores
 from .sparse import SparseIndex, top_k
 
@@ -272,7 +274,7 @@ class ShardedIndex:
     def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``DenseIndex.search_knn`` over every shard (collective; module doc)."""
         self.check_k(k)
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        queries = to_numpy32(queries)
         if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
             raise UserError(f"query vectors of shape {queries.shape} do not match the index "
                             f"dimension {self.manifest['dim']}")

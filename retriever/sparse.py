@@ -1,6 +1,6 @@
 """The sparse side of an index: BM25 over the passages (title and text), with bm25s.
 
-It lives in the index directory beside the dense side (``retriever.index``)::
+It lives in the index directory beside the dense side (``retriever.index_files``)::
 
     sparse/             bm25s' own files (params, vocabulary, CSC score matrix), memory-mapped
     sparse/tokenizer/   the word-piece tokenizer, when the sparse side tokenises with one

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from rag.common.errors import UserError, fraction, non_negative, one_of, positive
-from rag.common.progress import progress_bar
 
+from .batch_encode import EncodeConfig, encode_texts
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from .encode import EncodeConfig, encode_texts
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
+from .loop import optimizer_step, rank_share, train_epoch
 from .questions import Question
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,16 @@ def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarra
                                          EncodeConfig(), desc="encoding passages"))
 
 
-def _batch_candidates(batch: list[Example], hard: int) -> tuple[list[int], torch.Tensor]:
-    """Candidate rows (C,) for a batch, positives first, and each question's positive column (B,)."""
+def _batch_candidates(batch: list[Example], hard: int, merge: bool = False
+                      ) -> tuple[list[int], torch.Tensor]:
+    """Candidate rows (C,) for a batch, positives first, and each question's positive column (B,);
+    with ``merge``, each distinct row once, ascending."""
     rows = [ex.positive for ex in batch]
     for ex in batch:
         rows += list(ex.negatives)[:hard]  # a question short of negatives just brings fewer
+    if merge:
+        unique, column = np.unique(rows, return_inverse=True)  # (C,), (B + negatives,)
+        return unique.tolist(), torch.as_tensor(column[: len(batch)])
     return rows, torch.arange(len(batch))
 
 
@@ -155,33 +160,6 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
                        cpu=not torch.cuda.is_available())
 
 
-def rank_share(n: int, seed: int, acc) -> list[int]:
-    """This process's examples of an epoch: the ``n`` shuffled by ``seed``, padded by repeating
-    the first few to a multiple of the process count (as ``DistributedSampler`` does), then every
-    ``num_processes``-th from this rank's. Every rank gets as many examples, so as many batches of
-    the same sizes: no rank waits forever for another's gradients, and the mean over ranks of
-    their batch means is the mean over the global batch."""
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    order += order[: (-n) % acc.num_processes]
-    return order[acc.process_index :: acc.num_processes]
-
-
-def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: float) -> None:
-    """Backward, clip (when gradients sync), step and zero: one accelerate update, both trainers.
-
-    ``sched`` is *not* accelerate-prepared: a prepared scheduler steps once per process at every
-    update, so its schedule would depend on the number of processes. Ours count updates (their
-    totals already divide by the process count) and step once per update."""
-    acc.backward(loss)
-    if acc.sync_gradients:
-        acc.clip_grad_norm_(params, max_grad_norm)
-    opt.step()
-    if acc.sync_gradients:
-        sched.step()
-    opt.zero_grad()
-
-
 def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, weight: float
                 ) -> torch.Tensor:
     """The hybrid's sparse term (B, C) of candidate rows (C,): weight * BM25 / the question's best
@@ -196,23 +174,27 @@ def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, wei
 
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
                     scale: float, index: DenseIndex | None = None, sparse_weight: float = 0.0,
-                    forward=None) -> torch.Tensor:
+                    forward=None, merge: bool = False) -> torch.Tensor:
     """Encode a batch of questions and return the DPR loss against its candidates (with
     ``config.hybrid``, inside the hybrid score of ``index``'s sparse side, weight ``sparse_weight``).
 
     ``forward`` runs the encoder (default ``q_enc`` itself): under torch.distributed, the
-    accelerate-prepared (DDP) module, so that gradients are averaged across processes."""
+    accelerate-prepared (DDP) module, so that gradients are averaged across processes. A passage
+    that is a candidate twice (two questions on one paragraph) is masked out of the softmax of
+    the questions it is the positive of; with ``merge`` it is one column instead (the scaling
+    sweep's loss), so no other question counts it twice."""
     device = next(q_enc.parameters()).device
-    tok = q_enc.tokenize([ex.question for ex in batch])
-    q = (forward or q_enc)(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
     if config.negatives == "corpus":  # every passage is a candidate, in the lookup's row order
         positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
-        ctx = ctx_lookup.vectors.to(device=device, dtype=q.dtype)  # (C, D), C = all rows
+        ctx = ctx_lookup.vectors  # (C, D), C = all rows
         rows_t = torch.from_numpy(ctx_lookup.rows).to(device)  # (C,)
     else:
-        rows, positive_col = _batch_candidates(batch, config.hard_negatives)
-        ctx = ctx_lookup(rows).to(device=device, dtype=q.dtype)  # (C, D)
+        rows, positive_col = _batch_candidates(batch, config.hard_negatives, merge)
+        ctx = ctx_lookup(rows)  # (C, D); a training context encoder runs before the questions
         rows_t = torch.tensor(rows, device=device)  # (C,)
+    tok = q_enc.tokenize([ex.question for ex in batch])
+    q = (forward or q_enc)(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
+    ctx = ctx.to(device=device, dtype=q.dtype)
     gold = rows_t[positive_col]  # (B,)
     exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
     exclude[torch.arange(len(batch)), positive_col.to(device)] = False  # ... except the positive
@@ -220,6 +202,54 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
     if config.hybrid:
         sparse = sparse_term(index, [ex.question for ex in batch], rows_t, sparse_weight)
     return dpr_loss(q, ctx, positive_col.to(device), exclude, scale, sparse)
+
+
+def dpr_optimizer(q_enc: Encoder, params: list, config: TrainConfig, examples: int, processes: int):
+    """AdamW over ``params`` (the lexical head's, if any, at ``config.lexical_lr``) and its linear
+    warm-up and decay over the run's updates: ``(optimizer, scheduler)``."""
+    from transformers import get_linear_schedule_with_warmup
+
+    head = {id(p) for p in q_enc.lexical.parameters()} if q_enc.lexical is not None else set()
+    groups = [{"params": [p for p in params if p.requires_grad and id(p) not in head]},
+              {"params": [p for p in params if id(p) in head], "lr": config.lexical_lr}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
+                            weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(examples / (config.batch_size * processes))
+    total = steps_per_epoch * config.epochs // config.grad_accum
+    return opt, get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), max(total, 1))
+
+
+def _examples(index: DenseIndex, train: Sequence[Question], config: TrainConfig, q_enc: Encoder,
+              checkpoint: Path | None) -> list[Example]:
+    """The training examples: a checkpoint's (mined with the starting encoder: kept), else built."""
+    saved = checkpoint / EXAMPLES if checkpoint is not None else None
+    if saved is not None and saved.is_file():
+        return [Example(q, p, tuple(n)) for q, p, n in json.loads(saved.read_text())]
+    return build_examples(index, train, config, q_enc)
+
+
+def _check_settings(index: DenseIndex, config: TrainConfig, sparse_weight: float | None
+                    ) -> float | None:
+    """Refuse settings that do not go together; returns the hybrid's sparse weight."""
+    if config.hybrid:
+        if index.sparse is None:
+            raise UserError("--hybrid needs an index with a sparse side (ragqa index --add_sparse)")
+        if config.train_context_encoder:
+            raise UserError("--hybrid needs the frozen context encoder")
+        if sparse_weight is None:
+            return index.manifest["fusion"]["fusion_weight"]
+    return sparse_weight
+
+
+def _passage_encoding(index: DenseIndex, ctx_enc: Encoder, forward):
+    """Candidate rows -> vectors (C, D) encoded by the training context encoder, through
+    ``forward`` (the prepared, DDP module under torch.distributed)."""
+    def lookup(rows):
+        part = index.passages[rows]
+        tok = ctx_enc.tokenize(part["text"], part["title"])
+        dev = next(ctx_enc.parameters()).device
+        return forward(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+    return lookup
 
 
 def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequence[Question],
@@ -233,38 +263,19 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     ``config.save_every`` batches and resumes from it exactly: the caller passes the checkpoint's
     question encoder (``retriever.checkpoint.resume_dir``) as ``q_enc``.
     """
-    from transformers import get_linear_schedule_with_warmup
-
     acc = accelerator or make_accelerator(config.mixed_precision, config.grad_accum)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    if config.hybrid:
-        if index.sparse is None:
-            raise UserError("--hybrid needs an index with a sparse side (ragqa index --add_sparse)")
-        if config.train_context_encoder:
-            raise UserError("--hybrid needs the frozen context encoder")
-        if sparse_weight is None:
-            sparse_weight = index.manifest["fusion"]["fusion_weight"]
+    sparse_weight = _check_settings(index, config, sparse_weight)
     if checkpoint is not None and config.train_context_encoder:
         log.warning("no checkpoints when the context encoder trains too")
         checkpoint = None
-    saved = checkpoint / EXAMPLES if checkpoint is not None else None
-    if saved is not None and saved.is_file():  # mined with the starting encoder: keep them
-        examples = [Example(q, p, tuple(n)) for q, p, n in json.loads(saved.read_text())]
-    else:
-        examples = build_examples(index, train, config, q_enc)
+    examples = _examples(index, train, config, q_enc, checkpoint)
     scale = ctx_enc.score_scale(config.score_scale)
     if config.lexical_head and config.train_context_encoder:
         raise UserError("--lexical_head needs the frozen context encoder")
-    if config.train_context_encoder:
-        plain_ctx = ctx_enc
-
-        def ctx_lookup(rows):  # ctx_enc is the prepared (DDP) module once training starts
-            part = index.passages[rows]
-            tok = plain_ctx.tokenize(part["text"], part["title"])
-            dev = next(plain_ctx.parameters()).device
-            return ctx_enc(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
-    else:
+    ctx_lookup = None  # the training context encoder's, once it is prepared
+    if not config.train_context_encoder:
         if config.negatives == "corpus":
             all_rows = active_rows(index)
         else:
@@ -288,14 +299,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     if config.freeze_embeddings:
         for enc in (q_enc, ctx_enc):
             enc.backbone.get_input_embeddings().requires_grad_(False)
-    head = {id(p) for p in q_enc.lexical.parameters()} if q_enc.lexical is not None else set()
-    groups = [{"params": [p for p in params if p.requires_grad and id(p) not in head]},
-              {"params": [p for p in params if id(p) in head], "lr": config.lexical_lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
-                            weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(examples) / (config.batch_size * acc.num_processes))
-    total = steps_per_epoch * config.epochs // config.grad_accum
-    sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), max(total, 1))
+    opt, sched = dpr_optimizer(q_enc, params, config, len(examples), acc.num_processes)
     state = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "logs": logs}
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, opt, sched) or state
@@ -303,36 +307,38 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
             log.info("resuming from %s (epoch %d, batch %d)", checkpoint, state["epoch"] + 1,
                      state["batch"])
     if config.train_context_encoder:  # the scheduler stays unprepared (optimizer_step)
+        plain_ctx = ctx_enc
         q_enc, ctx_enc, opt = acc.prepare(q_enc, ctx_enc, opt)
+        ctx_lookup = _passage_encoding(index, plain_ctx, ctx_enc)
     else:
         q_enc, opt = acc.prepare(q_enc, opt)
     model = acc.unwrap_model(q_enc)
     if checkpoint is not None:
         restore_rng(checkpoint)
+
+    def batch_loss(indices):
+        return train_step_loss(model, [examples[i] for i in indices], ctx_lookup, config, scale,
+                               index, sparse_weight or 0.0, forward=q_enc)
+
+    def update(loss):
+        optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
+
+    def after_batch(done: int, loss: float) -> None:
+        state["loss_sum"] += loss
+        state["batch"] = done
+        if (checkpoint is not None and acc.sync_gradients and acc.is_main_process
+                and done % config.save_every == 0):
+            save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
+                            {EXAMPLES: json.dumps([[e.question, e.positive, list(e.negatives)]
+                                                   for e in examples])})
+
     while state["epoch"] < config.epochs:
         epoch = state["epoch"]
-        q_enc.train()
         mine = rank_share(len(examples), config.seed + epoch, acc)
-        starts = range(0, len(mine), config.batch_size)
-        bar = progress_bar(starts, desc=f"epoch {epoch + 1}", initial=state["batch"],
-                           enabled=acc.is_local_main_process)
-        for b in range(state["batch"], len(starts)):
-            batch = [examples[i] for i in mine[starts[b] : starts[b] + config.batch_size]]
-            with acc.accumulate(q_enc):
-                loss = train_step_loss(model, batch, ctx_lookup, config, scale, index,
-                                       sparse_weight or 0.0, forward=q_enc)
-                optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
-            state["loss_sum"] += loss.item()
-            state["batch"] = b + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (checkpoint is not None and acc.sync_gradients and acc.is_main_process
-                    and state["batch"] % config.save_every == 0):
-                save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
-                                {EXAMPLES: json.dumps([[e.question, e.positive, list(e.negatives)]
-                                                       for e in examples])})
-        bar.close()
-        entry = {"epoch": epoch + 1, "loss": state["loss_sum"] / max(1, len(starts))}
+        train_epoch(acc, q_enc, mine, config.batch_size, batch_loss, update, state["batch"],
+                    after_batch, desc=f"epoch {epoch + 1}", progress=acc.is_local_main_process)
+        entry = {"epoch": epoch + 1,
+                 "loss": state["loss_sum"] / max(1, math.ceil(len(mine) / config.batch_size))}
         model.refresh_fingerprint()
         if evaluate is not None and acc.is_main_process:
             q_enc.eval()

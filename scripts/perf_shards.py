@@ -109,7 +109,7 @@ def launch(args: Args, index: Path, processes: int, out: Path) -> dict:
 def query_vectors(args: Args, index) -> np.ndarray:
     if args.query_vectors:
         return np.load(args.query_vectors).astype(np.float32)
-    from retriever.encode import EncodeConfig, encode_texts
+    from retriever.batch_encode import EncodeConfig, encode_texts
     from retriever.encoder import Encoder
     from retriever.questions import read_questions
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import torch
 
-from retriever.encode import EncodeConfig, encode_texts
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.lexical import LexicalHead, bm25_weights, content_tokens, fit_head

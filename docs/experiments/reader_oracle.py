@@ -14,11 +14,11 @@ from the repository root (docs/benchmarks.md has the figures):
 import argparse
 import random
 
-from rag.pipeline import RagModel
-from rag.train import answer_window, dev_subset
+from rag.model import RagModel
+from rag.train import answer_window
 from retriever.corpus import collapse_ws
 from retriever.metrics import exact_match
-from retriever.questions import read_questions
+from retriever.questions import dev_subset, read_questions
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("model_dir")

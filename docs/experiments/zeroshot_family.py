@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from retriever.encode import EncodeConfig, encode_texts
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.scaling.entropy import contrastive_entropy
 from retriever.scaling.sweep import SweepConfig, load_sweep_data, truncated_encoder

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import UserError, non_negative, one_of, positive
-from rag.constrain import CONSTRAINTS
-from rag.pipeline import RagModel
+from rag.common.errors import UserError, one_of, positive
+from rag.config import Overrides
+from rag.loading import load_model
 from retriever.fusion import RetrievalConfig
 
 
@@ -31,32 +31,20 @@ from retriever.fusion import RetrievalConfig
 class Args:
     model: str | None = None  # RAG model directory (ragqa finetune --out); default: the starter
     index: str | None = None  # index directory; default: the model's index or the embedded corpus
-    k: int = 0  # passages per question; 0 = the model's own k
-    num_beams: int = 0  # beam width; 0 = the model's own
-    constrain: str = ""  # "spans": answer only with stretches of the retrieved passages (then EOS);
-    # "none": free generation; "" = the model's own setting
     format: str = "text"  # "text": the answer (and for one question its passages, best first);
     # "json": one JSON object per question (question, answer, score, passages) per line
     json: str | None = None  # also write every answer (a JSON list of those objects) to this file
     batch_size: int = 8  # questions answered together
 
     def __post_init__(self) -> None:
-        non_negative(self, "k", "num_beams")
         positive(self, "batch_size")
         one_of(self, "format", ("text", "json"))
-        if self.constrain not in ("", *CONSTRAINTS):
-            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
-
-
-def _load(args: Args, retrieval: RetrievalConfig) -> RagModel:
-    overrides = {key: val for key, val in (("k", args.k), ("num_beams", args.num_beams),
-                                           ("constrain", args.constrain)) if val}
-    return RagModel.from_pretrained(args.model, args.index, retrieval, **overrides)
 
 
 def main() -> None:
-    args, retrieval, questions = parse([Args, RetrievalConfig], description=__doc__, quiet_by_default=True,
-                                       positionals="QUESTION")
+    args, overrides, retrieval, questions = parse([Args, Overrides, RetrievalConfig],
+                                                  description=__doc__, quiet_by_default=True,
+                                                  positionals="QUESTION")
     if args.json:
         check_output_parent(args.json)
     from_stdin = not questions
@@ -69,7 +57,7 @@ def main() -> None:
             raise UserError(f"standard input: not UTF-8 text (byte {err.start})") from None
         if not questions:
             raise UserError("no questions on standard input")
-    model = _load(args, retrieval).eval()
+    model, _ = load_model(args.model, args.index, overrides, retrieval)
     answered = []
     for start in range(0, len(questions), args.batch_size):
         for ans in model.answer(questions[start : start + args.batch_size]):

@@ -24,6 +24,7 @@ from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError
+from rag.config import Overrides
 from retriever.fusion import RetrievalConfig
 from retriever.train import make_accelerator
 
@@ -39,7 +40,8 @@ class Args:
 
 
 def main() -> None:
-    args, config, retrieval = parse([Args, BenchmarkConfig, RetrievalConfig], description=__doc__)
+    args, overrides, config, retrieval = parse([Args, Overrides, BenchmarkConfig, RetrievalConfig],
+                                               description=__doc__)
     for path in (args.json, args.predictions):
         if path:
             check_output_parent(path)
@@ -53,7 +55,7 @@ def main() -> None:
     if not args.device and acc.num_processes > 1:
         device = acc.device  # each process its own GPU
     result = benchmark(args.model, args.index, args.questions, config, device=device,
-                       retrieval=retrieval)
+                       retrieval=retrieval, overrides=overrides)
     if not acc.is_main_process:  # the first process reports
         return
     if args.predictions:

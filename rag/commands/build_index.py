@@ -27,12 +27,13 @@ from pathlib import Path
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
 from rag.common.errors import UserError
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.corpus import CorpusConfig
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.fusion import FusionConfig
-from retriever.index import DenseIndex, IndexConfig
+from retriever.index import DenseIndex
+from retriever.index_factory import IndexConfig
 from retriever.shards import split_index
 from retriever.sparse import SPARSE_DIR, SparseConfig
 from retriever.train import make_accelerator

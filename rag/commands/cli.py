@@ -79,6 +79,13 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
 
     parser = HfArgumentParser(list(dataclass_types), description=description)
     parser.formatter_class = _HelpFormatter
+
+    def error(message: str) -> None:  # argparse's, with the line starting "error:" as ours do
+        parser.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--quiet", action="store_true",
                       help="print errors only: no progress bars, no notes on what is being done")

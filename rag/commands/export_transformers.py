@@ -29,7 +29,7 @@ from rag.common.atomic import check_output_dir
 from rag.common.errors import UserError
 from rag.constrain import CONSTRAINTS
 from rag.hf_rag import export
-from rag.pipeline import RagModel
+from rag.model import RagModel
 from retriever.fusion import RetrievalConfig
 
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
-from rag.common.errors import UserError, non_negative, one_of, positive
-from rag.pipeline import RagConfig, RagModel
+from rag.common.errors import non_negative, one_of, positive
+from rag.config import RagConfig
+from rag.loading import assemble
+from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.checkpoint import resume_dir
-from retriever.encoder import Encoder
 from retriever.fusion import RetrievalConfig
 from retriever.questions import read_questions
-from retriever.shards import load_index
 from retriever.train import make_accelerator
 
 log = logging.getLogger(__name__)
@@ -59,41 +59,17 @@ class Args:
 
 
 def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> RagModel:
-    from generator.copy import CopyBartForConditionalGeneration, has_copy_head
-    from generator.model import load_generator
-    from generator.warmstart import warm_start_bart
-    from rag.hf_rag import is_transformers_rag
-    from rag.hf_rag import load as load_transformers_rag
-
+    """The model to fine-tune: the checkpoint of an interrupted run of this command, if any, else
+    one assembled from --generator, --index and --question_encoder (``rag.loading.assemble``)."""
     resumed = resume_dir(args.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
         settings = {k: v for k, v in asdict(rag_cfg).items() if k != "index"}
         return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **settings)
-    q_enc = None
-    if is_transformers_rag(args.generator):
-        rag_q_enc, generator, tokenizer, _ = load_transformers_rag(args.generator)
-        q_enc = None if rag_cfg.question_encoder else rag_q_enc
-    elif args.generator == "starter":
-        generator, tokenizer = warm_start_bart(
-            "all-MiniLM-L6-v2", encoder_layers=args.starter_encoder_layers,
-            decoder_layers=args.starter_decoder_layers,
-            cross_attention=args.starter_cross_attention)
-    else:
-        generator, tokenizer = load_generator(args.generator)
-    if args.copy_head and not has_copy_head(generator):
-        generator = CopyBartForConditionalGeneration.from_bart(generator)
-    if rag_cfg.mode == "closed_book":
-        return RagModel(None, generator, tokenizer, None, rag_cfg)
-    if not rag_cfg.index:
-        raise UserError("--index DIR is required (except with --mode closed_book)")
-    index = load_index(rag_cfg.index, mmap=retrieval.mmap)
-    # a --question_encoder given explicitly, or a transformers RAG checkpoint's, is paired with
-    # the index (DenseIndex.check_question_encoder)
-    pair = bool(rag_cfg.question_encoder) or q_enc is not None
-    if q_enc is None:
-        q_enc = Encoder.from_pretrained(rag_cfg.question_encoder or index.manifest["encoder"]["name"])
-    return RagModel(q_enc, generator, tokenizer, index, rag_cfg, retrieval, pair=pair)
+    starter = {"encoder_layers": args.starter_encoder_layers,
+               "decoder_layers": args.starter_decoder_layers,
+               "cross_attention": args.starter_cross_attention}
+    return assemble(rag_cfg, args.generator, retrieval, copy_head=args.copy_head, starter=starter)
 
 
 def main() -> None:

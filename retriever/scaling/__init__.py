@@ -12,84 +12,28 @@ Modules, one per concept:
 - :mod:`.sweep`: measurement rows from truncated encoders (first l layers) trained on D pairs.
 
 Nothing here imports torch or matplotlib at import time; those are imported where needed.
+The names below are imported on first use (``rag.common.lazy``).
 """
 
 from __future__ import annotations
 
-from .cost import CostBreakdown, CostModel
-from .entropy import (
-    contrastive_entropy,
-    negative_pool_indices,
-    pair_contrastive_entropy,
-    sample_negative_indices,
-)
-from .fit import (
-    FitConfig,
-    FitResult,
-    HoldoutResult,
-    fit_data_size_law,
-    fit_joint_law,
-    fit_measurements,
-    fit_model_size_law,
-    holdout_largest_n,
-)
-from .laws import (
-    DataSizeLaw,
-    JointLaw,
-    ModelSizeLaw,
-    count_non_embedding_params,
-    data_size_law,
-    joint_law,
-    load_laws,
-    model_size_law,
-    published_msmarco_path,
-    save_laws,
-)
-from .measurements import Measurement, read_measurements
-from .select import (
-    Choice,
-    Encoder,
-    GridConfig,
-    Selection,
-    min_cost_for_loss,
-    min_loss_for_budget,
-    nearest_encoder,
-    parse_encoders,
-)
+from rag.common.lazy import lazy_exports
 
-__all__ = [
-    "Choice",
-    "CostBreakdown",
-    "CostModel",
-    "DataSizeLaw",
-    "Encoder",
-    "FitConfig",
-    "FitResult",
-    "GridConfig",
-    "HoldoutResult",
-    "JointLaw",
-    "Measurement",
-    "ModelSizeLaw",
-    "Selection",
-    "contrastive_entropy",
-    "count_non_embedding_params",
-    "data_size_law",
-    "fit_data_size_law",
-    "fit_joint_law",
-    "fit_measurements",
-    "fit_model_size_law",
-    "holdout_largest_n",
-    "joint_law",
-    "load_laws",
-    "min_cost_for_loss",
-    "min_loss_for_budget",
-    "model_size_law",
-    "nearest_encoder",
-    "negative_pool_indices",
-    "pair_contrastive_entropy",
-    "parse_encoders",
-    "published_msmarco_path",
-    "read_measurements",
-    "sample_negative_indices",
-    "save_laws",
-]
+_MODULES = {
+    "retriever.scaling.cost": ["CostBreakdown", "CostModel"],
+    "retriever.scaling.entropy": ["contrastive_entropy", "negative_pool_indices",
+                                  "pair_contrastive_entropy", "sample_negative_indices"],
+    "retriever.scaling.fit": ["FitConfig", "FitResult", "HoldoutResult", "fit_data_size_law",
+                              "fit_joint_law", "fit_measurements", "fit_model_size_law",
+                              "holdout_largest_n"],
+    "retriever.scaling.laws": ["DataSizeLaw", "JointLaw", "ModelSizeLaw",
+                               "count_non_embedding_params", "data_size_law", "joint_law",
+                               "load_laws", "model_size_law", "published_msmarco_path", "save_laws"],
+    "retriever.scaling.measurements": ["Measurement", "read_measurements"],
+    "retriever.scaling.select": ["Choice", "EncoderSize", "GridConfig", "Selection",
+                                 "min_cost_for_loss", "min_loss_for_budget", "nearest_encoder",
+                                 "parse_encoders"],
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

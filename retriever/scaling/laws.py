@@ -17,7 +17,7 @@ notes) are kept in the file and ignored here.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, astuple, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,34 +67,34 @@ def joint_law(
     return np.exp(beta * np.log(bracket)) + delta
 
 
+class _OneVariableLaw:
+    """The model-size and data-size laws: L(x) = (scale / x)^exponent + delta, their fields being
+    (scale, exponent, delta) in that order."""
+
+    def predict(self, x: ArrayLike) -> np.ndarray:
+        """Contrastive entropy at ``x`` (N or D; float64, shaped like ``x``)."""
+        scale, exponent, delta = astuple(self)
+        return _power(scale, x, exponent) + delta
+
+
 @dataclass(frozen=True)
-class ModelSizeLaw:
-    """A fitted model-size law L(N) = (A / N)^alpha + delta."""
+class ModelSizeLaw(_OneVariableLaw):
+    """A fitted model-size law L(N) = (A / N)^alpha + delta (:func:`model_size_law`)."""
 
     a: float  # A, in non-embedding parameters
     alpha: float  # exponent on N
     delta: float  # irreducible contrastive entropy (nats) at infinite N
-
     kind = "model"
-
-    def predict(self, n: ArrayLike) -> np.ndarray:
-        """Contrastive entropy at ``n`` non-embedding parameters (float64, shaped like ``n``)."""
-        return model_size_law(n, self.a, self.alpha, self.delta)
 
 
 @dataclass(frozen=True)
-class DataSizeLaw:
-    """A fitted data-size law L(D) = (B / D)^beta + delta."""
+class DataSizeLaw(_OneVariableLaw):
+    """A fitted data-size law L(D) = (B / D)^beta + delta (:func:`data_size_law`), N -> inf."""
 
     b: float  # B, in training pairs
     beta: float  # exponent on D
     delta: float  # irreducible contrastive entropy (nats) at infinite D
-
     kind = "data"
-
-    def predict(self, d: ArrayLike) -> np.ndarray:
-        """Contrastive entropy after ``d`` training pairs (float64, shaped like ``d``)."""
-        return data_size_law(d, self.b, self.beta, self.delta)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ Bad rows raise :class:`rag.common.errors.UserError` naming the file, the row and
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rag.common.errors import UserError
+from rag.common.jsonl import json_lines
 
 REQUIRED = ("name", "n_params", "n_train_pairs", "contrastive_entropy")
 
@@ -67,21 +67,14 @@ def parse_row(row: dict[str, Any], where: str) -> Measurement:
     )
 
 
+def _at_row(row: int, line: int) -> str:
+    return f"row {row} (line {line})"
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (where, row dict) for each non-blank line of a JSON-lines file."""
-    number = 0
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        number += 1
-        where = f"{path}: row {number} (line {lineno})"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(row).__name__}")
-        yield where, row
+    for number, (lineno, row) in enumerate(json_lines(path, _at_row), start=1):
+        yield f"{path}: {_at_row(number, lineno)}", row
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -92,7 +85,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         if absent:
             raise UserError(f"{path}: header lacks column(s) {', '.join(absent)}")
         for number, row in enumerate(reader, start=1):
-            where = f"{path}: row {number} (line {reader.line_num})"
+            where = f"{path}: {_at_row(number, reader.line_num)}"
             if None in row:
                 raise UserError(f"{where}: more fields than the header has columns")
             yield where, row

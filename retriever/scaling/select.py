@@ -51,7 +51,7 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
-class Encoder:
+class EncoderSize:
     """An available encoder: a name and its non-embedding parameter count."""
 
     name: str  # e.g. "bert-base"
@@ -60,12 +60,12 @@ class Encoder:
 
 # Google's BERT miniatures and BERT base/large, N without the pooler (DPR uses [CLS] directly).
 BERT_ENCODERS = (
-    Encoder("bert-tiny", 396_800),
-    Encoder("bert-mini", 3_159_552),
-    Encoder("bert-small", 12_610_560),
-    Encoder("bert-medium", 25_220_096),
-    Encoder("bert-base", 85_056_000),
-    Encoder("bert-large", 302_311_424),
+    EncoderSize("bert-tiny", 396_800),
+    EncoderSize("bert-mini", 3_159_552),
+    EncoderSize("bert-small", 12_610_560),
+    EncoderSize("bert-medium", 25_220_096),
+    EncoderSize("bert-base", 85_056_000),
+    EncoderSize("bert-large", 302_311_424),
 )
 
 
@@ -116,7 +116,7 @@ class Selection:
                 "best_encoder": self.best_encoder and self.best_encoder.to_dict()}
 
 
-def parse_encoders(specs: Sequence[str]) -> list[Encoder]:
+def parse_encoders(specs: Sequence[str]) -> list[EncoderSize]:
     """Parse ``"name=N"`` strings (N may use exponent notation, e.g. ``bert-base=8.5e7``)."""
     encoders = []
     for spec in specs:
@@ -127,11 +127,11 @@ def parse_encoders(specs: Sequence[str]) -> list[Encoder]:
             n_params = float("nan")
         if not sep or not name or not np.isfinite(n_params) or n_params <= 0:
             raise UserError(f"encoder {spec!r}: expected NAME=N with N > 0, e.g. bert-base=8.5e7")
-        encoders.append(Encoder(name, n_params))
+        encoders.append(EncoderSize(name, n_params))
     return encoders
 
 
-def nearest_encoder(n_params: float, encoders: Sequence[Encoder]) -> Encoder:
+def nearest_encoder(n_params: float, encoders: Sequence[EncoderSize]) -> EncoderSize:
     """The encoder whose N is nearest ``n_params`` on a log scale."""
     if not encoders:
         raise UserError("no encoders given")
@@ -169,7 +169,7 @@ def _choice(law: JointLaw, cost: CostModel, n: float, d: float, name: str | None
 
 
 def _select(objective: str, constraint: float, law: JointLaw, cost: CostModel,
-            grid: GridConfig, encoders: Sequence[Encoder]) -> Selection:
+            grid: GridConfig, encoders: Sequence[EncoderSize]) -> Selection:
     """Shared body: evaluate the plan on the grid and for each encoder, keep the minimum."""
     if not 0 < grid.n_min < grid.n_max or grid.points < 2:
         raise UserError(f"bad grid {grid}: need 0 < n_min < n_max and points >= 2")
@@ -200,7 +200,7 @@ def _select(objective: str, constraint: float, law: JointLaw, cost: CostModel,
 
 def min_cost_for_loss(law: JointLaw, cost: CostModel, target: float, *,
                       grid: GridConfig = GridConfig(),
-                      encoders: Sequence[Encoder] = ()) -> Selection:
+                      encoders: Sequence[EncoderSize] = ()) -> Selection:
     """The (N, D) reaching contrastive entropy ``target`` at the least cost Z(N, D).
 
     Raises :class:`UserError` if no N on the grid can reach ``target`` (e.g. target <= delta).
@@ -213,7 +213,7 @@ def min_cost_for_loss(law: JointLaw, cost: CostModel, target: float, *,
 
 def min_loss_for_budget(law: JointLaw, cost: CostModel, budget: float, *,
                         grid: GridConfig = GridConfig(),
-                        encoders: Sequence[Encoder] = ()) -> Selection:
+                        encoders: Sequence[EncoderSize] = ()) -> Selection:
     """The (N, D) with the lowest predicted contrastive entropy whose cost Z(N, D) = ``budget``.
 
     Raises :class:`UserError` if the budget cannot buy ``grid.min_pairs`` pairs at any N.

@@ -99,24 +99,14 @@ class SweepData:
     pool: np.ndarray  # (R,) int64 corpus rows of the negative pool
 
 
-def gold_rows(questions: Sequence[Any], texts: Sequence[str]) -> tuple[list[int], np.ndarray]:
-    """Match each question's ``gold_context`` to the corpus passage with the same text.
+def _first_gold_rows(questions: Sequence[Any], texts: Sequence[str]) -> tuple[list[int], np.ndarray]:
+    """The positions (into ``questions``) of the questions whose gold context is a passage of
+    ``texts``, and the (matched,) int64 row of each one's first such passage."""
+    from retriever.gold import gold_rows
 
-    Texts are compared after ``collapse_ws``. Returns the positions (into ``questions``) of the
-    questions that matched and the (matched,) int64 corpus rows of their gold passages.
-    """
-    from retriever.corpus import collapse_ws
-
-    row_of = {}
-    for row, text in enumerate(texts):
-        row_of.setdefault(collapse_ws(text), row)
-    kept, rows = [], []
-    for i, q in enumerate(questions):
-        row = row_of.get(collapse_ws(q.gold_context)) if q.gold_context else None
-        if row is not None:
-            kept.append(i)
-            rows.append(row)
-    return kept, np.asarray(rows, dtype=np.int64)
+    matched = gold_rows(questions, texts)
+    kept = [i for i, rows in enumerate(matched) if rows]
+    return kept, np.asarray([matched[i][0] for i in kept], dtype=np.int64)
 
 
 def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
@@ -128,14 +118,14 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
     when the pool is smaller than ``num_negatives``.
     """
     from retriever.corpus import load_corpus
-    from retriever.questions import read_questions
+    from retriever.questions import dev_subset, read_questions
 
     table = load_corpus(corpus)
     ids, titles, texts = table["id"], table["title"], table["text"]
     train_qs = read_questions(train, require_answers=False)
     dev_qs = read_questions(dev, require_answers=False)
-    train_kept, train_gold = gold_rows(train_qs, texts)
-    dev_kept, dev_gold_all = gold_rows(dev_qs, texts)
+    train_kept, train_gold = _first_gold_rows(train_qs, texts)
+    dev_kept, dev_gold_all = _first_gold_rows(dev_qs, texts)
     if not train_kept or not dev_kept:
         raise UserError(f"{train if not train_kept else dev}: no question's gold context "
                         f"matches a passage of {corpus}")
@@ -149,9 +139,8 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
                         f"num_negatives={config.num_negatives}")
     if config.eval_sample not in ("random", "first"):
         raise UserError(f"eval_sample must be 'random' or 'first', not {config.eval_sample!r}")
-    picked = (np.random.default_rng(config.seed + 1).permutation(len(dev_kept))
-              if config.eval_sample == "random" else np.arange(len(dev_kept)))
-    picked = np.sort(picked[: config.eval_questions])
+    picked = np.asarray(dev_subset(range(len(dev_kept)), config.eval_questions, config.eval_sample,
+                                   config.seed + 1), dtype=np.int64)
     evaluated = [dev_kept[i] for i in picked]
     return SweepData(
         titles=list(titles), texts=list(texts),
@@ -194,49 +183,50 @@ def truncated_encoder(encoder, layers: int, keep: str = "first"):
 def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
                          ctx_vecs: dict[int, np.ndarray] | None, config: SweepConfig,
                          data: SweepData | None = None) -> float:
-    """One epoch of in-batch-negative DPR training of ``q_enc``.
+    """One epoch of in-batch-negative DPR training of ``q_enc``, in the order given, through
+    ``retriever.train``'s loss and ``retriever.loop``'s epoch.
 
     ``gold`` (D,) holds each question's corpus row. Passages are scored by their frozen vectors
     ``ctx_vecs`` (row -> (H,) float32), or, when ``config.train_context``, encoded by ``q_enc``
     itself from ``data``'s texts at every step (one shared, trained encoder). Duplicate
     positives in a batch are merged into one candidate column, so no question is trained
-    against its own gold passage as a negative. Returns the mean loss.
+    against its own gold passage as a negative. Gradients are not clipped; AdamW keeps its
+    default weight decay (0.01). Returns the mean loss.
     """
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
-    from retriever.train import dpr_loss
+    from retriever.examples import Example
+    from retriever.loop import optimizer_step, rank_share, train_epoch
+    from retriever.train import TrainConfig, dpr_optimizer, make_accelerator, train_step_loss
 
-    device = next(q_enc.parameters()).device
+    train = TrainConfig(epochs=1, batch_size=config.batch_size, hard_negatives=0, lr=config.lr,
+                        weight_decay=0.01, warmup_ratio=0.1, seed=config.seed)
+    examples = [Example(q, int(row), ()) for q, row in zip(questions, gold, strict=True)]
     scale = q_enc.score_scale(config.score_scale)
-    steps = (len(questions) + config.batch_size - 1) // config.batch_size
-    opt = torch.optim.AdamW(q_enc.parameters(), lr=config.lr)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
-    q_enc.train()
-    losses = []
-    for start in range(0, len(questions), config.batch_size):
-        batch_rows = gold[start : start + config.batch_size]  # (B,)
-        cands, positive_col = np.unique(batch_rows, return_inverse=True)  # (C,), (B,)
-        if config.train_context:
-            ptok = q_enc.tokenize([data.texts[r] for r in cands], [data.titles[r] for r in cands])
-            ctx = q_enc(ptok["input_ids"].to(device), ptok["attention_mask"].to(device))  # (C, H)
-        else:
-            ctx = torch.from_numpy(np.stack([ctx_vecs[int(r)] for r in cands])).to(device)
-        tok = q_enc.tokenize(list(questions[start : start + config.batch_size]))
-        q = q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, H)
-        loss = dpr_loss(q, ctx, torch.as_tensor(positive_col, device=device), scale=scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
+    params = list(q_enc.parameters())
+    acc = make_accelerator()
+    opt, sched = dpr_optimizer(q_enc, params, train, len(examples), 1)
+    device = next(q_enc.parameters()).device
+
+    def contexts(rows: list[int]) -> torch.Tensor:  # (C, H)
+        if not config.train_context:
+            return torch.from_numpy(np.stack([ctx_vecs[r] for r in rows]))
+        tok = q_enc.tokenize([data.texts[r] for r in rows], [data.titles[r] for r in rows])
+        return q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+
+    losses = train_epoch(
+        acc, q_enc, rank_share(len(examples), None, acc), train.batch_size,
+        lambda batch: train_step_loss(q_enc, [examples[i] for i in batch], contexts, train, scale,
+                                      merge=True),
+        lambda loss: optimizer_step(acc, loss, params, opt, sched, max_grad_norm=None),
+        progress=False)
     q_enc.eval()
     return float(np.mean(losses)) if losses else float("nan")
 
 
 def _encode_rows(encoder, data: SweepData, rows: np.ndarray, encode_cfg) -> dict[int, np.ndarray]:
     """Corpus row -> (H,) float32 vector of each passage in ``rows`` under ``encoder``."""
-    from retriever.encode import encode_texts
+    from retriever.batch_encode import encode_texts
 
     vecs = encode_texts(encoder, [data.texts[r] for r in rows], [data.titles[r] for r in rows],
                         encode_cfg)  # (rows, H)
@@ -269,7 +259,7 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
     """
     import torch
 
-    from retriever.encode import EncodeConfig, encode_texts
+    from retriever.batch_encode import EncodeConfig, encode_texts
     from retriever.encoder import Encoder
 
     out = Path(out)

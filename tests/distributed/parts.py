@@ -11,7 +11,7 @@ import torch
 
 from rag.benchmark import BenchmarkConfig, run_benchmark
 from rag.common.errors import UserError
-from rag.pipeline import RagModel
+from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval

@@ -25,9 +25,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rag.pipeline import RagModel
+from rag.model import RagModel
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.index import DenseIndex
@@ -58,7 +58,7 @@ def built(tmp_path_factory, tiny_encoder_dir, corpus_jsonl) -> dict[str, Path]:
     """The whole index (with BM25), its 2 and 3 shards, 2 shards whose second is unreadable, and
     a tiny RAG model (the tiny BERT as question encoder, a BART warm-started from it)."""
     from generator.warmstart import warm_start_bart
-    from rag.pipeline import RagConfig
+    from rag.config import RagConfig
 
     tmp = tmp_path_factory.mktemp("dist")
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir))

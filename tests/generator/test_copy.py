@@ -17,14 +17,12 @@ from generator.copy import (
 )
 from generator.model import load_generator, save_generator
 from rag.common.errors import UserError
-from rag.decode import DecodeConfig, encode_passages, rag_sequence_generate, rag_token_generate
-from rag.marginal import (
-    generator_logits,
-    hypothesis_logprobs,
-    rag_sequence_nll,
-    rag_token_nll,
-    token_logprobs,
-)
+from rag.decode import DecodeConfig
+from rag.decode_sequence import rag_sequence_generate
+from rag.decode_token import rag_token_generate
+from rag.marginal import generator_logits, rag_sequence_nll, rag_token_nll, token_logprobs
+from rag.passages import encode_passages
+from rag.rescore import hypothesis_logprobs
 
 TINY = dict(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,

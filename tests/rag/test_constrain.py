@@ -10,9 +10,11 @@ from transformers import BartConfig, BartForConditionalGeneration
 
 from generator.copy import CopyBartForConditionalGeneration, copyable
 from rag.common.errors import UserError
+from rag.config import RagConfig
 from rag.constrain import span_allowed
-from rag.decode import DecodeConfig, rag_sequence_generate, rag_token_generate
-from rag.pipeline import RagConfig
+from rag.decode import DecodeConfig
+from rag.decode_sequence import rag_sequence_generate
+from rag.decode_token import rag_token_generate
 
 TINY = dict(vocab_size=30, d_model=16, encoder_layers=1, decoder_layers=1,
             encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rag.decode import DecodeConfig, rag_sequence_generate, rag_token_generate
+from rag.decode import DecodeConfig
+from rag.decode_sequence import rag_sequence_generate
+from rag.decode_token import rag_token_generate
 
 B, L = 4, 12
 SETTINGS = [  # (num_beams, extra DecodeConfig fields)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rag import default
-from rag.pipeline import RagModel
+from rag.model import RagModel
 
 
 @pytest.fixture(scope="module")

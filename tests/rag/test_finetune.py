@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
-from rag.pipeline import RagModel
+from rag.model import RagModel
 from rag.train import (
     FinetuneConfig,
     answer_window,
     dev_exact_match,
-    dev_subset,
     finetune,
     gold_examples,
 )
 from retriever.checkpoint import checkpoint_dir, resume_dir
-from retriever.questions import Question
+from retriever.questions import Question, dev_subset
 
 
 @pytest.fixture

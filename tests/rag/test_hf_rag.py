@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
-from rag.pipeline import RagConfig, RagModel
+from rag.config import RagConfig
+from rag.model import RagModel
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 
@@ -150,7 +151,7 @@ def test_what_transformers_cannot_represent_is_refused(make_rag, tmp_path):
     check_exportable(model)
     for overrides, fragment in [({"constrain": "spans"}, "--constrain none"),
                                 ({"mode": "closed_book"}, "closed_book"),
-                                ({"doc_score_scale": 5.0}, "score scale")]:
+                                ({"score_scale": 5.0}, "score scale")]:
         with pytest.raises(UserError, match=fragment):
             check_exportable(make_rag(**overrides))
     model.question_encoder.config = model.question_encoder.config.__class__(pooling="mean")

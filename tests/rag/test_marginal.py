@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rag.decode import encode_passages
-from rag.marginal import hypothesis_logprobs, rag_loss, rag_sequence_nll, rag_token_nll
+from rag.marginal import rag_loss, rag_sequence_nll, rag_token_nll
+from rag.passages import encode_passages
+from rag.rescore import hypothesis_logprobs
 
 B, L, T = 4, 12, 9
 
@@ -163,7 +164,7 @@ def test_encoder_states_buckets_equal_one_padded_pass(tiny_bart, left_padded):
     the same gradients, and really run in several trimmed calls."""
     import torch
 
-    from rag.marginal import encoder_states
+    from rag.passages import encoder_states
 
     g = torch.Generator().manual_seed(3)
     N, L = 12, 40

@@ -8,7 +8,8 @@ import torch
 
 from generator.copy import CopyBartForConditionalGeneration
 from generator.model import load_generator
-from rag.pipeline import RagConfig, RagModel
+from rag.config import RagConfig
+from rag.model import RagModel
 
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?"]
 

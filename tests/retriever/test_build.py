@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import retriever.encode as encode_mod
+import retriever.batch_encode as encode_mod
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 
 SMALL_SHARDS = BuildConfig(encode=EncodeConfig(shard_size=3, progress=False))
@@ -71,7 +71,7 @@ def test_stored_embeddings_are_indexed_without_encoding(tiny_encoder_dir, tiny_e
     from datasets import Dataset
 
     from rag.common.errors import UserError
-    from retriever.encode import encode_texts
+    from retriever.batch_encode import encode_texts
 
     quiet = EncodeConfig(progress=False)
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir))

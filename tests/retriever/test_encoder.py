@@ -154,7 +154,7 @@ def test_identity_records_what_an_index_needs(tiny_encoder_dir):
 def test_bad_inputs(tiny_encoder_dir, tmp_path):
     with pytest.raises(UserError, match="pooling"):
         Encoder.from_pretrained(str(tiny_encoder_dir), pooling="weighted")
-    with pytest.raises(UserError, match="not a model directory"):
+    with pytest.raises(UserError, match="does not exist"):
         Encoder.from_pretrained(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="cannot load encoder"):

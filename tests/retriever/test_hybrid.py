@@ -14,8 +14,8 @@ import Stemmer
 import torch
 
 from rag.common.errors import UserError
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
-from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import DEFAULT_CANDIDATES, DEFAULT_WEIGHT, RRF_K, FusionConfig, RetrievalConfig

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import retriever.index as index_mod
+import retriever.index_files as files_mod
 from rag.common.errors import UserError
 from retriever.corpus import open_shards, write_arrow
-from retriever.index import DenseIndex, IndexConfig
+from retriever.index import DenseIndex
+from retriever.index_factory import IndexConfig
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")
 
@@ -284,7 +285,7 @@ def failing_write(*args):
 
 
 def test_failing_save_leaves_nothing_behind(small_index, tmp_path, monkeypatch):
-    monkeypatch.setattr(index_mod.faiss, "write_index", failing_write)
+    monkeypatch.setattr(files_mod.faiss, "write_index", failing_write)
     with pytest.raises(RuntimeError, match="disk full"):
         small_index.save(tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []
@@ -292,7 +293,7 @@ def test_failing_save_leaves_nothing_behind(small_index, tmp_path, monkeypatch):
 
 def test_failing_overwrite_keeps_the_old_index(small_index, saved_dir, queries, monkeypatch):
     before = DenseIndex.load(saved_dir).search(queries, 3)
-    monkeypatch.setattr(index_mod.faiss, "write_index", failing_write)
+    monkeypatch.setattr(files_mod.faiss, "write_index", failing_write)
     with pytest.raises(RuntimeError, match="disk full"):
         small_index.save(saved_dir, overwrite=True)
     assert sorted(p.name for p in saved_dir.parent.iterdir()) == ["idx"]

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import retriever.index as index_mod
-from rag.common.errors import UserError
+import retriever.index_factory as factory_mod
 from retriever.corpus import open_shards, write_arrow
-from retriever.index import DenseIndex, IndexConfig
+from retriever.index import DenseIndex
+from retriever.index_factory import IndexConfig
 
 pytestmark = pytest.mark.usefixtures("private_tempdir")
 
@@ -117,13 +118,13 @@ def test_faiss_gets_float32_chunks_with_row_ids(kind, cls, vectors, table, small
 
 def test_ivfpq_trains_on_a_sample_and_keeps_recall(memmapped, vectors, table, queries, monkeypatch):
     samples = []
-    original = index_mod._training_sample
+    original = factory_mod._training_sample
 
     def spy(*args):
         samples.append(original(*args))
         return samples[-1]
 
-    monkeypatch.setattr(index_mod, "_training_sample", spy)
+    monkeypatch.setattr(factory_mod, "_training_sample", spy)
     index = DenseIndex.build(memmapped, table, IDENTITY, IVFPQ)
     assert samples[0].shape == (256 * 16, DIM)  # auto: 256 per PQ code (16), fewer than N
     assert samples[0].dtype == np.float32
@@ -132,7 +133,7 @@ def test_ivfpq_trains_on_a_sample_and_keeps_recall(memmapped, vectors, table, qu
     assert rows == sorted(set(rows))
     truth = exact(queries, vectors)
     sampled = recall(index.search_knn(queries, K)[1], truth)
-    full = index_mod._factory(DIM, N, IVFPQ)  # the same index trained on every vector
+    full = factory_mod._factory(DIM, N, IVFPQ)  # the same index trained on every vector
     full.train(vectors)
     full.add(vectors)
     full.nprobe = IVFPQ.nprobe
@@ -145,9 +146,3 @@ def test_ivfpq_trains_on_a_sample_and_keeps_recall(memmapped, vectors, table, qu
     DenseIndex.build(memmapped, table, IDENTITY, IndexConfig(**{**IVFPQ.__dict__,
                                                                 "train_sample": 10 * N}))
     assert samples[2].shape == (256 * 16, DIM)  # FAISS would drop more than 256 per centroid
-
-
-@pytest.mark.parametrize("bad", [-1, 2.5, True])
-def test_train_sample_is_checked(bad):
-    with pytest.raises(UserError, match="--train_sample"):
-        IndexConfig(index_type="ivfpq", train_sample=bad)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.build import build_index
 from retriever.corpus import open_shards, write_arrow
-from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.examples import pseudo_questions
 from retriever.index import DenseIndex

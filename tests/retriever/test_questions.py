@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rag.common.errors import UserError
-from retriever.questions import Question, read_questions
+from retriever.questions import Question, dev_subset, read_questions
 
 
 def test_squad_json(squad_questions, questions, passages):
@@ -146,3 +146,11 @@ def test_non_utf8_jsonl_line(tmp_path):
     path.write_bytes(b'{"question": "a", "answer": ["b"]}\n{"question": "caf\xe9", "answer": ["b"]}\n')
     with pytest.raises(UserError, match="line 2.*UTF-8"):
         read_questions(path)
+
+
+def test_dev_subset_of_positions_is_seeded_and_sorted():
+    drawn = dev_subset(range(50), 5, "random", seed=1)
+    assert drawn == dev_subset(range(50), 5, "random", seed=1) == sorted(drawn)
+    assert drawn != dev_subset(range(50), 5, "random", seed=2)
+    assert dev_subset(range(50), 5, "first") == [0, 1, 2, 3, 4]
+    assert dev_subset(range(3), 5) == dev_subset(range(3), 0) == [0, 1, 2]

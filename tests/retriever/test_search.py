@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from rag.common.errors import UserError
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
-from retriever.evaluation import evaluate_retrieval, gold_passage_ids
+from retriever.evaluation import evaluate_retrieval
 from retriever.index import DenseIndex
 from retriever.metrics import has_answer
-from retriever.questions import Question, read_questions
+from retriever.questions import read_questions
 from retriever.search import Retriever, check_questions
 
 QUIET = EncodeConfig(progress=False)
@@ -119,14 +119,6 @@ def test_dpr_pair_builds_an_index_and_searches_it(dpr_pair_dirs, corpus_tsv, que
 def test_explicit_pairing_never_bridges_dimensions(index, tiny_encoder_dir_16):
     with pytest.raises(UserError, match="dim"):
         Retriever(Encoder.from_pretrained(str(tiny_encoder_dir_16), pooling="mean"), index, pair=True)
-
-
-def test_gold_passage_ids(index, squad_questions):
-    squad = read_questions(squad_questions)
-    assert gold_passage_ids(index, squad) == [{p} for p in list(index.passages["id"])]
-    dpr = [Question("q", ("a",), positive_ids=("nile", "x"))]
-    assert gold_passage_ids(index, dpr) == [{"nile", "x"}]
-    assert gold_passage_ids(index, [Question("q", ("a",))]) is None
 
 
 def test_evaluate_retrieval_equals_recomputation(index, encoder, squad_questions):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from rag.common.errors import UserError
-from retriever.encode import EncodeConfig, encode_texts
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 
 TEXTS = ["the capital of france is paris", "a river flows into the sea", "short",

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
-from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.fusion import FusionConfig, RetrievalConfig
-from retriever.index import DenseIndex, IndexConfig
+from retriever.index import DenseIndex
+from retriever.index_factory import IndexConfig
 from retriever.search import Retriever
 from retriever.shards import SHARDS_FILE, ShardedIndex, build_shards, load_index, split_index
 from retriever.sparse import SparseConfig, SparseIndex

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
+from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
-from retriever.encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.examples import Example, build_examples, mine_bm25_negatives
 from retriever.index import DenseIndex

@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from rag.pipeline import RagConfig, RagModel
+from rag.config import RagConfig
+from rag.model import RagModel
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 
 PRELOAD = ["retriever.build", "retriever.evaluation", "retriever.search", "retriever.train",
-           "rag.pipeline", "rag.benchmark", "rag.train",
+           "rag.model", "rag.benchmark", "rag.train",
            "transformers:AutoConfig,AutoModel,AutoTokenizer,BertModel,BertTokenizerFast,HfArgumentParser"]
 
 

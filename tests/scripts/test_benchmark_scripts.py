@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from generator.warmstart import warm_start_bart
-from rag.pipeline import RagConfig, RagModel
+from rag.config import RagConfig
+from rag.model import RagModel
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.metrics import dpr_tokens, token_has_answer

@@ -12,9 +12,9 @@ import time
 
 import torch
 
-from rag.pipeline import RagModel
+from rag.model import RagModel
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 

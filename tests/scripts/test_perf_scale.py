@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 

@@ -14,13 +14,14 @@ import pytest
 import torch
 
 from generator.warmstart import warm_start_bart
-from rag.pipeline import RagConfig, RagModel
+from rag.config import RagConfig
+from rag.model import RagModel
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 
-PRELOAD = ["accelerate", "rag.default", "rag.pipeline", "rag.train", "generator.warmstart",
+PRELOAD = ["accelerate", "rag.default", "rag.model", "rag.train", "generator.warmstart",
            "retriever.build", "transformers:AutoConfig,AutoModel,AutoTokenizer,"
            "BartForConditionalGeneration,HfArgumentParser,get_linear_schedule_with_warmup"]
 
@@ -169,7 +170,7 @@ def test_ask_reads_one_question_per_line_from_stdin(runs):
     ("ask_other_encoder", ["fingerprint"]),
     ("ask_other_dim", ["dim 16", "dim 32"]),
     ("ask_closed_spans", ["constrain 'spans'", "closed_book"]),
-    ("ask_bad_constrain", ["--constrain 'words'", "spans"]),
+    ("ask_bad_constrain", ["--constrain", "'words'", "spans"]),  # refused by the parser
     ("ask_hybrid_no_sparse", ["--retrieval hybrid", "sparse side"]),
     ("ask_rrf", ["rrf", "--fusion linear"]),
     ("finetune_bad_weight", ["--fusion_weight", "inf"]),

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
+from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
-from retriever.encode import EncodeConfig
 from retriever.encoder import Encoder
 from retriever.sparse import SparseConfig
 

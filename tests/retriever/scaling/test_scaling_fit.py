@@ -117,7 +117,7 @@ def test_read_and_fit_measurements(tmp_path, kind):
     ("csv", "b,abc,1e5,0.3,", "n_params must be a number"),
     ("csv", "b,1e6,1e5,,", "missing contrastive_entropy"),
     ("csv", "b,1e6,-5,0.3,", "n_train_pairs must be a finite positive"),
-    ("jsonl", '{"name": "b", "n_params": 1e6, "n_train_pairs": 1e5', "not valid JSON"),
+    ("jsonl", '{"name": "b", "n_params": 1e6, "n_train_pairs": 1e5', "invalid JSON"),
     ("jsonl", '{"name": "b", "n_params": 1e6, "n_train_pairs": 1e5, '
               '"contrastive_entropy": "nan"}', "finite"),
     ("jsonl", '[1, 2]', "expected a JSON object"),

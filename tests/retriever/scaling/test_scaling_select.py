@@ -10,7 +10,7 @@ import pytest
 from rag.common.errors import UserError
 from retriever.scaling import (
     CostModel,
-    Encoder,
+    EncoderSize,
     GridConfig,
     JointLaw,
     load_laws,
@@ -84,7 +84,7 @@ def test_unreachable_constraints():
 
 def test_encoders():
     encoders = parse_encoders(["small=1e7", "base=8.5e7"])
-    assert encoders == [Encoder("small", 1e7), Encoder("base", 8.5e7)]
+    assert encoders == [EncoderSize("small", 1e7), EncoderSize("base", 8.5e7)]
     assert nearest_encoder(4e7, encoders).name == "base"  # log-nearest: 4e7 / 1e7 > 8.5e7 / 4e7
     with pytest.raises(UserError, match="NAME=N"):
         parse_encoders(["base"])

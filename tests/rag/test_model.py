@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict
 
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
-from rag.pipeline import RagConfig, RagModel
+from rag.config import RagConfig
+from rag.model import RagModel
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex, SearchResult
 
@@ -180,42 +182,22 @@ def test_index_object_can_be_passed_to_from_pretrained(make_rag, tmp_path, rag_i
     assert loaded.index is index and loaded.config.k == 2 and loaded.config.mode == "token"
 
 
-@pytest.fixture(scope="module")
-def minilm_tokenizer():
-    from transformers import AutoTokenizer
-
-    from retriever.encoder import packaged_model_path
-
-    return AutoTokenizer.from_pretrained(packaged_model_path("all-MiniLM-L6-v2"))
-
-
-def test_copy_span_returns_the_passage_text_the_tokens_came_from(minilm_tokenizer):
-    from rag.pipeline import copy_span
-
-    tok = minilm_tokenizer
-    passages = [{"title": "Weather", "text": "It rained."},
-                {"title": "Super Bowl 50", "text": "Played at Levi's Stadium; the score: 24–10, "
-                 "before 9.6% of TV homes."},
-                {"title": "Copy", "text": "levis stadium, Levi's Stadium again"}]
-
-    def ids(s: str) -> list[int]:
-        return tok(s, add_special_tokens=False)["input_ids"]
-
-    assert tok.decode(ids("Levi's Stadium")) == "levi ' s stadium"  # what decoding alone gives
-    assert copy_span(tok, ids("levi ' s stadium"), passages) == "Levi's Stadium"  # first passage
-    assert copy_span(tok, ids("24 – 10"), passages) == "24–10"
-    assert copy_span(tok, ids("9. 6 %"), passages) == "9.6%"
-    assert copy_span(tok, ids("super bowl"), passages) == "Super Bowl"  # from a title
-    assert copy_span(tok, ids("levi stadium"), passages) is None  # not a contiguous run
-    assert copy_span(tok, [], passages) is None
+def test_config_saved_under_the_old_key_doc_score_scale_loads(make_rag, tmp_path):
+    make_rag("sequence").save_pretrained(tmp_path / "model")
+    file = tmp_path / "model" / "rag_config.json"
+    saved = json.loads(file.read_text())
+    saved["doc_score_scale"] = 5.0
+    del saved["score_scale"]
+    file.write_text(json.dumps(saved))
+    assert RagModel.from_pretrained(tmp_path / "model").config.score_scale == 5.0
 
 
 @pytest.mark.parametrize("copy_spans", [True, False])
 def test_answers_use_copied_spans_when_configured(make_rag, monkeypatch, copy_spans):
-    import rag.pipeline
+    import rag.answers
 
     calls = []
-    monkeypatch.setattr(rag.pipeline, "copy_span",
+    monkeypatch.setattr(rag.answers, "copy_span",
                         lambda tok, ids, passages: calls.append(passages) or "SPAN")
     model = make_rag("sequence", copy_spans=copy_spans)
     answers = model.answer(QUESTIONS, num_beams=1)
@@ -248,20 +230,29 @@ def test_answer_reads_given_passages_like_the_generator_alone(make_rag, mode):
 
 
 def test_doc_scores_are_scaled_before_the_softmax(make_rag):
-    plain = make_rag("sequence", doc_score_scale=1.0)
+    plain = make_rag("sequence", score_scale=1.0)
     scores, result = plain.retrieve(QUESTIONS)
     np.testing.assert_allclose(scores.detach().numpy(), result.scores, rtol=1e-5, atol=1e-5)
-    scaled, _ = make_rag("sequence", doc_score_scale=5.0).retrieve(QUESTIONS)
+    scaled, _ = make_rag("sequence", score_scale=5.0).retrieve(QUESTIONS)
     torch.testing.assert_close(scaled, 5.0 * scores)
-    auto = make_rag("sequence")
-    assert auto.score_scale == (20.0 if auto.question_encoder.config.normalize else 1.0)
+    with pytest.raises(UserError, match="score_scale"):
+        RagConfig(score_scale=-1.0)
+
+
+@pytest.mark.parametrize("normalize, scale", [(True, 20.0), (False, 1.0)])
+def test_the_automatic_scale_is_20_on_cosines_and_1_on_inner_products(make_rag, normalize, scale):
+    """score_scale 0: sentence-transformers' training scale, 20, on the scores of a question
+    encoder whose outputs are L2-normalised (checked below), and DPR's raw inner products as
+    they are."""
     from dataclasses import replace
 
-    auto.question_encoder.config = replace(auto.question_encoder.config,
-                                           normalize=not auto.question_encoder.config.normalize)
-    assert auto.score_scale == (20.0 if auto.question_encoder.config.normalize else 1.0)
-    with pytest.raises(UserError, match="doc_score_scale"):
-        RagConfig(doc_score_scale=-1.0)
+    model = make_rag("sequence", score_scale=0.0)
+    model.question_encoder.config = replace(model.question_encoder.config, normalize=normalize)
+    scores, result = model.retrieve(QUESTIONS)
+    np.testing.assert_allclose(scores.detach().numpy(), scale * result.scores, rtol=1e-5, atol=1e-5)
+    q = model.question_encoder.tokenize(QUESTIONS)
+    norms = model.question_encoder(q["input_ids"], q["attention_mask"]).norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5) == normalize
 
 
 @pytest.mark.parametrize("mode", ["dense", "hybrid"])

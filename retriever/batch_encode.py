@@ -4,6 +4,7 @@ Texts are tokenised once, sorted by token length (so each batch pads to nearly i
 encoded in batches under ``torch.inference_mode`` and put back in input order. A corpus is encoded
 in fixed-size shards saved as ``.npy`` files; a killed run finds the finished shards and continues
 where it stopped, and several processes (``accelerate launch``) split the shards between them.
+Vectors reach FAISS through :func:`to_numpy32`, the one conversion to its input type.
 
 Glossary: N texts, L tokens, D embedding dimension.
 """
@@ -41,9 +42,12 @@ class EncodeConfig:
         positive(self, "batch_size", "shard_size")
 
 
-def to_numpy32(x: torch.Tensor) -> np.ndarray:
-    """The one conversion to FAISS's input type: contiguous float32 numpy on the CPU."""
-    return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+def to_numpy32(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """The one conversion to FAISS's input type: C-contiguous float32 numpy on the CPU, from a
+    tensor (any device or dtype; detached) or an array (not copied when it already is one)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float32).numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-import retriever.encode as encode_mod
+import retriever.batch_encode as encode_mod
 from rag.common.errors import UserError
-from retriever.encode import EncodeConfig, encode_corpus, encode_texts
+from retriever.batch_encode import EncodeConfig, encode_corpus, encode_texts
 from retriever.encoder import Encoder
 
 QUIET = EncodeConfig(batch_size=2, shard_size=3, progress=False)

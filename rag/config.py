@@ -1,0 +1,167 @@
+"""A RAG model's settings (:class:`RagConfig`) and the ``rag_config.json`` that records them.
+
+A model directory's ``rag_config.json`` holds the :class:`RagConfig` fields and, under
+``"retrieval"``, the search settings (``retriever.fusion.RetrievalConfig.saved``). It is written by
+:func:`write_config` and read back by :func:`read_config`, the one reader, which also accepts the
+files of older versions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from rag.common.errors import UserError, fraction, positive, require
+from retriever.fusion import RetrievalConfig
+
+from .constrain import CONSTRAINTS
+
+MODES = ("sequence", "token", "closed_book")
+Mode = Literal["sequence", "token", "closed_book"]
+# how answers are searched for: RAG-Sequence's "thorough" or "fast" rescoring (Lewis et al. 2020,
+# Sec. 2.4), or by name "greedy" (beam width 1) and "beam" (the model's beam width or a given one)
+Decoding = Literal["thorough", "fast", "greedy", "beam"]
+Constraint = Literal["none", "spans"]  # rag.constrain.CONSTRAINTS
+CONFIG_NAME = "rag_config.json"
+# score_scale was called doc_score_scale before it took the name the retriever's training uses
+# for the same factor: the rag_config.json of models saved then (the packaged starter's among
+# them) and command lines written then still say doc_score_scale, and both are still read
+_RENAMED = {"doc_score_scale": "score_scale"}
+_OLD_FLAGS = {"aliases": ["--doc_score_scale", "--doc-score-scale"]}
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    """How a RAG model retrieves, reads, trains and decodes (Lewis et al. 2020)."""
+
+    mode: str = "sequence"  # "sequence" (RAG-Sequence), "token" (RAG-Token) or "closed_book"
+    k: int = 5  # passages retrieved per question
+    max_input_length: int = 256  # generator tokens per "title / text // question" input
+    max_answer_length: int = 24  # longest generated answer in tokens (decoder start included)
+    num_beams: int = 4  # beam width; 1 = greedy
+    decoding: str = "thorough"  # RAG-Sequence: "thorough" or "fast"; ignored by RAG-Token
+    label_smoothing: float = 0.0  # epsilon of label smoothing in the training loss
+    index: str = ""  # index directory the model was trained with (default for --index)
+    question_encoder: str = ""  # question encoder to start from (default: the index's encoder),
+    # paired with the index explicitly (DPR's twins); also what a model dir without question_encoder/ loads
+    score_scale: float = field(default=0.0, metadata=_OLD_FLAGS)  # p(z|x) = softmax(scale * q . d)
+    # over the k passages; 0 = 20 for L2-normalised question encoders (cosine scores, nearly
+    # uniform over k without a scale; 20 is sentence-transformers' training scale, and
+    # train_retriever's), else 1 (DPR inner products)
+    pointer_weight: float = 1.0  # copy generators: weight of the supervised-pointing loss (the
+    # pointer at answer step t pulled to the answer's t-th token in each passage that contains it)
+    constrain: str = "none"  # "spans": answers may only be stretches of the generator input
+    # (passage title, text or question) followed by EOS (rag.constrain); any generator
+    copy_spans: bool = True  # an answer whose tokens occur in a retrieved passage is returned as
+    # that stretch of the passage (its casing, spacing and punctuation: "Levi's Stadium", not
+    # "levi ' s stadium"); False returns the detokenised tokens as they are
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise UserError(f"mode {self.mode!r} is not one of {MODES}")
+        if self.decoding not in ("thorough", "fast"):
+            raise UserError(f"decoding {self.decoding!r} is not 'thorough' or 'fast'")
+        if self.k <= 0:
+            raise UserError(f"k must be a positive number of passages, got {self.k}")
+        if self.constrain not in CONSTRAINTS:
+            raise UserError(f"constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+        if self.constrain == "spans" and self.mode == "closed_book":
+            raise UserError("constrain 'spans' needs passages to copy from; closed_book has none")
+        if not self.pointer_weight >= 0 or self.pointer_weight == float("inf"):
+            raise UserError(f"pointer_weight must be a finite number >= 0, got {self.pointer_weight}")
+        if self.score_scale < 0:
+            raise UserError(f"score_scale must be >= 0 (0 = automatic), got {self.score_scale}")
+        positive(self, "max_input_length", "num_beams")
+        require(isinstance(self.max_answer_length, int) and self.max_answer_length >= 3,
+                "max_answer_length", self.max_answer_length,
+                "must be at least 3 (start symbol, one answer token, EOS)")
+        fraction(self, "label_smoothing", below_one=True)
+
+
+def write_config(model_dir: Path, config: RagConfig, retrieval: RetrievalConfig) -> None:
+    """Write ``model_dir/rag_config.json`` (module doc)."""
+    (model_dir / CONFIG_NAME).write_text(json.dumps(
+        {**asdict(config), "retrieval": retrieval.saved()}, indent=2))
+
+
+def read_config(model_dir: Path, **overrides) -> tuple[RagConfig, RetrievalConfig]:
+    """The model config of ``model_dir/rag_config.json``, with ``overrides`` of its fields, and
+    the saved retrieval settings.
+
+    Keys this version does not know are ignored. Raises :class:`UserError`, naming the file, when
+    it is not JSON, not an object, or holds a bad value.
+    """
+    config_file = model_dir / CONFIG_NAME
+    try:
+        saved = json.loads(config_file.read_text())
+        known = {f.name for f in fields(RagConfig)}
+        config = RagConfig(**{_RENAMED.get(k, k): v for k, v in saved.items()
+                              if _RENAMED.get(k, k) in known})
+    except (ValueError, AttributeError) as err:  # bad JSON, or not an object
+        raise UserError(f"{config_file}: not a valid RAG config ({type(err).__name__})") from None
+    except TypeError as err:  # a field of the wrong type, caught by a comparison in the checks
+        raise UserError(f"{config_file}: a field has the wrong type ({err})") from None
+    except UserError as err:
+        raise UserError(f"{config_file}: {err}") from None
+    config = replace(config, **overrides)
+    try:
+        retrieval = RetrievalConfig(**saved.get("retrieval", {}))
+    except (TypeError, AttributeError, UserError) as err:
+        raise UserError(f"{config_file}: bad retrieval settings ({err})") from None
+    return config, retrieval
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What a run may change of a saved model's settings (``ragqa ask``, ``ragqa benchmark``);
+    a field left None keeps the model's own. :meth:`apply` gives the settings the run uses."""
+
+    k: int | None = None  # passages per question
+    mode: Mode | None = None  # "sequence", "token" or "closed_book"
+    decoding: Decoding | None = None  # "thorough" or "fast" (RAG-Sequence's rescoring), "greedy"
+    # or "beam" (either mode; RAG-Sequence rescores them its own way, thorough or fast)
+    num_beams: int | None = None  # beam width of thorough, fast and beam decoding
+    max_input_length: int | None = None  # generator tokens per passage input
+    constrain: Constraint | None = None  # "spans": answers only as stretches of the passages
+    # (then EOS); "none": free generation (rag.constrain)
+
+    def __post_init__(self) -> None:
+        positive(self, *(name for name in ("k", "num_beams", "max_input_length")
+                         if getattr(self, name) is not None))
+        for name, choices in (("mode", MODES), ("decoding", Decoding.__args__),
+                              ("constrain", CONSTRAINTS)):
+            value = getattr(self, name)
+            require(value is None or value in choices, name, value,
+                    f"must be one of {', '.join(map(repr, choices))}")
+
+    def at_load(self) -> dict:
+        """The fields a model is built with (``RagModel.from_pretrained``'s overrides)."""
+        return {name: getattr(self, name) for name in ("k", "mode", "max_input_length", "constrain")
+                if getattr(self, name) is not None}
+
+    def apply(self, config: RagConfig) -> tuple[RagConfig, str]:
+        """``config`` with these overrides (``dataclasses.replace``), and the name of the decoding
+        it runs: "thorough", "fast", "greedy" or "beam". Raises :class:`UserError` for a decoding
+        the mode does not have, or a beam width it cannot take."""
+        config = replace(config, **self.at_load())
+        beams = self.num_beams or config.num_beams
+        decoding = self.decoding
+        if decoding is None:  # the model's own
+            decoding = config.decoding if config.mode != "token" else ("greedy" if beams == 1
+                                                                       else "beam")
+        if decoding in ("thorough", "fast"):
+            if config.mode == "token":
+                raise UserError(f"decoding {decoding!r} is RAG-Sequence's; RAG-Token decodes "
+                                "'greedy' or 'beam'")
+            return replace(config, decoding=decoding, num_beams=beams), decoding
+        if decoding == "greedy":
+            if (self.num_beams or 1) > 1:
+                raise UserError(f"greedy decoding has one beam, not num_beams={self.num_beams}")
+            return replace(config, num_beams=1), decoding
+        if beams < 2:
+            raise UserError(f"beam decoding needs num_beams >= 2 (the model's is "
+                            f"{config.num_beams}; pass num_beams)")
+        return replace(config, num_beams=beams), decoding
+

@@ -1,0 +1,101 @@
+"""FAISS index types: their settings (:class:`IndexConfig`), construction and IVF-PQ training.
+
+Three types, all by inner product: "flat" (exact), "hnsw" (a graph: fast, approximate) and
+"ivfpq" (inverted lists of product-quantised codes: small, approximate, trained on a sample).
+FAISS is imported here, with a one-line error when it is missing; the other index modules
+(``retriever.index``, ``retriever.index_files``) take it from here.
+
+Glossary: N passages, D dimension, S training sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rag.common.errors import UserError, non_negative, one_of, positive, require
+
+from .batch_encode import to_numpy32
+
+try:
+    import faiss
+except ImportError:  # the "cpu" or "gpu" extra brings it (pyproject.toml)
+    raise UserError("FAISS is not installed: pip install 'ragqa[cpu]', or 'ragqa[gpu]' with CUDA 12"
+                    ) from None
+
+log = logging.getLogger(__name__)
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+TRAIN_SEED = 0  # of the IVF-PQ training sample: one corpus, one index
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    index_type: str = "flat"  # "flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)
+    hnsw_m: int = 32  # HNSW neighbours per node
+    hnsw_ef_construction: int = 200  # HNSW build-time beam width
+    hnsw_ef_search: int = 128  # HNSW search-time beam width (recall/speed trade-off)
+    ivf_nlist: int = 0  # IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points
+    pq_m: int = 0  # PQ sub-quantisers; 0 = D/8 (must divide D)
+    pq_nbits: int = 8  # bits per PQ code (lowered automatically for tiny corpora)
+    nprobe: int = 32  # IVF cells visited per query
+    train_sample: int = 0  # IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)
+    use_gpu: bool = True  # search a flat index on GPU FAISS when faiss-gpu and a GPU are present
+
+    def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
+        one_of(self, "index_type", INDEX_TYPES)
+        positive(self, "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "nprobe")
+        non_negative(self, "ivf_nlist", "pq_m", "train_sample")
+        require(isinstance(self.train_sample, int), "train_sample", self.train_sample,
+                "must be a whole number")
+        require(isinstance(self.pq_nbits, int) and 1 <= self.pq_nbits <= 16, "pq_nbits",
+                self.pq_nbits, "must be in 1..16")
+
+
+def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
+    ip = faiss.METRIC_INNER_PRODUCT
+    if config.index_type == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if config.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
+        index.hnsw.efConstruction = config.hnsw_ef_construction
+        return index
+    if config.index_type == "ivfpq":
+        nlist = config.ivf_nlist or int(4 * math.sqrt(n))
+        nlist = max(1, min(nlist, n // 39))
+        pq_m = config.pq_m or max(1, dim // 8)
+        if dim % pq_m:
+            raise UserError(f"pq_m={pq_m} does not divide the dimension {dim}")
+        nbits = max(1, min(config.pq_nbits, int(math.log2(max(2, n // 39)))))
+        return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
+    raise UserError(f"index type {config.index_type!r} is not one of {INDEX_TYPES}")
+
+
+def _training_sample(vectors: np.ndarray, index: faiss.IndexIVFPQ, config: IndexConfig
+                     ) -> np.ndarray:
+    """The IVF-PQ training vectors (S, D) float32: all N rows, or a seeded random sample of them
+    gathered in row order (a memory-mapped matrix is then read front to back).
+
+    FAISS's k-means wants at least 39 points per centroid and uses at most 256 (it drops the
+    rest), for the IVF cells and for the 2^nbits codes of each PQ sub-quantiser alike: a size
+    asked for outside these bounds is moved inside them."""
+    n = len(vectors)
+    cells, codes = index.nlist, 1 << index.pq.nbits
+    size = config.train_sample or max(64 * cells, 256 * codes)
+    size = min(n, max(size, 39 * max(cells, codes)), 256 * max(cells, codes))
+    if size == n:
+        return to_numpy32(vectors)
+    rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size, replace=False))
+    log.info("training IVF-PQ on %d of %d vectors", size, n)
+    return to_numpy32(vectors[rows])
+
+
+def trained_index(vectors: np.ndarray, config: IndexConfig) -> faiss.Index:
+    """An empty FAISS index for ``vectors`` (N, D), trained if its type needs it (IVF-PQ, on a
+    sample); ``DenseIndex.build(trained=)`` copies it, so shards share one coarse quantizer."""
+    index = _factory(vectors.shape[1], len(vectors), config)
+    if not index.is_trained:
+        index.train(_training_sample(vectors, index, config))
+    return index

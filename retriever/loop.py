@@ -1,0 +1,75 @@
+"""The training loop the trainers share, under accelerate: each process's share of an epoch's
+examples, one optimiser update, and one epoch of batches.
+
+DPR training (``retriever.train``) and the scaling sweep (``retriever.scaling.sweep``) run their
+epochs through :func:`train_epoch`; RAG fine-tuning (``rag.train``) steps with
+:func:`rank_share` and :func:`optimizer_step`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+
+from rag.common.progress import progress_bar
+
+
+def rank_share(n: int, seed: int | None, acc) -> list[int]:
+    """This process's examples of an epoch: the ``n`` shuffled by ``seed`` (in order when it is
+    None), padded by repeating the first few to a multiple of the process count (as
+    ``DistributedSampler`` does), then every ``num_processes``-th from this rank's. Every rank gets
+    as many examples, so as many batches of the same sizes: no rank waits forever for another's
+    gradients, and the mean over ranks of their batch means is the mean over the global batch."""
+    order = list(range(n))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    order += order[: (-n) % acc.num_processes]
+    return order[acc.process_index :: acc.num_processes]
+
+
+def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: float | None
+                   ) -> None:
+    """Backward, clip to ``max_grad_norm`` (when gradients sync; None: never), step and zero: one
+    accelerate update, all trainers.
+
+    ``sched`` is *not* accelerate-prepared: a prepared scheduler steps once per process at every
+    update, so its schedule would depend on the number of processes. Ours count updates (their
+    totals already divide by the process count) and step once per update."""
+    acc.backward(loss)
+    if acc.sync_gradients and max_grad_norm is not None:
+        acc.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    if acc.sync_gradients:
+        sched.step()
+    opt.zero_grad()
+
+
+def train_epoch(acc, module: torch.nn.Module, order: Sequence[int], batch_size: int,
+                batch_loss: Callable[[Sequence[int]], torch.Tensor],
+                update: Callable[[torch.Tensor], None], first: int = 0,
+                after_batch: Callable[[int, float], None] | None = None, desc: str = "epoch",
+                progress: bool = True) -> list[float]:
+    """One epoch of training ``module``: the examples ``order`` (indices, from :func:`rank_share`)
+    in batches of ``batch_size``, from batch ``first`` on (a resumed epoch starts past 0).
+
+    Each batch runs ``update(batch_loss(indices))`` under ``acc.accumulate(module)``, then
+    ``after_batch(batches done, loss)`` (the caller's bookkeeping: running loss, checkpoints).
+    Returns the losses of the batches run, as floats.
+    """
+    module.train()
+    starts = range(0, len(order), batch_size)
+    bar = progress_bar(starts, desc=desc, initial=first, enabled=progress)
+    losses = []
+    for b in range(first, len(starts)):
+        with acc.accumulate(module):
+            loss = batch_loss(order[starts[b] : starts[b] + batch_size])
+            update(loss)
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if after_batch is not None:
+            after_batch(b + 1, losses[-1])
+    bar.close()
+    return losses
