@@ -42,10 +42,11 @@ import torch
 
 from rag.common.atomic import atomic_file, check_output_parent
 from rag.common.collective import gather_shares, share, world
-from rag.common.errors import UserError
+from rag.common.errors import UserError, check_choices
+from rag.common.options import option
 from rag.common.progress import progress_bar
 from retriever.fusion import RetrievalConfig
-from retriever.metrics import MATCHES, answer_test, retrieval_metrics
+from retriever.metrics import Match, answer_test, retrieval_metrics
 from retriever.questions import Question, read_questions
 
 from .config import Overrides
@@ -61,17 +62,18 @@ class BenchmarkConfig:
     """How a benchmark run answers and scores (the model's own settings are changed, if at all,
     by ``rag.config.Overrides``)."""
 
-    limit: int = 0  # answer only the first N questions; 0 = all
-    batch_size: int = 8  # questions answered together (latency is per batch, divided by its size)
-    seed: int = 0  # seed of torch, numpy and random, set before answering
-    progress: bool = True  # show a progress bar on stderr
-    match: str = "dpr"  # has-answer test of top_k_accuracy and answer_in_passages: "dpr" (DPR's:
-    # the answer's tokens as a contiguous run of the passage's, after NFD) or "substring" (SQuAD-
-    # normalised answer string on word boundaries); retriever.metrics
+    limit: int = option(0, "answer only the first N questions; 0 = all")
+    batch_size: int = option(
+        8, "questions answered together (latency is per batch, divided by its size)")
+    seed: int = option(0, "seed of torch, numpy and random, set before answering")
+    progress: bool = option(True, "show a progress bar on stderr")
+    match: Match = option(
+        "dpr", "has-answer test of top_k_accuracy and answer_in_passages: \"dpr\" (DPR's: the answer's "
+        "tokens as a contiguous run of the passage's, after NFD) or \"substring\" (SQuAD- normalised "
+        "answer string on word boundaries); retriever.metrics")
 
     def __post_init__(self) -> None:
-        if self.match not in MATCHES:
-            raise UserError(f"match {self.match!r} is not one of {MATCHES}")
+        check_choices(self)
         if self.limit < 0:
             raise UserError(f"limit must be >= 0, got {self.limit}")
         if self.batch_size <= 0:

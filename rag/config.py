@@ -9,21 +9,21 @@ files of older versions.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-from rag.common.errors import UserError, fraction, positive, require
+from rag.common.errors import UserError, check_choices, fraction, positive, require
+from rag.common.options import option
 from retriever.fusion import RetrievalConfig
 
-from .constrain import CONSTRAINTS
+from .constrain import Constraint
 
-MODES = ("sequence", "token", "closed_book")
 Mode = Literal["sequence", "token", "closed_book"]
+MODES = get_args(Mode)
 # how answers are searched for: RAG-Sequence's "thorough" or "fast" rescoring (Lewis et al. 2020,
 # Sec. 2.4), or by name "greedy" (beam width 1) and "beam" (the model's beam width or a given one)
 Decoding = Literal["thorough", "fast", "greedy", "beam"]
-Constraint = Literal["none", "spans"]  # rag.constrain.CONSTRAINTS
 CONFIG_NAME = "rag_config.json"
 # score_scale was called doc_score_scale before it took the name the retriever's training uses
 # for the same factor: the rag_config.json of models saved then (the packaged starter's among
@@ -36,37 +36,37 @@ _OLD_FLAGS = {"aliases": ["--doc_score_scale", "--doc-score-scale"]}
 class RagConfig:
     """How a RAG model retrieves, reads, trains and decodes (Lewis et al. 2020)."""
 
-    mode: str = "sequence"  # "sequence" (RAG-Sequence), "token" (RAG-Token) or "closed_book"
-    k: int = 5  # passages retrieved per question
-    max_input_length: int = 256  # generator tokens per "title / text // question" input
-    max_answer_length: int = 24  # longest generated answer in tokens (decoder start included)
-    num_beams: int = 4  # beam width; 1 = greedy
-    decoding: str = "thorough"  # RAG-Sequence: "thorough" or "fast"; ignored by RAG-Token
-    label_smoothing: float = 0.0  # epsilon of label smoothing in the training loss
-    index: str = ""  # index directory the model was trained with (default for --index)
-    question_encoder: str = ""  # question encoder to start from (default: the index's encoder),
-    # paired with the index explicitly (DPR's twins); also what a model dir without question_encoder/ loads
-    score_scale: float = field(default=0.0, metadata=_OLD_FLAGS)  # p(z|x) = softmax(scale * q . d)
-    # over the k passages; 0 = 20 for L2-normalised question encoders (cosine scores, nearly
-    # uniform over k without a scale; 20 is sentence-transformers' training scale, and
-    # train_retriever's), else 1 (DPR inner products)
-    pointer_weight: float = 1.0  # copy generators: weight of the supervised-pointing loss (the
-    # pointer at answer step t pulled to the answer's t-th token in each passage that contains it)
-    constrain: str = "none"  # "spans": answers may only be stretches of the generator input
-    # (passage title, text or question) followed by EOS (rag.constrain); any generator
-    copy_spans: bool = True  # an answer whose tokens occur in a retrieved passage is returned as
-    # that stretch of the passage (its casing, spacing and punctuation: "Levi's Stadium", not
-    # "levi ' s stadium"); False returns the detokenised tokens as they are
+    mode: Mode = option("sequence", '"sequence" (RAG-Sequence), "token" (RAG-Token) or "closed_book"')
+    k: int = option(5, "passages retrieved per question")
+    max_input_length: int = option(256, 'generator tokens per "title / text // question" input')
+    max_answer_length: int = option(24, "longest generated answer in tokens (decoder start included)")
+    num_beams: int = option(4, "beam width; 1 = greedy")
+    decoding: Literal["thorough", "fast"] = option("thorough", "RAG-Sequence rescoring (RAG-Token: none)")
+    label_smoothing: float = option(0.0, "epsilon of label smoothing in the training loss")
+    index: str = option("", "index directory the model was trained with (default for --index)")
+    question_encoder: str = option(
+        "", "question encoder to start from (default: the index's encoder), paired with the index "
+        "explicitly (DPR's twins); also what a model dir without question_encoder/ loads")
+    score_scale: float = option(
+        0.0, "p(z|x) = softmax(scale * q . d) over the k passages; 0 = 20 for L2-normalised question "
+        "encoders (cosine scores, nearly uniform over k without a scale; 20 is "
+        "sentence-transformers' training scale, and train_retriever's), else 1 (DPR "
+        "inner products)", **_OLD_FLAGS)
+    pointer_weight: float = option(
+        1.0, "copy generators: weight of the supervised-pointing loss (the pointer at answer step t "
+        "pulled to the answer's t-th token in each passage that contains it)")
+    constrain: Constraint = option(
+        "none", '"spans": answers may only be stretches of the generator input (passage title, text or '
+        'question) followed by EOS (rag.constrain); any generator')
+    copy_spans: bool = option(
+        True, "an answer whose tokens occur in a retrieved passage is returned as that stretch of the "
+        "passage (its casing, spacing and punctuation: \"Levi's Stadium\", not \"levi ' s stadium\"); "
+        "False returns the detokenised tokens as they are")
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise UserError(f"mode {self.mode!r} is not one of {MODES}")
-        if self.decoding not in ("thorough", "fast"):
-            raise UserError(f"decoding {self.decoding!r} is not 'thorough' or 'fast'")
+        check_choices(self)
         if self.k <= 0:
             raise UserError(f"k must be a positive number of passages, got {self.k}")
-        if self.constrain not in CONSTRAINTS:
-            raise UserError(f"constrain {self.constrain!r} is not one of {CONSTRAINTS}")
         if self.constrain == "spans" and self.mode == "closed_book":
             raise UserError("constrain 'spans' needs passages to copy from; closed_book has none")
         if not self.pointer_weight >= 0 or self.pointer_weight == float("inf"):
@@ -118,23 +118,21 @@ class Overrides:
     """What a run may change of a saved model's settings (``ragqa ask``, ``ragqa benchmark``);
     a field left None keeps the model's own. :meth:`apply` gives the settings the run uses."""
 
-    k: int | None = None  # passages per question
-    mode: Mode | None = None  # "sequence", "token" or "closed_book"
-    decoding: Decoding | None = None  # "thorough" or "fast" (RAG-Sequence's rescoring), "greedy"
-    # or "beam" (either mode; RAG-Sequence rescores them its own way, thorough or fast)
-    num_beams: int | None = None  # beam width of thorough, fast and beam decoding
-    max_input_length: int | None = None  # generator tokens per passage input
-    constrain: Constraint | None = None  # "spans": answers only as stretches of the passages
-    # (then EOS); "none": free generation (rag.constrain)
+    k: int | None = option(None, "passages per question")
+    mode: Mode | None = option(None, '"sequence", "token" or "closed_book"')
+    decoding: Decoding | None = option(
+        None, "\"thorough\" or \"fast\" (RAG-Sequence's rescoring), \"greedy\" or \"beam\" (either "
+        "mode; RAG-Sequence rescores them its own way, thorough or fast)")
+    num_beams: int | None = option(None, "beam width of thorough, fast and beam decoding")
+    max_input_length: int | None = option(None, "generator tokens per passage input")
+    constrain: Constraint | None = option(
+        None, '"spans": answers only as stretches of the passages (then EOS); "none": free generation '
+        '(rag.constrain)')
 
     def __post_init__(self) -> None:
         positive(self, *(name for name in ("k", "num_beams", "max_input_length")
                          if getattr(self, name) is not None))
-        for name, choices in (("mode", MODES), ("decoding", Decoding.__args__),
-                              ("constrain", CONSTRAINTS)):
-            value = getattr(self, name)
-            require(value is None or value in choices, name, value,
-                    f"must be one of {', '.join(map(repr, choices))}")
+        check_choices(self)
 
     def at_load(self) -> dict:
         """The fields a model is built with (``RagModel.from_pretrained``'s overrides)."""

@@ -21,11 +21,13 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from rag.common.collective import gather_shares, share
-from rag.common.errors import UserError, fraction, non_negative, one_of, positive
+from rag.common.errors import UserError, check_choices, fraction, non_negative, positive
+from rag.common.options import option
 from rag.common.progress import progress_bar
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from retriever.gold import gold_rows
@@ -41,31 +43,35 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    epochs: int = 1  # passes over the training questions
-    max_steps: int = 0  # stop after this many optimizer steps; 0 = run all epochs
-    batch_size: int = 8  # questions per step (per process)
-    lr: float = 3e-5  # AdamW peak learning rate (the paper: 3e-5)
-    warmup_ratio: float = 0.05  # linear warm-up fraction, then linear decay
-    weight_decay: float = 0.0  # AdamW weight decay
-    grad_accum: int = 1  # gradient accumulation steps
-    max_grad_norm: float = 1.0  # gradient clipping
-    train_question_encoder: bool = True  # False keeps the retriever fixed (faster; "frozen" RAG)
-    freeze_generator_encoder: bool = False  # train only the BART decoder (no backward through the
-    # encoder or the shared embeddings/LM head: ~2.5x cheaper steps, for CPU-sized runs)
-    mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
-    gold_window: int = 0  # > 0: reader warm-up: train the generator on each question's own gold
-    # paragraph (SQuAD context, found in the index for its title) cut to the answer and 2N
-    # characters around it, instead of on retrieved passages; the question encoder does not train
-    gold_position: str = "random"  # where the answer sits in its gold window: "random" (drawn
-    # again each epoch) or "centred" (the reader then learns to copy from the middle of its input)
-    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = after each epoch only
-    eval_limit: int = 500  # dev questions per evaluation (0 = all)
-    eval_sample: str = "random"  # which eval_limit dev questions: "random" (drawn once, seeded by
-    # --seed; SQuAD's dev file is grouped by article, so its first questions share one article) or
-    # "first"
-    eval_beams: int = 1  # beam width for dev evaluation (1 = greedy, fastest)
-    save_every: int = 200  # optimizer steps between checkpoints
-    seed: int = 0  # data order and initialisation
+    epochs: int = option(1, "passes over the training questions")
+    max_steps: int = option(0, "stop after this many optimizer steps; 0 = run all epochs")
+    batch_size: int = option(8, "questions per step (per process)")
+    lr: float = option(3e-5, "AdamW peak learning rate (the paper: 3e-5)")
+    warmup_ratio: float = option(0.05, "linear warm-up fraction, then linear decay")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    train_question_encoder: bool = option(
+        True, 'False keeps the retriever fixed (faster; "frozen" RAG)')
+    freeze_generator_encoder: bool = option(
+        False, "train only the BART decoder (no backward through the encoder or the shared "
+        "embeddings/LM head: ~2.5x cheaper steps, for CPU-sized runs)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
+    gold_window: int = option(
+        0, "> 0: reader warm-up: train the generator on each question's own gold paragraph (SQuAD "
+        "context, found in the index for its title) cut to the answer and 2N characters around it, "
+        "instead of on retrieved passages; the question encoder does not train")
+    gold_position: Literal["random", "centred"] = option(
+        "random", 'where the answer sits in its gold window: "random" (drawn again each epoch) or '
+        '"centred" (the reader then learns to copy from the middle of its input)')
+    eval_every: int = option(0, "optimizer steps between dev evaluations; 0 = after each epoch only")
+    eval_limit: int = option(500, "dev questions per evaluation (0 = all)")
+    eval_sample: Literal["random", "first"] = option(
+        "random", "which eval_limit dev questions: \"random\" (drawn once, seeded by --seed; SQuAD's "
+        "dev file is grouped by article, so its first questions share one article) or \"first\"")
+    eval_beams: int = option(1, "beam width for dev evaluation (1 = greedy, fastest)")
+    save_every: int = option(200, "optimizer steps between checkpoints")
+    seed: int = option(0, "data order and initialisation")
 
     def __post_init__(self) -> None:
         positive(self, "epochs", "batch_size", "lr", "grad_accum", "max_grad_norm", "eval_beams",
@@ -73,11 +79,7 @@ class FinetuneConfig:
         non_negative(self, "max_steps", "weight_decay", "gold_window", "eval_every", "eval_limit",
                      "seed")
         fraction(self, "warmup_ratio")
-        one_of(self, "mixed_precision", ("no", "fp16", "bf16"))
-        if self.gold_position not in ("random", "centred"):
-            raise UserError(f"gold_position must be 'random' or 'centred', not {self.gold_position!r}")
-        if self.eval_sample not in ("random", "first"):
-            raise UserError(f"eval_sample must be 'random' or 'first', not {self.eval_sample!r}")
+        check_choices(self)
 
 
 def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 16,

@@ -15,12 +15,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from rag.common.atomic import atomic_file
-from rag.common.errors import UserError, positive
+from rag.common.errors import check_choices, positive
+from rag.common.options import option
 from rag.common.progress import progress_bar
 
 from .encoder import Encoder
@@ -31,14 +33,13 @@ VECTORS = "vectors.npy"  # encode_corpus's result, in its work directory
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    batch_size: int = 64  # texts per forward pass
-    shard_size: int = 8192  # passages per resumable shard file
-    dtype: str = "auto"  # "auto" (bf16 on GPU, fp32 on CPU), "fp32", "fp16" or "bf16"
-    progress: bool = True  # show a progress bar
+    batch_size: int = option(64, "texts per forward pass")
+    shard_size: int = option(8192, "passages per resumable shard file")
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU")
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:  # fail at argument parsing, not after reading the corpus
-        if self.dtype not in ("auto", "fp32", "fp16", "bf16"):
-            raise UserError(f"dtype {self.dtype!r} is not one of auto, fp32, fp16, bf16")
+        check_choices(self)
         positive(self, "batch_size", "shard_size")
 
 

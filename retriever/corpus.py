@@ -32,6 +32,7 @@ from datasets import Dataset, concatenate_datasets
 from rag.common.atomic import atomic_file, remove_with
 from rag.common.errors import UserError, non_negative, positive
 from rag.common.jsonl import json_lines, load_json, utf8_lines
+from rag.common.options import option
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _WS = re.compile(r"\s+")
@@ -39,8 +40,9 @@ _WS = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class CorpusConfig:
-    passage_words: int = 0  # split each document into passages of this many words (DPR: 100); 0 = keep
-    batch_rows: int = 10_000  # rows per Arrow record batch while streaming to disk
+    passage_words: int = option(
+        0, "split each document into passages of this many words (DPR: 100); 0 = keep")
+    batch_rows: int = option(10_000, "rows per Arrow record batch while streaming to disk")
 
     def __post_init__(self) -> None:
         non_negative(self, "passage_words")

@@ -21,14 +21,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-from rag.common.errors import UserError
+from rag.common.errors import UserError, check_choices
+from rag.common.options import option
 
-RETRIEVALS = ("dense", "sparse", "hybrid")
-FUSIONS = ("linear", "rrf")
+Retrieval = Literal["dense", "sparse", "hybrid"]
+RETRIEVALS = get_args(Retrieval)
+Fusion = Literal["linear", "rrf"]
+FUSIONS = get_args(Fusion)
 RRF_K = 60  # Cormack et al.'s constant
 # tuned on squad-open dev with all-MiniLM-L6-v2 and the "words" sparse tokenizer (docs/benchmarks.md)
 DEFAULT_WEIGHT = 0.5
@@ -37,14 +41,14 @@ DEFAULT_CANDIDATES = 100
 
 @dataclass(frozen=True)
 class FusionConfig:
-    fusion: str = "linear"  # hybrid fusion: "linear" (dense + w * BM25 / best BM25) or "rrf"
-    # (reciprocal-rank fusion: ranks only, so RAG cannot train through it)
-    fusion_weight: float = DEFAULT_WEIGHT  # w, the weight of the normalised BM25 score
-    candidates: int = DEFAULT_CANDIDATES  # k', passages each side proposes before fusion
+    fusion: Fusion = option(
+        "linear", 'hybrid fusion: "linear" (dense + w * BM25 / best BM25) or "rrf" (reciprocal-rank '
+        'fusion: ranks only, so RAG cannot train through it)')
+    fusion_weight: float = option(DEFAULT_WEIGHT, "w, the weight of the normalised BM25 score")
+    candidates: int = option(DEFAULT_CANDIDATES, "k', passages each side proposes before fusion")
 
     def __post_init__(self) -> None:
-        if self.fusion not in FUSIONS:
-            raise UserError(f"--fusion {self.fusion!r} is not one of {FUSIONS}")
+        check_choices(self)
         if not (isinstance(self.fusion_weight, int | float) and math.isfinite(self.fusion_weight)
                 and self.fusion_weight >= 0):
             raise UserError(f"--fusion_weight must be a finite number >= 0, got {self.fusion_weight}")
@@ -59,17 +63,19 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    retrieval: str = ""  # "dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a
-    # sparse side (ragqa index --sparse bm25), else dense
-    fusion: str = ""  # hybrid: "linear" or "rrf"; "" = the index's setting
-    fusion_weight: float | None = None  # hybrid: w on the normalised BM25 score; default: the index's
-    candidates: int = 0  # hybrid: k', passages each side proposes; 0 = the index's setting
-    mmap: bool = False  # load the FAISS index memory-mapped and read-only, for a corpus larger
-    # than RAM (pages come from disk as searched); a load setting, never saved with a model
+    retrieval: Literal["", "dense", "sparse", "hybrid"] = option(
+        "", '"dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a sparse side (ragqa '
+        'index --sparse bm25), else dense')
+    fusion: Literal["", "linear", "rrf"] = option("", "hybrid: how the two sides combine; \"\" = the index's")
+    fusion_weight: float | None = option(
+        None, "hybrid: w on the normalised BM25 score; default: the index's")
+    candidates: int = option(0, "hybrid: k', passages each side proposes; 0 = the index's setting")
+    mmap: bool = option(
+        False, "load the FAISS index memory-mapped and read-only, for a corpus larger than RAM (pages "
+        "come from disk as searched); a load setting, never saved with a model")
 
     def __post_init__(self) -> None:
-        if self.retrieval not in ("", *RETRIEVALS):
-            raise UserError(f"--retrieval {self.retrieval!r} is not one of {RETRIEVALS}")
+        check_choices(self)
         self.fusion_config()  # the overrides themselves are checked now, before any work
 
     def over(self, saved: RetrievalConfig) -> RetrievalConfig:

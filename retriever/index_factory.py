@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
-from rag.common.errors import UserError, non_negative, one_of, positive, require
+from rag.common.errors import UserError, check_choices, non_negative, positive, require
+from rag.common.options import option
 
 from .batch_encode import to_numpy32
 
@@ -27,25 +29,29 @@ except ImportError:  # the "cpu" or "gpu" extra brings it (pyproject.toml)
                     ) from None
 
 log = logging.getLogger(__name__)
-INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+IndexType = Literal["flat", "hnsw", "ivfpq"]
+INDEX_TYPES = get_args(IndexType)
 TRAIN_SEED = 0  # of the IVF-PQ training sample: one corpus, one index
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    index_type: str = "flat"  # "flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)
-    hnsw_m: int = 32  # HNSW neighbours per node
-    hnsw_ef_construction: int = 200  # HNSW build-time beam width
-    hnsw_ef_search: int = 128  # HNSW search-time beam width (recall/speed trade-off)
-    ivf_nlist: int = 0  # IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points
-    pq_m: int = 0  # PQ sub-quantisers; 0 = D/8 (must divide D)
-    pq_nbits: int = 8  # bits per PQ code (lowered automatically for tiny corpora)
-    nprobe: int = 32  # IVF cells visited per query
-    train_sample: int = 0  # IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)
-    use_gpu: bool = True  # search a flat index on GPU FAISS when faiss-gpu and a GPU are present
+    index_type: IndexType = option(
+        "flat", '"flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)')
+    hnsw_m: int = option(32, "HNSW neighbours per node")
+    hnsw_ef_construction: int = option(200, "HNSW build-time beam width")
+    hnsw_ef_search: int = option(128, "HNSW search-time beam width (recall/speed trade-off)")
+    ivf_nlist: int = option(0, "IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points")
+    pq_m: int = option(0, "PQ sub-quantisers; 0 = D/8 (must divide D)")
+    pq_nbits: int = option(8, "bits per PQ code (lowered automatically for tiny corpora)")
+    nprobe: int = option(32, "IVF cells visited per query")
+    train_sample: int = option(
+        0, "IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)")
+    use_gpu: bool = option(
+        True, "search a flat index on GPU FAISS when faiss-gpu and a GPU are present")
 
     def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
-        one_of(self, "index_type", INDEX_TYPES)
+        check_choices(self)
         positive(self, "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "nprobe")
         non_negative(self, "ivf_nlist", "pq_m", "train_sample")
         require(isinstance(self.train_sample, int), "train_sample", self.train_sample,

@@ -21,12 +21,14 @@ import string
 import unicodedata
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Literal, get_args
 
 import regex
 
 from rag.common.errors import UserError
 
-MATCHES = ("dpr", "substring")
+Match = Literal["dpr", "substring"]
+MATCHES = get_args(Match)
 _TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation)

@@ -30,14 +30,17 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.sparse as sp
 
-from rag.common.errors import UserError
+from rag.common.errors import UserError, check_choices
+from rag.common.options import option
 
 log = logging.getLogger(__name__)
-TOKENIZERS = ("words", "wordpiece")
+Tokenizer = Literal["words", "wordpiece"]
+TOKENIZERS = get_args(Tokenizer)
 SPARSE_DIR = "sparse"
 TOKENIZER_DIR = "tokenizer"
 BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",
@@ -46,14 +49,15 @@ BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",
 
 @dataclass(frozen=True)
 class SparseConfig:
-    sparse_tokenizer: str = "words"  # "words" (stemmed words, English stopwords out) or "wordpiece"
-    # (the context encoder's word pieces); docs/benchmarks.md compares them on dev
-    bm25_k1: float = 0.9  # BM25 term-frequency saturation (Anserini's default; docs/benchmarks.md)
-    bm25_b: float = 0.4  # BM25 length normalisation, 0 = none, 1 = full (Anserini's default)
+    sparse_tokenizer: Tokenizer = option(
+        "words", "\"words\" (stemmed words, English stopwords out) or \"wordpiece\" (the context "
+        "encoder's word pieces); docs/benchmarks.md compares them on dev")
+    bm25_k1: float = option(
+        0.9, "BM25 term-frequency saturation (Anserini's default; docs/benchmarks.md)")
+    bm25_b: float = option(0.4, "BM25 length normalisation, 0 = none, 1 = full (Anserini's default)")
 
     def __post_init__(self) -> None:
-        if self.sparse_tokenizer not in TOKENIZERS:
-            raise UserError(f"--sparse_tokenizer {self.sparse_tokenizer!r} is not one of {TOKENIZERS}")
+        check_choices(self)
         if not (math.isfinite(self.bm25_k1) and self.bm25_k1 >= 0):
             raise UserError(f"--bm25_k1 must be a finite number >= 0, got {self.bm25_k1}")
         if not (math.isfinite(self.bm25_b) and 0 <= self.bm25_b <= 1):

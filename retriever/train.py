@@ -27,12 +27,14 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rag.common.errors import UserError, fraction, non_negative, one_of, positive
+from rag.common.errors import UserError, check_choices, fraction, non_negative, positive
+from rag.common.options import option
 
 from .batch_encode import EncodeConfig, encode_texts
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -47,35 +49,42 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3  # passes over the training questions
-    batch_size: int = 32  # questions per step (per process); in-batch negatives grow with it
-    hard_negatives: int = 1  # hard negatives per question (DPR used 1)
-    negatives: str = "bm25"  # hard negatives: "bm25" (DPR), "dense" (the starting encoder's top wrong
-    # passages) or "corpus" (every indexed passage is a candidate; frozen context encoder only)
-    bm25_depth: int = 30  # results searched for hard negatives
-    lr: float = 2e-5  # AdamW peak learning rate (DPR: 2e-5)
-    weight_decay: float = 0.0  # AdamW weight decay
-    warmup_ratio: float = 0.1  # fraction of steps with linear warm-up, then linear decay
-    grad_accum: int = 1  # gradient accumulation steps
-    max_grad_norm: float = 2.0  # gradient clipping (DPR: 2.0)
-    score_scale: float = 0.0  # multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1
-    train_context_encoder: bool = False  # also train the context encoder (the index must be rebuilt)
-    freeze_embeddings: bool = False  # keep the word embeddings fixed (cheaper steps; small data)
-    lexical_head: bool = False  # give the question encoder a lexical head fitted to the index's BM25
-    # (retriever.lexical), then train it along; frozen context encoder only
-    lexical_weight: float = 0.02  # BM25's weight against the cosine when the head is fitted
-    lexical_lr: float = 1e-4  # AdamW learning rate of the lexical head
-    pseudo_queries: int = 0  # per indexed passage, add this many pseudo-questions to training: a
-    # random 8-16 word window of the passage with a quarter of its words dropped, the passage as
-    # positive (an inverse cloze task, Lee et al. 2019); they cover the whole corpus, not only the
-    # training articles
-    hybrid: bool = False  # train inside the hybrid score (retriever.fusion): every candidate's score
-    # gains the index's normalised BM25 times --fusion_weight, as at search time, so the question
-    # encoder learns what BM25 misses; needs an index with a sparse side
-    mixed_precision: str = "no"  # accelerate: "no", "fp16" or "bf16"
-    save_every: int = 200  # batches between checkpoints in <out>.checkpoint (frozen context encoder);
-    # a killed run resumes from the last one when rerun with the same command
-    seed: int = 0  # shuffling and initialisation seed
+    epochs: int = option(3, "passes over the training questions")
+    batch_size: int = option(32, "questions per step (per process); in-batch negatives grow with it")
+    hard_negatives: int = option(1, "hard negatives per question (DPR used 1)")
+    negatives: Literal["bm25", "dense", "corpus"] = option(
+        "bm25", "hard negatives: \"bm25\" (DPR), \"dense\" (the starting encoder's top wrong passages) "
+        "or \"corpus\" (every indexed passage is a candidate; frozen context encoder only)")
+    bm25_depth: int = option(30, "results searched for hard negatives")
+    lr: float = option(2e-5, "AdamW peak learning rate (DPR: 2e-5)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "fraction of steps with linear warm-up, then linear decay")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    max_grad_norm: float = option(2.0, "gradient clipping (DPR: 2.0)")
+    score_scale: float = option(
+        0.0, "multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1")
+    train_context_encoder: bool = option(
+        False, "also train the context encoder (the index must be rebuilt)")
+    freeze_embeddings: bool = option(
+        False, "keep the word embeddings fixed (cheaper steps; small data)")
+    lexical_head: bool = option(
+        False, "give the question encoder a lexical head fitted to the index's BM25 "
+        "(retriever.lexical), then train it along; frozen context encoder only")
+    lexical_weight: float = option(0.02, "BM25's weight against the cosine when the head is fitted")
+    lexical_lr: float = option(1e-4, "AdamW learning rate of the lexical head")
+    pseudo_queries: int = option(
+        0, "per indexed passage, add this many pseudo-questions to training: a random 8-16 word window "
+        "of the passage with a quarter of its words dropped, the passage as positive (an inverse "
+        "cloze task, Lee et al. 2019); they cover the whole corpus, not only the training articles")
+    hybrid: bool = option(
+        False, "train inside the hybrid score (retriever.fusion): every candidate's score gains the "
+        "index's normalised BM25 times --fusion_weight, as at search time, so the question encoder "
+        "learns what BM25 misses; needs an index with a sparse side")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
+    save_every: int = option(
+        200, "batches between checkpoints in <out>.checkpoint (frozen context encoder); a killed run "
+        "resumes from the last one when rerun with the same command")
+    seed: int = option(0, "shuffling and initialisation seed")
 
     def __post_init__(self) -> None:
         positive(self, "batch_size", "bm25_depth", "lr", "grad_accum", "max_grad_norm", "lexical_lr",
@@ -83,8 +92,7 @@ class TrainConfig:
         non_negative(self, "epochs", "hard_negatives", "weight_decay", "score_scale",
                      "lexical_weight", "pseudo_queries", "seed")
         fraction(self, "warmup_ratio")
-        one_of(self, "negatives", ("bm25", "dense", "corpus"))
-        one_of(self, "mixed_precision", ("no", "fp16", "bf16"))
+        check_choices(self)
 
 
 def dpr_loss(q: torch.Tensor, ctx: torch.Tensor, positive_col: torch.Tensor,

@@ -15,6 +15,7 @@ from typing import Literal
 
 from rag.commands.cli import parse, run
 from rag.common.errors import UserError
+from rag.common.options import option
 from retriever.model_path import packaged_model_path
 
 
@@ -25,13 +26,14 @@ def _packaged_minilm() -> str:
 
 @dataclass(frozen=True)
 class StarterGeneratorArgs:
-    out_dir: str  # directory to write the BART model and tokenizer to
-    bert: str = field(default_factory=_packaged_minilm)  # BERT checkpoint directory or hub id
-    encoder_layers: int | None = None  # encoder depth n (BERT's first n layers); None: all
-    decoder_layers: int | None = None  # decoder depth n (BERT's first n layers); None: all
-    cross_attention: Literal["random", "copy_self"] = "random"  # init of the cross-attention
-    seed: int = 0  # seed of the random cross-attention
-    fp16: bool = False  # store the weights in float16
+    out_dir: str = field(metadata={"help": "directory to write the BART model and tokenizer to"})
+    bert: str = field(default_factory=_packaged_minilm,
+                      metadata={"help": "BERT checkpoint directory or hub id"})
+    encoder_layers: int | None = option(None, "encoder depth n (BERT's first n layers); None: all")
+    decoder_layers: int | None = option(None, "decoder depth n (BERT's first n layers); None: all")
+    cross_attention: Literal["random", "copy_self"] = option("random", "init of the cross-attention")
+    seed: int = option(0, "seed of the random cross-attention")
+    fp16: bool = option(False, "store the weights in float16")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from rag.commands.cli import parse, run
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
+from rag.common.options import option
 from rag.constrain import CONSTRAINTS
 from rag.model import RagModel
 
@@ -27,14 +28,15 @@ from rag.model import RagModel
 class Args:
     model: str = field(metadata={"help": "RAG model directory to pack (ragqa finetune --out)"})
     out: str = field(metadata={"help": "directory to write (e.g. rag/default/model)"})
-    index: str | None = None  # index to load the model with; default: the model's own
-    question_backbone_from: str = "all-MiniLM-L6-v2"  # store the question tower as this model
-    # (must be identical); "" stores its weights
-    k: int = 0  # passages per question; 0 = the model's own
-    max_input_length: int = 0  # generator input tokens; 0 = the model's own
-    num_beams: int = 0  # beam width; 0 = the model's own
-    constrain: str = ""  # "none" or "spans"; "" = the model's own
-    max_mb: float = 100.0  # refuse to write a directory larger than this
+    index: str | None = option(None, "index to load the model with; default: the model's own")
+    question_backbone_from: str = option(
+        "all-MiniLM-L6-v2", 'store the question tower as this model (must be identical); "" stores its '
+        'weights')
+    k: int = option(0, "passages per question; 0 = the model's own")
+    max_input_length: int = option(0, "generator input tokens; 0 = the model's own")
+    num_beams: int = option(0, "beam width; 0 = the model's own")
+    constrain: str = option("", "\"none\" or \"spans\"; \"\" = the model's own")
+    max_mb: float = option(100.0, "refuse to write a directory larger than this")
 
     def __post_init__(self) -> None:
         if self.constrain not in ("", *CONSTRAINTS):

@@ -34,6 +34,7 @@ from measure import alternating  # this directory: the perf scripts' one set of 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import non_negative, positive
+from rag.common.options import option
 from rag.decode import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
 from rag.decode_token import rag_token_generate
@@ -42,23 +43,24 @@ from rag.marginal import rag_loss
 
 @dataclass(frozen=True)
 class Args:
-    vocab_size: int = 8000  # generator vocabulary V
-    d_model: int = 256  # generator hidden size D
-    layers: int = 3  # encoder layers and decoder layers (each)
-    heads: int = 4  # attention heads
-    ffn_dim: int = 1024  # feed-forward width
-    init_std: float = 0.2  # weight init std (BART's 0.02 makes a random model emit EOS at once)
-    eos_bias: float = 0.0  # added to EOS's logit bias (random models stop at once or never)
-    questions: int = 8  # B, questions per batch
-    passages: int = 5  # K, passages per question
-    context_length: int = 192  # L, "title / text // question" tokens (DPR passages: 100 words)
-    num_beams: int = 4  # beam width for both decoders
-    max_length: int = 20  # longest output, decoder start included
-    target_length: int = 16  # T, label length for the training step
-    repeats: int = 5  # timed runs per contender (alternating); the median is reported
-    threads: int = 1  # torch CPU threads (0 = torch's default; >1 is erratic on a shared machine)
-    seed: int = 0  # weights, inputs and scores
-    json: str | None = None  # write all figures here
+    vocab_size: int = option(8000, "generator vocabulary V")
+    d_model: int = option(256, "generator hidden size D")
+    layers: int = option(3, "encoder layers and decoder layers (each)")
+    heads: int = option(4, "attention heads")
+    ffn_dim: int = option(1024, "feed-forward width")
+    init_std: float = option(0.2, "weight init std (BART's 0.02 makes a random model emit EOS at once)")
+    eos_bias: float = option(0.0, "added to EOS's logit bias (random models stop at once or never)")
+    questions: int = option(8, "B, questions per batch")
+    passages: int = option(5, "K, passages per question")
+    context_length: int = option(192, 'L, "title / text // question" tokens (DPR passages: 100 words)')
+    num_beams: int = option(4, "beam width for both decoders")
+    max_length: int = option(20, "longest output, decoder start included")
+    target_length: int = option(16, "T, label length for the training step")
+    repeats: int = option(5, "timed runs per contender (alternating); the median is reported")
+    threads: int = option(
+        1, "torch CPU threads (0 = torch's default; >1 is erratic on a shared machine)")
+    seed: int = option(0, "weights, inputs and scores")
+    json: str | None = option(None, "write all figures here")
 
     def __post_init__(self) -> None:
         positive(self, "vocab_size", "d_model", "layers", "heads", "ffn_dim", "init_std", "questions",

@@ -35,7 +35,7 @@ import platform
 import resource
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -48,6 +48,7 @@ from scale_data import cached, exact_top_k, load_queries, make_corpus
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError, non_negative, positive, require
+from rag.common.options import option
 from retriever.corpus import open_shards
 from retriever.index import DenseIndex
 from retriever.index_factory import INDEX_TYPES, IndexConfig
@@ -59,25 +60,30 @@ RECIPE_VERSION = 1
 
 @dataclass(frozen=True)
 class Args:
-    real_index: str = "runs/index-l6"  # index directory (flat or HNSW) of the real corpus: its vectors,
-    # passage ids and encoder
-    questions: str = "../shared/data/squad-open/dev.json"  # questions (any format ragqa reads);
-    # a seeded sample of them are the queries
-    queries: int = 1000  # how many questions to sample as queries
-    sizes: list[int] = field(default_factory=lambda: [1_000_000, 10_000_000])  # corpus sizes N
-    types: list[str] = field(default_factory=lambda: list(INDEX_TYPES))  # index types to measure
-    hnsw_ef: list[int] = field(default_factory=lambda: [16, 64, 256])  # HNSW efSearch settings
-    nprobe: list[int] = field(default_factory=lambda: [8, 32, 128])  # IVF-PQ nprobe settings
-    pq_m: list[int] = field(default_factory=lambda: [48, 96])  # IVF-PQ sub-quantisers: one index each
-    ivf_nlist: int = 0  # IVF-PQ cells; 0 = the product's default (about 4 sqrt(N)), whose k-means
-    # takes hours at 10M on a few cores
-    hnsw_max: int = 2_000_000  # build HNSW only for corpora of at most this many vectors
-    k: int = 10  # neighbours per query (recall@k)
-    single_queries: int = 200  # queries searched one at a time for single-query q/s (HNSW, IVF-PQ)
-    seed: int = 0  # seed of the query sample, of the real rows' places and of the distractors
-    work: str = "runs/scale"  # folder for the corpora, queries, ground truth and (while measured) indexes
-    keep_indexes: bool = False  # keep the built index directories under --work
-    json: str | None = None  # write all figures here (rewritten after each index)
+    real_index: str = option(
+        "runs/index-l6", "index directory (flat or HNSW) of the real corpus: its vectors, passage ids "
+        "and encoder")
+    questions: str = option(
+        "../shared/data/squad-open/dev.json", "questions (any format ragqa reads); a seeded sample of "
+        "them are the queries")
+    queries: int = option(1000, "how many questions to sample as queries")
+    sizes: list[int] = option([1_000_000, 10_000_000], "corpus sizes N")
+    types: list[str] = option(list(INDEX_TYPES), "index types to measure")
+    hnsw_ef: list[int] = option([16, 64, 256], "HNSW efSearch settings")
+    nprobe: list[int] = option([8, 32, 128], "IVF-PQ nprobe settings")
+    pq_m: list[int] = option([48, 96], "IVF-PQ sub-quantisers: one index each")
+    ivf_nlist: int = option(
+        0, "IVF-PQ cells; 0 = the product's default (about 4 sqrt(N)), whose k-means takes hours at "
+        "10M on a few cores")
+    hnsw_max: int = option(2_000_000, "build HNSW only for corpora of at most this many vectors")
+    k: int = option(10, "neighbours per query (recall@k)")
+    single_queries: int = option(
+        200, "queries searched one at a time for single-query q/s (HNSW, IVF-PQ)")
+    seed: int = option(0, "seed of the query sample, of the real rows' places and of the distractors")
+    work: str = option(
+        "runs/scale", "folder for the corpora, queries, ground truth and (while measured) indexes")
+    keep_indexes: bool = option(False, "keep the built index directories under --work")
+    json: str | None = option(None, "write all figures here (rewritten after each index)")
 
 
 @dataclass

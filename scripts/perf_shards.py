@@ -34,23 +34,27 @@ from measure import MiB, Stopwatch, process_rss  # this directory: the perf scri
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError, positive
+from rag.common.options import option
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
 class Args:
-    index: str = "runs/index-l6"  # unsharded index directory (flat or HNSW) to split and search
-    corpus: str | None = None  # instead: a corpus directory of scripts/perf_scale.py (vectors.npy,
-    # passages.arrow), indexed flat into --index first (unless --index exists)
-    shards: int = 2  # shards, and processes searching them together
-    query_vectors: str | None = None  # .npy (Q, D) float32 query vectors; default: --questions
-    questions: str = "../shared/data/squad-open/dev.json"  # encoded when --query_vectors is absent
-    k: int = 10  # passages per query
-    batch: int = 100  # queries per search call (per process)
-    work: str = "runs/scale"  # where the shards and the queries go
-    json: str | None = None  # write the figures here
-    worker: str | None = None  # (internal) run as one process of a torchrun job, writing this file
+    index: str = option("runs/index-l6", "unsharded index directory (flat or HNSW) to split and search")
+    corpus: str | None = option(
+        None, "instead: a corpus directory of scripts/perf_scale.py (vectors.npy, passages.arrow), "
+        "indexed flat into --index first (unless --index exists)")
+    shards: int = option(2, "shards, and processes searching them together")
+    query_vectors: str | None = option(None, ".npy (Q, D) float32 query vectors; default: --questions")
+    questions: str = option(
+        "../shared/data/squad-open/dev.json", "encoded when --query_vectors is absent")
+    k: int = option(10, "passages per query")
+    batch: int = option(100, "queries per search call (per process)")
+    work: str = option("runs/scale", "where the shards and the queries go")
+    json: str | None = option(None, "write the figures here")
+    worker: str | None = option(
+        None, "(internal) run as one process of a torchrun job, writing this file")
 
     def __post_init__(self) -> None:
         positive(self, "shards", "k", "batch")

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import UserError, one_of, positive
+from rag.common.errors import UserError, check_choices, positive
+from rag.common.options import option
 from rag.config import Overrides
 from rag.loading import load_model
 from retriever.fusion import RetrievalConfig
@@ -29,16 +31,19 @@ from retriever.fusion import RetrievalConfig
 
 @dataclass(frozen=True)
 class Args:
-    model: str | None = None  # RAG model directory (ragqa finetune --out); default: the starter
-    index: str | None = None  # index directory; default: the model's index or the embedded corpus
-    format: str = "text"  # "text": the answer (and for one question its passages, best first);
-    # "json": one JSON object per question (question, answer, score, passages) per line
-    json: str | None = None  # also write every answer (a JSON list of those objects) to this file
-    batch_size: int = 8  # questions answered together
+    model: str | None = option(None, "RAG model directory (ragqa finetune --out); default: the starter")
+    index: str | None = option(
+        None, "index directory; default: the model's index or the embedded corpus")
+    format: Literal["text", "json"] = option(
+        "text", '"text": the answer (and for one question its passages, best first); "json": one JSON '
+        'object per question (question, answer, score, passages) per line')
+    json: str | None = option(
+        None, "also write every answer (a JSON list of those objects) to this file")
+    batch_size: int = option(8, "questions answered together")
 
     def __post_init__(self) -> None:
         positive(self, "batch_size")
-        one_of(self, "format", ("text", "json"))
+        check_choices(self)
 
 
 def main() -> None:

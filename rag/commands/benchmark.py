@@ -24,6 +24,7 @@ from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError
+from rag.common.options import option
 from rag.config import Overrides
 from retriever.fusion import RetrievalConfig
 from retriever.train import make_accelerator
@@ -34,9 +35,9 @@ class Args:
     model: str = field(metadata={"help": "RAG model directory (ragqa finetune --out)"})
     questions: str = field(metadata={"help": "SQuAD JSON, NQ-open JSONL, WebQuestions JSON or DPR TSV"})
     json: str = field(metadata={"help": "write the report (JSON) here"})
-    index: str | None = None  # index directory; default: the index the model was trained with
-    predictions: str | None = None  # write one JSON line per question here
-    device: str = ""  # torch device, e.g. "cpu" or "cuda"; "" = cuda when available
+    index: str | None = option(None, "index directory; default: the index the model was trained with")
+    predictions: str | None = option(None, "write one JSON line per question here")
+    device: str = option("", 'torch device, e.g. "cpu" or "cuda"; "" = cuda when available')
 
 
 def main() -> None:

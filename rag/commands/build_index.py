@@ -23,10 +23,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
-from rag.common.errors import UserError
+from rag.common.errors import UserError, check_choices
+from rag.common.options import option
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.corpus import CorpusConfig
@@ -38,29 +40,35 @@ from retriever.shards import split_index
 from retriever.sparse import SPARSE_DIR, SparseConfig
 from retriever.train import make_accelerator
 
-SPARSE_KINDS = ("none", "bm25")
-
 
 @dataclass(frozen=True)
 class Args:
-    corpus: str | None = None  # passages: DPR TSV (id, text, title), JSONL, SQuAD JSON, Parquet
-    # (id, text, title columns) or a datasets save_to_disk directory
-    out: str | None = None  # index directory to write (atomically)
-    encoder: str = "all-MiniLM-L6-v2"  # context encoder: hub id, local directory or packaged name
-    max_length: int = 0  # tokens per passage (title + text); 0 = the encoder's own (256, or fewer
-    # if its position table is shorter)
-    sparse: str = "none"  # "bm25": also index the passages with BM25 for sparse and hybrid search
-    add_sparse: str | None = None  # existing index directory to give a BM25 side (replacing any),
-    # without re-encoding; --corpus, --out and --encoder are then not used
-    overwrite: bool = False  # replace an existing index directory
-    use_embeddings: bool = False  # index the vectors stored in the corpus's "embeddings" column (a
-    # Parquet file or datasets directory, e.g. transformers' RagRetriever custom passages) instead
-    # of encoding; --encoder names the encoder that made them, and a sample is checked against it
-    json: str | None = None  # write figures (count, dim, seconds, passages/s) to this JSON file
-    shards: int = 0  # write N shards by passage range, searched together by N (or a multiple of
-    # N) processes under torchrun, each holding one (docs/scale-out.md); 0 = one index
-    split: str | None = None  # existing index directory (flat or hnsw) to write as --shards N
-    # shards into --out, without re-encoding; --corpus and --encoder are then not used
+    corpus: str | None = option(
+        None, "passages: DPR TSV (id, text, title), JSONL, SQuAD JSON, Parquet (id, text, title "
+        "columns) or a datasets save_to_disk directory")
+    out: str | None = option(None, "index directory to write (atomically)")
+    encoder: str = option(
+        "all-MiniLM-L6-v2", "context encoder: hub id, local directory or packaged name")
+    max_length: int = option(
+        0, "tokens per passage (title + text); 0 = the encoder's own (256, or fewer if its position "
+        "table is shorter)")
+    sparse: Literal["none", "bm25"] = option(
+        "none", '"bm25": also index the passages with BM25 for sparse and hybrid search')
+    add_sparse: str | None = option(
+        None, "existing index directory to give a BM25 side (replacing any), without re-encoding; "
+        "--corpus, --out and --encoder are then not used")
+    overwrite: bool = option(False, "replace an existing index directory")
+    use_embeddings: bool = option(
+        False, "index the vectors stored in the corpus's \"embeddings\" column (a Parquet file or "
+        "datasets directory, e.g. transformers' RagRetriever custom passages) instead of encoding; "
+        "--encoder names the encoder that made them, and a sample is checked against it")
+    json: str | None = option(None, "write figures (count, dim, seconds, passages/s) to this JSON file")
+    shards: int = option(
+        0, "write N shards by passage range, searched together by N (or a multiple of N) processes "
+        "under torchrun, each holding one (docs/scale-out.md); 0 = one index")
+    split: str | None = option(
+        None, "existing index directory (flat or hnsw) to write as --shards N shards into --out, "
+        "without re-encoding; --corpus and --encoder are then not used")
 
     def __post_init__(self) -> None:
         if self.shards < 0:
@@ -70,8 +78,7 @@ class Args:
                 raise UserError("--split INDEX takes --shards N and --out DIR (no --corpus or "
                                 "--add_sparse)")
             return
-        if self.sparse not in SPARSE_KINDS:
-            raise UserError(f"--sparse {self.sparse!r} is not one of {SPARSE_KINDS}")
+        check_choices(self)
         if self.add_sparse is not None and (self.corpus or self.out):
             raise UserError("--add_sparse INDEX works on an existing index: leave out --corpus and --out")
         if self.add_sparse is None and not (self.corpus and self.out):

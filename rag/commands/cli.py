@@ -9,11 +9,9 @@ for commands quiet by default (``ask``: its output is the answer), which show wa
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,25 +28,6 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
         if flag.startswith("--no_") or flag in ("--quiet", "--verbose"):
             return action.help
         return super()._get_help_string(action)
-
-
-def field_comments(cls: type) -> dict[str, str]:
-    """The inline ``# comment`` after each field of a dataclass: our configs document fields there."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, str] = {}
-    last = None  # the field whose comment a following comment-only line continues
-    for line in source.splitlines():
-        if (m := re.match(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$", line)):
-            last = m.group(1)
-            out[last] = m.group(2).strip()
-        elif last and (m := re.match(r"^\s+#\s*(.+)$", line)):
-            out[last] += " " + m.group(1).strip()
-        else:
-            last = None
-    return out
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
@@ -68,7 +47,9 @@ def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: 
 def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
           description: str | None = None, positionals: str | None = None,
           quiet_by_default: bool = False) -> tuple:
-    """Parse ``argv`` into one instance per dataclass; ``--help`` text comes from field comments.
+    """Parse ``argv`` into one instance per dataclass; ``--help`` text comes from the fields'
+    ``metadata["help"]`` (``rag.common.options.option``), and list options take their values
+    space- or comma-separated (``--ks 1 5 20`` or ``--ks 1,5,20``).
 
     With ``positionals`` (a name for the usage line), bare arguments are allowed anywhere and
     returned as a final list of strings. Every command also gets ``--quiet`` and ``--verbose``
@@ -91,17 +72,20 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
                       help="print errors only: no progress bars, no notes on what is being done")
     talk.add_argument("--verbose", action="store_true",
                       help="also print debugging detail")
-    comments: dict[str, str] = {}
-    for cls in dataclass_types:
-        comments.update(field_comments(cls))
+    lists = set()
     for action in parser._actions:
+        if action.dest in ("help", "quiet", "verbose"):
+            continue
+        if action.help:
+            action.help = action.help.replace("%", "%%")  # argparse formats help with %
         if action.option_strings and action.option_strings[0].startswith("--no_"):
-            positive = comments.get(action.dest, "").replace("%", "%%")
-            action.help = f"turn --{action.dest} off" + (f" (it means: {positive})" if positive else "")
-        elif not action.help and action.dest in comments:
-            action.help = comments[action.dest].replace("%", "%%")
+            action.help = f"turn --{action.dest} off" + (f" (it means: {action.help})"
+                                                         if action.help else "")
+        if action.nargs == "+":
+            lists.update(action.option_strings)
     if positionals:
         parser.usage = f"%(prog)s [{positionals} ...] [options]"
+    argv = _split_lists(list(sys.argv[1:] if argv is None else argv), lists)
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     extra = parsed.pop() if parsed and isinstance(parsed[-1], argparse.Namespace) else None
     set_verbosity(getattr(extra, "quiet", False), getattr(extra, "verbose", False),
@@ -111,6 +95,24 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     if rest:  # HfArgumentParser raises ValueError (a traceback): argparse's error instead
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return (*parsed, bare) if positionals else tuple(parsed)
+
+
+def _split_lists(argv: list[str], flags: set[str]) -> list[str]:
+    """``argv`` with the values of list options split at commas (``--ks 1,5`` = ``--ks 1 5``)."""
+    out, in_list = [], False
+    for arg in argv:
+        if arg.startswith("-"):
+            flag, eq, value = arg.partition("=")
+            in_list = flag in flags
+            if in_list and eq:
+                out += [flag, *filter(None, value.split(","))]
+                continue
+            out.append(arg)
+        elif in_list:
+            out += list(filter(None, arg.split(",")))
+        else:
+            out.append(arg)
+    return out
 
 
 def run(main: Callable[[], Any]) -> None:

@@ -16,12 +16,14 @@ from pathlib import Path
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent
 from rag.common.errors import UserError
+from rag.common.options import option
 from rag.compare import load_run, plot_em_vs_k, runs_table, sweep_problem
 
 
 @dataclass(frozen=True)
 class Args:
-    plot: str | None = None  # image of EM against k (k sweeps only); default: next to the first run
+    plot: str | None = option(
+        None, "image of EM against k (k sweeps only); default: next to the first run")
 
 
 def main() -> None:

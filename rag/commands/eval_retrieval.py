@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, field
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import UserError, non_negative, one_of, positive
+from rag.common.errors import check_choices, non_negative, positive
+from rag.common.options import option
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
-from retriever.metrics import MATCHES
+from retriever.metrics import Match
 from retriever.questions import read_questions
 from retriever.results import dpr_results, write_dpr_results, write_trec
 from retriever.search import Retriever
@@ -29,20 +30,24 @@ from retriever.train import make_accelerator
 class Args:
     index: str = field(metadata={"help": "index directory written by ragqa index"})
     questions: str = field(metadata={"help": "SQuAD JSON, NQ-open JSONL, WebQuestions JSON or DPR TSV"})
-    question_encoder: str | None = None  # hub id or directory; default: the index's own encoder.
-    # Given here, it is paired with the index's context encoder (DPR's twins), with a notice
-    ks: str = "1,5,20,100"  # comma-separated k values for top-k accuracy
-    batch_size: int = 128  # questions per batch
-    limit: int = 0  # evaluate only the first N questions; 0 = all
-    json: str | None = None  # write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval", "match"}
-    results: str | None = None  # write DPR's retrieval results JSON here (question, answers, ctxs
-    # with id, title, text, score, has_answer; the top max(--ks) passages), as FiD and DPR read it
-    trec: str | None = None  # write a TREC run file here (qid Q0 docid rank score ragqa)
-    match: str = "dpr"  # has-answer test: "dpr" (DPR's: the answer's tokens as a contiguous run of
-    # the passage's, after NFD) or "substring" (SQuAD-normalised answer string on word boundaries)
+    question_encoder: str | None = option(
+        None, "hub id or directory; default: the index's own encoder. Given here, it is paired with "
+        "the index's context encoder (DPR's twins), with a notice")
+    ks: list[int] = option([1, 5, 20, 100], "k values for top-k accuracy (space- or comma-separated)")
+    batch_size: int = option(128, "questions per batch")
+    limit: int = option(0, "evaluate only the first N questions; 0 = all")
+    json: str | None = option(
+        None, 'write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval", "match"}')
+    results: str | None = option(
+        None, "write DPR's retrieval results JSON here (question, answers, ctxs with id, title, text, "
+        "score, has_answer; the top max(--ks) passages), as FiD and DPR read it")
+    trec: str | None = option(None, "write a TREC run file here (qid Q0 docid rank score ragqa)")
+    match: Match = option(
+        "dpr", "has-answer test: \"dpr\" (DPR's: the answer's tokens as a contiguous run of the "
+        "passage's, after NFD) or \"substring\" (SQuAD-normalised answer string on word boundaries)")
 
     def __post_init__(self) -> None:
-        one_of(self, "match", MATCHES)
+        check_choices(self)
         positive(self, "batch_size")
         non_negative(self, "limit")
 
@@ -52,10 +57,6 @@ def main() -> None:
     for path in (args.json, args.results, args.trec):
         if path:
             check_output_parent(path)
-    try:
-        ks = [int(k) for k in args.ks.split(",")]
-    except ValueError:
-        raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
     acc = make_accelerator()  # under torchrun: join the other processes, which share the work
     index = load_index(args.index, mmap=retrieval.mmap)
     questions = read_questions(args.questions)
@@ -64,7 +65,7 @@ def main() -> None:
     encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
     retriever = Retriever(encoder, index, retrieval, pair=bool(args.question_encoder))
     kept: list = []
-    metrics = evaluate_retrieval(retriever, questions, ks, args.batch_size, results=kept,
+    metrics = evaluate_retrieval(retriever, questions, args.ks, args.batch_size, results=kept,
                                  match=args.match)
     if not acc.is_main_process:  # the first process reports
         return

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir
-from rag.common.errors import UserError
-from rag.constrain import CONSTRAINTS
+from rag.common.errors import check_choices
+from rag.common.options import option
+from rag.constrain import Constraint
 from rag.hf_rag import export
 from rag.model import RagModel
 from retriever.fusion import RetrievalConfig
@@ -38,19 +39,20 @@ class Args:
     model: str = field(metadata={"help": "RAG model directory (ours, or a transformers RAG checkpoint)"})
     out: str = field(metadata={"help": "directory to write (refused if it exists, unless ours and "
                                        "--overwrite)"})
-    index: str | None = None  # index directory; default: the model's own
-    constrain: str = ""  # "none" to export a model that decodes with "spans"; "" = the model's own
-    overwrite: bool = False  # replace an existing export written by this script
+    index: str | None = option(None, "index directory; default: the model's own")
+    constrain: Constraint | None = option(
+        None, 'the decoding constraint to export with ("none" for a model that decodes with "spans"); '
+        "default: the model's own")
+    overwrite: bool = option(False, "replace an existing export written by this script")
 
     def __post_init__(self) -> None:
-        if self.constrain not in ("", *CONSTRAINTS):
-            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
+        check_choices(self)
 
 
 def main() -> None:
     args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
     check_output_dir(args.out, args.overwrite)
-    overrides = {"constrain": args.constrain} if args.constrain else {}
+    overrides = {"constrain": args.constrain} if args.constrain is not None else {}
     model = RagModel.from_pretrained(args.model, args.index, retrieval, **overrides).eval()
     out = export(model, args.out, overwrite=args.overwrite)
     print(f"transformers RAG ({model.config.mode}, k={model.config.k}) + RagRetriever index of "

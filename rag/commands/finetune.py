@@ -16,10 +16,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
+from generator.warmstart import CrossAttentionInit
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
-from rag.common.errors import non_negative, one_of, positive
+from rag.common.errors import check_choices, non_negative, positive
+from rag.common.options import option
 from rag.config import RagConfig
 from rag.loading import assemble
 from rag.model import RagModel
@@ -36,26 +39,28 @@ log = logging.getLogger(__name__)
 class Args:
     train: str = field(metadata={"help": "training questions with answers (any supported format)"})
     out: str = field(metadata={"help": "model directory to write"})
-    dev: str | None = None  # dev questions for exact match during training
-    generator: str = "starter"  # BART directory or hub id; "starter" = warm-start from MiniLM-L6;
-    # a transformers RAG checkpoint gives its generator (and, without --question_encoder, its
-    # DPR question encoder, paired with --index)
-    starter_encoder_layers: int = 6  # starter: BERT layers copied into the BART encoder
-    starter_decoder_layers: int = 6  # starter: BERT layers copied into the BART decoder
-    starter_cross_attention: str = "copy_self"  # starter: "random" or "copy_self" initialisation
-    copy_head: bool = False  # give the generator a copy path (generator/copy.py) if it has none:
-    # a pointer over its input, trained with --pointer_weight (supervised pointing)
-    train_offset: int = 0  # skip the first N training questions (continue on unseen ones)
-    train_limit: int = 0  # then use only the next N training questions; 0 = all
-    save_dtype: str = "fp32"  # dtype of the saved generator: "fp32" or "fp16" (half the size)
-    overwrite: bool = False  # replace an existing --out written by ragqa
-    json: str | None = None  # write the dev evaluation log here
+    dev: str | None = option(None, "dev questions for exact match during training")
+    generator: str = option(
+        "starter", 'BART directory or hub id; "starter" = warm-start from MiniLM-L6; a transformers '
+        'RAG checkpoint gives its generator (and, without --question_encoder, its DPR question '
+        'encoder, paired with --index)')
+    starter_encoder_layers: int = option(6, "starter: BERT layers copied into the BART encoder")
+    starter_decoder_layers: int = option(6, "starter: BERT layers copied into the BART decoder")
+    starter_cross_attention: CrossAttentionInit = option(
+        "copy_self", "starter: how cross-attention starts")
+    copy_head: bool = option(
+        False, "give the generator a copy path (generator/copy.py) if it has none: a pointer over its "
+        "input, trained with --pointer_weight (supervised pointing)")
+    train_offset: int = option(0, "skip the first N training questions (continue on unseen ones)")
+    train_limit: int = option(0, "then use only the next N training questions; 0 = all")
+    save_dtype: Literal["fp32", "fp16"] = option("fp32", "dtype of the saved generator (fp16: half the size)")
+    overwrite: bool = option(False, "replace an existing --out written by ragqa")
+    json: str | None = option(None, "write the dev evaluation log here")
 
     def __post_init__(self) -> None:
-        one_of(self, "save_dtype", ("fp32", "fp16"))
+        check_choices(self)
         non_negative(self, "train_offset", "train_limit")
         positive(self, "starter_encoder_layers", "starter_decoder_layers")
-        one_of(self, "starter_cross_attention", ("random", "copy_self"))
 
 
 def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> RagModel:

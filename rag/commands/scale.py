@@ -17,14 +17,15 @@ Commands (each has --help):
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rag.commands.cli import parse
+from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError
+from rag.common.options import option
 from retriever.scaling import (
     CostModel,
     FitConfig,
@@ -49,53 +50,45 @@ from retriever.scaling.sweep import SweepConfig, load_sweep_data, run_sweep
 class FitArgs:
     """Inputs and outputs of ``ragqa scale fit``."""
 
-    measurements: str  # JSON lines or CSV: name, n_params, n_train_pairs, contrastive_entropy, ...
-    json: str = ""  # write the fitted laws here (the file `ragqa scale select --fit` reads)
-    plot: str = ""  # write a PNG of the measurements and fitted curves here
-    holdout: bool = False  # also refit without the largest N and report its prediction error
+    measurements: str = field(metadata={"help": "JSON lines or CSV: name, n_params, n_train_pairs, "
+                                            "contrastive_entropy, ..."})
+    json: str = option("", "write the fitted laws here (the file `ragqa scale select --fit` reads)")
+    plot: str = option("", "write a PNG of the measurements and fitted curves here")
+    holdout: bool = option(False, "also refit without the largest N and report its prediction error")
 
 
 @dataclass(frozen=True)
 class SelectArgs:
     """Inputs and outputs of ``ragqa scale select``."""
 
-    fit: str = ""  # fit JSON with a joint law; empty: shipped MS MARCO (Fang et al. 2024)
-    budgets: list[float] = field(default_factory=list)  # $ budgets: lowest-loss (N, D) for each
-    target_losses: list[float] = field(default_factory=list)  # nats: cheapest (N, D) for each
-    encoders: list[str] = field(  # available encoders as NAME=N (non-embedding parameters)
-        default_factory=lambda: [f"{e.name}={e.n_params:g}" for e in BERT_ENCODERS])
-    json: str = ""  # write the selections here
+    fit: str = option("", "fit JSON with a joint law; empty: shipped MS MARCO (Fang et al. 2024)")
+    budgets: list[float] = option([], "$ budgets: lowest-loss (N, D) for each")
+    target_losses: list[float] = option([], "nats: cheapest (N, D) for each")
+    encoders: list[str] = option(
+        [f"{e.name}={e.n_params:g}" for e in BERT_ENCODERS], "available encoders as NAME=N "
+        "(non-embedding parameters)")
+    json: str = option("", "write the selections here")
 
 
 @dataclass(frozen=True)
 class SweepArgs:
     """Inputs and outputs of ``ragqa scale sweep``."""
 
-    corpus: str  # passages (TSV, JSON lines or SQuAD JSON)
-    train: str  # SQuAD-style training questions (each with its gold context)
-    dev: str  # SQuAD-style evaluation questions
-    out: str  # JSON-lines measurement rows, appended as each (l, D) finishes
-    layers: str = "1,2,3,4,5,6"  # comma-separated encoder depths l
-    train_sizes: str = "4000"  # comma-separated training-set sizes D
-
-
-def _int_list(text: str, name: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--{name} must be comma-separated integers, got {text!r}") from None
-
-
-def _write_json(path: str, payload: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}")
+    corpus: str = field(metadata={"help": "passages (TSV, JSON lines or SQuAD JSON)"})
+    train: str = field(metadata={"help": "SQuAD-style training questions (each with its gold context)"})
+    dev: str = field(metadata={"help": "SQuAD-style evaluation questions"})
+    out: str = field(metadata={"help": "JSON-lines measurement rows, appended as each (l, D) finishes"})
+    layers: list[int] = option([1, 2, 3, 4, 5, 6], "encoder depths l")
+    train_sizes: list[int] = option([4000], "training-set sizes D")
 
 
 def fit_command(argv: Sequence[str]) -> None:
     """``ragqa scale fit``: fit the laws, print them, optionally write JSON / PNG / hold-out."""
     args, config = parse([FitArgs, FitConfig], argv,
                          description="ragqa scale fit: fit the scaling laws to measurement rows.")
+    for path in (args.json, args.plot):
+        if path:  # before the fit: a file that cannot be written is refused at once
+            check_output_parent(path)
     rows = read_measurements(args.measurements)
     fits = fit_measurements(rows, config)
     print(f"{len(rows)} measurements from {args.measurements}")
@@ -145,6 +138,8 @@ def select_command(argv: Sequence[str]) -> None:
                              description="ragqa scale select: choose encoder size N and pairs D.")
     if not args.budgets and not args.target_losses:
         raise UserError("give --budgets and/or --target_losses")
+    if args.json:
+        check_output_parent(args.json)
     fit_path = Path(args.fit) if args.fit else published_msmarco_path()
     law = load_laws(fit_path).get("joint")
     if law is None:
@@ -165,10 +160,11 @@ def select_command(argv: Sequence[str]) -> None:
             print(f"{title:>10} | optimum on N in [{grid.n_min:g}, {grid.n_max:g}]")
             print("\n".join(rows))
     if args.json:
-        _write_json(args.json, {"fit": str(fit_path), "joint_law": asdict(law),
+        write_json(args.json, {"fit": str(fit_path), "joint_law": asdict(law),
                                 "cost_model": asdict(cost), "coefficients": coef,
                                 "grid": asdict(grid),
                                 "selections": [s.to_dict() for s in selections]})
+        print(f"wrote {args.json}")
 
 
 def sweep_command(argv: Sequence[str]) -> None:
@@ -179,11 +175,10 @@ def sweep_command(argv: Sequence[str]) -> None:
 
     args, config = parse([SweepArgs, SweepConfig], argv,
                          description="ragqa scale sweep: measure truncated encoders for the laws.")
-    layers, sizes = _int_list(args.layers, "layers"), _int_list(args.train_sizes, "train_sizes")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     data = load_sweep_data(args.corpus, args.train, args.dev, config)
-    rows = run_sweep(data, layers, sizes, args.out, config, device=device)
+    rows = run_sweep(data, args.layers, args.train_sizes, args.out, config, device=device)
     for row in rows:
         print(f"{row['name']}: N={row['n_params']} D={row['n_train_pairs']} "
               f"CE={row['contrastive_entropy']:.4f}±{row['ce_std']:.4f}")

@@ -22,6 +22,7 @@ from pathlib import Path
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
 from rag.common.errors import UserError, non_negative
+from rag.common.options import option
 from retriever.build import BuildConfig, build_index
 from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.encoder import Encoder
@@ -39,17 +40,18 @@ log = logging.getLogger(__name__)
 class Args:
     train: str = field(metadata={"help": "training questions with gold passages: SQuAD JSON or DPR JSON"})
     out: str = field(metadata={"help": "directory for the trained question encoder"})
-    dev: str | None = None  # dev questions; top-k accuracy is reported after every epoch
-    index: str | None = None  # index directory built with the (frozen) context encoder
-    corpus: str | None = None  # corpus file: build an index in <out>.index first (when no --index)
-    encoder: str | None = None  # context encoder; default: the index's encoder
-    question_encoder: str | None = None  # initial question encoder; default: same as --encoder
-    dev_ks: str = "1,5,20,100"  # k values reported on dev
-    dev_limit: int = 0  # evaluate on the first N dev questions only; 0 = all
-    train_limit: int = 0  # train on the first N questions only; 0 = all
-    eval_before: bool = False  # also evaluate the untrained question encoder on dev first
-    overwrite: bool = False  # replace an existing --out (and <out>.index) written by ragqa
-    json: str | None = None  # write the per-epoch log (loss, dev metrics) here
+    dev: str | None = option(None, "dev questions; top-k accuracy is reported after every epoch")
+    index: str | None = option(None, "index directory built with the (frozen) context encoder")
+    corpus: str | None = option(
+        None, "corpus file: build an index in <out>.index first (when no --index)")
+    encoder: str | None = option(None, "context encoder; default: the index's encoder")
+    question_encoder: str | None = option(None, "initial question encoder; default: same as --encoder")
+    dev_ks: list[int] = option([1, 5, 20, 100], "k values reported on dev")
+    dev_limit: int = option(0, "evaluate on the first N dev questions only; 0 = all")
+    train_limit: int = option(0, "train on the first N questions only; 0 = all")
+    eval_before: bool = option(False, "also evaluate the untrained question encoder on dev first")
+    overwrite: bool = option(False, "replace an existing --out (and <out>.index) written by ragqa")
+    json: str | None = option(None, "write the per-epoch log (loss, dev metrics) here")
 
     def __post_init__(self) -> None:
         non_negative(self, "dev_limit", "train_limit")
@@ -63,10 +65,6 @@ def main() -> None:
         check_output_parent(args.json)
     if args.index is None and args.corpus is None:
         raise UserError("give --index DIR or --corpus PATH")
-    try:
-        ks = [int(k) for k in args.dev_ks.split(",")]
-    except ValueError:
-        raise UserError(f"--dev_ks {args.dev_ks!r}: expected comma-separated integers") from None
     check_output_dir(args.out, args.overwrite)
     resumed = None if config.train_context_encoder else resume_dir(args.out)
     index_dir = Path(args.out).with_name(Path(args.out).name + ".index")
@@ -96,7 +94,7 @@ def main() -> None:
     retriever = Retriever(q_enc, index, retrieval, train=True)
 
     def evaluate(model: Encoder) -> dict:  # model is q_enc, the retriever's question encoder
-        return evaluate_retrieval(retriever, dev, ks, progress=False)
+        return evaluate_retrieval(retriever, dev, args.dev_ks, progress=False)
 
     before = None
     if (args.eval_before and dev and not config.train_context_encoder and resumed is None

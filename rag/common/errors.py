@@ -6,7 +6,11 @@ scripts catch it (see :func:`rag.commands.cli.run`) and print that message on on
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import types
+import typing
 
 
 class UserError(Exception):
@@ -49,3 +53,24 @@ def one_of(config, flag: str, choices) -> None:
     """``config``'s field ``flag`` is one of ``choices``."""
     value = getattr(config, flag)
     require(value in choices, flag, value, f"must be one of {', '.join(map(repr, choices))}")
+
+
+def check_choices(config) -> None:
+    """Each field of the dataclass ``config`` typed ``Literal[...]`` (or ``Literal[...] | None``)
+    holds one of its values: what the command-line parser checks, checked for Python callers."""
+    for flag, choices in _choices(type(config)).items():
+        one_of(config, flag, choices)
+
+
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        for part in typing.get_args(kind) if union else (kind,):
+            if typing.get_origin(part) is typing.Literal:
+                out[f.name] = typing.get_args(part) + ((None,) if union else ())
+    return out
+

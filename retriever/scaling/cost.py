@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from rag.common.errors import UserError
+from rag.common.options import option
 
 ArrayLike = float | np.ndarray
 
@@ -62,16 +63,17 @@ class CostBreakdown:
 class CostModel:
     """Every input of Z(N, D) = Z_data D + Z_train N + Z_infer N, with illustrative defaults."""
 
-    price_per_pair: float = 0.6  # $ to annotate one (query, relevant passage) pair
-    gpu_flops: float = 312e12  # peak FLOP/s of one GPU (A100 bf16 dense tensor cores)
-    utilisation: float = 0.4  # fraction of peak FLOP/s actually achieved (MFU)
-    gpu_hour_price: float = 2.0  # $ per GPU-hour
-    tokens_per_query: int = 32  # query length in tokens, for serving
-    tokens_per_passage: int = 128  # passage length in tokens, for indexing the corpus
-    train_tokens_per_pair: int = 288  # tokens encoded per training pair (query + pos + 1 hard neg)
-    epochs: float = 3.0  # passes over the D training pairs
-    corpus_size: int = 0  # passages encoded once for the index (MS MARCO: 8_841_823)
-    queries_served: float = 0.0  # queries encoded over the deployment's lifetime
+    price_per_pair: float = option(0.6, "$ to annotate one (query, relevant passage) pair")
+    gpu_flops: float = option(312e12, "peak FLOP/s of one GPU (A100 bf16 dense tensor cores)")
+    utilisation: float = option(0.4, "fraction of peak FLOP/s actually achieved (MFU)")
+    gpu_hour_price: float = option(2.0, "$ per GPU-hour")
+    tokens_per_query: int = option(32, "query length in tokens, for serving")
+    tokens_per_passage: int = option(128, "passage length in tokens, for indexing the corpus")
+    train_tokens_per_pair: int = option(
+        288, "tokens encoded per training pair (query + pos + 1 hard neg)")
+    epochs: float = option(3.0, "passes over the D training pairs")
+    corpus_size: int = option(0, "passages encoded once for the index (MS MARCO: 8_841_823)")
+    queries_served: float = option(0.0, "queries encoded over the deployment's lifetime")
 
     def __post_init__(self) -> None:
         for key in ("gpu_flops", "utilisation", "gpu_hour_price"):

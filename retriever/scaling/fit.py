@@ -16,12 +16,13 @@ import itertools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from scipy.optimize import least_squares
 
-from rag.common.errors import UserError, one_of, positive
+from rag.common.errors import UserError, check_choices, positive
+from rag.common.options import option
 
 from .laws import (
     DataSizeLaw,
@@ -46,13 +47,15 @@ _BETA_BOUNDS = (1e-2, 5.0)
 class FitConfig:
     """How the laws are fitted."""
 
-    loss: str = "soft_l1"  # scipy least_squares loss: linear, soft_l1, huber, cauchy, arctan
-    f_scale: float = 0.02  # residual scale (nats, or sigmas if weighted) where robust loss bends
-    weighted: bool = False  # divide residuals by each row's ce_std (rows without one get 1)
-    max_nfev: int = 5000  # function evaluations per start
+    loss: Literal["linear", "soft_l1", "huber", "cauchy", "arctan"] = option(
+        "soft_l1", "scipy least_squares loss")
+    f_scale: float = option(
+        0.02, "residual scale (nats, or sigmas if weighted) where robust loss bends")
+    weighted: bool = option(False, "divide residuals by each row's ce_std (rows without one get 1)")
+    max_nfev: int = option(5000, "function evaluations per start")
 
     def __post_init__(self) -> None:
-        one_of(self, "loss", ("linear", "soft_l1", "huber", "cauchy", "arctan"))
+        check_choices(self)
         positive(self, "f_scale", "max_nfev")
 
 

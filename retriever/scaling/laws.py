@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rag.common.atomic import write_json
 from rag.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -180,11 +181,10 @@ def load_laws(path: str | Path) -> dict[str, Law]:
 
 
 def save_laws(path: str | Path, entries: dict[str, dict[str, Any]], **meta: Any) -> Path:
-    """Write ``{"laws": entries, **meta}`` as JSON; entries hold law parameters and extras."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, "laws": entries}, indent=2) + "\n")
-    return path
+    """Write ``{"laws": entries, **meta}`` as JSON (atomically; a missing directory is a
+    :class:`UserError`); entries hold law parameters and extras."""
+    write_json(path, {**meta, "laws": entries})
+    return Path(path)
 
 
 def published_msmarco_path() -> Path:

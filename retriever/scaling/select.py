@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rag.common.errors import UserError, non_negative, positive, require
+from rag.common.options import option
 
 from .cost import CostBreakdown, CostModel
 from .laws import JointLaw
@@ -36,11 +37,11 @@ from .laws import JointLaw
 class GridConfig:
     """The log-spaced grid of encoder sizes searched."""
 
-    n_min: float = 1e5  # smallest N (non-embedding parameters) considered
-    n_max: float = 1e12  # largest N considered
-    points: int = 2801  # grid points, log-spaced (400 per decade by default)
-    min_pairs: float = 1.0  # fewest training pairs a plan may use
-    tolerance: float = 0.01  # near-optimal band: N whose objective is within this fraction
+    n_min: float = option(1e5, "smallest N (non-embedding parameters) considered")
+    n_max: float = option(1e12, "largest N considered")
+    points: int = option(2801, "grid points, log-spaced (400 per decade by default)")
+    min_pairs: float = option(1.0, "fewest training pairs a plan may use")
+    tolerance: float = option(0.01, "near-optimal band: N whose objective is within this fraction")
 
     def __post_init__(self) -> None:
         positive(self, "n_min", "n_max", "min_pairs")

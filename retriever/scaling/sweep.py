@@ -46,11 +46,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from rag.common.errors import UserError, non_negative, one_of, positive
+from rag.common.errors import UserError, check_choices, non_negative, positive
+from rag.common.options import option
 
 from .entropy import contrastive_entropy, negative_pool_indices
 from .laws import count_non_embedding_params
@@ -63,24 +64,25 @@ log = logging.getLogger(__name__)
 class SweepConfig:
     """How each point of the sweep is trained and measured."""
 
-    model: str = "all-MiniLM-L6-v2"  # checkpoint whose layers make each encoder size
-    keep: str = "first_and_last"  # size l keeps the "first" l layers, or the "first_and_last":
-    # layers 1..l-1 and the last one, so every size ends in the layer pretrained for pooling
-    lr: float = 5e-5  # AdamW learning rate (linear warm-up over 10% of steps, then decay)
-    batch_size: int = 32  # questions per step; the other questions' positives are negatives
-    score_scale: float = 0.0  # multiply q . p in training and evaluation; 0 = 20 if normalised, else 1
-    max_length: int = 256  # tokens per passage (questions are far shorter)
-    eval_questions: int = 500  # dev questions (with a gold passage) to measure on
-    eval_sample: str = "random"  # which dev questions: "random" (seeded) or "first"
-    train_context: bool = False  # train one shared encoder for questions and passages (siamese)
-    pool_size: int = 1500  # random corpus passages in the negative pool (dev golds excluded)
-    num_negatives: int = 256  # negatives per evaluation pair (Fang et al.: 256)
-    repeats: int = 5  # negative redraws averaged by the contrastive entropy
-    seed: int = 0  # training-set shuffle, initialisation of dropout / batches, negative draws
+    model: str = option("all-MiniLM-L6-v2", "checkpoint whose layers make each encoder size")
+    keep: Literal["first", "first_and_last"] = option(
+        "first_and_last", 'size l keeps the "first" l layers, or the "first_and_last": layers 1..l-1 '
+        'and the last one, so every size ends in the layer pretrained for pooling')
+    lr: float = option(5e-5, "AdamW learning rate (linear warm-up over 10% of steps, then decay)")
+    batch_size: int = option(32, "questions per step; the other questions' positives are negatives")
+    score_scale: float = option(
+        0.0, "multiply q . p in training and evaluation; 0 = 20 if normalised, else 1")
+    max_length: int = option(256, "tokens per passage (questions are far shorter)")
+    eval_questions: int = option(500, "dev questions (with a gold passage) to measure on")
+    eval_sample: Literal["random", "first"] = option("random", "which dev questions (random: seeded)")
+    train_context: bool = option(False, "train one shared encoder for questions and passages (siamese)")
+    pool_size: int = option(1500, "random corpus passages in the negative pool (dev golds excluded)")
+    num_negatives: int = option(256, "negatives per evaluation pair (Fang et al.: 256)")
+    repeats: int = option(5, "negative redraws averaged by the contrastive entropy")
+    seed: int = option(0, "training-set shuffle, initialisation of dropout / batches, negative draws")
 
     def __post_init__(self) -> None:
-        one_of(self, "keep", ("first", "first_and_last"))
-        one_of(self, "eval_sample", ("random", "first"))
+        check_choices(self)
         positive(self, "lr", "batch_size", "max_length", "eval_questions", "pool_size",
                  "num_negatives", "repeats")
         non_negative(self, "score_scale", "seed")

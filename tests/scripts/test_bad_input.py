@@ -84,7 +84,7 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         "build_fusion": (build("--fusion", "max"), ["--fusion", "max"]),
         "eval_batch_zero": (evaluate("--batch_size", "0"), ["--batch_size"]),
         "eval_limit_negative": (evaluate("--limit", "-1"), ["--limit", "-1"]),
-        "eval_ks_text": (evaluate("--ks", "1,x"), ["--ks", "1,x"]),
+        "eval_ks_text": (evaluate("--ks", "1,x"), ["--ks", "'x'"]),  # the value at fault
         "eval_ks_zero": (evaluate("--ks", "0,1"), ["positive"]),
         "eval_retrieval_kind": (evaluate("--retrieval", "bm25"), ["--retrieval", "bm25"]),
         "train_batch_zero": (train("--batch_size", "0"), ["--batch_size"]),

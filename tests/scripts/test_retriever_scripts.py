@@ -274,7 +274,7 @@ def test_hybrid_build_eval_and_train(runs):
     ("build_missing_corpus", ["nope.tsv", "no such file"]),
     ("build_non_utf8", ["non-utf8.tsv", "line 3", "UTF-8"]),
     ("build_duplicates", ["dup.tsv", "line 4", "duplicate passage id '1'"]),
-    ("build_bad_dtype", ["dtype 'fp8'"]),
+    ("build_bad_dtype", ["--dtype", "'fp8'", "'bf16'"]),  # refused by the parser, choices named
     ("eval_k_too_large", ["k=1000", "larger than the index"]),
     ("eval_no_manifest", ["no-manifest", "manifest.json"]),
     ("eval_other_dim", ["dim 16", "dim 32"]),

@@ -1,28 +1,52 @@
-"""The dataclass-generated command lines: help text comes from the fields' comments."""
+"""The dataclass-generated command lines: help from the fields' metadata, enum-like options
+checked by the parser, list options space- or comma-separated."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from rag.commands.cli import field_comments, parse
+import pytest
+
+from rag.commands.cli import parse
+from rag.common.options import option
 
 
 @dataclass(frozen=True)
 class Options:
-    width: int = 3  # passages per question
-    depth: int = 0  # a comment that goes on
-    # over two more lines, which
-    # belong to it
-
-    # an unrelated comment after a blank line
+    width: int = option(3, "passages per question (100% of them)")
+    depth: int = 0
     name: str = "x"
+    kind: Literal["dense", "sparse"] = option("dense", "how passages are found")
+    ks: list[int] = option([1, 5], "cut-offs")
+    shuffle: bool = option(True, "shuffle the questions")
 
 
-def test_field_comments_follow_continuation_lines():
-    comments = field_comments(Options)
-    assert comments["width"] == "passages per question"
-    assert comments["depth"] == "a comment that goes on over two more lines, which belong to it"
-    assert "name" not in comments
+def test_help_comes_from_the_fields_metadata(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse([Options], ["--help"])
+    assert exit.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "passages per question (100% of them)" in text
+    assert "turn --shuffle off (it means: shuffle the questions)" in text
+    assert "{dense,sparse}" in text
+
+
+def test_an_enum_like_option_is_checked_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse([Options], ["--kind", "sideways"])
+    assert exit.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--kind" in errors[0] and "'sideways'" in errors[0]
+
+
+@pytest.mark.parametrize("argv", [["--ks", "1", "3", "10"], ["--ks", "1,3,10"], ["--ks=1,3,10"],
+                                  ["--ks", "1,3", "10"]])
+def test_list_options_take_spaces_or_commas(argv):
+    (opts,) = parse([Options], [*argv, "--width", "2"])
+    assert opts.ks == [1, 3, 10] and opts.width == 2
+    assert parse([Options], [])[0].ks == [1, 5]  # the default, a fresh list each time
+    assert parse([Options], [])[0].ks is not parse([Options], [])[0].ks
 
 
 def test_parse_fills_the_dataclass():
