@@ -159,3 +159,7 @@ def test_targets_pass_and_miss():
     assert [line[:4] for line in slow] == ["MISS", "MISS"]
     low = targets(report([(500.0, 0.94)], 10, 0.89), 10)
     assert all(line.startswith("MISS") and line.endswith("no setting reaches that recall") for line in low)
+    flat_only = report([], 10, 0.89)
+    flat_only["runs"]["1000"]["indexes"] = flat_only["runs"]["1000"]["indexes"][:1]
+    assert all(line.startswith("n/a") and line.endswith("not measured in this run")
+               for line in targets(flat_only, 10))
