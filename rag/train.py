@@ -31,10 +31,9 @@ from rag.common.options import option
 from rag.common.progress import progress_bar
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from retriever.gold import gold_rows
-from retriever.loop import optimizer_step, rank_share
+from retriever.loop import make_accelerator, optimizer_step, rank_share
 from retriever.metrics import exact_match
 from retriever.questions import Question, dev_subset
-from retriever.train import make_accelerator
 
 from .model import RagModel
 

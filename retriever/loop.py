@@ -1,5 +1,5 @@
-"""The training loop the trainers share, under accelerate: each process's share of an epoch's
-examples, one optimiser update, and one epoch of batches.
+"""The training loop the trainers share, under accelerate: the accelerator that joins the processes,
+each process's share of an epoch's examples, one optimiser update, and one epoch of batches.
 
 DPR training (``retriever.train``) and the scaling sweep (``retriever.scaling.sweep``) run their
 epochs through :func:`train_epoch`; RAG fine-tuning (``rag.train``) steps with
@@ -14,6 +14,16 @@ from collections.abc import Callable, Sequence
 import torch
 
 from rag.common.progress import progress_bar
+
+
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
+    """accelerate's ``Accelerator`` for our trainers. On a machine without CUDA it is told so
+    (``cpu=True``): only then does accelerate join the processes that torchrun or
+    ``accelerate launch`` started (gloo); without it each would train alone, unsynchronised."""
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       cpu=not torch.cuda.is_available())
 
 
 def rank_share(n: int, seed: int | None, acc) -> list[int]:

@@ -41,7 +41,7 @@ from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
-from .loop import optimizer_step, rank_share, train_epoch
+from .loop import make_accelerator, optimizer_step, rank_share, train_epoch
 from .questions import Question
 
 log = logging.getLogger(__name__)
@@ -156,16 +156,6 @@ def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: DenseIndex, wei
     head = q_enc.add_lexical_head()
     fit_head(head, bm25, ctx.vectors, weight)
     log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(ctx.rows), weight)
-
-
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
-    """accelerate's ``Accelerator`` for our trainers. On a machine without CUDA it is told so
-    (``cpu=True``): only then does accelerate join the processes that torchrun or
-    ``accelerate launch`` started (gloo); without it each would train alone, unsynchronised."""
-    from accelerate import Accelerator
-
-    return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       cpu=not torch.cuda.is_available())
 
 
 def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, weight: float

@@ -67,8 +67,8 @@ def rss_mib() -> float:
 def worker(args: Args) -> None:
     """One process: load, search its share of the queries, report (collective with the others)."""
     from rag.common import collective
+    from retriever.loop import make_accelerator
     from retriever.shards import load_index
-    from retriever.train import make_accelerator
 
     acc = make_accelerator()
     queries = np.load(Path(args.work) / "bench-shards-queries.npy")

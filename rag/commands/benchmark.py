@@ -27,7 +27,7 @@ from rag.common.errors import UserError
 from rag.common.options import option
 from rag.config import Overrides
 from retriever.fusion import RetrievalConfig
-from retriever.train import make_accelerator
+from retriever.loop import make_accelerator
 
 
 @dataclass(frozen=True)

@@ -36,9 +36,9 @@ from retriever.encoder import Encoder
 from retriever.fusion import FusionConfig
 from retriever.index import DenseIndex
 from retriever.index_factory import IndexConfig
+from retriever.loop import make_accelerator
 from retriever.shards import split_index
 from retriever.sparse import SPARSE_DIR, SparseConfig
-from retriever.train import make_accelerator
 
 
 @dataclass(frozen=True)

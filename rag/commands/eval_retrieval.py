@@ -18,12 +18,12 @@ from rag.common.options import option
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
+from retriever.loop import make_accelerator
 from retriever.metrics import Match
 from retriever.questions import read_questions
 from retriever.results import dpr_results, write_dpr_results, write_trec
 from retriever.search import Retriever
 from retriever.shards import load_index
-from retriever.train import make_accelerator
 
 
 @dataclass(frozen=True)

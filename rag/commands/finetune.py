@@ -29,8 +29,8 @@ from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.checkpoint import resume_dir
 from retriever.fusion import RetrievalConfig
+from retriever.loop import make_accelerator
 from retriever.questions import read_questions
-from retriever.train import make_accelerator
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,10 @@ from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
+from retriever.loop import make_accelerator
 from retriever.questions import read_questions
 from retriever.search import Retriever
-from retriever.train import TrainConfig, make_accelerator, train_dpr
+from retriever.train import TrainConfig, train_dpr
 
 log = logging.getLogger(__name__)
 

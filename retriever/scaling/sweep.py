@@ -198,8 +198,8 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     import torch
 
     from retriever.examples import Example
-    from retriever.loop import optimizer_step, rank_share, train_epoch
-    from retriever.train import TrainConfig, dpr_optimizer, make_accelerator, train_step_loss
+    from retriever.loop import make_accelerator, optimizer_step, rank_share, train_epoch
+    from retriever.train import TrainConfig, dpr_optimizer, train_step_loss
 
     train = TrainConfig(epochs=1, batch_size=config.batch_size, hard_negatives=0, lr=config.lr,
                         weight_decay=0.01, warmup_ratio=0.1, seed=config.seed)

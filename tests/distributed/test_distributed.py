@@ -31,11 +31,11 @@ from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.index import DenseIndex
+from retriever.loop import make_accelerator
 from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.shards import split_index
 from retriever.sparse import SparseConfig
-from retriever.train import make_accelerator
 from tests.distributed.parts import dpr_part, rag_part
 
 HERE = Path(__file__).parent

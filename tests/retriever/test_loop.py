@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retriever.loop import optimizer_step, rank_share, train_epoch
-from retriever.train import make_accelerator
+from retriever.loop import make_accelerator, optimizer_step, rank_share, train_epoch
 
 
 @pytest.mark.parametrize("n, processes", [(10, 1), (10, 3), (7, 4)])
