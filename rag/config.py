@@ -118,16 +118,18 @@ class Overrides:
     """What a run may change of a saved model's settings (``ragqa ask``, ``ragqa benchmark``);
     a field left None keeps the model's own. :meth:`apply` gives the settings the run uses."""
 
-    k: int | None = option(None, "passages per question")
-    mode: Mode | None = option(None, '"sequence", "token" or "closed_book"')
+    k: int | None = option(None, "passages per question; default: the model's own")
+    mode: Mode | None = option(None, "default: the model's own")
     decoding: Decoding | None = option(
-        None, "\"thorough\" or \"fast\" (RAG-Sequence's rescoring), \"greedy\" or \"beam\" (either "
-        "mode; RAG-Sequence rescores them its own way, thorough or fast)")
-    num_beams: int | None = option(None, "beam width of thorough, fast and beam decoding")
-    max_input_length: int | None = option(None, "generator tokens per passage input")
+        None, "thorough or fast: RAG-Sequence's rescoring; greedy or beam: either mode (RAG-Sequence "
+        "rescores them its own way, thorough or fast); default: the model's own")
+    num_beams: int | None = option(
+        None, "beam width of thorough, fast and beam decoding; default: the model's own")
+    max_input_length: int | None = option(
+        None, "generator tokens per passage input; default: the model's own")
     constrain: Constraint | None = option(
-        None, '"spans": answers only as stretches of the passages (then EOS); "none": free generation '
-        '(rag.constrain)')
+        None, "spans: answers only as stretches of the passages (then EOS); none: free generation "
+        "(rag.constrain); default: the model's own")
 
     def __post_init__(self) -> None:
         positive(self, *(name for name in ("k", "num_beams", "max_input_length")

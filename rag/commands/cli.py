@@ -21,11 +21,13 @@ from rag.common.errors import UserError
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the script docstring's layout (examples) and show defaults (not for switches that
-    turn something off or set the verbosity: their default says nothing)."""
+    turn something off or set the verbosity, nor for required options or a default of None:
+    those defaults say nothing, and the help says what leaving the option out means)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         flag = action.option_strings[0] if action.option_strings else ""
-        if flag.startswith("--no_") or flag in ("--quiet", "--verbose"):
+        if (flag.startswith("--no_") or flag in ("--quiet", "--verbose") or action.required
+                or action.default is None):
             return action.help
         return super()._get_help_string(action)
 
