@@ -24,7 +24,7 @@ class Stopwatch:
         self._start, self._end = time.perf_counter(), None
 
     def __enter__(self) -> Stopwatch:
-        self.__init__()
+        self._start, self._end = time.perf_counter(), None  # the block's own start
         return self
 
     def __exit__(self, *exc) -> None:
