@@ -163,10 +163,10 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         "seconds": total,
         "config": {
             "k": None if closed else rag.k, "mode": rag.mode, "decoding": decoding or rag.decoding,
-            "num_beams": rag.num_beams, "limit": config.limit, "seed": config.seed,
+            "num_beams": rag.decode.num_beams, "limit": config.limit, "seed": config.seed,
             "batch_size": config.batch_size, "processes": processes, "match": config.match,
             "max_input_length": rag.max_input_length,
-            "max_answer_length": rag.max_answer_length, "constrain": rag.constrain,
+            "max_answer_length": rag.decode.max_length, "constrain": rag.decode.constrain,
             "retrieval": None if closed else {"mode": model.retriever.mode,
                                               **asdict(model.retriever.fusion)},
             "device": str(next(model.generator.parameters()).device), "versions": _versions(),

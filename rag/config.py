@@ -1,20 +1,22 @@
-"""A RAG model's settings (:class:`RagConfig`) and the ``rag_config.json`` that records them.
+"""A RAG model's settings (:class:`RagConfig`, which holds how its answers are searched for, a
+:class:`DecodeConfig`) and the ``rag_config.json`` that records them.
 
-A model directory's ``rag_config.json`` holds the :class:`RagConfig` fields and, under
-``"retrieval"``, the search settings (``retriever.fusion.RetrievalConfig.saved``). It is written by
-:func:`write_config` and read back by :func:`read_config`, the one reader, which also accepts the
-files of older versions.
+A model directory's ``rag_config.json`` holds the :class:`RagConfig` fields (``"decode"`` an
+object of its own) and, under ``"retrieval"``, the search settings
+(``retriever.fusion.RetrievalConfig.saved``). It is written by :func:`write_config` and read back by
+:func:`read_config`, the one reader, which also accepts the files of older versions (the search
+settings then stood beside the others, ``max_length`` as ``max_answer_length``).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
-from rag.common.errors import UserError, check_choices, fraction, positive, require
-from rag.common.options import option
+from rag.common.errors import UserError, check_choices, fraction, non_negative, positive, require
+from rag.common.options import option, settable, updated
 from retriever.fusion import RetrievalConfig
 
 from .constrain import Constraint
@@ -30,6 +32,46 @@ CONFIG_NAME = "rag_config.json"
 # them) and command lines written then still say doc_score_scale, and both are still read
 _RENAMED = {"doc_score_scale": "score_scale"}
 _OLD_FLAGS = {"aliases": ["--doc_score_scale", "--doc-score-scale"]}
+_MAX_LENGTH = "max_length (--max_answer_length)"  # the flag, as errors name it
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How answers are searched for (``rag.decode``); the names and meanings are those of
+    transformers' ``GenerationConfig``."""
+
+    num_beams: int = option(1, "beam width; 1 = greedy search")
+    max_length: int = option(
+        20, "longest answer in tokens, decoder start symbol included",
+        aliases=["--max_answer_length", "--max-answer-length"])
+    min_length: int = option(
+        0, "EOS is forbidden while the answer (decoder start symbol included) is shorter")
+    length_penalty: float = option(
+        1.0, "beam search: a finished hypothesis scores sum(log p) / (generated length ** this)")
+    early_stopping: bool = option(
+        False, "beam search: stop a question once num_beams hypotheses have finished")
+    num_return_sequences: int = option(
+        1, "hypotheses returned per question, at most num_beams", cli=False)  # an answer is one
+    constrain: Constraint = option(
+        "none", '"spans": answers may only be stretches of the generator input (passage title, text '
+        'or question) followed by EOS (rag.constrain); any generator')
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        positive(self, "num_beams")
+        require(1 <= self.num_return_sequences <= self.num_beams, "num_return_sequences",
+                self.num_return_sequences, f"must be in 1..num_beams ({self.num_beams})")
+        require(self.max_length >= 2, _MAX_LENGTH, self.max_length,
+                "must be at least 2 (start symbol and EOS)")
+        non_negative(self, "min_length")
+
+    def generate_kwargs(self) -> dict:
+        """Keyword arguments giving the same search to transformers' ``generate``."""
+        kwargs = {"num_beams": self.num_beams, "max_length": self.max_length,
+                  "min_length": self.min_length}
+        if self.num_beams > 1:
+            kwargs.update(length_penalty=self.length_penalty, early_stopping=self.early_stopping)
+        return kwargs
 
 
 @dataclass(frozen=True)
@@ -39,8 +81,8 @@ class RagConfig:
     mode: Mode = option("sequence", '"sequence" (RAG-Sequence), "token" (RAG-Token) or "closed_book"')
     k: int = option(5, "passages retrieved per question")
     max_input_length: int = option(256, 'generator tokens per "title / text // question" input')
-    max_answer_length: int = option(24, "longest generated answer in tokens (decoder start included)")
-    num_beams: int = option(4, "beam width; 1 = greedy")
+    decode: DecodeConfig = option(DecodeConfig(num_beams=4, max_length=24),
+                                  "how answers are searched for")
     decoding: Literal["thorough", "fast"] = option("thorough", "RAG-Sequence rescoring (RAG-Token: none)")
     label_smoothing: float = option(0.0, "epsilon of label smoothing in the training loss")
     index: str = option("", "index directory the model was trained with (default for --index)")
@@ -55,9 +97,6 @@ class RagConfig:
     pointer_weight: float = option(
         1.0, "copy generators: weight of the supervised-pointing loss (the pointer at answer step t "
         "pulled to the answer's t-th token in each passage that contains it)")
-    constrain: Constraint = option(
-        "none", '"spans": answers may only be stretches of the generator input (passage title, text or '
-        'question) followed by EOS (rag.constrain); any generator')
     copy_spans: bool = option(
         True, "an answer whose tokens occur in a retrieved passage is returned as that stretch of the "
         "passage (its casing, spacing and punctuation: \"Levi's Stadium\", not \"levi ' s stadium\"); "
@@ -67,16 +106,15 @@ class RagConfig:
         check_choices(self)
         if self.k <= 0:
             raise UserError(f"k must be a positive number of passages, got {self.k}")
-        if self.constrain == "spans" and self.mode == "closed_book":
+        if self.decode.constrain == "spans" and self.mode == "closed_book":
             raise UserError("constrain 'spans' needs passages to copy from; closed_book has none")
         if not self.pointer_weight >= 0 or self.pointer_weight == float("inf"):
             raise UserError(f"pointer_weight must be a finite number >= 0, got {self.pointer_weight}")
         if self.score_scale < 0:
             raise UserError(f"score_scale must be >= 0 (0 = automatic), got {self.score_scale}")
-        positive(self, "max_input_length", "num_beams")
-        require(isinstance(self.max_answer_length, int) and self.max_answer_length >= 3,
-                "max_answer_length", self.max_answer_length,
-                "must be at least 3 (start symbol, one answer token, EOS)")
+        positive(self, "max_input_length")
+        require(self.decode.max_length >= 3, _MAX_LENGTH, self.decode.max_length,
+                "must be at least 3 for an answer (start symbol, one answer token, EOS)")
         fraction(self, "label_smoothing", below_one=True)
 
 
@@ -96,16 +134,18 @@ def read_config(model_dir: Path, **overrides) -> tuple[RagConfig, RetrievalConfi
     config_file = model_dir / CONFIG_NAME
     try:
         saved = json.loads(config_file.read_text())
-        known = {f.name for f in fields(RagConfig)}
-        config = RagConfig(**{_RENAMED.get(k, k): v for k, v in saved.items()
-                              if _RENAMED.get(k, k) in known})
+        known = settable(RagConfig())
+        settings = {_RENAMED.get(k, k): v for k, v in saved.items() if _RENAMED.get(k, k) in known}
+        if isinstance(settings.get("decode"), dict):
+            settings["decode"] = replace(RagConfig().decode, **settings["decode"])
+        config = updated(RagConfig(), **settings)
     except (ValueError, AttributeError) as err:  # bad JSON, or not an object
         raise UserError(f"{config_file}: not a valid RAG config ({type(err).__name__})") from None
     except TypeError as err:  # a field of the wrong type, caught by a comparison in the checks
         raise UserError(f"{config_file}: a field has the wrong type ({err})") from None
     except UserError as err:
         raise UserError(f"{config_file}: {err}") from None
-    config = replace(config, **overrides)
+    config = updated(config, **overrides)
     try:
         retrieval = RetrievalConfig(**saved.get("retrieval", {}))
     except (TypeError, AttributeError, UserError) as err:
@@ -142,11 +182,11 @@ class Overrides:
                 if getattr(self, name) is not None}
 
     def apply(self, config: RagConfig) -> tuple[RagConfig, str]:
-        """``config`` with these overrides (``dataclasses.replace``), and the name of the decoding
-        it runs: "thorough", "fast", "greedy" or "beam". Raises :class:`UserError` for a decoding
+        """``config`` with these overrides (``rag.common.options.updated``), and the name of the
+        decoding it runs: "thorough", "fast", "greedy" or "beam". Raises :class:`UserError` for a decoding
         the mode does not have, or a beam width it cannot take."""
-        config = replace(config, **self.at_load())
-        beams = self.num_beams or config.num_beams
+        config = updated(config, **self.at_load())
+        beams = self.num_beams or config.decode.num_beams
         decoding = self.decoding
         if decoding is None:  # the model's own
             decoding = config.decoding if config.mode != "token" else ("greedy" if beams == 1
@@ -155,13 +195,13 @@ class Overrides:
             if config.mode == "token":
                 raise UserError(f"decoding {decoding!r} is RAG-Sequence's; RAG-Token decodes "
                                 "'greedy' or 'beam'")
-            return replace(config, decoding=decoding, num_beams=beams), decoding
+            return updated(config, decoding=decoding, num_beams=beams), decoding
         if decoding == "greedy":
             if (self.num_beams or 1) > 1:
                 raise UserError(f"greedy decoding has one beam, not num_beams={self.num_beams}")
-            return replace(config, num_beams=1), decoding
+            return updated(config, num_beams=1), decoding
         if beams < 2:
             raise UserError(f"beam decoding needs num_beams >= 2 (the model's is "
-                            f"{config.num_beams}; pass num_beams)")
-        return replace(config, num_beams=beams), decoding
+                            f"{config.decode.num_beams}; pass num_beams)")
+        return updated(config, num_beams=beams), decoding
 

@@ -8,7 +8,7 @@ Lewis et al. 2020, section 2.4, with the search rules of transformers' ``generat
   log p(y|x) (eq. 1), as ``RagSequenceForGeneration.generate`` (thorough) or by its "fast"
   approximation.
 
-Both read :class:`DecodeConfig` and return :class:`RagDecoded`; the decoder start, forced
+Both read a ``rag.config.DecodeConfig`` and return :class:`RagDecoded`; the decoder start, forced
 BOS/EOS and padding come from the generator's generation config (:func:`special_tokens`).
 
 Glossary: B questions, R returned sequences per question (in :meth:`SpecialTokens.process`: the
@@ -23,42 +23,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from .constrain import CONSTRAINTS
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """Search settings; the names and meanings are those of transformers' ``GenerationConfig``."""
-
-    num_beams: int = 1  # 1 = greedy search
-    max_length: int = 20  # longest output, decoder start symbol included
-    min_length: int = 0  # EOS is forbidden while the output (start included) is shorter
-    length_penalty: float = 1.0  # a finished beam scores sum(log p) / generated_len**length_penalty
-    early_stopping: bool = False  # stop a question once num_beams hypotheses have finished
-    num_return_sequences: int = 1  # hypotheses returned per question, at most num_beams
-    constrain: str = "none"  # "spans": outputs are stretches of the passages (rag.constrain)
-
-    def __post_init__(self) -> None:
-        if self.constrain not in CONSTRAINTS:
-            raise ValueError(f"constrain must be one of {CONSTRAINTS}, got {self.constrain!r}")
-        if self.num_beams < 1 or not 1 <= self.num_return_sequences <= self.num_beams:
-            raise ValueError(
-                f"need num_beams >= 1 and 1 <= num_return_sequences <= num_beams, got "
-                f"num_beams={self.num_beams}, num_return_sequences={self.num_return_sequences}"
-            )
-        if self.max_length < 2:
-            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
-
-    def generate_kwargs(self) -> dict:
-        """Keyword arguments giving the same search to transformers' ``generate``."""
-        kwargs = {
-            "num_beams": self.num_beams,
-            "max_length": self.max_length,
-            "min_length": self.min_length,
-        }
-        if self.num_beams > 1:
-            kwargs.update(length_penalty=self.length_penalty, early_stopping=self.early_stopping)
-        return kwargs
+from .config import DecodeConfig
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from generator.copy import copyable, source_kwargs
 
+from .config import DecodeConfig
 from .constrain import SpanLogitsProcessor
-from .decode import DecodeConfig, RagDecoded, SpecialTokens, special_tokens
+from .decode import RagDecoded, SpecialTokens, special_tokens
 from .marginal import sequence_log_marginal
 from .passages import check_rag_inputs, encode_passages
 from .rescore import hypothesis_logprobs

@@ -21,8 +21,9 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from generator.copy import copyable, has_copy_head, source_kwargs
 
+from .config import DecodeConfig
 from .constrain import span_allowed
-from .decode import DecodeConfig, RagDecoded, SpecialTokens, special_tokens
+from .decode import RagDecoded, SpecialTokens, special_tokens
 from .passages import check_rag_inputs, encode_passages
 
 _NEG = -1.0e9  # transformers' beam search "impossible" score; reused so ties break the same way

@@ -77,7 +77,7 @@ def load(path: str | os.PathLike) -> tuple[Encoder, torch.nn.Module, object, dic
     encoder = Encoder(rag.rag.question_encoder, q_tok, EncoderConfig(pooling="pooler"),
                       name=f"{path} (question encoder)")
     fields = {"mode": mode, "k": config.n_docs, "max_input_length": config.max_combined_length,
-              "label_smoothing": config.label_smoothing or 0.0, "constrain": "none"}
+              "label_smoothing": config.label_smoothing or 0.0}
     return encoder.eval(), rag.rag.generator.eval(), g_tok, fields
 
 
@@ -124,7 +124,7 @@ def check_exportable(model) -> None:
     if model.retriever.mode != "dense":
         raise UserError(f"{model.retriever.mode} retrieval cannot be exported: transformers' "
                         "RagRetriever is dense only (export with --retrieval dense)")
-    if model.config.constrain != "none":
+    if model.config.decode.constrain != "none":
         raise UserError("span-constrained decoding cannot be exported: transformers' generate has "
                         "no such constraint (export with --constrain none)")
     if has_copy_head(model.generator) or model.generator.config.model_type != "bart":

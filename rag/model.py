@@ -39,6 +39,7 @@ from generator.inputs import answer_labels, passage_inputs, passage_pointer_targ
 from generator.model import load_generator, save_generator
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
+from rag.common.options import updated
 from retriever.encoder import Encoder
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex, SearchResult
@@ -47,7 +48,6 @@ from retriever.shards import load_index
 
 from .answers import Answer, make_answers
 from .config import CONFIG_NAME, RagConfig, read_config, write_config
-from .decode import DecodeConfig
 from .decode_sequence import rag_sequence_generate
 from .decode_token import rag_token_generate
 from .marginal import rag_loss
@@ -109,7 +109,7 @@ class RagModel(nn.Module):
     def labels(self, answers: list[str]) -> torch.Tensor:
         """Decoder targets (B, T): start symbol [+ forced BOS], answer tokens, EOS, right-padded."""
         return answer_labels(self.tokenizer, answers, self.generator.generation_config,
-                             self.generator.config.pad_token_id, self.config.max_answer_length)
+                             self.generator.config.pad_token_id, self.config.decode.max_length)
 
     def _pointer_targets(self, questions: list[str], answers: list[str], passages: list[list[dict]],
                          labels: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -194,9 +194,9 @@ class RagModel(nn.Module):
             sources = [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in passages]
         else:  # closed book
             sources = [[] for _ in questions]
-        constrain = self.config.constrain if (result is not None or passages is not None) else "none"
-        cfg = DecodeConfig(num_beams=num_beams or self.config.num_beams,
-                           max_length=self.config.max_answer_length, constrain=constrain)
+        own = self.config.decode
+        cfg = replace(own, num_beams=num_beams or own.num_beams, num_return_sequences=1,
+                      constrain=own.constrain if result is not None or passages is not None else "none")
         if self.config.mode == "token":
             out = rag_token_generate(self.generator, inputs["input_ids"],
                                      inputs["attention_mask"], doc_scores, cfg)
@@ -238,7 +238,8 @@ class RagModel(nn.Module):
         ``index`` (object or directory) defaults to the one the model was trained with, and for the
         starter to the embedded corpus (indexed on first use and cached, ``rag.default``).
         ``retrieval`` overrides the saved retrieval settings where it sets a field
-        (``RetrievalConfig.over``); ``overrides`` change :class:`RagConfig` fields, e.g. ``k=10``.
+        (``RetrievalConfig.over``); ``overrides`` change :class:`RagConfig` fields
+        (``rag.common.options.updated``), e.g. ``k=10`` or ``num_beams=1``.
         """
         if model_dir is None:
             from . import default
@@ -281,7 +282,7 @@ class RagModel(nn.Module):
         from .hf_rag import load
 
         q_enc, generator, tokenizer, fields = load(model_dir)
-        config = RagConfig(**{**fields, **overrides})
+        config = updated(RagConfig(), **{**fields, **overrides})
         if index is None or isinstance(index, str | os.PathLike):
             if not (index or config.index):
                 raise UserError(f"{model_dir}: a transformers RAG checkpoint brings no index of "

@@ -26,12 +26,12 @@ from typing import Literal
 import torch
 
 from rag.common.collective import gather_shares, share
-from rag.common.errors import UserError, check_choices, fraction, non_negative, positive
+from rag.common.errors import UserError, check_choices, non_negative, positive
 from rag.common.options import option
 from rag.common.progress import progress_bar
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from retriever.gold import gold_rows
-from retriever.loop import make_accelerator, optimizer_step, rank_share
+from retriever.loop import OptimConfig, optimizer_step, rank_share
 from retriever.metrics import exact_match
 from retriever.questions import Question, dev_subset
 
@@ -40,22 +40,19 @@ from .model import RagModel
 log = logging.getLogger(__name__)
 
 
+# Lewis et al. 2020 fine-tune with lr 3e-5
+OPTIM = OptimConfig(epochs=1, batch_size=8, lr=3e-5, warmup_ratio=0.05, max_grad_norm=1.0)
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    epochs: int = option(1, "passes over the training questions")
+    optim: OptimConfig = option(OPTIM, "batches, AdamW, schedule, clipping, precision")
     max_steps: int = option(0, "stop after this many optimizer steps; 0 = run all epochs")
-    batch_size: int = option(8, "questions per step (per process)")
-    lr: float = option(3e-5, "AdamW peak learning rate (the paper: 3e-5)")
-    warmup_ratio: float = option(0.05, "linear warm-up fraction, then linear decay")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    grad_accum: int = option(1, "gradient accumulation steps")
-    max_grad_norm: float = option(1.0, "gradient clipping")
     train_question_encoder: bool = option(
         True, 'False keeps the retriever fixed (faster; "frozen" RAG)')
     freeze_generator_encoder: bool = option(
         False, "train only the BART decoder (no backward through the encoder or the shared "
         "embeddings/LM head: ~2.5x cheaper steps, for CPU-sized runs)")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
     gold_window: int = option(
         0, "> 0: reader warm-up: train the generator on each question's own gold paragraph (SQuAD "
         "context, found in the index for its title) cut to the answer and 2N characters around it, "
@@ -73,11 +70,9 @@ class FinetuneConfig:
     seed: int = option(0, "data order and initialisation")
 
     def __post_init__(self) -> None:
-        positive(self, "epochs", "batch_size", "lr", "grad_accum", "max_grad_norm", "eval_beams",
-                 "save_every")
-        non_negative(self, "max_steps", "weight_decay", "gold_window", "eval_every", "eval_limit",
-                     "seed")
-        fraction(self, "warmup_ratio")
+        positive(self.optim, "epochs")
+        positive(self, "eval_beams", "save_every")
+        non_negative(self, "max_steps", "gold_window", "eval_every", "eval_limit", "seed")
         check_choices(self)
 
 
@@ -155,11 +150,10 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     Resumes from ``<out>.checkpoint`` when present (the caller loads the model from
     :func:`resume_dir`). The final model directory is ``out``, with ``train_log.json`` in it.
     """
-    from transformers import get_linear_schedule_with_warmup
-
     out = Path(out)
     ckpt = checkpoint_dir(out)
-    acc = accelerator or make_accelerator(config.mixed_precision, config.grad_accum)
+    optim = config.optim
+    acc = accelerator or optim.accelerator()
     torch.manual_seed(config.seed)
 
     def epoch_pairs(epoch: int) -> list[tuple[str, str, tuple[str, str] | None]]:
@@ -176,10 +170,9 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         model.generator.get_encoder().requires_grad_(False)
         model.generator.get_input_embeddings().requires_grad_(False)  # tied to the LM head
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    per_epoch = math.ceil(len(pairs) / (config.batch_size * acc.num_processes * config.grad_accum))
-    total = min(config.max_steps or math.inf, per_epoch * config.epochs)  # the loop stops at both
-    sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), total)
+    per_epoch = math.ceil(len(pairs) / (optim.batch_size * acc.num_processes * optim.grad_accum))
+    total = min(config.max_steps or math.inf, per_epoch * optim.epochs)  # the loop stops at both
+    opt, sched = optim.optimizer(params, total)
     state = load_checkpoint(ckpt, opt, sched) or {"step": 0, "epoch": 0, "batch": 0, "log": []}
     if state["step"]:
         log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
@@ -205,18 +198,18 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
             if on_eval and acc.is_main_process:
                 on_eval(entry)
 
-    while state["epoch"] < config.epochs and not (config.max_steps and
+    while state["epoch"] < optim.epochs and not (config.max_steps and
                                                   state["step"] >= config.max_steps):
         if state["epoch"] > 0 and config.gold_window > 0 and config.gold_position == "random":
             pairs = epoch_pairs(state["epoch"])
         mine = rank_share(len(pairs), config.seed + state["epoch"], acc)
-        batches = [mine[i : i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        batches = [mine[i : i + optim.batch_size] for i in range(0, len(mine), optim.batch_size)]
         for b in range(state["batch"], len(batches)):
             batch = [pairs[i] for i in batches[b]]
             with acc.accumulate(wrapped):
                 gold = [p for _, _, p in batch] if config.gold_window > 0 else None
                 loss, _ = wrapped([q for q, _, _ in batch], [a for _, a, _ in batch], gold)
-                optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
+                optimizer_step(acc, loss, params, opt, sched, optim.max_grad_norm)
             state["batch"] = b + 1
             if not acc.sync_gradients:
                 continue

@@ -1,5 +1,6 @@
-"""The training loop the trainers share, under accelerate: the accelerator that joins the processes,
-each process's share of an epoch's examples, one optimiser update, and one epoch of batches.
+"""The training loop the trainers share, under accelerate: how they step (:class:`OptimConfig`), the
+accelerator that joins the processes, each process's share of an epoch's examples, one optimiser
+update, and one epoch of batches.
 
 DPR training (``retriever.train``) and the scaling sweep (``retriever.scaling.sweep``) run their
 epochs through :func:`train_epoch`; RAG fine-tuning (``rag.train``) steps with
@@ -10,10 +11,49 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from rag.common.errors import check_choices, fraction, non_negative, positive
+from rag.common.options import option
 from rag.common.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """How a trainer steps: batches, AdamW with linear warm-up then linear decay, gradient clipping
+    and precision. Each trainer holds one with defaults of its own (``retriever.train.TrainConfig``
+    DPR's, ``rag.train.FinetuneConfig`` RAG's); on the command line its fields are options of
+    their own (``--lr``)."""
+
+    epochs: int = option(1, "passes over the training questions")
+    batch_size: int = option(8, "questions per step (per process)")
+    lr: float = option(3e-5, "AdamW peak learning rate")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.1, "fraction of updates with linear warm-up, then linear decay")
+    grad_accum: int = option(1, "gradient accumulation steps")
+    max_grad_norm: float = option(1.0, "gradient clipping: the largest gradient norm")
+    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        positive(self, "batch_size", "lr", "grad_accum", "max_grad_norm")
+        non_negative(self, "epochs", "weight_decay")
+        fraction(self, "warmup_ratio")
+
+    def optimizer(self, params, updates: int):
+        """AdamW over ``params`` (tensors, or groups with settings of their own) and its schedule
+        over a run of ``updates`` optimiser updates: ``(optimizer, scheduler)``."""
+        from transformers import get_linear_schedule_with_warmup
+
+        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return opt, get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * updates), updates)
+
+    def accelerator(self):
+        """:func:`make_accelerator` with this precision and accumulation."""
+        return make_accelerator(self.mixed_precision, self.grad_accum)
 
 
 def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rag.common.errors import UserError, check_choices, fraction, non_negative, positive
+from rag.common.errors import UserError, check_choices, non_negative, positive
 from rag.common.options import option
 
 from .batch_encode import EncodeConfig, encode_texts
@@ -41,26 +41,25 @@ from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
-from .loop import make_accelerator, optimizer_step, rank_share, train_epoch
+from .loop import OptimConfig, optimizer_step, rank_share, train_epoch
 from .questions import Question
 
 log = logging.getLogger(__name__)
 
 
+# DPR's (Karpukhin et al. 2020): lr 2e-5, gradient norm clipped at 2.0; in-batch negatives grow
+# with the batch
+OPTIM = OptimConfig(epochs=3, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_grad_norm=2.0)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = option(3, "passes over the training questions")
-    batch_size: int = option(32, "questions per step (per process); in-batch negatives grow with it")
+    optim: OptimConfig = option(OPTIM, "batches, AdamW, schedule, clipping, precision")
     hard_negatives: int = option(1, "hard negatives per question (DPR used 1)")
     negatives: Literal["bm25", "dense", "corpus"] = option(
         "bm25", "hard negatives: \"bm25\" (DPR), \"dense\" (the starting encoder's top wrong passages) "
         "or \"corpus\" (every indexed passage is a candidate; frozen context encoder only)")
     bm25_depth: int = option(30, "results searched for hard negatives")
-    lr: float = option(2e-5, "AdamW peak learning rate (DPR: 2e-5)")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_ratio: float = option(0.1, "fraction of steps with linear warm-up, then linear decay")
-    grad_accum: int = option(1, "gradient accumulation steps")
-    max_grad_norm: float = option(2.0, "gradient clipping (DPR: 2.0)")
     score_scale: float = option(
         0.0, "multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1")
     train_context_encoder: bool = option(
@@ -80,18 +79,14 @@ class TrainConfig:
         False, "train inside the hybrid score (retriever.fusion): every candidate's score gains the "
         "index's normalised BM25 times --fusion_weight, as at search time, so the question encoder "
         "learns what BM25 misses; needs an index with a sparse side")
-    mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
     save_every: int = option(
         200, "batches between checkpoints in <out>.checkpoint (frozen context encoder); a killed run "
         "resumes from the last one when rerun with the same command")
     seed: int = option(0, "shuffling and initialisation seed")
 
     def __post_init__(self) -> None:
-        positive(self, "batch_size", "bm25_depth", "lr", "grad_accum", "max_grad_norm", "lexical_lr",
-                 "save_every")
-        non_negative(self, "epochs", "hard_negatives", "weight_decay", "score_scale",
-                     "lexical_weight", "pseudo_queries", "seed")
-        fraction(self, "warmup_ratio")
+        positive(self, "bm25_depth", "lexical_lr", "save_every")
+        non_negative(self, "hard_negatives", "score_scale", "lexical_weight", "pseudo_queries", "seed")
         check_choices(self)
 
 
@@ -205,16 +200,12 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
 def dpr_optimizer(q_enc: Encoder, params: list, config: TrainConfig, examples: int, processes: int):
     """AdamW over ``params`` (the lexical head's, if any, at ``config.lexical_lr``) and its linear
     warm-up and decay over the run's updates: ``(optimizer, scheduler)``."""
-    from transformers import get_linear_schedule_with_warmup
-
     head = {id(p) for p in q_enc.lexical.parameters()} if q_enc.lexical is not None else set()
     groups = [{"params": [p for p in params if p.requires_grad and id(p) not in head]},
               {"params": [p for p in params if id(p) in head], "lr": config.lexical_lr}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr,
-                            weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(examples / (config.batch_size * processes))
-    total = steps_per_epoch * config.epochs // config.grad_accum
-    return opt, get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total), max(total, 1))
+    optim = config.optim
+    total = math.ceil(examples / (optim.batch_size * processes)) * optim.epochs // optim.grad_accum
+    return optim.optimizer([g for g in groups if g["params"]], max(total, 1))
 
 
 def _examples(index: DenseIndex, train: Sequence[Question], config: TrainConfig, q_enc: Encoder,
@@ -261,7 +252,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     ``config.save_every`` batches and resumes from it exactly: the caller passes the checkpoint's
     question encoder (``retriever.checkpoint.resume_dir``) as ``q_enc``.
     """
-    acc = accelerator or make_accelerator(config.mixed_precision, config.grad_accum)
+    acc = accelerator or config.optim.accelerator()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     sparse_weight = _check_settings(index, config, sparse_weight)
@@ -319,7 +310,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
                                index, sparse_weight or 0.0, forward=q_enc)
 
     def update(loss):
-        optimizer_step(acc, loss, params, opt, sched, config.max_grad_norm)
+        optimizer_step(acc, loss, params, opt, sched, config.optim.max_grad_norm)
 
     def after_batch(done: int, loss: float) -> None:
         state["loss_sum"] += loss
@@ -330,13 +321,13 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
                             {EXAMPLES: json.dumps([[e.question, e.positive, list(e.negatives)]
                                                    for e in examples])})
 
-    while state["epoch"] < config.epochs:
+    while state["epoch"] < config.optim.epochs:
         epoch = state["epoch"]
         mine = rank_share(len(examples), config.seed + epoch, acc)
-        train_epoch(acc, q_enc, mine, config.batch_size, batch_loss, update, state["batch"],
+        train_epoch(acc, q_enc, mine, config.optim.batch_size, batch_loss, update, state["batch"],
                     after_batch, desc=f"epoch {epoch + 1}", progress=acc.is_local_main_process)
         entry = {"epoch": epoch + 1,
-                 "loss": state["loss_sum"] / max(1, math.ceil(len(mine) / config.batch_size))}
+                 "loss": state["loss_sum"] / max(1, math.ceil(len(mine) / config.optim.batch_size))}
         model.refresh_fingerprint()
         if evaluate is not None and acc.is_main_process:
             q_enc.eval()

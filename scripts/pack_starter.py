@@ -3,8 +3,8 @@ encoder's backbone stored as a reference to the packaged all-MiniLM-L6-v2 when i
 (a lexical head fitted on top then costs its own weights only).
 
 The starter answers from the embedded corpus (rag/default/corpus.jsonl, indexed on first use), so
-its rag_config.json names no index; settings given here (k, input length, beams, constrain)
-replace the model's own.
+its rag_config.json names no index; settings given here (k, mode, decoding, beams, input length,
+constrain: ``rag.config.Overrides``) replace the model's own.
 
 Example:
     python scripts/pack_starter.py --model runs/rag-copy --out rag/default/model --k 3
@@ -20,7 +20,7 @@ from rag.commands.cli import parse, run
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 from rag.common.options import option
-from rag.constrain import CONSTRAINTS
+from rag.config import Overrides
 from rag.model import RagModel
 
 
@@ -32,33 +32,23 @@ class Args:
     question_backbone_from: str = option(
         "all-MiniLM-L6-v2", 'store the question tower as this model (must be identical); "" stores its '
         'weights')
-    k: int = option(0, "passages per question; 0 = the model's own")
-    max_input_length: int = option(0, "generator input tokens; 0 = the model's own")
-    num_beams: int = option(0, "beam width; 0 = the model's own")
-    constrain: str = option("", "\"none\" or \"spans\"; \"\" = the model's own")
     max_mb: float = option(100.0, "refuse to write a directory larger than this")
 
     def __post_init__(self) -> None:
-        if self.constrain not in ("", *CONSTRAINTS):
-            raise UserError(f"--constrain {self.constrain!r} is not one of {CONSTRAINTS}")
-        for name in ("k", "max_input_length", "num_beams"):
-            if getattr(self, name) < 0:
-                raise UserError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not self.max_mb > 0:
             raise UserError(f"--max_mb must be positive, got {self.max_mb}")
 
 
 def main() -> None:
-    (args,) = parse([Args], description=__doc__)
+    args, overrides = parse([Args, Overrides], description=__doc__)
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                                and not (out / "rag_config.json").is_file())):
         raise UserError(f"refusing to replace {out}: it is not a RAG model directory")
     model = RagModel.from_pretrained(args.model, args.index)
-    changes = {name: getattr(args, name) for name in ("k", "max_input_length", "num_beams",
-                                                      "constrain") if getattr(args, name)}
+    config, _ = overrides.apply(model.config)
     # the starter's directory carries its question encoder: no index, no outside encoder path
-    config = replace(model.config, index="", question_encoder="", **changes)
+    config = replace(config, index="", question_encoder="")
     packed = RagModel(model.question_encoder, model.generator, model.tokenizer, model.index, config,
                       model.retriever.config if model.retriever else None)
     with atomic_directory(out) as tmp:  # nothing is left behind when the size check fails

@@ -35,7 +35,7 @@ from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import non_negative, positive
 from rag.common.options import option
-from rag.decode import DecodeConfig
+from rag.config import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
 from rag.decode_token import rag_token_generate
 from rag.marginal import rag_loss

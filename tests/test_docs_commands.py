@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from rag.commands import COMMANDS
+from rag.commands.cli import _flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -33,9 +34,9 @@ def options_of(name: str, monkeypatch, words: list[str]) -> set[str]:
     monkeypatch.setattr(module, "parse", capture)
     with pytest.raises(Captured) as got:
         module.main(words[:1]) if name == "scale" else module.main()
-    fields = {f.name for cls in got.value.classes for f in dataclasses.fields(cls)}
-    return {f"--{f}" for f in fields} | {f"--no_{f}" for f in fields} | {"--quiet", "--verbose",
-                                                                        "--help"}
+    flat = [f for cls in got.value.classes for f in dataclasses.fields(_flatten(cls)[0])]
+    names = {f.name for f in flat} | {a.lstrip("-") for f in flat for a in f.metadata.get("aliases", [])}
+    return {f"--{f}" for f in names} | {f"--no_{f}" for f in names} | {"--quiet", "--verbose", "--help"}
 
 
 def doc_commands() -> list[tuple[str, str, list[str]]]:

@@ -50,5 +50,5 @@ for setting in settings:
         chunk = rows[start : start + 16]
         answers = model.answer([q.question for q, _ in chunk], num_beams=1, passages=[g for _, g in chunk])
         em += [exact_match(a.answer, q.answers) for a, (q, _) in zip(answers, chunk, strict=True)]
-    print(f"{model_dir} gold {setting or 'paragraph'} (constrain {model.config.constrain}, input "
+    print(f"{model_dir} gold {setting or 'paragraph'} (constrain {model.config.decode.constrain}, input "
           f"{model.config.max_input_length}): EM {100 * sum(em) / len(em):.2f} on {len(em)}", flush=True)

@@ -9,12 +9,14 @@ for commands quiet by default (``ask``: its output is the answer), which show wa
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, get_type_hints
 
 from rag.common.errors import UserError
 
@@ -53,6 +55,10 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     ``metadata["help"]`` (``rag.common.options.option``), and list options take their values
     space- or comma-separated (``--ks 1 5 20`` or ``--ks 1,5,20``).
 
+    A field that holds a config of its own (``RagConfig.decode``, a ``DecodeConfig``) gives that
+    config's fields as options, with the outer field's default for their defaults
+    (:func:`_flatten`); a field whose metadata has ``cli=False`` is not an option.
+
     With ``positionals`` (a name for the usage line), bare arguments are allowed anywhere and
     returned as a final list of strings. Every command also gets ``--quiet`` and ``--verbose``
     (:func:`set_verbosity`). Bad arguments exit with status 2 (argparse's convention), as every
@@ -60,7 +66,8 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(list(dataclass_types), description=description)
+    flat = [_flatten(cls) for cls in dataclass_types]
+    parser = HfArgumentParser([cls for cls, _ in flat], description=description)
     parser.formatter_class = _HelpFormatter
 
     def error(message: str) -> None:  # argparse's, with the line starting "error:" as ours do
@@ -90,6 +97,7 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     argv = _split_lists(list(sys.argv[1:] if argv is None else argv), lists)
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     extra = parsed.pop() if parsed and isinstance(parsed[-1], argparse.Namespace) else None
+    parsed = [build(values) for (_, build), values in zip(flat, parsed, strict=True)]
     set_verbosity(getattr(extra, "quiet", False), getattr(extra, "verbose", False),
                   quiet_by_default)
     bare = [u for u in unknown if not u.startswith("-")] if positionals else []
@@ -97,6 +105,61 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     if rest:  # HfArgumentParser raises ValueError (a traceback): argparse's error instead
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return (*parsed, bare) if positionals else tuple(parsed)
+
+
+def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
+    """``cls`` as the parser sees it, and the function that turns what the parser fills into a
+    ``cls``. A field holding a config (a dataclass) is replaced by that config's fields, whose
+    defaults are those of the outer field's default (``RagConfig``'s ``decode`` searches 4 beams,
+    a bare ``DecodeConfig`` 1); fields with ``cli=False`` in their metadata are left out and keep
+    their defaults. A class with neither is returned as it is."""
+    hints = get_type_hints(cls)
+    nested = {f.name: hints[f.name] for f in dataclasses.fields(cls)
+              if f.init and dataclasses.is_dataclass(hints[f.name])}
+    if not nested and not any(f.metadata.get("cli") is False for f in dataclasses.fields(cls)):
+        return cls, lambda values: values
+    spec, plain, inner = [], [], {}  # the flat fields; cls's own; per nested field, its names
+    for f in dataclasses.fields(cls):
+        if not f.init or f.metadata.get("cli") is False:
+            continue
+        if f.name not in nested:
+            spec.append(_flat_field(f, hints[f.name], _default(f)))
+            plain.append(f.name)
+            continue
+        default, inner_hints = _default(f), get_type_hints(nested[f.name])
+        inner[f.name] = [g.name for g in dataclasses.fields(default)
+                         if g.init and g.metadata.get("cli") is not False]
+        spec += [_flat_field(g, inner_hints[g.name], getattr(default, g.name))
+                 for g in dataclasses.fields(default) if g.name in inner[f.name]]
+    names = [name for name, *_ in spec]
+    if len(set(names)) < len(names):  # a programming error, not the user's
+        raise TypeError(f"{cls.__name__}: nested configs repeat an option name: {names}")
+    flat_cls = dataclasses.make_dataclass(cls.__name__, spec, kw_only=True)
+
+    def build(values: Any) -> Any:
+        kwargs = {name: getattr(values, name) for name in plain}
+        for name, own in inner.items():
+            default = _default(next(f for f in dataclasses.fields(cls) if f.name == name))
+            kwargs[name] = dataclasses.replace(default, **{n: getattr(values, n) for n in own})
+        return cls(**kwargs)
+
+    return flat_cls, build
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product), or MISSING."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _flat_field(f: dataclasses.Field, hint: Any, default: Any) -> tuple[str, Any, Any]:
+    """``f`` as a field of the flat class: its resolved type, ``default`` and metadata less ``cli``."""
+    metadata = {key: value for key, value in f.metadata.items() if key != "cli"}
+    if default is dataclasses.MISSING:
+        return f.name, hint, dataclasses.field(metadata=metadata)
+    if isinstance(default, list | dict | set):
+        return f.name, hint, dataclasses.field(default_factory=lambda: copy.copy(default),
+                                               metadata=metadata)
+    return f.name, hint, dataclasses.field(default=default, metadata=metadata)
 
 
 def _split_lists(argv: list[str], flags: set[str]) -> list[str]:

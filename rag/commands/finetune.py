@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 from generator.warmstart import CrossAttentionInit
 from rag.commands.cli import parse
-from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.commands.training_run import TrainingRun
+from rag.common.atomic import write_json
 from rag.common.errors import check_choices, non_negative, positive
 from rag.common.options import option
 from rag.config import RagConfig
@@ -29,17 +30,12 @@ from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.checkpoint import resume_dir
 from retriever.fusion import RetrievalConfig
-from retriever.loop import make_accelerator
-from retriever.questions import read_questions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Args:
-    train: str = field(metadata={"help": "training questions with answers (any supported format)"})
-    out: str = field(metadata={"help": "model directory to write"})
-    dev: str | None = option(None, "dev questions for exact match during training")
     generator: str = option(
         "starter", 'BART directory or hub id; "starter" = warm-start from MiniLM-L6; a transformers '
         'RAG checkpoint gives its generator (and, without --question_encoder, its DPR question '
@@ -51,25 +47,25 @@ class Args:
     copy_head: bool = option(
         False, "give the generator a copy path (generator/copy.py) if it has none: a pointer over its "
         "input, trained with --pointer_weight (supervised pointing)")
-    train_offset: int = option(0, "skip the first N training questions (continue on unseen ones)")
-    train_limit: int = option(0, "then use only the next N training questions; 0 = all")
+    train_offset: int = option(
+        0, "skip the first N training questions (continue on unseen ones); --train_limit counts from "
+        "there")
     save_dtype: Literal["fp32", "fp16"] = option("fp32", "dtype of the saved generator (fp16: half the size)")
-    overwrite: bool = option(False, "replace an existing --out written by ragqa")
-    json: str | None = option(None, "write the dev evaluation log here")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        non_negative(self, "train_offset", "train_limit")
+        non_negative(self, "train_offset")
         positive(self, "starter_encoder_layers", "starter_decoder_layers")
 
 
-def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> RagModel:
+def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig
+                ) -> RagModel:
     """The model to fine-tune: the checkpoint of an interrupted run of this command, if any, else
     one assembled from --generator, --index and --question_encoder (``rag.loading.assemble``)."""
-    resumed = resume_dir(args.out)
+    resumed = resume_dir(run.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
-        settings = {k: v for k, v in asdict(rag_cfg).items() if k != "index"}
+        settings = {f.name: getattr(rag_cfg, f.name) for f in fields(rag_cfg) if f.name != "index"}
         return RagModel.from_pretrained(resumed, rag_cfg.index or None, retrieval, **settings)
     starter = {"encoder_layers": args.starter_encoder_layers,
                "decoder_layers": args.starter_decoder_layers,
@@ -78,30 +74,25 @@ def build_model(args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig) -> R
 
 
 def main() -> None:
-    args, rag_cfg, config, retrieval = parse([Args, RagConfig, FinetuneConfig, RetrievalConfig],
-                                             description=__doc__)
-    if args.json:
-        check_output_parent(args.json)
-    check_output_dir(args.out, args.overwrite)
-    train = read_questions(args.train)[args.train_offset :]
-    if args.train_limit > 0:
-        train = train[: args.train_limit]
-    dev = read_questions(args.dev) if args.dev else None
+    run, args, rag_cfg, config, retrieval = parse(
+        [TrainingRun, Args, RagConfig, FinetuneConfig, RetrievalConfig], description=__doc__)
+    run.check_outputs()
+    train, dev = run.questions(args.train_offset)
     # first: under torchrun it joins the other processes, which a sharded index searches with
-    acc = make_accelerator(config.mixed_precision, config.grad_accum)
-    model = build_model(args, rag_cfg, retrieval)
-    logs = finetune(model, train, args.out, config, dev, accelerator=acc,
+    acc = config.optim.accelerator()
+    model = build_model(run, args, rag_cfg, retrieval)
+    logs = finetune(model, train, run.out, config, dev, accelerator=acc,
                     on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
                                             f"({e['n']} questions)", flush=True))
     if not acc.is_main_process:  # under torchrun: the first process saves and reports
         return
     if args.save_dtype == "fp16":  # re-save the final model at half the size
-        final = RagModel.from_pretrained(args.out, model.index)
-        log_text = (Path(args.out) / "train_log.json").read_text()
-        final.save_pretrained(args.out, extra_files={"train_log.json": log_text}, half=True)
-    print(f"model -> {args.out}")
+        final = RagModel.from_pretrained(run.out, model.index)
+        log_text = (Path(run.out) / "train_log.json").read_text()
+        final.save_pretrained(run.out, extra_files={"train_log.json": log_text}, half=True)
+    print(f"model -> {run.out}")
     print(json.dumps(logs))
-    if args.json:
-        write_json(args.json, {"mode": rag_cfg.mode, "k": rag_cfg.k, "log": logs,
-                               "config": config.__dict__})
+    if run.json:
+        write_json(run.json, {"mode": rag_cfg.mode, "k": rag_cfg.k, "log": logs,
+                               "config": asdict(config)})
 

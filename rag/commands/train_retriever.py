@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rag.commands.cli import parse
-from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.commands.training_run import TrainingRun
+from rag.common.atomic import check_output_dir, write_json
 from rag.common.errors import UserError, non_negative
 from rag.common.options import option
 from retriever.build import BuildConfig, build_index
@@ -29,8 +30,6 @@ from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
-from retriever.loop import make_accelerator
-from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.train import TrainConfig, train_dpr
 
@@ -39,43 +38,34 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Args:
-    train: str = field(metadata={"help": "training questions with gold passages: SQuAD JSON or DPR JSON"})
-    out: str = field(metadata={"help": "directory for the trained question encoder"})
-    dev: str | None = option(None, "dev questions; top-k accuracy is reported after every epoch")
     index: str | None = option(None, "index directory built with the (frozen) context encoder")
     corpus: str | None = option(
-        None, "corpus file: build an index in <out>.index first (when no --index)")
+        None, "corpus file: build an index in <out>.index first (when no --index; --overwrite "
+        "replaces one written by ragqa)")
     encoder: str | None = option(None, "context encoder; default: the index's encoder")
     question_encoder: str | None = option(None, "initial question encoder; default: same as --encoder")
     dev_ks: list[int] = option([1, 5, 20, 100], "k values reported on dev")
     dev_limit: int = option(0, "evaluate on the first N dev questions only; 0 = all")
-    train_limit: int = option(0, "train on the first N questions only; 0 = all")
     eval_before: bool = option(False, "also evaluate the untrained question encoder on dev first")
-    overwrite: bool = option(False, "replace an existing --out (and <out>.index) written by ragqa")
-    json: str | None = option(None, "write the per-epoch log (loss, dev metrics) here")
 
     def __post_init__(self) -> None:
-        non_negative(self, "dev_limit", "train_limit")
+        non_negative(self, "dev_limit")
 
 
 def main() -> None:
-    args, config, retrieval = parse([Args, TrainConfig, RetrievalConfig], description=__doc__)
+    run, args, config, retrieval = parse([TrainingRun, Args, TrainConfig, RetrievalConfig],
+                                         description=__doc__)
     # the trainer's accelerator, made here: under torchrun this is one of several processes
-    state = make_accelerator(config.mixed_precision, config.grad_accum)
-    if args.json:
-        check_output_parent(args.json)
+    state = config.optim.accelerator()
     if args.index is None and args.corpus is None:
         raise UserError("give --index DIR or --corpus PATH")
-    check_output_dir(args.out, args.overwrite)
-    resumed = None if config.train_context_encoder else resume_dir(args.out)
-    index_dir = Path(args.out).with_name(Path(args.out).name + ".index")
+    run.check_outputs()
+    resumed = None if config.train_context_encoder else resume_dir(run.out)
+    index_dir = Path(run.out).with_name(Path(run.out).name + ".index")
     reuse_index = args.index is None and resumed is not None and (index_dir / "manifest.json").is_file()
     if args.index is None and not reuse_index:
-        check_output_dir(index_dir, args.overwrite)
-    train = read_questions(args.train)
-    if args.train_limit > 0:
-        train = train[: args.train_limit]
-    dev = read_questions(args.dev) if args.dev else None
+        check_output_dir(index_dir, run.overwrite)
+    train, dev = run.questions()
     if args.dev_limit > 0 and dev:
         dev = dev[: args.dev_limit]
     if args.index is not None or reuse_index:  # a resumed run uses the index it built before
@@ -84,7 +74,7 @@ def main() -> None:
     else:
         ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
         if state.is_main_process:  # built once; the other processes load it
-            build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=args.overwrite))
+            build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=run.overwrite))
             log.info("built %s", index_dir)
         state.wait_for_everyone()
         index = DenseIndex.load(index_dir, mmap=retrieval.mmap)
@@ -105,24 +95,24 @@ def main() -> None:
         print(f"dev before training: top-k {before['top_k_accuracy']}")
     logs = train_dpr(q_enc, ctx_enc, index, train, config,
                      evaluate if dev and not config.train_context_encoder else None,
-                     sparse_weight=retriever.fusion.fusion_weight, checkpoint=checkpoint_dir(args.out),
+                     sparse_weight=retriever.fusion.fusion_weight, checkpoint=checkpoint_dir(run.out),
                      accelerator=state)
     if not state.is_main_process:  # the ranks end identical (gradients averaged): one saves
         return
     if config.train_context_encoder:  # the pair is the new context encoder, not the index's
         ctx_enc.refresh_fingerprint()
-        q_enc.save_pretrained(args.out, paired_context_fingerprint=ctx_enc.fingerprint)
-        ctx_enc.save_pretrained(Path(args.out) / "context_encoder")
+        q_enc.save_pretrained(run.out, paired_context_fingerprint=ctx_enc.fingerprint)
+        ctx_enc.save_pretrained(Path(run.out) / "context_encoder")
         print("context encoder trained: rebuild the index with --encoder "
-              f"{Path(args.out) / 'context_encoder'}")
+              f"{Path(run.out) / 'context_encoder'}")
     else:
-        retriever.save_question_encoder(args.out)
-        shutil.rmtree(checkpoint_dir(args.out), ignore_errors=True)
+        retriever.save_question_encoder(run.out)
+        shutil.rmtree(checkpoint_dir(run.out), ignore_errors=True)
     for entry in logs:
         loss = "lexical head fitted" if entry["loss"] is None else f"loss {entry['loss']:.4f}"
         print(f"epoch {entry['epoch']}: {loss}"
               + (f", dev top-k {entry['dev']['top_k_accuracy']}" if "dev" in entry else ""))
-    print(f"question encoder -> {args.out}")
-    if args.json:
-        write_json(args.json, {"before": before, "epochs": logs, "config": config.__dict__})
+    print(f"question encoder -> {run.out}")
+    if run.json:
+        write_json(run.json, {"before": before, "epochs": logs, "config": asdict(config)})
 

@@ -197,12 +197,13 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     """
     import torch
 
+    from rag.common.options import updated
     from retriever.examples import Example
     from retriever.loop import make_accelerator, optimizer_step, rank_share, train_epoch
     from retriever.train import TrainConfig, dpr_optimizer, train_step_loss
 
-    train = TrainConfig(epochs=1, batch_size=config.batch_size, hard_negatives=0, lr=config.lr,
-                        weight_decay=0.01, warmup_ratio=0.1, seed=config.seed)
+    train = updated(TrainConfig(), epochs=1, batch_size=config.batch_size, hard_negatives=0,
+                    lr=config.lr, weight_decay=0.01, warmup_ratio=0.1, seed=config.seed)
     examples = [Example(q, int(row), ()) for q, row in zip(questions, gold, strict=True)]
     scale = q_enc.score_scale(config.score_scale)
     params = list(q_enc.parameters())
@@ -217,7 +218,7 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
         return q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))
 
     losses = train_epoch(
-        acc, q_enc, rank_share(len(examples), None, acc), train.batch_size,
+        acc, q_enc, rank_share(len(examples), None, acc), train.optim.batch_size,
         lambda batch: train_step_loss(q_enc, [examples[i] for i in batch], contexts, train, scale,
                                       merge=True),
         lambda loss: optimizer_step(acc, loss, params, opt, sched, max_grad_norm=None),

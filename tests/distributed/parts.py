@@ -11,6 +11,7 @@ import torch
 
 from rag.benchmark import BenchmarkConfig, run_benchmark
 from rag.common.errors import UserError
+from rag.common.options import updated
 from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.encoder import Encoder
@@ -42,8 +43,8 @@ def dpr_part(encoder_dir, index_dir, questions, batch_size: int) -> dict[str, to
     torch.manual_seed(0)
     q_enc, ctx_enc = Encoder.from_pretrained(str(encoder_dir)), Encoder.from_pretrained(str(encoder_dir))
     no_dropout(q_enc)
-    config = TrainConfig(epochs=2, batch_size=batch_size, negatives="corpus", lr=1e-3,
-                         warmup_ratio=0.0, seed=0)
+    config = updated(TrainConfig(), epochs=2, batch_size=batch_size, negatives="corpus", lr=1e-3,
+                     warmup_ratio=0.0, seed=0)
     train = read_questions(questions)
     train_dpr(q_enc, ctx_enc, DenseIndex.load(index_dir), train, config)
     q_enc.eval()
@@ -63,8 +64,8 @@ def rag_part(model_dir, questions, out, batch_size: int, acc, index=None
     torch.manual_seed(0)
     model = RagModel.from_pretrained(str(model_dir), None if index is None else str(index))
     no_dropout(model)
-    config = FinetuneConfig(epochs=1, batch_size=batch_size, lr=1e-3, warmup_ratio=0.0,
-                            eval_limit=0, seed=0)
+    config = updated(FinetuneConfig(), epochs=1, batch_size=batch_size, lr=1e-3,
+                     warmup_ratio=0.0, eval_limit=0, seed=0)
     train = read_questions(questions)
     finetune(model, train, str(out), config, dev=train[:3], accelerator=acc)
     model.eval()

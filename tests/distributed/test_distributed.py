@@ -58,7 +58,7 @@ def built(tmp_path_factory, tiny_encoder_dir, corpus_jsonl) -> dict[str, Path]:
     """The whole index (with BM25), its 2 and 3 shards, 2 shards whose second is unreadable, and
     a tiny RAG model (the tiny BERT as question encoder, a BART warm-started from it)."""
     from generator.warmstart import warm_start_bart
-    from rag.config import RagConfig
+    from rag.config import DecodeConfig, RagConfig
 
     tmp = tmp_path_factory.mktemp("dist")
     encoder = Encoder.from_pretrained(str(tiny_encoder_dir))
@@ -69,7 +69,7 @@ def built(tmp_path_factory, tiny_encoder_dir, corpus_jsonl) -> dict[str, Path]:
     shutil.copytree(tmp / "two", tmp / "broken")
     (tmp / "broken" / "shard-00001-of-00002" / "index.faiss").write_bytes(b"not faiss")
     generator, tokenizer = warm_start_bart(tiny_encoder_dir, tmp / "bart", cross_attention="copy_self")
-    config = RagConfig(k=2, max_input_length=64, max_answer_length=8, num_beams=1,
+    config = RagConfig(k=2, max_input_length=64, decode=DecodeConfig(num_beams=1, max_length=8),
                        index=str(tmp / "whole"))
     RagModel(encoder, generator, tokenizer, whole, config).save_pretrained(tmp / "rag")
     return {name: tmp / name for name in ("whole", "two", "three", "broken", "rag")} | {"": tmp}

@@ -17,7 +17,7 @@ from generator.copy import (
 )
 from generator.model import load_generator, save_generator
 from rag.common.errors import UserError
-from rag.decode import DecodeConfig
+from rag.config import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
 from rag.decode_token import rag_token_generate
 from rag.marginal import generator_logits, rag_sequence_nll, rag_token_nll, token_logprobs

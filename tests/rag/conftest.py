@@ -15,14 +15,15 @@ import pytest
 
 from generator.model import load_generator
 from generator.warmstart import warm_start_bart
-from rag.config import RagConfig
+from rag.common.options import updated
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 
-TINY_RAG = dict(k=3, max_input_length=64, max_answer_length=8, num_beams=2)
+TINY_RAG = dict(k=3, max_input_length=64, decode=DecodeConfig(num_beams=2, max_length=8))
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,7 @@ def make_rag(rag_question_encoder_dir, rag_index_dir, rag_generator_dir) -> Call
 
     def make(mode: str = "sequence", **overrides) -> RagModel:
         generator, tokenizer = load_generator(rag_generator_dir)
-        config = RagConfig(mode=mode, index=str(rag_index_dir), **{**TINY_RAG, **overrides})
+        config = updated(RagConfig(mode=mode, index=str(rag_index_dir), **TINY_RAG), **overrides)
         if mode == "closed_book":
             return RagModel(None, generator, tokenizer, None, config).eval()
         encoder = Encoder.from_pretrained(str(rag_question_encoder_dir))

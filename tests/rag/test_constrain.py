@@ -10,9 +10,8 @@ from transformers import BartConfig, BartForConditionalGeneration
 
 from generator.copy import CopyBartForConditionalGeneration, copyable
 from rag.common.errors import UserError
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.constrain import span_allowed
-from rag.decode import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
 from rag.decode_token import rag_token_generate
 
@@ -120,6 +119,6 @@ def test_copyable_excludes_specials_and_padding():
 
 def test_spans_without_passages_is_refused():
     with pytest.raises(UserError, match="closed_book"):
-        RagConfig(mode="closed_book", constrain="spans")
+        RagConfig(mode="closed_book", decode=DecodeConfig(constrain="spans"))
     with pytest.raises(UserError, match="constrain"):
-        RagConfig(constrain="words")
+        DecodeConfig(constrain="words")

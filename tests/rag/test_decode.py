@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rag.decode import DecodeConfig
+from rag.common.errors import UserError
+from rag.config import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
 from rag.decode_token import rag_token_generate
 
@@ -197,7 +198,7 @@ def test_returned_hypotheses_are_distinct_and_config_is_checked(tiny_bart, rag_b
                                 DecodeConfig(num_beams=4, num_return_sequences=4))
     for b in range(2):
         assert len({tuple(row) for row in out.sequences[b].tolist()}) == 4
-    with pytest.raises(ValueError, match="num_return_sequences"):
+    with pytest.raises(UserError, match="num_return_sequences"):
         DecodeConfig(num_beams=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="doc_scores"):
         rag_token_generate(tiny_bart, ids, mask, scores[:, :2])

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
@@ -105,7 +105,7 @@ def test_transformers_checkpoint_loads_with_the_same_likelihoods_and_answers(hf_
         sequences = hf.generate(context_input_ids=inputs["input_ids"].view(b * k, length),
                                 context_attention_mask=inputs["attention_mask"].view(b * k, length),
                                 doc_scores=doc_scores, n_docs=k, num_beams=2,
-                                max_length=ours.config.max_answer_length, min_length=0,
+                                max_length=ours.config.decode.max_length, min_length=0,
                                 length_penalty=1.0, early_stopping=False)
     want = ours.tokenizer.batch_decode(sequences, skip_special_tokens=True)
     assert [a.answer for a in ours.answer(QUESTIONS)] == [w.strip() for w in want]
@@ -120,7 +120,7 @@ def test_export_loads_in_transformers_with_the_same_passages_and_answers(dpr_pai
 
     generator, tokenizer = load_generator(rag_generator_dir)
     config = RagConfig(mode="sequence", k=5, max_input_length=input_length(rag_generator_dir),
-                       num_beams=2, copy_spans=False, index=str(uniform))
+                       decode=DecodeConfig(num_beams=2), copy_spans=False, index=str(uniform))
     ours = RagModel(Encoder.from_pretrained(str(dpr_pair_dirs[1])), generator, tokenizer,
                     DenseIndex.load(uniform), config, pair=True).eval()
     ours.index.remove([ours.retrieve(QUESTIONS[:1])[1].passages[0][1]["id"]])  # hot-swapped out
@@ -134,7 +134,7 @@ def test_export_loads_in_transformers_with_the_same_passages_and_answers(dpr_pai
         q = hf.question_encoder(**enc)[0]
         found = retriever(enc["input_ids"].numpy(), q.numpy(), n_docs=5, return_tensors="pt")
         sequences = hf.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                                num_beams=2, max_length=config.max_answer_length, min_length=0,
+                                num_beams=2, max_length=config.decode.max_length, min_length=0,
                                 length_penalty=1.0, early_stopping=False)
     passages = retriever.index.dataset
     hf_ids = [[passages[int(r)]["id"] for r in row] for row in found["doc_ids"]]

@@ -6,7 +6,7 @@ import pytest
 
 from generator.copy import has_copy_head
 from rag.common.errors import UserError
-from rag.config import Overrides, RagConfig
+from rag.config import DecodeConfig, Overrides, RagConfig
 from rag.loading import assemble, load_model
 from rag.model import RagModel
 from tests.rag.conftest import TINY_RAG
@@ -36,15 +36,15 @@ def test_no_overrides_keep_the_model_s_own_settings(mode):
 def test_overrides_replace_fields_and_name_the_decoding():
     config = RagConfig(**TINY_RAG)
     applied, decoding = Overrides(k=1, decoding="fast", num_beams=3).apply(config)
-    assert (applied.k, applied.decoding, applied.num_beams, decoding) == (1, "fast", 3, "fast")
+    assert (applied.k, applied.decoding, applied.decode.num_beams, decoding) == (1, "fast", 3, "fast")
     applied, decoding = Overrides(decoding="greedy").apply(config)
-    assert (applied.num_beams, applied.decoding, decoding) == (1, "thorough", "greedy")
+    assert (applied.decode.num_beams, applied.decoding, decoding) == (1, "thorough", "greedy")
 
 
 @pytest.mark.parametrize("overrides, config, message", [
     (Overrides(decoding="thorough"), RagConfig(mode="token"), "RAG-Sequence's"),
     (Overrides(decoding="greedy", num_beams=2), RagConfig(), "one beam"),
-    (Overrides(decoding="beam"), RagConfig(num_beams=1), "num_beams >= 2"),
+    (Overrides(decoding="beam"), RagConfig(decode=DecodeConfig(num_beams=1)), "num_beams >= 2"),
 ])
 def test_a_decoding_the_model_cannot_run_is_refused(overrides, config, message):
     with pytest.raises(UserError, match=message):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex, SearchResult
@@ -145,7 +144,7 @@ def test_labels_start_with_decoder_start_and_end_with_eos(make_rag):
     labels = model.labels(["Paris", "Albert Einstein", "a much longer answer " * 10])
     gen = model.generator.generation_config
     pad = model.generator.config.pad_token_id
-    assert labels.shape[0] == 3 and labels.shape[1] <= model.config.max_answer_length
+    assert labels.shape[0] == 3 and labels.shape[1] <= model.config.decode.max_length
     for row in labels.tolist():
         body = [t for t in row if t != pad]
         assert body[0] == gen.decoder_start_token_id
@@ -182,16 +181,6 @@ def test_index_object_can_be_passed_to_from_pretrained(make_rag, tmp_path, rag_i
     assert loaded.index is index and loaded.config.k == 2 and loaded.config.mode == "token"
 
 
-def test_config_saved_under_the_old_key_doc_score_scale_loads(make_rag, tmp_path):
-    make_rag("sequence").save_pretrained(tmp_path / "model")
-    file = tmp_path / "model" / "rag_config.json"
-    saved = json.loads(file.read_text())
-    saved["doc_score_scale"] = 5.0
-    del saved["score_scale"]
-    file.write_text(json.dumps(saved))
-    assert RagModel.from_pretrained(tmp_path / "model").config.score_scale == 5.0
-
-
 @pytest.mark.parametrize("copy_spans", [True, False])
 def test_answers_use_copied_spans_when_configured(make_rag, monkeypatch, copy_spans):
     import rag.answers
@@ -220,7 +209,7 @@ def test_answer_reads_given_passages_like_the_generator_alone(make_rag, mode):
     with torch.no_grad():
         out = model.generator.generate(input_ids=enc["input_ids"][:, 0],
                                        attention_mask=enc["attention_mask"][:, 0], num_beams=1,
-                                       do_sample=False, max_length=model.config.max_answer_length)
+                                       do_sample=False, max_length=model.config.decode.max_length)
     want = model.tokenizer.batch_decode(out, skip_special_tokens=True)
     assert [a.answer for a in answers] == [w.strip() for w in want]
     assert [a.passages for a in answers] == [[{"id": "", "title": t, "text": x, "score": 0.0}]
@@ -274,7 +263,7 @@ def test_one_retrieval_path_rag_and_evaluation_agree(mode, rag_index_dir, rag_qu
         index = DenseIndex.load(tmp_path / "idx")
     generator, tokenizer = load_generator(rag_generator_dir)
     model = RagModel(Encoder.from_pretrained(str(rag_question_encoder_dir)), generator, tokenizer,
-                     index, RagConfig(k=3, max_input_length=64, max_answer_length=8),
+                     index, RagConfig(k=3, max_input_length=64, decode=DecodeConfig(max_length=8)),
                      RetrievalConfig(candidates=4)).eval()
     assert model.retriever.mode == mode
     questions = read_questions(squad_questions)

@@ -8,7 +8,7 @@ import torch
 
 from generator.copy import CopyBartForConditionalGeneration
 from generator.model import load_generator
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?"]
@@ -23,7 +23,7 @@ def copy_reader(rag_generator_dir):
         bart, tokenizer = load_generator(rag_generator_dir)
         torch.manual_seed(0)
         generator = CopyBartForConditionalGeneration.from_bart(bart)
-        config = RagConfig(mode="closed_book", max_input_length=64, max_answer_length=8,
+        config = RagConfig(mode="closed_book", max_input_length=64, decode=DecodeConfig(max_length=8),
                            pointer_weight=pointer_weight)
         return RagModel(None, generator, tokenizer, None, config).eval()
 

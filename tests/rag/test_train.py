@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
+from rag.common.options import updated
 from rag.model import RagModel
 from rag.train import (
     FinetuneConfig,
@@ -36,7 +37,8 @@ def batch_loss(model: RagModel, train: list[Question]) -> float:
 def test_a_few_steps_lower_the_training_loss(make_rag, train, tmp_path):
     model = make_rag("sequence")
     before = batch_loss(model, train)
-    config = FinetuneConfig(epochs=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, save_every=100)
+    config = updated(FinetuneConfig(), epochs=6, batch_size=8, lr=1e-2, warmup_ratio=0.0,
+                     save_every=100)
     finetune(model, train, tmp_path / "out", config)
     after = batch_loss(model, train)
     assert after < 0.8 * before, (before, after)
@@ -93,7 +95,7 @@ def count_calls(model: RagModel, crash_after: int | None = None) -> list[int]:
 def test_killed_run_resumes_from_its_checkpoint(make_rag, train, tmp_path, rag_index_dir):
     out = tmp_path / "run" / "model"
     ckpt = checkpoint_dir(out)
-    config = FinetuneConfig(max_steps=4, batch_size=2, lr=1e-3, save_every=1)
+    config = updated(FinetuneConfig(), max_steps=4, batch_size=2, lr=1e-3, save_every=1)
     model = make_rag("sequence")
     calls = count_calls(model, crash_after=2)
     with pytest.raises(Crash):
@@ -134,8 +136,8 @@ def test_killed_run_resumes_from_its_checkpoint(make_rag, train, tmp_path, rag_i
 def test_schedule_ends_with_the_epochs_when_max_steps_is_larger(make_rag, train, tmp_path):
     """max_steps only caps the run: the linear decay must reach zero at the last epoch's end."""
     out = tmp_path / "model"
-    config = FinetuneConfig(epochs=1, max_steps=100, batch_size=2, lr=1e-3, warmup_ratio=0.0,
-                            save_every=1)
+    config = updated(FinetuneConfig(), epochs=1, max_steps=100, batch_size=2, lr=1e-3,
+                     warmup_ratio=0.0, save_every=1)
     model = make_rag("token")
     count_calls(model, crash_after=2)
     with pytest.raises(Crash):
@@ -227,7 +229,8 @@ def test_reader_warm_up_trains_the_generator_only(make_rag, train, tmp_path):
                               [e[2] for e in examples])[0].item()
 
     before = gold_loss()
-    config = FinetuneConfig(epochs=6, batch_size=8, lr=1e-2, warmup_ratio=0.0, gold_window=1000)
+    config = updated(FinetuneConfig(), epochs=6, batch_size=8, lr=1e-2, warmup_ratio=0.0,
+                     gold_window=1000)
     finetune(model, gold, tmp_path / "out", config)
     assert gold_loss() < 0.8 * before
     after = model.question_encoder.state_dict()

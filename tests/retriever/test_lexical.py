@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
+from rag.common.options import updated
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.build import build_index
 from retriever.corpus import open_shards, write_arrow
@@ -131,12 +132,12 @@ def test_pseudo_questions_are_windows_of_their_passage(index):
 def test_train_with_lexical_head(encoder, index, questions, tiny_encoder_dir):
     train = [Question(q, tuple(a), id=gold, positive_ids=(gold,)) for q, a, gold in questions]
     q_enc = Encoder.from_pretrained(str(tiny_encoder_dir), pooling="mean", normalize=True)
-    config = TrainConfig(epochs=2, batch_size=4, lr=1e-3, lexical_head=True, lexical_lr=1e-2,
-                         negatives="corpus", pseudo_queries=1, warmup_ratio=0.0)
+    config = updated(TrainConfig(), epochs=2, batch_size=4, lr=1e-3, lexical_head=True,
+                     lexical_lr=1e-2, negatives="corpus", pseudo_queries=1, warmup_ratio=0.0)
     logs = train_dpr(q_enc, encoder, index, train, config, evaluate=lambda model: {"ok": True})
     assert [e["epoch"] for e in logs] == [0, 1, 2] and logs[0]["loss"] is None
     assert q_enc.config.lexical_head and q_enc.lexical.weight.abs().sum() > 0
     with pytest.raises(UserError, match="frozen context encoder"):
         train_dpr(Encoder.from_pretrained(str(tiny_encoder_dir)), encoder, index, train,
-                  TrainConfig(epochs=1, lexical_head=True, train_context_encoder=True,
-                              hard_negatives=0))
+                  updated(TrainConfig(), epochs=1, lexical_head=True, train_context_encoder=True,
+                          hard_negatives=0))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rag.common.errors import UserError
+from rag.common.options import updated
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
 from retriever.encoder import Encoder
@@ -132,7 +133,8 @@ def test_train_dpr_lowers_loss_and_freezes_context_encoder(tiny_encoder_dir, set
     fp_before = q_enc.fingerprint
     loss_before, hits_before = full_corpus_loss(q_enc, vectors, train)
 
-    config = TrainConfig(epochs=10, batch_size=4, lr=3e-3, warmup_ratio=0.0, hard_negatives=1)
+    config = updated(TrainConfig(), epochs=10, batch_size=4, lr=3e-3, warmup_ratio=0.0,
+                     hard_negatives=1)
     logs = train_dpr(q_enc, ctx_enc, index, train, config,
                      evaluate=lambda model: {"hits": full_corpus_loss(model, vectors, train)[1]})
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
@@ -182,7 +182,7 @@ def bad_runs(run_scripts, tmp_path_factory, tiny_encoder_dir, corpus_jsonl, squa
     from generator.warmstart import warm_start_bart
 
     generator, tokenizer = warm_start_bart(tiny_encoder_dir, d / "bart", cross_attention="copy_self")
-    config = RagConfig(k=2, max_input_length=64, max_answer_length=8, num_beams=1,
+    config = RagConfig(k=2, max_input_length=64, decode=DecodeConfig(num_beams=1, max_length=8),
                        index=str(d / "idx"))
     RagModel(encoder, generator, tokenizer, DenseIndex.load(d / "idx"), config).save_pretrained(
         d / "model")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from generator.warmstart import warm_start_bart
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
@@ -51,7 +51,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     build_index(corpus_jsonl, encoder, tmp / "idx", quiet)
     build_index(corpus_jsonl, Encoder.from_pretrained(str(tiny_encoder_dir_16)), tmp / "idx-16", quiet)
     generator, tokenizer = warm_start_bart(tiny_encoder_dir)
-    tiny = dict(max_input_length=64, max_answer_length=8, num_beams=2)
+    tiny = dict(max_input_length=64, decode=DecodeConfig(num_beams=2, max_length=8))
     RagModel(encoder, generator, tokenizer, DenseIndex.load(tmp / "idx"),
              RagConfig(k=3, index=str(tmp / "idx"), **tiny)).save_pretrained(tmp / "model")
     RagModel(None, generator, tokenizer, None,

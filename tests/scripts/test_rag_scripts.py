@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from generator.warmstart import warm_start_bart
-from rag.config import RagConfig
+from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
@@ -41,7 +41,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                 quiet)
     generator, tokenizer = warm_start_bart(tiny_encoder_dir, tmp / "bart",
                                            cross_attention="copy_self")
-    config = RagConfig(k=3, max_input_length=64, max_answer_length=8, num_beams=1,
+    config = RagConfig(k=3, max_input_length=64, decode=DecodeConfig(num_beams=1, max_length=8),
                        index=str(tmp / "idx"))
     RagModel(encoder, generator, tokenizer, DenseIndex.load(tmp / "idx"), config).save_pretrained(
         tmp / "model")
@@ -50,7 +50,8 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     hybrid.add_sparse(tokenizer=encoder.tokenizer)
     hybrid.save(tmp / "idx-hyb")
 
-    closed = RagConfig(mode="closed_book", max_input_length=64, max_answer_length=8, num_beams=1)
+    closed = RagConfig(mode="closed_book", max_input_length=64,
+                       decode=DecodeConfig(num_beams=1, max_length=8))
     RagModel(None, generator, tokenizer, None, closed).save_pretrained(tmp / "closed")
 
     model = tmp / "model"
@@ -71,7 +72,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         "finetune": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft",
                      "--generator", tmp / "bart", "--question_encoder", tiny_encoder_dir,
                      "--index", tmp / "idx", "--max_steps", "1", "--batch_size", "2", "--k", "2",
-                     "--max_input_length", "64", "--max_answer_length", "8"],
+                     "--max_input_length", "64", "--max_answer_length", "8", "--json", tmp / "ft.json"],
         "ask_finetuned": ["ask.py", q, "--model", tmp / "ft", "--format", "json"],
         "finetune_copy": ["finetune.py", "--train", squad_questions, "--out", tmp / "ft-copy",
                           "--generator", tmp / "bart", "--copy_head", "--index", tmp / "idx",
@@ -233,6 +234,9 @@ def test_finetune_writes_a_model_directory(runs):
     assert f"model -> {out}" in proc.stdout
     saved = json.loads((out / "rag_config.json").read_text())
     assert saved["index"] == str(tmp / "idx") and saved["k"] == 2 and saved["mode"] == "sequence"
+    assert saved["decode"]["max_length"] == 8  # --max_answer_length, the held DecodeConfig's
+    logged = json.loads((tmp / "ft.json").read_text())["config"]
+    assert logged["optim"]["batch_size"] == 2 and logged["optim"]["lr"] == 3e-5  # finetune's default
     assert "mmap" not in saved["retrieval"]  # how an index is loaded is not the model's
     assert (out / "question_encoder").is_dir() and (out / "generator" / "config.json").is_file()
     assert json.loads((out / "train_log.json").read_text())["steps"] == 1
@@ -282,7 +286,7 @@ def test_pack_starter(runs):
     packed = tmp / "packed"
     saved = json.loads((packed / "rag_config.json").read_text())
     assert saved["index"] == "" and saved["question_encoder"] == ""
-    assert saved["k"] == 2 and saved["constrain"] == "spans"
+    assert saved["k"] == 2 and saved["decode"]["constrain"] == "spans"
     assert not (packed / "question_encoder" / "model.safetensors").exists()
     model = RagModel.from_pretrained(packed, tmp / "idx")
     original = RagModel.from_pretrained(tmp / "model")

@@ -213,7 +213,9 @@ def test_train_then_eval_with_the_trained_question_encoder(runs):
     manifest = json.loads((tmp / "idx" / "manifest.json").read_text())
     assert saved["paired_context_fingerprint"] == manifest["encoder"]["fingerprint"]
     assert saved["fingerprint"] != manifest["encoder"]["fingerprint"]  # it did train
-    assert len(json.loads((tmp / "train.json").read_text())["epochs"]) == 1
+    logged = json.loads((tmp / "train.json").read_text())
+    assert len(logged["epochs"]) == 1
+    assert logged["config"]["optim"]["lr"] == 2e-5  # train_retriever's default, DPR's
     assert evaluation.returncode == 0, evaluation
     assert json.loads(evaluation.stdout)["n"] == 8
 

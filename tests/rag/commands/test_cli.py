@@ -52,3 +52,36 @@ def test_list_options_take_spaces_or_commas(argv):
 def test_parse_fills_the_dataclass():
     (opts,) = parse([Options], ["--width", "5", "--name", "y"])
     assert opts == Options(width=5, depth=0, name="y")
+
+
+@dataclass(frozen=True)
+class Search:
+    beams: int = option(1, "beam width")
+    max_length: int = option(20, "longest output", aliases=["--max_answer_length"])
+    returned: int = option(1, "hypotheses returned", cli=False)
+
+
+@dataclass(frozen=True)
+class Model:
+    k: int = option(5, "passages")
+    search: Search = option(Search(beams=4, returned=2), "how answers are searched for")
+
+
+def test_a_nested_config_gives_its_fields_as_options_with_the_outer_defaults(capsys):
+    (model,) = parse([Model], [])
+    assert model == Model() and model.search == Search(beams=4, returned=2)
+    (model,) = parse([Model], ["--beams", "8", "--max_answer_length", "30", "--k", "2"])
+    assert model == Model(k=2, search=Search(beams=8, max_length=30, returned=2))
+    with pytest.raises(SystemExit):
+        parse([Model], ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--beams BEAMS beam width (default: 4)" in text  # the outer default, not Search's 1
+    assert "--returned" not in text and "--search" not in text  # cli=False; no option for the whole
+
+
+def test_an_option_with_cli_false_is_not_on_the_command_line(capsys):
+    with pytest.raises(SystemExit) as exit:
+        parse([Search], ["--returned", "3"])
+    assert exit.value.code == 2
+    assert "unrecognized arguments: --returned 3" in capsys.readouterr().err
+    assert parse([Search], ["--beams", "2"]) == (Search(beams=2),)
