@@ -132,8 +132,6 @@ def build_examples(index: DenseIndex, questions: Sequence[Question], config: Tra
         raise UserError("no training question's gold passage is in the index")
     questions = [questions[i] for i in keep]
     positives = [positives[i] for i in keep]
-    if config.negatives == "corpus" and config.train_context_encoder:
-        raise UserError("negatives 'corpus' needs the frozen context encoder")
     examples = _with_negatives(index, questions, positives, config, q_enc)
     if config.pseudo_queries > 0:
         pseudo, rows = pseudo_questions(index, config.pseudo_queries, config.seed)

@@ -88,6 +88,12 @@ class TrainConfig:
         positive(self, "bm25_depth", "lexical_lr", "save_every")
         non_negative(self, "hard_negatives", "score_scale", "lexical_weight", "pseudo_queries", "seed")
         check_choices(self)
+        if self.train_context_encoder:  # these need the index's vectors to stay the model's
+            for flag, on in (("negatives corpus", self.negatives == "corpus"),
+                             ("--lexical_head", self.lexical_head), ("--hybrid", self.hybrid)):
+                if on:
+                    raise UserError(f"{flag} needs the frozen context encoder (no "
+                                    "--train_context_encoder)")
 
 
 def dpr_loss(q: torch.Tensor, ctx: torch.Tensor, positive_col: torch.Tensor,
@@ -223,11 +229,22 @@ def _check_settings(index: DenseIndex, config: TrainConfig, sparse_weight: float
     if config.hybrid:
         if index.sparse is None:
             raise UserError("--hybrid needs an index with a sparse side (ragqa index --add_sparse)")
-        if config.train_context_encoder:
-            raise UserError("--hybrid needs the frozen context encoder")
         if sparse_weight is None:
             return index.manifest["fusion"]["fusion_weight"]
     return sparse_weight
+
+
+def _frozen_contexts(index: DenseIndex, ctx_enc: Encoder, examples: list[Example],
+                     config: TrainConfig) -> FrozenContexts:
+    """The frozen context encoder's vectors of every passage training meets: each example's
+    positive and negatives, or every live passage for corpus negatives."""
+    if config.negatives == "corpus":
+        rows = active_rows(index)
+    else:
+        rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
+    lookup = FrozenContexts(index, ctx_enc, rows)
+    ctx_enc.requires_grad_(False)
+    return lookup
 
 
 def _passage_encoding(index: DenseIndex, ctx_enc: Encoder, forward):
@@ -261,16 +278,9 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         checkpoint = None
     examples = _examples(index, train, config, q_enc, checkpoint)
     scale = ctx_enc.score_scale(config.score_scale)
-    if config.lexical_head and config.train_context_encoder:
-        raise UserError("--lexical_head needs the frozen context encoder")
-    ctx_lookup = None  # the training context encoder's, once it is prepared
-    if not config.train_context_encoder:
-        if config.negatives == "corpus":
-            all_rows = active_rows(index)
-        else:
-            all_rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
-        ctx_lookup = FrozenContexts(index, ctx_enc, all_rows)
-        ctx_enc.requires_grad_(False)
+    # the training context encoder's lookup is made once it is prepared
+    ctx_lookup = None if config.train_context_encoder else _frozen_contexts(index, ctx_enc, examples,
+                                                                            config)
     logs: list[dict] = []  # per epoch; epoch 0 = a freshly fitted lexical head, before training
     resumed = checkpoint is not None and (checkpoint / "state.json").is_file()
     if config.lexical_head and q_enc.lexical is None and not resumed:

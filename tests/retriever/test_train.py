@@ -147,3 +147,12 @@ def test_train_dpr_lowers_loss_and_freezes_context_encoder(tiny_encoder_dir, set
         torch.testing.assert_close(value, ctx_before[key], rtol=0, atol=0)
     assert any(not torch.equal(v, q_before[k]) for k, v in q_enc.state_dict().items())
     assert q_enc.fingerprint != fp_before  # refreshed after training
+
+
+@pytest.mark.parametrize("setting, flag", [({"negatives": "corpus"}, "negatives corpus"),
+                                           ({"lexical_head": True}, "--lexical_head"),
+                                           ({"hybrid": True}, "--hybrid")])
+def test_settings_that_need_the_frozen_context_encoder_are_refused_by_the_config(setting, flag):
+    TrainConfig(**setting)  # fine with the frozen context encoder
+    with pytest.raises(UserError, match=f"{flag} needs the frozen context encoder"):
+        TrainConfig(train_context_encoder=True, **setting)
