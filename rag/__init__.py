@@ -9,9 +9,12 @@ on first use and cached)::
 
 Public names (imported on first use, so that ``import rag`` stays fast):
 
-- :class:`RagModel`, :class:`RagConfig`, :class:`Answer`: the model (``rag.model``), its settings
-  (``rag.config``) and its answers (``rag.answers``);
+- :class:`RagModel`, :class:`RagConfig`, :class:`DecodeConfig`, :class:`Answer`: the model
+  (``rag.model``), its settings and the search settings they hold (``rag.config``), and its
+  answers (``rag.answers``);
 - :class:`FinetuneConfig`, :func:`finetune`: joint fine-tuning (``rag.train``);
+- :func:`updated`: a config with some fields changed, those of the configs it holds included
+  (``updated(FinetuneConfig(), lr=1e-4)``, ``rag.common.options``);
 - :class:`BenchmarkConfig`, :func:`run_benchmark`: exact match and latency (``rag.benchmark``);
 - :func:`qa_metrics`: SQuAD EM and F1 (``rag.metrics``);
 - :func:`export`: a transformers RAG directory of a model (``rag.hf_rag``).
@@ -25,7 +28,8 @@ from __future__ import annotations
 from rag.common.lazy import lazy_exports
 
 _EXPORTS = {
-    "RagModel": "rag.model", "RagConfig": "rag.config", "Answer": "rag.answers",
+    "RagModel": "rag.model", "RagConfig": "rag.config", "DecodeConfig": "rag.config",
+    "Answer": "rag.answers", "updated": "rag.common.options",
     "FinetuneConfig": "rag.train", "finetune": "rag.train",
     "BenchmarkConfig": "rag.benchmark", "run_benchmark": "rag.benchmark",
     "qa_metrics": "rag.metrics", "export": "rag.hf_rag",
