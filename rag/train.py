@@ -46,6 +46,9 @@ OPTIM = OptimConfig(epochs=1, batch_size=8, lr=3e-5, warmup_ratio=0.05, max_grad
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """How ``finetune`` trains a RAG model: its optimiser steps, what trains (question encoder,
+    generator encoder), the gold-paragraph reader warm-up, and when it evaluates and saves."""
+
     optim: OptimConfig = option(OPTIM, "batches, AdamW, schedule, clipping, precision")
     max_steps: int = option(0, "stop after this many optimizer steps; 0 = run all epochs")
     train_question_encoder: bool = option(

@@ -33,6 +33,8 @@ VECTORS = "vectors.npy"  # encode_corpus's result, in its work directory
 
 @dataclass(frozen=True)
 class EncodeConfig:
+    """How texts are encoded in batches: batch and shard sizes, precision, progress."""
+
     batch_size: int = option(64, "texts per forward pass")
     shard_size: int = option(8192, "passages per resumable shard file")
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU")

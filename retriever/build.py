@@ -32,6 +32,8 @@ PASSAGES = "passages.arrow"  # the corpus as read, in the encoding folder
 
 @dataclass(frozen=True)
 class BuildConfig:
+    """Everything ``build_index`` needs besides the corpus and the encoder."""
+
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     encode: EncodeConfig = field(default_factory=EncodeConfig)
     index: IndexConfig = field(default_factory=IndexConfig)

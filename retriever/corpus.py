@@ -40,6 +40,8 @@ _WS = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class CorpusConfig:
+    """How a corpus file is read into passages."""
+
     passage_words: int = option(
         0, "split each document into passages of this many words (DPR: 100); 0 = keep")
     batch_rows: int = option(10_000, "rows per Arrow record batch while streaming to disk")

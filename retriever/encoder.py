@@ -43,6 +43,8 @@ POOLINGS = ("cls", "mean", "max", "lasttoken", "pooler")
 
 @dataclass(frozen=True)
 class EncoderConfig:
+    """How an :class:`Encoder` turns its backbone's token states into one vector per text."""
+
     pooling: str = "cls"  # "cls", "mean", "max", "lasttoken" (sentence-transformers' modes) or
     # "pooler" (DPR checkpoints)
     normalize: bool = False  # L2-normalise outputs; inner product becomes cosine similarity

@@ -41,6 +41,8 @@ DEFAULT_CANDIDATES = 100
 
 @dataclass(frozen=True)
 class FusionConfig:
+    """How a hybrid index combines its dense and BM25 results (its defaults, in the manifest)."""
+
     fusion: Fusion = option(
         "linear", 'hybrid fusion: "linear" (dense + w * BM25 / best BM25) or "rrf" (reciprocal-rank '
         'fusion: ranks only, so RAG cannot train through it)')
@@ -63,6 +65,8 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
+    """How a run searches an index; a field left empty keeps the index's own setting."""
+
     retrieval: Literal["", "dense", "sparse", "hybrid"] = option(
         "", '"dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a sparse side (ragqa '
         'index --sparse bm25), else dense')

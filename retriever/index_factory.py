@@ -36,6 +36,8 @@ TRAIN_SEED = 0  # of the IVF-PQ training sample: one corpus, one index
 
 @dataclass(frozen=True)
 class IndexConfig:
+    """Which FAISS index holds the passage vectors, and the settings of each type."""
+
     index_type: IndexType = option(
         "flat", '"flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)')
     hnsw_m: int = option(32, "HNSW neighbours per node")

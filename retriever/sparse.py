@@ -49,6 +49,8 @@ BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",
 
 @dataclass(frozen=True)
 class SparseConfig:
+    """The BM25 side of an index: how passages and questions become terms, and BM25's k1 and b."""
+
     sparse_tokenizer: Tokenizer = option(
         "words", "\"words\" (stemmed words, English stopwords out) or \"wordpiece\" (the context "
         "encoder's word pieces); docs/benchmarks.md compares them on dev")

@@ -54,6 +54,9 @@ OPTIM = OptimConfig(epochs=3, batch_size=32, lr=2e-5, warmup_ratio=0.1, max_grad
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """How ``train_dpr`` trains the question encoder (Karpukhin et al. 2020): its optimiser steps,
+    the negatives, the score scale, and what trains besides (context encoder, lexical head)."""
+
     optim: OptimConfig = option(OPTIM, "batches, AdamW, schedule, clipping, precision")
     hard_negatives: int = option(1, "hard negatives per question (DPR used 1)")
     negatives: Literal["bm25", "dense", "corpus"] = option(

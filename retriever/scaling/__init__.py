@@ -20,7 +20,7 @@ from __future__ import annotations
 from rag.common.lazy import lazy_exports
 
 _MODULES = {
-    "retriever.scaling.cost": ["CostBreakdown", "CostModel"],
+    "retriever.scaling.cost": ["CostBreakdown", "CostModel", "GpuPrice"],
     "retriever.scaling.entropy": ["contrastive_entropy", "negative_pool_indices",
                                   "pair_contrastive_entropy", "sample_negative_indices"],
     "retriever.scaling.fit": ["FitConfig", "FitResult", "HoldoutResult", "fit_data_size_law",

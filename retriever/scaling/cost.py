@@ -2,7 +2,7 @@
 
 The paper writes the total cost as Z(N, D) = Z_data * D + Z_train * N + Z_infer * N, with
 N non-embedding parameters and D annotated training pairs. Here every coefficient is derived
-from explicit inputs (all in :class:`CostModel`):
+from explicit inputs (all in :class:`CostModel`, the hardware's in the :class:`GpuPrice` it holds):
 
 - usd_per_flop = gpu_hour_price / (3600 * gpu_flops * utilisation)
 - Z_data  = price_per_pair                                           ($ per pair)
@@ -60,13 +60,32 @@ class CostBreakdown:
 
 
 @dataclass(frozen=True)
+class GpuPrice:
+    """What a FLOP costs on the hardware that trains the encoder and serves it."""
+
+    gpu_flops: float = option(312e12, "peak FLOP/s of one GPU (A100 bf16 dense tensor cores)")
+    utilisation: float = option(0.4, "fraction of peak FLOP/s actually achieved (MFU)")
+    gpu_hour_price: float = option(2.0, "$ per GPU-hour")
+
+    def __post_init__(self) -> None:
+        for key in ("gpu_flops", "utilisation", "gpu_hour_price"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"cost model: {key} must be positive, got {getattr(self, key)!r}")
+        if self.utilisation > 1:
+            raise UserError(f"cost model: utilisation is a fraction <= 1, got {self.utilisation}")
+
+    @property
+    def usd_per_flop(self) -> float:
+        """$ per FLOP actually executed: gpu_hour_price / (3600 gpu_flops utilisation)."""
+        return self.gpu_hour_price / (3600.0 * self.gpu_flops * self.utilisation)
+
+
+@dataclass(frozen=True)
 class CostModel:
     """Every input of Z(N, D) = Z_data D + Z_train N + Z_infer N, with illustrative defaults."""
 
     price_per_pair: float = option(0.6, "$ to annotate one (query, relevant passage) pair")
-    gpu_flops: float = option(312e12, "peak FLOP/s of one GPU (A100 bf16 dense tensor cores)")
-    utilisation: float = option(0.4, "fraction of peak FLOP/s actually achieved (MFU)")
-    gpu_hour_price: float = option(2.0, "$ per GPU-hour")
+    gpu: GpuPrice = option(GpuPrice(), "the hardware's price per FLOP")
     tokens_per_query: int = option(32, "query length in tokens, for serving")
     tokens_per_passage: int = option(128, "passage length in tokens, for indexing the corpus")
     train_tokens_per_pair: int = option(
@@ -76,20 +95,10 @@ class CostModel:
     queries_served: float = option(0.0, "queries encoded over the deployment's lifetime")
 
     def __post_init__(self) -> None:
-        for key in ("gpu_flops", "utilisation", "gpu_hour_price"):
-            if not getattr(self, key) > 0:
-                raise UserError(f"cost model: {key} must be positive, got {getattr(self, key)!r}")
-        if self.utilisation > 1:
-            raise UserError(f"cost model: utilisation is a fraction <= 1, got {self.utilisation}")
         for key in ("price_per_pair", "tokens_per_query", "tokens_per_passage",
                     "train_tokens_per_pair", "epochs", "corpus_size", "queries_served"):
             if not getattr(self, key) >= 0:
                 raise UserError(f"cost model: {key} must be >= 0, got {getattr(self, key)!r}")
-
-    @property
-    def usd_per_flop(self) -> float:
-        """$ per FLOP actually executed: gpu_hour_price / (3600 gpu_flops utilisation)."""
-        return self.gpu_hour_price / (3600.0 * self.gpu_flops * self.utilisation)
 
     @property
     def z_data(self) -> float:
@@ -99,7 +108,7 @@ class CostModel:
     @property
     def train_usd_per_param_pair(self) -> float:
         """$ per (parameter x training pair): 6 * train_tokens_per_pair * epochs * usd_per_flop."""
-        return 6.0 * self.train_tokens_per_pair * self.epochs * self.usd_per_flop
+        return 6.0 * self.train_tokens_per_pair * self.epochs * self.gpu.usd_per_flop
 
     def z_train(self, d: ArrayLike) -> ArrayLike:
         """Z_train for D training pairs, $ per parameter (the paper's Z_train at that D)."""
@@ -110,7 +119,7 @@ class CostModel:
         """Z_infer, $ per parameter: 2 FLOPs per parameter per corpus or query token."""
         tokens = (self.corpus_size * self.tokens_per_passage
                   + self.queries_served * self.tokens_per_query)
-        return 2.0 * tokens * self.usd_per_flop
+        return 2.0 * tokens * self.gpu.usd_per_flop
 
     def breakdown(self, n: ArrayLike, d: ArrayLike) -> CostBreakdown:
         """Cost of an N-parameter encoder trained on D pairs; ``n``, ``d`` broadcast (float64)."""
@@ -129,6 +138,6 @@ class CostModel:
 
     def coefficients(self) -> dict[str, float]:
         """The derived coefficients (for reports): usd_per_flop, z_data, z_infer, z_train/pair."""
-        return {"usd_per_flop": self.usd_per_flop, "z_data": self.z_data,
+        return {"usd_per_flop": self.gpu.usd_per_flop, "z_data": self.z_data,
                 "train_usd_per_param_pair": self.train_usd_per_param_pair,
                 "z_infer": self.z_infer}

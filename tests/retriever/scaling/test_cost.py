@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 
 from rag.common.errors import UserError
-from retriever.scaling import CostModel
+from rag.common.options import updated
+from retriever.scaling import CostModel, GpuPrice
 
 # usd_per_flop = 1.8 / (3600 * 1e12 * 0.5) = 1e-15 exactly.
-HAND = CostModel(price_per_pair=2.0, gpu_flops=1e12, utilisation=0.5, gpu_hour_price=1.8,
+HAND = CostModel(price_per_pair=2.0, gpu=GpuPrice(gpu_flops=1e12, utilisation=0.5, gpu_hour_price=1.8),
                  tokens_per_query=10, tokens_per_passage=100, train_tokens_per_pair=50,
                  epochs=2.0, corpus_size=1000, queries_served=500.0)
 
 
 def test_coefficients_by_hand():
-    assert HAND.usd_per_flop == pytest.approx(1e-15)
+    assert HAND.gpu.usd_per_flop == pytest.approx(1e-15)
     assert HAND.z_data == 2.0
     assert HAND.train_usd_per_param_pair == pytest.approx(6 * 50 * 2 * 1e-15)
     assert HAND.z_infer == pytest.approx(2 * (1000 * 100 + 500 * 10) * 1e-15)  # 2.1e-10
@@ -41,4 +42,4 @@ def test_without_inference_and_vectorised():
                                     {"price_per_pair": -1.0}, {"gpu_flops": 0.0}])
 def test_bad_cost_inputs(kwargs):
     with pytest.raises(UserError, match="cost model"):
-        CostModel(**kwargs)
+        updated(CostModel(), **kwargs)

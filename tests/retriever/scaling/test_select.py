@@ -132,6 +132,20 @@ def test_script_select_writes_json(tmp_path, capsys):
     assert [s["objective"] for s in payload["selections"]] == ["min_loss", "min_cost"]
     assert payload["selections"][0]["best_encoder"]["name"] == "bert-small"
     assert "N*=" in capsys.readouterr().out
+    assert payload["cost_model"]["gpu"]["gpu_flops"] == 312e12
+
+
+def test_script_select_takes_the_gpu_price_as_options(tmp_path):
+    """--gpu_hour_price, a field of the GpuPrice the cost model holds, reaches the cost: doubling
+    it doubles usd_per_flop."""
+    runs = {}
+    for price in ("2.0", "4.0"):
+        out = tmp_path / f"select-{price}.json"
+        _script().main(["select", "--budgets", "1e4", "--gpu_hour_price", price, "--json", str(out)])
+        runs[price] = json.loads(out.read_text())
+    assert runs["4.0"]["cost_model"]["gpu"]["gpu_hour_price"] == 4.0
+    assert runs["4.0"]["coefficients"]["usd_per_flop"] == pytest.approx(
+        2 * runs["2.0"]["coefficients"]["usd_per_flop"])
 
 
 def test_script_fit_then_select(tmp_path):
