@@ -33,7 +33,7 @@ from measure import alternating  # this directory: the perf scripts' one set of 
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import non_negative, positive
+from rag.common.errors import non_negative, positive, require
 from rag.common.options import option
 from rag.config import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
@@ -53,8 +53,8 @@ class Args:
     questions: int = option(8, "B, questions per batch")
     passages: int = option(5, "K, passages per question")
     context_length: int = option(192, 'L, "title / text // question" tokens (DPR passages: 100 words)')
-    num_beams: int = option(4, "beam width for both decoders")
-    max_length: int = option(20, "longest output, decoder start included")
+    decode: DecodeConfig = option(
+        DecodeConfig(num_beams=4), "both decoders' search, ours and transformers' alike")
     target_length: int = option(16, "T, label length for the training step")
     repeats: int = option(5, "timed runs per contender (alternating); the median is reported")
     threads: int = option(
@@ -64,8 +64,10 @@ class Args:
 
     def __post_init__(self) -> None:
         positive(self, "vocab_size", "d_model", "layers", "heads", "ffn_dim", "init_std", "questions",
-                 "passages", "context_length", "num_beams", "max_length", "target_length", "repeats")
+                 "passages", "context_length", "target_length", "repeats")
         non_negative(self, "threads", "seed")
+        require(self.decode.constrain == "none", "constrain", self.decode.constrain,
+                "cannot be compared: transformers' generate has no span constraint")
 
 
 def build_models(args: Args):
@@ -115,7 +117,7 @@ def make_batch(args: Args, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 def perf_decoding(args: Args, generator, hf_seq, hf_tok, ids, mask, scores) -> dict:
     B, K, L = ids.shape
-    cfg = DecodeConfig(num_beams=args.num_beams, max_length=args.max_length)
+    cfg = args.decode
     flat = {"context_input_ids": ids.view(B * K, L), "context_attention_mask": mask.view(B * K, L),
             "doc_scores": scores, "n_docs": K, **cfg.generate_kwargs()}
 
@@ -192,7 +194,7 @@ def perf_copy(args: Args, generator, ids, mask, scores) -> dict:
     labels = torch.randint(4, args.vocab_size, (B, args.target_length), generator=g)
     labels[:, 0] = generator.config.decoder_start_token_id
     targets = torch.randint(0, L // 2, (B, K, args.target_length - 1), generator=g)
-    cfg = DecodeConfig(num_beams=args.num_beams, max_length=args.max_length)
+    cfg = args.decode
 
     def step(model, **pointer):
         model.zero_grad(set_to_none=True)
@@ -230,8 +232,8 @@ def main() -> None:
     s = t = figures
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
-    print(f"B={args.questions} K={args.passages} L={args.context_length} beams={args.num_beams} "
-          f"max_length={args.max_length} D={args.d_model} layers={args.layers} V={args.vocab_size}")
+    print(f"B={args.questions} K={args.passages} L={args.context_length} beams={args.decode.num_beams} "
+          f"max_length={args.decode.max_length} D={args.d_model} layers={args.layers} V={args.vocab_size}")
     print(f"RAG-Sequence thorough: ours {s['sequence_ours_s']:.3f}s  transformers "
           f"{s['sequence_hf_s']:.3f}s  speedup {s['sequence_hf_s'] / s['sequence_ours_s']:.2f}x  "
           f"identical={s['sequence_identical']}  mean answer length {s['sequence_mean_len']:.1f}")
