@@ -114,23 +114,20 @@ def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
     a bare ``DecodeConfig`` 1); fields with ``cli=False`` in their metadata are left out and keep
     their defaults. A class with neither is returned as it is."""
     hints = get_type_hints(cls)
-    nested = {f.name: hints[f.name] for f in dataclasses.fields(cls)
-              if f.init and dataclasses.is_dataclass(hints[f.name])}
-    if not nested and not any(f.metadata.get("cli") is False for f in dataclasses.fields(cls)):
+    options = _options(cls)
+    nested = {f.name for f in options if dataclasses.is_dataclass(hints[f.name])}
+    if not nested and len(options) == len([f for f in dataclasses.fields(cls) if f.init]):
         return cls, lambda values: values
-    spec, plain, inner = [], [], {}  # the flat fields; cls's own; per nested field, its names
-    for f in dataclasses.fields(cls):
-        if not f.init or f.metadata.get("cli") is False:
-            continue
+    spec, plain, inner = [], [], {}  # the flat fields; cls's own; {nested field: (default, names)}
+    for f in options:
         if f.name not in nested:
             spec.append(_flat_field(f, hints[f.name], _default(f)))
             plain.append(f.name)
             continue
-        default, inner_hints = _default(f), get_type_hints(nested[f.name])
-        inner[f.name] = [g.name for g in dataclasses.fields(default)
-                         if g.init and g.metadata.get("cli") is not False]
-        spec += [_flat_field(g, inner_hints[g.name], getattr(default, g.name))
-                 for g in dataclasses.fields(default) if g.name in inner[f.name]]
+        default = _default(f)
+        inner_hints, inner_options = get_type_hints(type(default)), _options(default)
+        inner[f.name] = default, [g.name for g in inner_options]
+        spec += [_flat_field(g, inner_hints[g.name], getattr(default, g.name)) for g in inner_options]
     names = [name for name, *_ in spec]
     if len(set(names)) < len(names):  # a programming error, not the user's
         raise TypeError(f"{cls.__name__}: nested configs repeat an option name: {names}")
@@ -138,12 +135,17 @@ def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
 
     def build(values: Any) -> Any:
         kwargs = {name: getattr(values, name) for name in plain}
-        for name, own in inner.items():
-            default = _default(next(f for f in dataclasses.fields(cls) if f.name == name))
+        for name, (default, own) in inner.items():
             kwargs[name] = dataclasses.replace(default, **{n: getattr(values, n) for n in own})
         return cls(**kwargs)
 
     return flat_cls, build
+
+
+def _options(config: Any) -> list[dataclasses.Field]:
+    """The fields of a config (class or instance) that are command-line options: those set at
+    construction and not marked ``cli=False``."""
+    return [f for f in dataclasses.fields(config) if f.init and f.metadata.get("cli") is not False]
 
 
 def _default(f: dataclasses.Field) -> Any:
