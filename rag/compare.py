@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rag.common.atomic import atomic_file
-from rag.common.errors import UserError
+from rag.common.errors import UserError, is_number
 from rag.common.jsonl import load_json
 
 REQUIRED = ("n", "exact_match", "f1", "top_k_accuracy", "answer_in_passages", "config")
@@ -35,24 +35,20 @@ def load_run(path: str | os.PathLike) -> Run:
     return path.stem, report
 
 
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _check_types(path: Path, report: dict) -> None:
     """Refuse a report whose fields have the wrong type (naming the first such field)."""
     top = report["top_k_accuracy"]
     checks = [
         ("n", isinstance(report["n"], int) and not isinstance(report["n"], bool)),
-        ("exact_match", _number(report["exact_match"])),
-        ("f1", _number(report["f1"])),
+        ("exact_match", is_number(report["exact_match"], finite=False)),
+        ("f1", is_number(report["f1"], finite=False)),
         ("top_k_accuracy", isinstance(top, dict) and all(
-            str(k).isdigit() and _number(v) for k, v in top.items())),
+            str(k).isdigit() and is_number(v, finite=False) for k, v in top.items())),
         ("answer_in_passages", report["answer_in_passages"] is None
-         or _number(report["answer_in_passages"])),
+         or is_number(report["answer_in_passages"], finite=False)),
         ("config", isinstance(report["config"], dict)),
         ("questions_per_s", report.get("questions_per_s") is None
-         or _number(report.get("questions_per_s"))),
+         or is_number(report.get("questions_per_s"), finite=False)),
     ]
     for key, ok in checks:
         if not ok:

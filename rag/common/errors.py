@@ -23,29 +23,31 @@ def require(ok: bool, flag: str, value, what: str) -> None:
         raise UserError(f"--{flag} {what}, got {value!r}")
 
 
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def is_number(value, finite: bool = True) -> bool:
+    """An int or float, not a bool (and, with ``finite``, neither inf nor nan)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and (not finite or math.isfinite(value)))
 
 
 def positive(config, *flags: str) -> None:
     """Each of ``config``'s fields ``flags`` is a finite number > 0."""
     for flag in flags:
         value = getattr(config, flag)
-        require(_number(value) and value > 0, flag, value, "must be a positive number")
+        require(is_number(value) and value > 0, flag, value, "must be a positive number")
 
 
 def non_negative(config, *flags: str) -> None:
     """Each of ``config``'s fields ``flags`` is a finite number >= 0."""
     for flag in flags:
         value = getattr(config, flag)
-        require(_number(value) and value >= 0, flag, value, "must be a finite number >= 0")
+        require(is_number(value) and value >= 0, flag, value, "must be a finite number >= 0")
 
 
 def fraction(config, *flags: str, below_one: bool = False) -> None:
     """Each of ``config``'s fields ``flags`` is in [0, 1] (or [0, 1) with ``below_one``)."""
     for flag in flags:
         value = getattr(config, flag)
-        ok = _number(value) and 0 <= value and (value < 1 if below_one else value <= 1)
+        ok = is_number(value) and 0 <= value and (value < 1 if below_one else value <= 1)
         require(ok, flag, value, f"must be in [0, 1{')' if below_one else ']'}")
 
 
