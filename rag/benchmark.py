@@ -42,8 +42,8 @@ import torch
 
 from rag.common.atomic import atomic_file, check_output_parent
 from rag.common.collective import gather_shares, share, world
-from rag.common.errors import UserError, check_choices
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
 from retriever.fusion import RetrievalConfig
 from retriever.metrics import Match, answer_test, retrieval_metrics
@@ -62,9 +62,10 @@ class BenchmarkConfig:
     """How a benchmark run answers and scores (the model's own settings are changed, if at all,
     by ``rag.config.Overrides``)."""
 
-    limit: int = option(0, "answer only the first N questions; 0 = all")
+    limit: int = option(0, "answer only the first N questions; 0 = all", within=NON_NEGATIVE)
     batch_size: int = option(
-        8, "questions answered together (latency is per batch, divided by its size)")
+        8, "questions answered together (latency is per batch, divided by its size)",
+        within=POSITIVE)
     seed: int = option(0, "seed of torch, numpy and random, set before answering")
     progress: bool = option(True, "show a progress bar on stderr")
     match: Match = option(
@@ -73,11 +74,7 @@ class BenchmarkConfig:
         "answer string on word boundaries); retriever.metrics")
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        if self.limit < 0:
-            raise UserError(f"limit must be >= 0, got {self.limit}")
-        if self.batch_size <= 0:
-            raise UserError(f"batch_size must be positive, got {self.batch_size}")
+        check_fields(self)
 
 
 @dataclass

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
-from rag.common.errors import UserError, check_choices, fraction, non_negative, positive, require
-from rag.common.options import option, settable, updated
+from rag.common.errors import UserError, require
+from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option, settable, updated
 from retriever.fusion import RetrievalConfig
 
 from .constrain import Constraint
@@ -40,12 +40,13 @@ class DecodeConfig:
     """How answers are searched for (``rag.decode``); the names and meanings are those of
     transformers' ``GenerationConfig``."""
 
-    num_beams: int = option(1, "beam width; 1 = greedy search")
+    num_beams: int = option(1, "beam width; 1 = greedy search", within=POSITIVE)
     max_length: int = option(
         20, "longest answer in tokens, decoder start symbol included",
         aliases=["--max_answer_length", "--max-answer-length"])
     min_length: int = option(
-        0, "EOS is forbidden while the answer (decoder start symbol included) is shorter")
+        0, "EOS is forbidden while the answer (decoder start symbol included) is shorter",
+        within=NON_NEGATIVE)
     length_penalty: float = option(
         1.0, "beam search: a finished hypothesis scores sum(log p) / (generated length ** this)")
     early_stopping: bool = option(
@@ -57,13 +58,11 @@ class DecodeConfig:
         'or question) followed by EOS (rag.constrain); any generator')
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        positive(self, "num_beams")
+        check_fields(self)
         require(1 <= self.num_return_sequences <= self.num_beams, "num_return_sequences",
                 self.num_return_sequences, f"must be in 1..num_beams ({self.num_beams})")
         require(self.max_length >= 2, _MAX_LENGTH, self.max_length,
                 "must be at least 2 (start symbol and EOS)")
-        non_negative(self, "min_length")
 
     def generate_kwargs(self) -> dict:
         """Keyword arguments giving the same search to transformers' ``generate``."""
@@ -79,12 +78,14 @@ class RagConfig:
     """How a RAG model retrieves, reads, trains and decodes (Lewis et al. 2020)."""
 
     mode: Mode = option("sequence", '"sequence" (RAG-Sequence), "token" (RAG-Token) or "closed_book"')
-    k: int = option(5, "passages retrieved per question")
-    max_input_length: int = option(256, 'generator tokens per "title / text // question" input')
+    k: int = option(5, "passages retrieved per question", within=POSITIVE)
+    max_input_length: int = option(256, 'generator tokens per "title / text // question" input',
+                                   within=POSITIVE)
     decode: DecodeConfig = option(DecodeConfig(num_beams=4, max_length=24),
                                   "how answers are searched for")
     decoding: Literal["thorough", "fast"] = option("thorough", "RAG-Sequence rescoring (RAG-Token: none)")
-    label_smoothing: float = option(0.0, "epsilon of label smoothing in the training loss")
+    label_smoothing: float = option(0.0, "epsilon of label smoothing in the training loss",
+                                    within=Range(0, 1, high_open=True))
     index: str = option("", "index directory the model was trained with (default for --index)")
     question_encoder: str = option(
         "", "question encoder to start from (default: the index's encoder), paired with the index "
@@ -93,29 +94,21 @@ class RagConfig:
         0.0, "p(z|x) = softmax(scale * q . d) over the k passages; 0 = 20 for L2-normalised question "
         "encoders (cosine scores, nearly uniform over k without a scale; 20 is "
         "sentence-transformers' training scale, and train_retriever's), else 1 (DPR "
-        "inner products)", **_OLD_FLAGS)
+        "inner products)", within=NON_NEGATIVE, **_OLD_FLAGS)
     pointer_weight: float = option(
         1.0, "copy generators: weight of the supervised-pointing loss (the pointer at answer step t "
-        "pulled to the answer's t-th token in each passage that contains it)")
+        "pulled to the answer's t-th token in each passage that contains it)", within=NON_NEGATIVE)
     copy_spans: bool = option(
         True, "an answer whose tokens occur in a retrieved passage is returned as that stretch of the "
         "passage (its casing, spacing and punctuation: \"Levi's Stadium\", not \"levi ' s stadium\"); "
         "False returns the detokenised tokens as they are")
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        if self.k <= 0:
-            raise UserError(f"k must be a positive number of passages, got {self.k}")
+        check_fields(self)
         if self.decode.constrain == "spans" and self.mode == "closed_book":
             raise UserError("constrain 'spans' needs passages to copy from; closed_book has none")
-        if not self.pointer_weight >= 0 or self.pointer_weight == float("inf"):
-            raise UserError(f"pointer_weight must be a finite number >= 0, got {self.pointer_weight}")
-        if self.score_scale < 0:
-            raise UserError(f"score_scale must be >= 0 (0 = automatic), got {self.score_scale}")
-        positive(self, "max_input_length")
         require(self.decode.max_length >= 3, _MAX_LENGTH, self.decode.max_length,
                 "must be at least 3 for an answer (start symbol, one answer token, EOS)")
-        fraction(self, "label_smoothing", below_one=True)
 
 
 def write_config(model_dir: Path, config: RagConfig, retrieval: RetrievalConfig) -> None:
@@ -158,23 +151,23 @@ class Overrides:
     """What a run may change of a saved model's settings (``ragqa ask``, ``ragqa benchmark``);
     a field left None keeps the model's own. :meth:`apply` gives the settings the run uses."""
 
-    k: int | None = option(None, "passages per question; default: the model's own")
+    k: int | None = option(None, "passages per question; default: the model's own",
+                           within=POSITIVE)
     mode: Mode | None = option(None, "default: the model's own")
     decoding: Decoding | None = option(
         None, "thorough or fast: RAG-Sequence's rescoring; greedy or beam: either mode (RAG-Sequence "
         "rescores them its own way, thorough or fast); default: the model's own")
     num_beams: int | None = option(
-        None, "beam width of thorough, fast and beam decoding; default: the model's own")
+        None, "beam width of thorough, fast and beam decoding; default: the model's own",
+        within=POSITIVE)
     max_input_length: int | None = option(
-        None, "generator tokens per passage input; default: the model's own")
+        None, "generator tokens per passage input; default: the model's own", within=POSITIVE)
     constrain: Constraint | None = option(
         None, "spans: answers only as stretches of the passages (then EOS); none: free generation "
         "(rag.constrain); default: the model's own")
 
     def __post_init__(self) -> None:
-        positive(self, *(name for name in ("k", "num_beams", "max_input_length")
-                         if getattr(self, name) is not None))
-        check_choices(self)
+        check_fields(self)
 
     def at_load(self) -> dict:
         """The fields a model is built with (``RagModel.from_pretrained``'s overrides)."""

@@ -26,8 +26,8 @@ from typing import Literal
 import torch
 
 from rag.common.collective import gather_shares, share
-from rag.common.errors import UserError, check_choices, non_negative, positive
-from rag.common.options import option
+from rag.common.errors import UserError, require
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
 from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
 from retriever.gold import gold_rows
@@ -50,7 +50,8 @@ class FinetuneConfig:
     generator encoder), the gold-paragraph reader warm-up, and when it evaluates and saves."""
 
     optim: OptimConfig = option(OPTIM, "batches, AdamW, schedule, clipping, precision")
-    max_steps: int = option(0, "stop after this many optimizer steps; 0 = run all epochs")
+    max_steps: int = option(0, "stop after this many optimizer steps; 0 = run all epochs",
+        within=NON_NEGATIVE)
     train_question_encoder: bool = option(
         True, 'False keeps the retriever fixed (faster; "frozen" RAG)')
     freeze_generator_encoder: bool = option(
@@ -59,24 +60,23 @@ class FinetuneConfig:
     gold_window: int = option(
         0, "> 0: reader warm-up: train the generator on each question's own gold paragraph (SQuAD "
         "context, found in the index for its title) cut to the answer and 2N characters around it, "
-        "instead of on retrieved passages; the question encoder does not train")
+        "instead of on retrieved passages; the question encoder does not train", within=NON_NEGATIVE)
     gold_position: Literal["random", "centred"] = option(
         "random", 'where the answer sits in its gold window: "random" (drawn again each epoch) or '
         '"centred" (the reader then learns to copy from the middle of its input)')
-    eval_every: int = option(0, "optimizer steps between dev evaluations; 0 = after each epoch only")
-    eval_limit: int = option(500, "dev questions per evaluation (0 = all)")
+    eval_every: int = option(0, "optimizer steps between dev evaluations; 0 = after each epoch only",
+        within=NON_NEGATIVE)
+    eval_limit: int = option(500, "dev questions per evaluation (0 = all)", within=NON_NEGATIVE)
     eval_sample: Literal["random", "first"] = option(
         "random", "which eval_limit dev questions: \"random\" (drawn once, seeded by --seed; SQuAD's "
         "dev file is grouped by article, so its first questions share one article) or \"first\"")
-    eval_beams: int = option(1, "beam width for dev evaluation (1 = greedy, fastest)")
-    save_every: int = option(200, "optimizer steps between checkpoints")
-    seed: int = option(0, "data order and initialisation")
+    eval_beams: int = option(1, "beam width for dev evaluation (1 = greedy, fastest)", within=POSITIVE)
+    save_every: int = option(200, "optimizer steps between checkpoints", within=POSITIVE)
+    seed: int = option(0, "data order and initialisation", within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        positive(self.optim, "epochs")
-        positive(self, "eval_beams", "save_every")
-        non_negative(self, "max_steps", "gold_window", "eval_every", "eval_limit", "seed")
-        check_choices(self)
+        check_fields(self)
+        require(self.optim.epochs > 0, "epochs", self.optim.epochs, "must be a positive number")
 
 
 def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 16,

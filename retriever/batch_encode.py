@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from rag.common.atomic import atomic_file
-from rag.common.errors import check_choices, positive
-from rag.common.options import option
+from rag.common.options import POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
 
 from .encoder import Encoder
@@ -35,14 +34,13 @@ VECTORS = "vectors.npy"  # encode_corpus's result, in its work directory
 class EncodeConfig:
     """How texts are encoded in batches: batch and shard sizes, precision, progress."""
 
-    batch_size: int = option(64, "texts per forward pass")
-    shard_size: int = option(8192, "passages per resumable shard file")
+    batch_size: int = option(64, "texts per forward pass", within=POSITIVE)
+    shard_size: int = option(8192, "passages per resumable shard file", within=POSITIVE)
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = option("auto", "auto: bf16 on GPU, fp32 on CPU")
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self) -> None:  # fail at argument parsing, not after reading the corpus
-        check_choices(self)
-        positive(self, "batch_size", "shard_size")
+        check_fields(self)
 
 
 def to_numpy32(x: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -30,9 +30,9 @@ import pyarrow as pa
 from datasets import Dataset, concatenate_datasets
 
 from rag.common.atomic import atomic_file, remove_with
-from rag.common.errors import UserError, non_negative, positive
+from rag.common.errors import UserError
 from rag.common.jsonl import json_lines, load_json, utf8_lines
-from rag.common.options import option
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
 _WS = re.compile(r"\s+")
@@ -43,12 +43,11 @@ class CorpusConfig:
     """How a corpus file is read into passages."""
 
     passage_words: int = option(
-        0, "split each document into passages of this many words (DPR: 100); 0 = keep")
-    batch_rows: int = option(10_000, "rows per Arrow record batch while streaming to disk")
+        0, "split each document into passages of this many words (DPR: 100); 0 = keep", within=NON_NEGATIVE)
+    batch_rows: int = option(10_000, "rows per Arrow record batch while streaming to disk", within=POSITIVE)
 
     def __post_init__(self) -> None:
-        non_negative(self, "passage_words")
-        positive(self, "batch_rows")
+        check_fields(self)
 
 
 def collapse_ws(text: str) -> str:

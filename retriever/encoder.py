@@ -23,13 +23,15 @@ import json
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rag.common.atomic import atomic_directory
-from rag.common.errors import UserError, non_negative, one_of, positive
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .lexical import HEAD_NAME, LexicalHead
 from .model_path import resolve_pretrained
@@ -38,29 +40,31 @@ from .st_folder import DenseLayer, read_folder, write_folder
 CONFIG_NAME = "ragqa_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
 DENSE_NAME = "dense.safetensors"
-POOLINGS = ("cls", "mean", "max", "lasttoken", "pooler")
+# sentence-transformers' pooling modes, and "pooler" (DPR checkpoints)
+Pooling = Literal["cls", "mean", "max", "lasttoken", "pooler"]
+POOLINGS = get_args(Pooling)
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """How an :class:`Encoder` turns its backbone's token states into one vector per text."""
 
-    pooling: str = "cls"  # "cls", "mean", "max", "lasttoken" (sentence-transformers' modes) or
-    # "pooler" (DPR checkpoints)
-    normalize: bool = False  # L2-normalise outputs; inner product becomes cosine similarity
-    projection_dim: int = 0  # add a trainable D x H projection after pooling; 0 = none
-    max_length: int = 256  # tokens per text; longer texts are truncated
-    lexical_head: bool = False  # question side only: add a learned bag-of-words vector
-    # (retriever.lexical; fitted to the index's BM25 by ragqa train-retriever --lexical_head)
-    query_prompt: str = ""  # prepended to every question (e5/bge style, e.g. "query: ")
-    passage_prompt: str = ""  # prepended to every passage (its title, when it has one)
-    dense: tuple = ()  # sentence-transformers Dense layers after pooling: their specs
-    # (in_features, out_features, bias, activation); the weights are in dense.safetensors
+    pooling: Pooling = option("cls", "token states to one vector: " + ", ".join(POOLINGS))
+    normalize: bool = option(False, "L2-normalise outputs; inner product becomes cosine similarity")
+    projection_dim: int = option(
+        0, "add a trainable D x H projection after pooling; 0 = none", within=NON_NEGATIVE)
+    max_length: int = option(256, "tokens per text; longer texts are truncated", within=POSITIVE)
+    lexical_head: bool = option(
+        False, "question side only: add a learned bag-of-words vector (retriever.lexical; fitted to "
+        "the index's BM25 by ragqa train-retriever --lexical_head)")
+    query_prompt: str = option("", 'prepended to every question (e5/bge style, e.g. "query: ")')
+    passage_prompt: str = option("", "prepended to every passage (its title, when it has one)")
+    dense: tuple = option(
+        (), "sentence-transformers Dense layers after pooling: their specs (in_features, "
+        "out_features, bias, activation); the weights are in dense.safetensors")
 
     def __post_init__(self) -> None:
-        one_of(self, "pooling", POOLINGS)
-        positive(self, "max_length")
-        non_negative(self, "projection_dim")
+        check_fields(self)
 
 
 def _infer_config(path: str, hf_config) -> tuple[EncoderConfig, tuple[DenseLayer, ...]]:
@@ -82,8 +86,6 @@ class Encoder(nn.Module):
                  paired_context_fingerprint: str | None = None,
                  dense: tuple[DenseLayer, ...] | None = None):
         super().__init__()
-        if config.pooling not in POOLINGS:
-            raise UserError(f"pooling {config.pooling!r} is not one of {POOLINGS}")
         table = getattr(backbone.config, "max_position_embeddings", None)
         if table and config.max_length > table:  # a default longer than this model can read
             config = replace(config, max_length=table)

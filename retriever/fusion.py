@@ -26,8 +26,8 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from rag.common.errors import UserError, check_choices
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 Retrieval = Literal["dense", "sparse", "hybrid"]
 RETRIEVALS = get_args(Retrieval)
@@ -46,16 +46,13 @@ class FusionConfig:
     fusion: Fusion = option(
         "linear", 'hybrid fusion: "linear" (dense + w * BM25 / best BM25) or "rrf" (reciprocal-rank '
         'fusion: ranks only, so RAG cannot train through it)')
-    fusion_weight: float = option(DEFAULT_WEIGHT, "w, the weight of the normalised BM25 score")
-    candidates: int = option(DEFAULT_CANDIDATES, "k', passages each side proposes before fusion")
+    fusion_weight: float = option(DEFAULT_WEIGHT, "w, the weight of the normalised BM25 score",
+        within=NON_NEGATIVE)
+    candidates: int = option(DEFAULT_CANDIDATES, "k', passages each side proposes before fusion",
+        within=POSITIVE)
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        if not (isinstance(self.fusion_weight, int | float) and math.isfinite(self.fusion_weight)
-                and self.fusion_weight >= 0):
-            raise UserError(f"--fusion_weight must be a finite number >= 0, got {self.fusion_weight}")
-        if not isinstance(self.candidates, int) or self.candidates <= 0:
-            raise UserError(f"--candidates must be a positive number of passages, got {self.candidates}")
+        check_fields(self)
 
     def check_k(self, k: int) -> None:
         if self.candidates < k:
@@ -72,14 +69,15 @@ class RetrievalConfig:
         'index --sparse bm25), else dense')
     fusion: Literal["", "linear", "rrf"] = option("", "hybrid: how the two sides combine; \"\" = the index's")
     fusion_weight: float | None = option(
-        None, "hybrid: w on the normalised BM25 score; default: the index's")
-    candidates: int = option(0, "hybrid: k', passages each side proposes; 0 = the index's setting")
+        None, "hybrid: w on the normalised BM25 score; default: the index's", within=NON_NEGATIVE)
+    candidates: int = option(0, "hybrid: k', passages each side proposes; 0 = the index's setting",
+        within=NON_NEGATIVE)
     mmap: bool = option(
         False, "load the FAISS index memory-mapped and read-only, for a corpus larger than RAM (pages "
         "come from disk as searched); a load setting, never saved with a model")
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
         self.fusion_config()  # the overrides themselves are checked now, before any work
 
     def over(self, saved: RetrievalConfig) -> RetrievalConfig:

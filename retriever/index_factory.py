@@ -17,8 +17,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from rag.common.errors import UserError, check_choices, non_negative, positive, require
-from rag.common.options import option
+from rag.common.errors import UserError, require
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .batch_encode import to_numpy32
 
@@ -40,22 +40,21 @@ class IndexConfig:
 
     index_type: IndexType = option(
         "flat", '"flat" (exact), "hnsw" (graph, fast, approximate) or "ivfpq" (small)')
-    hnsw_m: int = option(32, "HNSW neighbours per node")
-    hnsw_ef_construction: int = option(200, "HNSW build-time beam width")
-    hnsw_ef_search: int = option(128, "HNSW search-time beam width (recall/speed trade-off)")
-    ivf_nlist: int = option(0, "IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points")
-    pq_m: int = option(0, "PQ sub-quantisers; 0 = D/8 (must divide D)")
+    hnsw_m: int = option(32, "HNSW neighbours per node", within=POSITIVE)
+    hnsw_ef_construction: int = option(200, "HNSW build-time beam width", within=POSITIVE)
+    hnsw_ef_search: int = option(128, "HNSW search-time beam width (recall/speed trade-off)", within=POSITIVE)
+    ivf_nlist: int = option(0, "IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points",
+        within=NON_NEGATIVE)
+    pq_m: int = option(0, "PQ sub-quantisers; 0 = D/8 (must divide D)", within=NON_NEGATIVE)
     pq_nbits: int = option(8, "bits per PQ code (lowered automatically for tiny corpora)")
-    nprobe: int = option(32, "IVF cells visited per query")
+    nprobe: int = option(32, "IVF cells visited per query", within=POSITIVE)
     train_sample: int = option(
-        0, "IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)")
+        0, "IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)", within=NON_NEGATIVE)
     use_gpu: bool = option(
         True, "search a flat index on GPU FAISS when faiss-gpu and a GPU are present")
 
     def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
-        check_choices(self)
-        positive(self, "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "nprobe")
-        non_negative(self, "ivf_nlist", "pq_m", "train_sample")
+        check_fields(self)
         require(isinstance(self.train_sample, int), "train_sample", self.train_sample,
                 "must be a whole number")
         require(isinstance(self.pq_nbits, int) and 1 <= self.pq_nbits <= 16, "pq_nbits",

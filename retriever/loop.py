@@ -16,8 +16,7 @@ from typing import Literal
 
 import torch
 
-from rag.common.errors import check_choices, fraction, non_negative, positive
-from rag.common.options import option
+from rag.common.options import FRACTION, NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
 
 
@@ -28,20 +27,18 @@ class OptimConfig:
     DPR's, ``rag.train.FinetuneConfig`` RAG's); on the command line its fields are options of
     their own (``--lr``)."""
 
-    epochs: int = option(1, "passes over the training questions")
-    batch_size: int = option(8, "questions per step (per process)")
-    lr: float = option(3e-5, "AdamW peak learning rate")
-    weight_decay: float = option(0.0, "AdamW weight decay")
-    warmup_ratio: float = option(0.1, "fraction of updates with linear warm-up, then linear decay")
-    grad_accum: int = option(1, "gradient accumulation steps")
-    max_grad_norm: float = option(1.0, "gradient clipping: the largest gradient norm")
+    epochs: int = option(1, "passes over the training questions", within=NON_NEGATIVE)
+    batch_size: int = option(8, "questions per step (per process)", within=POSITIVE)
+    lr: float = option(3e-5, "AdamW peak learning rate", within=POSITIVE)
+    weight_decay: float = option(0.0, "AdamW weight decay", within=NON_NEGATIVE)
+    warmup_ratio: float = option(0.1, "fraction of updates with linear warm-up, then linear decay",
+        within=FRACTION)
+    grad_accum: int = option(1, "gradient accumulation steps", within=POSITIVE)
+    max_grad_norm: float = option(1.0, "gradient clipping: the largest gradient norm", within=POSITIVE)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        positive(self, "batch_size", "lr", "grad_accum", "max_grad_norm")
-        non_negative(self, "epochs", "weight_decay")
-        fraction(self, "warmup_ratio")
+        check_fields(self)
 
     def optimizer(self, params, updates: int):
         """AdamW over ``params`` (tensors, or groups with settings of their own) and its schedule

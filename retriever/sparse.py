@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -35,8 +34,8 @@ from typing import Literal, get_args
 import numpy as np
 import scipy.sparse as sp
 
-from rag.common.errors import UserError, check_choices
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import FRACTION, NON_NEGATIVE, check_fields, option
 
 log = logging.getLogger(__name__)
 Tokenizer = Literal["words", "wordpiece"]
@@ -55,15 +54,12 @@ class SparseConfig:
         "words", "\"words\" (stemmed words, English stopwords out) or \"wordpiece\" (the context "
         "encoder's word pieces); docs/benchmarks.md compares them on dev")
     bm25_k1: float = option(
-        0.9, "BM25 term-frequency saturation (Anserini's default; docs/benchmarks.md)")
-    bm25_b: float = option(0.4, "BM25 length normalisation, 0 = none, 1 = full (Anserini's default)")
+        0.9, "BM25 term-frequency saturation (Anserini's default; docs/benchmarks.md)", within=NON_NEGATIVE)
+    bm25_b: float = option(0.4, "BM25 length normalisation, 0 = none, 1 = full (Anserini's default)",
+        within=FRACTION)
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        if not (math.isfinite(self.bm25_k1) and self.bm25_k1 >= 0):
-            raise UserError(f"--bm25_k1 must be a finite number >= 0, got {self.bm25_k1}")
-        if not (math.isfinite(self.bm25_b) and 0 <= self.bm25_b <= 1):
-            raise UserError(f"--bm25_b must be in [0, 1], got {self.bm25_b}")
+        check_fields(self)
 
 
 class Tokenize:

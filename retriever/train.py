@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rag.common.errors import UserError, check_choices, non_negative, positive
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .batch_encode import EncodeConfig, encode_texts
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -58,13 +58,13 @@ class TrainConfig:
     the negatives, the score scale, and what trains besides (context encoder, lexical head)."""
 
     optim: OptimConfig = option(OPTIM, "batches, AdamW, schedule, clipping, precision")
-    hard_negatives: int = option(1, "hard negatives per question (DPR used 1)")
+    hard_negatives: int = option(1, "hard negatives per question (DPR used 1)", within=NON_NEGATIVE)
     negatives: Literal["bm25", "dense", "corpus"] = option(
         "bm25", "hard negatives: \"bm25\" (DPR), \"dense\" (the starting encoder's top wrong passages) "
         "or \"corpus\" (every indexed passage is a candidate; frozen context encoder only)")
-    bm25_depth: int = option(30, "results searched for hard negatives")
+    bm25_depth: int = option(30, "results searched for hard negatives", within=POSITIVE)
     score_scale: float = option(
-        0.0, "multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1")
+        0.0, "multiply scores before softmax; 0 = 20 for L2-normalised encoders, else 1", within=NON_NEGATIVE)
     train_context_encoder: bool = option(
         False, "also train the context encoder (the index must be rebuilt)")
     freeze_embeddings: bool = option(
@@ -72,25 +72,25 @@ class TrainConfig:
     lexical_head: bool = option(
         False, "give the question encoder a lexical head fitted to the index's BM25 "
         "(retriever.lexical), then train it along; frozen context encoder only")
-    lexical_weight: float = option(0.02, "BM25's weight against the cosine when the head is fitted")
-    lexical_lr: float = option(1e-4, "AdamW learning rate of the lexical head")
+    lexical_weight: float = option(0.02, "BM25's weight against the cosine when the head is fitted",
+        within=NON_NEGATIVE)
+    lexical_lr: float = option(1e-4, "AdamW learning rate of the lexical head", within=POSITIVE)
     pseudo_queries: int = option(
         0, "per indexed passage, add this many pseudo-questions to training: a random 8-16 word window "
         "of the passage with a quarter of its words dropped, the passage as positive (an inverse "
-        "cloze task, Lee et al. 2019); they cover the whole corpus, not only the training articles")
+        "cloze task, Lee et al. 2019); they cover the whole corpus, not only the training articles",
+        within=NON_NEGATIVE)
     hybrid: bool = option(
         False, "train inside the hybrid score (retriever.fusion): every candidate's score gains the "
         "index's normalised BM25 times --fusion_weight, as at search time, so the question encoder "
         "learns what BM25 misses; needs an index with a sparse side")
     save_every: int = option(
         200, "batches between checkpoints in <out>.checkpoint (frozen context encoder); a killed run "
-        "resumes from the last one when rerun with the same command")
-    seed: int = option(0, "shuffling and initialisation seed")
+        "resumes from the last one when rerun with the same command", within=POSITIVE)
+    seed: int = option(0, "shuffling and initialisation seed", within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        positive(self, "bm25_depth", "lexical_lr", "save_every")
-        non_negative(self, "hard_negatives", "score_scale", "lexical_weight", "pseudo_queries", "seed")
-        check_choices(self)
+        check_fields(self)
         if self.train_context_encoder:  # these need the index's vectors to stay the model's
             for flag, on in (("negatives corpus", self.negatives == "corpus"),
                              ("--lexical_head", self.lexical_head), ("--hybrid", self.hybrid)):

@@ -19,7 +19,7 @@ from pathlib import Path
 from rag.commands.cli import parse, run
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
-from rag.common.options import option
+from rag.common.options import POSITIVE, check_fields, option
 from rag.config import Overrides
 from rag.model import RagModel
 
@@ -32,11 +32,10 @@ class Args:
     question_backbone_from: str = option(
         "all-MiniLM-L6-v2", 'store the question tower as this model (must be identical); "" stores its '
         'weights')
-    max_mb: float = option(100.0, "refuse to write a directory larger than this")
+    max_mb: float = option(100.0, "refuse to write a directory larger than this", within=POSITIVE)
 
     def __post_init__(self) -> None:
-        if not self.max_mb > 0:
-            raise UserError(f"--max_mb must be positive, got {self.max_mb}")
+        check_fields(self)
 
 
 def main() -> None:

@@ -33,8 +33,8 @@ from measure import alternating  # this directory: the perf scripts' one set of 
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import non_negative, positive, require
-from rag.common.options import option
+from rag.common.errors import require
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.config import DecodeConfig
 from rag.decode_sequence import rag_sequence_generate
 from rag.decode_token import rag_token_generate
@@ -43,29 +43,30 @@ from rag.marginal import rag_loss
 
 @dataclass(frozen=True)
 class Args:
-    vocab_size: int = option(8000, "generator vocabulary V")
-    d_model: int = option(256, "generator hidden size D")
-    layers: int = option(3, "encoder layers and decoder layers (each)")
-    heads: int = option(4, "attention heads")
-    ffn_dim: int = option(1024, "feed-forward width")
-    init_std: float = option(0.2, "weight init std (BART's 0.02 makes a random model emit EOS at once)")
+    vocab_size: int = option(8000, "generator vocabulary V", within=POSITIVE)
+    d_model: int = option(256, "generator hidden size D", within=POSITIVE)
+    layers: int = option(3, "encoder layers and decoder layers (each)", within=POSITIVE)
+    heads: int = option(4, "attention heads", within=POSITIVE)
+    ffn_dim: int = option(1024, "feed-forward width", within=POSITIVE)
+    init_std: float = option(0.2, "weight init std (BART's 0.02 makes a random model emit EOS at once)",
+        within=POSITIVE)
     eos_bias: float = option(0.0, "added to EOS's logit bias (random models stop at once or never)")
-    questions: int = option(8, "B, questions per batch")
-    passages: int = option(5, "K, passages per question")
-    context_length: int = option(192, 'L, "title / text // question" tokens (DPR passages: 100 words)')
+    questions: int = option(8, "B, questions per batch", within=POSITIVE)
+    passages: int = option(5, "K, passages per question", within=POSITIVE)
+    context_length: int = option(192, 'L, "title / text // question" tokens (DPR passages: 100 words)',
+        within=POSITIVE)
     decode: DecodeConfig = option(
         DecodeConfig(num_beams=4), "both decoders' search, ours and transformers' alike")
-    target_length: int = option(16, "T, label length for the training step")
-    repeats: int = option(5, "timed runs per contender (alternating); the median is reported")
+    target_length: int = option(16, "T, label length for the training step", within=POSITIVE)
+    repeats: int = option(5, "timed runs per contender (alternating); the median is reported",
+        within=POSITIVE)
     threads: int = option(
-        1, "torch CPU threads (0 = torch's default; >1 is erratic on a shared machine)")
-    seed: int = option(0, "weights, inputs and scores")
+        1, "torch CPU threads (0 = torch's default; >1 is erratic on a shared machine)", within=NON_NEGATIVE)
+    seed: int = option(0, "weights, inputs and scores", within=NON_NEGATIVE)
     json: str | None = option(None, "write all figures here")
 
     def __post_init__(self) -> None:
-        positive(self, "vocab_size", "d_model", "layers", "heads", "ffn_dim", "init_std", "questions",
-                 "passages", "context_length", "target_length", "repeats")
-        non_negative(self, "threads", "seed")
+        check_fields(self)
         require(self.decode.constrain == "none", "constrain", self.decode.constrain,
                 "cannot be compared: transformers' generate has no span constraint")
 

@@ -34,8 +34,7 @@ from measure import Stopwatch, median_seconds  # this directory: the perf script
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, remove_with, write_json
-from rag.common.errors import positive
-from rag.common.options import option
+from rag.common.options import POSITIVE, check_fields, option
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import load_corpus, open_shards, write_arrow
 from retriever.encoder import Encoder
@@ -48,27 +47,27 @@ from retriever.model_path import resolve_pretrained
 class Args:
     corpus: str = option("../shared/data/squad-open/corpus.tsv", "passages to encode for part 1")
     encoder: str = option("all-MiniLM-L6-v2", "a sentence-transformers model folder or packaged name")
-    n_passages: int = option(512, "passages encoded per run in part 1")
-    batch_size: int = option(32, "batch size for both encoders")
-    max_length: int = option(256, "max tokens for both encoders")
-    repeats: int = option(3, "timed runs per contender (alternating); the median is reported")
-    n_vectors: int = option(100_000, "synthetic vectors for parts 2 and 3")
-    n_queries: int = option(1_000, "queries for parts 2 and 3")
-    dim: int = option(384, "synthetic vector dimension")
-    k: int = option(10, "neighbours per query")
+    n_passages: int = option(512, "passages encoded per run in part 1", within=POSITIVE)
+    batch_size: int = option(32, "batch size for both encoders", within=POSITIVE)
+    max_length: int = option(256, "max tokens for both encoders", within=POSITIVE)
+    repeats: int = option(3, "timed runs per contender (alternating); the median is reported",
+        within=POSITIVE)
+    n_vectors: int = option(100_000, "synthetic vectors for parts 2 and 3", within=POSITIVE)
+    n_queries: int = option(1_000, "queries for parts 2 and 3", within=POSITIVE)
+    dim: int = option(384, "synthetic vector dimension", within=POSITIVE)
+    k: int = option(10, "neighbours per query", within=POSITIVE)
     skip_encoding: bool = option(False, "skip part 1")
     skip_search: bool = option(False, "skip parts 2 and 3")
     hybrid_index: str | None = option(
         None, "part 4: an index directory with a sparse side (else skipped)")
     questions: str = option("../shared/data/squad-open/dev.json", "part 4: questions to search with")
-    hybrid_batch: int = option(64, "part 4: questions per search call")
+    hybrid_batch: int = option(64, "part 4: questions per search call", within=POSITIVE)
     replicas: int = option(
-        45, "part 4: copies of the index's corpus in the large corpus (45 x 4,497 = 202k)")
+        45, "part 4: copies of the index's corpus in the large corpus (45 x 4,497 = 202k)", within=POSITIVE)
     json: str | None = option(None, "write all figures here")
 
     def __post_init__(self) -> None:
-        positive(self, "n_passages", "batch_size", "max_length", "repeats", "n_vectors", "n_queries",
-                 "dim", "k", "hybrid_batch", "replicas")
+        check_fields(self)
 
 
 def perf_encoding(args: Args) -> dict:

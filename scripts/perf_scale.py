@@ -48,8 +48,8 @@ from scale_report import table, targets
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import UserError, non_negative, positive, require
-from rag.common.options import option
+from rag.common.errors import UserError, require
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.corpus import open_shards
 from retriever.index import DenseIndex
 from retriever.index_factory import INDEX_TYPES, IndexConfig
@@ -67,24 +67,29 @@ class Args:
     questions: str = option(
         "../shared/data/squad-open/dev.json", "questions (any format ragqa reads); a seeded sample of "
         "them are the queries")
-    queries: int = option(1000, "how many questions to sample as queries")
-    sizes: list[int] = option([1_000_000, 10_000_000], "corpus sizes N")
+    queries: int = option(1000, "how many questions to sample as queries", within=POSITIVE)
+    sizes: list[int] = option([1_000_000, 10_000_000], "corpus sizes N", within=POSITIVE)
     types: list[str] = option(list(INDEX_TYPES), "index types to measure")
-    hnsw_ef: list[int] = option([16, 64, 256], "HNSW efSearch settings")
-    nprobe: list[int] = option([8, 32, 128], "IVF-PQ nprobe settings")
-    pq_m: list[int] = option([48, 96], "IVF-PQ sub-quantisers: one index each")
+    hnsw_ef: list[int] = option([16, 64, 256], "HNSW efSearch settings", within=POSITIVE)
+    nprobe: list[int] = option([8, 32, 128], "IVF-PQ nprobe settings", within=POSITIVE)
+    pq_m: list[int] = option([48, 96], "IVF-PQ sub-quantisers: one index each", within=POSITIVE)
     ivf_nlist: int = option(
         0, "IVF-PQ cells; 0 = the product's default (about 4 sqrt(N)), whose k-means takes hours at "
-        "10M on a few cores")
-    hnsw_max: int = option(2_000_000, "build HNSW only for corpora of at most this many vectors")
-    k: int = option(10, "neighbours per query (recall@k)")
+        "10M on a few cores", within=NON_NEGATIVE)
+    hnsw_max: int = option(2_000_000, "build HNSW only for corpora of at most this many vectors",
+        within=NON_NEGATIVE)
+    k: int = option(10, "neighbours per query (recall@k)", within=POSITIVE)
     single_queries: int = option(
-        200, "queries searched one at a time for single-query q/s (HNSW, IVF-PQ)")
-    seed: int = option(0, "seed of the query sample, of the real rows' places and of the distractors")
+        200, "queries searched one at a time for single-query q/s (HNSW, IVF-PQ)", within=POSITIVE)
+    seed: int = option(0, "seed of the query sample, of the real rows' places and of the distractors",
+        within=NON_NEGATIVE)
     work: str = option(
         "runs/scale", "folder for the corpora, queries, ground truth and (while measured) indexes")
     keep_indexes: bool = option(False, "keep the built index directories under --work")
     json: str | None = option(None, "write all figures here (rewritten after each index)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass
@@ -256,12 +261,8 @@ def hnsw_skip_reason(size: int, limit: int, rate: dict) -> str:
 
 def check(args: Args) -> tuple[DenseIndex, list[str]]:
     """Refuse bad options before any work; return the real index and the questions."""
-    positive(args, "queries", "k", "single_queries")
-    non_negative(args, "hnsw_max", "seed")
     for flag in ("sizes", "hnsw_ef", "nprobe", "pq_m"):
-        values = getattr(args, flag)
-        require(bool(values) and all(v > 0 for v in values), flag, values,
-                "must be one or more positive numbers")
+        require(bool(getattr(args, flag)), flag, getattr(args, flag), "must name one or more")
     require(bool(args.types) and set(args.types) <= set(INDEX_TYPES), "types", args.types,
             f"must be among {', '.join(INDEX_TYPES)}")
     work = Path(args.work).absolute()

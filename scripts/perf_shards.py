@@ -33,8 +33,8 @@ from measure import MiB, Stopwatch, process_rss  # this directory: the perf scri
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import UserError, positive
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import POSITIVE, check_fields, option
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,19 +45,19 @@ class Args:
     corpus: str | None = option(
         None, "instead: a corpus directory of scripts/perf_scale.py (vectors.npy, passages.arrow), "
         "indexed flat into --index first (unless --index exists)")
-    shards: int = option(2, "shards, and processes searching them together")
+    shards: int = option(2, "shards, and processes searching them together", within=POSITIVE)
     query_vectors: str | None = option(None, ".npy (Q, D) float32 query vectors; default: --questions")
     questions: str = option(
         "../shared/data/squad-open/dev.json", "encoded when --query_vectors is absent")
-    k: int = option(10, "passages per query")
-    batch: int = option(100, "queries per search call (per process)")
+    k: int = option(10, "passages per query", within=POSITIVE)
+    batch: int = option(100, "queries per search call (per process)", within=POSITIVE)
     work: str = option("runs/scale", "where the shards and the queries go")
     json: str | None = option(None, "write the figures here")
     worker: str | None = option(
         None, "(internal) run as one process of a torchrun job, writing this file")
 
     def __post_init__(self) -> None:
-        positive(self, "shards", "k", "batch")
+        check_fields(self)
 
 
 def rss_mib() -> float:

@@ -22,8 +22,8 @@ from typing import Literal
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import UserError, check_choices, positive
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import POSITIVE, check_fields, option
 from rag.config import Overrides
 from rag.loading import load_model
 from retriever.fusion import RetrievalConfig
@@ -39,11 +39,10 @@ class Args:
         'object per question (question, answer, score, passages) per line')
     json: str | None = option(
         None, "also write every answer (a JSON list of those objects) to this file")
-    batch_size: int = option(8, "questions answered together")
+    batch_size: int = option(8, "questions answered together", within=POSITIVE)
 
     def __post_init__(self) -> None:
-        positive(self, "batch_size")
-        check_choices(self)
+        check_fields(self)
 
 
 def main() -> None:

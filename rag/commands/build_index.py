@@ -27,8 +27,8 @@ from typing import Literal
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
-from rag.common.errors import UserError, check_choices
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, check_fields, option
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.corpus import CorpusConfig
@@ -51,7 +51,7 @@ class Args:
         "all-MiniLM-L6-v2", "context encoder: hub id, local directory or packaged name")
     max_length: int = option(
         0, "tokens per passage (title + text); 0 = the encoder's own (256, or fewer if its position "
-        "table is shorter)")
+        "table is shorter)", within=NON_NEGATIVE)
     sparse: Literal["none", "bm25"] = option(
         "none", '"bm25": also index the passages with BM25 for sparse and hybrid search')
     add_sparse: str | None = option(
@@ -65,26 +65,22 @@ class Args:
     json: str | None = option(None, "write figures (count, dim, seconds, passages/s) to this JSON file")
     shards: int = option(
         0, "write N shards by passage range, searched together by N (or a multiple of N) processes "
-        "under torchrun, each holding one (docs/scale-out.md); 0 = one index")
+        "under torchrun, each holding one (docs/scale-out.md); 0 = one index", within=NON_NEGATIVE)
     split: str | None = option(
         None, "existing index directory (flat or hnsw) to write as --shards N shards into --out, "
         "without re-encoding; --corpus and --encoder are then not used")
 
     def __post_init__(self) -> None:
-        if self.shards < 0:
-            raise UserError(f"--shards must be a positive number of shards, got {self.shards}")
+        check_fields(self)
         if self.split is not None:
             if self.corpus or self.add_sparse is not None or not self.out or self.shards < 1:
                 raise UserError("--split INDEX takes --shards N and --out DIR (no --corpus or "
                                 "--add_sparse)")
             return
-        check_choices(self)
         if self.add_sparse is not None and (self.corpus or self.out):
             raise UserError("--add_sparse INDEX works on an existing index: leave out --corpus and --out")
         if self.add_sparse is None and not (self.corpus and self.out):
             raise UserError("give --corpus FILE and --out DIR (or --add_sparse INDEX)")
-        if self.max_length < 0:
-            raise UserError(f"--max_length must be positive (or 0: the encoder's own), got {self.max_length}")
 
 
 def _sparse_size(index_dir: str) -> int:

@@ -24,14 +24,19 @@ from rag.common.errors import UserError
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
     """Keep the script docstring's layout (examples) and show defaults (not for switches that
     turn something off or set the verbosity, nor for required options or a default of None:
-    those defaults say nothing, and the help says what leaving the option out means)."""
+    those defaults say nothing, and the help says what leaving the option out means), and the
+    values a number option takes (its field's ``within``, kept on the action by :func:`parse`)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         flag = action.option_strings[0] if action.option_strings else ""
+        within = getattr(action, "within", None)
         if (flag.startswith("--no_") or flag in ("--quiet", "--verbose") or action.required
                 or action.default is None):
-            return action.help
-        return super()._get_help_string(action)
+            return f"{action.help} ({within})" if within else action.help
+        text = super()._get_help_string(action)
+        if within and text.endswith("(default: %(default)s)"):
+            return f"{text[:-1]}; {within})"
+        return f"{text} ({within})" if within else text
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
@@ -67,6 +72,7 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     from transformers import HfArgumentParser
 
     flat = [_flatten(cls) for cls in dataclass_types]
+    ranges = {name: within for cls in dataclass_types for name, within in _ranges(cls).items()}
     parser = HfArgumentParser([cls for cls, _ in flat], description=description)
     parser.formatter_class = _HelpFormatter
 
@@ -92,6 +98,8 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
                                                          if action.help else "")
         if action.nargs == "+":
             lists.update(action.option_strings)
+        if action.dest in ranges:
+            action.within = ranges[action.dest]
     if positionals:
         parser.usage = f"%(prog)s [{positionals} ...] [options]"
     argv = _split_lists(list(sys.argv[1:] if argv is None else argv), lists)
@@ -112,12 +120,10 @@ def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
     ``cls``. A field holding a config (a dataclass) is replaced by that config's fields, whose
     defaults are those of the outer field's default (``RagConfig``'s ``decode`` searches 4 beams,
     a bare ``DecodeConfig`` 1); fields with ``cli=False`` in their metadata are left out and keep
-    their defaults. A class with neither is returned as it is."""
+    their defaults. The flat class has no checks: ``cls``, built from it, makes them."""
     hints = get_type_hints(cls)
     options = _options(cls)
     nested = {f.name for f in options if dataclasses.is_dataclass(hints[f.name])}
-    if not nested and len(options) == len([f for f in dataclasses.fields(cls) if f.init]):
-        return cls, lambda values: values
     spec, plain, inner = [], [], {}  # the flat fields; cls's own; {nested field: (default, names)}
     for f in options:
         if f.name not in nested:
@@ -142,6 +148,18 @@ def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
     return flat_cls, build
 
 
+def _ranges(cls: type) -> dict[str, Any]:
+    """``{option: Range}`` for the options of ``cls`` (those of the configs it holds included)
+    declared ``within`` one."""
+    out = {}
+    for f in _options(cls):
+        default = _default(f)
+        for g in _options(default) if dataclasses.is_dataclass(default) else [f]:
+            if "within" in g.metadata:
+                out[g.name] = g.metadata["within"]
+    return out
+
+
 def _options(config: Any) -> list[dataclasses.Field]:
     """The fields of a config (class or instance) that are command-line options: those set at
     construction and not marked ``cli=False``."""
@@ -154,8 +172,9 @@ def _default(f: dataclasses.Field) -> Any:
 
 
 def _flat_field(f: dataclasses.Field, hint: Any, default: Any) -> tuple[str, Any, Any]:
-    """``f`` as a field of the flat class: its resolved type, ``default`` and metadata less ``cli``."""
-    metadata = {key: value for key, value in f.metadata.items() if key != "cli"}
+    """``f`` as a field of the flat class: its resolved type, ``default`` and the metadata argparse
+    takes (ours, ``cli`` and ``within``, left out)."""
+    metadata = {key: value for key, value in f.metadata.items() if key not in ("cli", "within")}
     if default is dataclasses.MISSING:
         return f.name, hint, dataclasses.field(metadata=metadata)
     if isinstance(default, list | dict | set):

@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
-from rag.common.errors import check_choices, non_negative, positive
-from rag.common.options import option
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
@@ -33,9 +32,10 @@ class Args:
     question_encoder: str | None = option(
         None, "hub id or directory; default: the index's own encoder. Given here, it is paired with "
         "the index's context encoder (DPR's twins), with a notice")
-    ks: list[int] = option([1, 5, 20, 100], "k values for top-k accuracy (space- or comma-separated)")
-    batch_size: int = option(128, "questions per batch")
-    limit: int = option(0, "evaluate only the first N questions; 0 = all")
+    ks: list[int] = option([1, 5, 20, 100], "k values for top-k accuracy (space- or comma-separated)",
+        within=POSITIVE)
+    batch_size: int = option(128, "questions per batch", within=POSITIVE)
+    limit: int = option(0, "evaluate only the first N questions; 0 = all", within=NON_NEGATIVE)
     json: str | None = option(
         None, 'write {"n", "top_k_accuracy", "gold_recall", "mrr", "retrieval", "match"}')
     results: str | None = option(
@@ -47,9 +47,7 @@ class Args:
         "passage's, after NFD) or \"substring\" (SQuAD-normalised answer string on word boundaries)")
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        positive(self, "batch_size")
-        non_negative(self, "limit")
+        check_fields(self)
 
 
 def main() -> None:

@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir
-from rag.common.errors import check_choices
-from rag.common.options import option
+from rag.common.options import check_fields, option
 from rag.constrain import Constraint
 from rag.hf_rag import export
 from rag.model import RagModel
@@ -46,7 +45,7 @@ class Args:
     overwrite: bool = option(False, "replace an existing export written by this script")
 
     def __post_init__(self) -> None:
-        check_choices(self)
+        check_fields(self)
 
 
 def main() -> None:

@@ -22,8 +22,7 @@ from generator.warmstart import CrossAttentionInit
 from rag.commands.cli import parse
 from rag.commands.training_run import TrainingRun
 from rag.common.atomic import write_json
-from rag.common.errors import check_choices, non_negative, positive
-from rag.common.options import option
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.config import RagConfig
 from rag.loading import assemble
 from rag.model import RagModel
@@ -40,8 +39,10 @@ class Args:
         "starter", 'BART directory or hub id; "starter" = warm-start from MiniLM-L6; a transformers '
         'RAG checkpoint gives its generator (and, without --question_encoder, its DPR question '
         'encoder, paired with --index)')
-    starter_encoder_layers: int = option(6, "starter: BERT layers copied into the BART encoder")
-    starter_decoder_layers: int = option(6, "starter: BERT layers copied into the BART decoder")
+    starter_encoder_layers: int = option(6, "starter: BERT layers copied into the BART encoder",
+        within=POSITIVE)
+    starter_decoder_layers: int = option(6, "starter: BERT layers copied into the BART decoder",
+        within=POSITIVE)
     starter_cross_attention: CrossAttentionInit = option(
         "copy_self", "starter: how cross-attention starts")
     copy_head: bool = option(
@@ -49,13 +50,11 @@ class Args:
         "input, trained with --pointer_weight (supervised pointing)")
     train_offset: int = option(
         0, "skip the first N training questions (continue on unseen ones); --train_limit counts from "
-        "there")
+        "there", within=NON_NEGATIVE)
     save_dtype: Literal["fp32", "fp16"] = option("fp32", "dtype of the saved generator (fp16: half the size)")
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        non_negative(self, "train_offset")
-        positive(self, "starter_encoder_layers", "starter_decoder_layers")
+        check_fields(self)
 
 
 def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig

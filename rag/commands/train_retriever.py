@@ -22,8 +22,8 @@ from pathlib import Path
 from rag.commands.cli import parse
 from rag.commands.training_run import TrainingRun
 from rag.common.atomic import check_output_dir, write_json
-from rag.common.errors import UserError, non_negative
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.build import BuildConfig, build_index
 from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.encoder import Encoder
@@ -44,12 +44,12 @@ class Args:
         "replaces one written by ragqa)")
     encoder: str | None = option(None, "context encoder; default: the index's encoder")
     question_encoder: str | None = option(None, "initial question encoder; default: same as --encoder")
-    dev_ks: list[int] = option([1, 5, 20, 100], "k values reported on dev")
-    dev_limit: int = option(0, "evaluate on the first N dev questions only; 0 = all")
+    dev_ks: list[int] = option([1, 5, 20, 100], "k values reported on dev", within=POSITIVE)
+    dev_limit: int = option(0, "evaluate on the first N dev questions only; 0 = all", within=NON_NEGATIVE)
     eval_before: bool = option(False, "also evaluate the untrained question encoder on dev first")
 
     def __post_init__(self) -> None:
-        non_negative(self, "dev_limit")
+        check_fields(self)
 
 
 def main() -> None:

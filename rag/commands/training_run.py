@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rag.common.atomic import check_output_dir, check_output_parent
-from rag.common.errors import non_negative
-from rag.common.options import option
+from rag.common.options import NON_NEGATIVE, check_fields, option
 from retriever.questions import Question, read_questions
 
 
@@ -21,12 +20,12 @@ class TrainingRun:
         "directory to write the trained model to; checkpoints go to <out>.checkpoint/, and a "
         "killed run rerun with the same command resumes from them")})
     dev: str | None = option(None, "dev questions, evaluated during training")
-    train_limit: int = option(0, "train on the first N questions only; 0 = all")
+    train_limit: int = option(0, "train on the first N questions only; 0 = all", within=NON_NEGATIVE)
     overwrite: bool = option(False, "replace an existing --out written by ragqa")
     json: str | None = option(None, "write the training log here")
 
     def __post_init__(self) -> None:
-        non_negative(self, "train_limit")
+        check_fields(self)
 
     def check_outputs(self) -> None:
         """Refuse, before any work, an --out that is not ours to replace or a --json that cannot

@@ -10,21 +10,69 @@ field's ``metadata["help"]``::
         mode: Literal["dense", "sparse"] = option("dense", "how passages are found")
 
 Enum-like settings are ``Literal`` types, so the parser checks them before any work starts; list
-settings are lists (``--ks 1 5 20``).
+settings are lists (``--ks 1 5 20``). A number setting says which values it takes with ``within``
+(``option(8, "questions per batch", within=POSITIVE)``); ``--help`` shows it, and
+:func:`check_fields`, called from each config's ``__post_init__``, checks it and the ``Literal``
+choices for command lines and Python callers alike.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import field
+import functools
+import math
+import types
+import typing
+from dataclasses import dataclass, field
 from typing import Any
 
+from rag.common.errors import is_number, require
 
-def option(default: Any, help: str, **metadata: Any) -> Any:
-    """A dataclass field with ``default`` (a list, dict or set is copied for each instance) and
-    ``help``; other ``metadata`` goes to the parser as well (e.g. ``aliases=["--old_name"]``)."""
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number setting takes: finite, above ``low`` (or equal to it, unless
+    ``low_open``) and below ``high`` (or equal to it, unless ``high_open``)."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: Any) -> bool:
+        if not is_number(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        """As ``--help`` shows it: ``> 0``, ``>= 2``, ``in [0, 1)``."""
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return (f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                f"{')' if self.high_open else ']'}")
+
+    def words(self) -> str:
+        """What a value must be, for an error message."""
+        if self == POSITIVE:
+            return "a positive number"
+        return f"a finite number {self}"
+
+
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+
+
+def option(default: Any, help: str, *, within: Range | None = None, **metadata: Any) -> Any:
+    """A dataclass field with ``default`` (a list, dict or set is copied for each instance),
+    ``help`` and, for a number (or a list of numbers), the :class:`Range` its values lie
+    ``within``; other ``metadata`` goes to the parser as well (e.g. ``aliases=["--old_name"]``)."""
     metadata = {"help": help, **metadata}
+    if within is not None:
+        metadata["within"] = within
     if isinstance(default, list | dict | set):
         return field(default_factory=lambda: copy.copy(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -62,3 +110,38 @@ def _inner_names(config: Any) -> dict[str, tuple[str, str]]:
                     if name.isidentifier() and name not in own:
                         names[name] = (f.name, g.name)
     return names
+
+
+def check_fields(config: Any) -> None:
+    """Raise ``UserError`` naming the option unless each field of the dataclass ``config`` typed
+    ``Literal[...]`` holds one of its values and each field declared ``within`` a :class:`Range`
+    holds a number in it (each number, for a list). ``None`` passes where the type allows it
+    (the setting left unset). Configs call this first in ``__post_init__``."""
+    for name, (choices, within, optional) in _checks(type(config)).items():
+        value = getattr(config, name)
+        if value is None and optional:
+            continue
+        if choices is not None:
+            require(value in choices, name, value,
+                    f"must be one of {', '.join(map(repr, choices))}")
+        if within is not None:
+            values = value if isinstance(value, list | tuple) else [value]
+            require(all(v in within for v in values), name, value, f"must be {within.words()}")
+
+
+@functools.cache
+def _checks(cls: type) -> dict[str, tuple[tuple | None, Range | None, bool]]:
+    """``{field: (Literal choices or None, Range or None, None allowed)}`` for the fields of
+    ``cls`` that have either."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        union = typing.get_origin(kind) in (typing.Union, types.UnionType)
+        parts = typing.get_args(kind) if union else (kind,)
+        literals = [p for p in parts if typing.get_origin(p) is typing.Literal]
+        choices = typing.get_args(literals[0]) if literals else None
+        within = f.metadata.get("within")
+        if choices is not None or within is not None:
+            out[f.name] = choices, within, type(None) in parts
+    return out

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.common.errors import UserError
-from rag.common.options import option
+from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option
 
 ArrayLike = float | np.ndarray
 
@@ -63,16 +62,14 @@ class CostBreakdown:
 class GpuPrice:
     """What a FLOP costs on the hardware that trains the encoder and serves it."""
 
-    gpu_flops: float = option(312e12, "peak FLOP/s of one GPU (A100 bf16 dense tensor cores)")
-    utilisation: float = option(0.4, "fraction of peak FLOP/s actually achieved (MFU)")
-    gpu_hour_price: float = option(2.0, "$ per GPU-hour")
+    gpu_flops: float = option(312e12, "peak FLOP/s of one GPU (A100 bf16 dense tensor cores)",
+        within=POSITIVE)
+    utilisation: float = option(0.4, "fraction of peak FLOP/s actually achieved (MFU)",
+        within=Range(0, 1, low_open=True))
+    gpu_hour_price: float = option(2.0, "$ per GPU-hour", within=POSITIVE)
 
     def __post_init__(self) -> None:
-        for key in ("gpu_flops", "utilisation", "gpu_hour_price"):
-            if not getattr(self, key) > 0:
-                raise UserError(f"cost model: {key} must be positive, got {getattr(self, key)!r}")
-        if self.utilisation > 1:
-            raise UserError(f"cost model: utilisation is a fraction <= 1, got {self.utilisation}")
+        check_fields(self)
 
     @property
     def usd_per_flop(self) -> float:
@@ -84,21 +81,21 @@ class GpuPrice:
 class CostModel:
     """Every input of Z(N, D) = Z_data D + Z_train N + Z_infer N, with illustrative defaults."""
 
-    price_per_pair: float = option(0.6, "$ to annotate one (query, relevant passage) pair")
+    price_per_pair: float = option(0.6, "$ to annotate one (query, relevant passage) pair",
+        within=NON_NEGATIVE)
     gpu: GpuPrice = option(GpuPrice(), "the hardware's price per FLOP")
-    tokens_per_query: int = option(32, "query length in tokens, for serving")
-    tokens_per_passage: int = option(128, "passage length in tokens, for indexing the corpus")
+    tokens_per_query: int = option(32, "query length in tokens, for serving", within=NON_NEGATIVE)
+    tokens_per_passage: int = option(128, "passage length in tokens, for indexing the corpus",
+        within=NON_NEGATIVE)
     train_tokens_per_pair: int = option(
-        288, "tokens encoded per training pair (query + pos + 1 hard neg)")
-    epochs: float = option(3.0, "passes over the D training pairs")
-    corpus_size: int = option(0, "passages encoded once for the index (MS MARCO: 8_841_823)")
-    queries_served: float = option(0.0, "queries encoded over the deployment's lifetime")
+        288, "tokens encoded per training pair (query + pos + 1 hard neg)", within=NON_NEGATIVE)
+    epochs: float = option(3.0, "passes over the D training pairs", within=NON_NEGATIVE)
+    corpus_size: int = option(0, "passages encoded once for the index (MS MARCO: 8_841_823)",
+        within=NON_NEGATIVE)
+    queries_served: float = option(0.0, "queries encoded over the deployment's lifetime", within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        for key in ("price_per_pair", "tokens_per_query", "tokens_per_passage",
-                    "train_tokens_per_pair", "epochs", "corpus_size", "queries_served"):
-            if not getattr(self, key) >= 0:
-                raise UserError(f"cost model: {key} must be >= 0, got {getattr(self, key)!r}")
+        check_fields(self)
 
     @property
     def z_data(self) -> float:

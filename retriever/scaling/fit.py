@@ -21,8 +21,8 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import least_squares
 
-from rag.common.errors import UserError, check_choices, positive
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import POSITIVE, check_fields, option
 
 from .laws import (
     DataSizeLaw,
@@ -50,13 +50,12 @@ class FitConfig:
     loss: Literal["linear", "soft_l1", "huber", "cauchy", "arctan"] = option(
         "soft_l1", "scipy least_squares loss")
     f_scale: float = option(
-        0.02, "residual scale (nats, or sigmas if weighted) where robust loss bends")
+        0.02, "residual scale (nats, or sigmas if weighted) where robust loss bends", within=POSITIVE)
     weighted: bool = option(False, "divide residuals by each row's ce_std (rows without one get 1)")
-    max_nfev: int = option(5000, "function evaluations per start")
+    max_nfev: int = option(5000, "function evaluations per start", within=POSITIVE)
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        positive(self, "f_scale", "max_nfev")
+        check_fields(self)
 
 
 @dataclass(frozen=True)

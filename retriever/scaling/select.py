@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.common.errors import UserError, non_negative, positive, require
-from rag.common.options import option
+from rag.common.errors import UserError, require
+from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option
 
 from .cost import CostBreakdown, CostModel
 from .laws import JointLaw
@@ -37,18 +37,17 @@ from .laws import JointLaw
 class GridConfig:
     """The log-spaced grid of encoder sizes searched."""
 
-    n_min: float = option(1e5, "smallest N (non-embedding parameters) considered")
-    n_max: float = option(1e12, "largest N considered")
-    points: int = option(2801, "grid points, log-spaced (400 per decade by default)")
-    min_pairs: float = option(1.0, "fewest training pairs a plan may use")
-    tolerance: float = option(0.01, "near-optimal band: N whose objective is within this fraction")
+    n_min: float = option(1e5, "smallest N (non-embedding parameters) considered", within=POSITIVE)
+    n_max: float = option(1e12, "largest N considered", within=POSITIVE)
+    points: int = option(2801, "grid points, log-spaced (400 per decade by default)", within=Range(2))
+    min_pairs: float = option(1.0, "fewest training pairs a plan may use", within=POSITIVE)
+    tolerance: float = option(0.01, "near-optimal band: N whose objective is within this fraction",
+        within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        positive(self, "n_min", "n_max", "min_pairs")
+        check_fields(self)
         require(self.n_max > self.n_min, "n_max", self.n_max, f"must be larger than --n_min {self.n_min}")
-        require(isinstance(self.points, int) and self.points >= 2, "points", self.points,
-                "must be at least 2")
-        non_negative(self, "tolerance")
+        require(isinstance(self.points, int), "points", self.points, "must be a whole number")
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rag.common.errors import UserError, check_choices, non_negative, positive
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .entropy import contrastive_entropy, negative_pool_indices
 from .laws import count_non_embedding_params
@@ -68,24 +68,25 @@ class SweepConfig:
     keep: Literal["first", "first_and_last"] = option(
         "first_and_last", 'size l keeps the "first" l layers, or the "first_and_last": layers 1..l-1 '
         'and the last one, so every size ends in the layer pretrained for pooling')
-    lr: float = option(5e-5, "AdamW learning rate (linear warm-up over 10% of steps, then decay)")
-    batch_size: int = option(32, "questions per step; the other questions' positives are negatives")
+    lr: float = option(5e-5, "AdamW learning rate (linear warm-up over 10% of steps, then decay)",
+        within=POSITIVE)
+    batch_size: int = option(32, "questions per step; the other questions' positives are negatives",
+        within=POSITIVE)
     score_scale: float = option(
-        0.0, "multiply q . p in training and evaluation; 0 = 20 if normalised, else 1")
-    max_length: int = option(256, "tokens per passage (questions are far shorter)")
-    eval_questions: int = option(500, "dev questions (with a gold passage) to measure on")
+        0.0, "multiply q . p in training and evaluation; 0 = 20 if normalised, else 1", within=NON_NEGATIVE)
+    max_length: int = option(256, "tokens per passage (questions are far shorter)", within=POSITIVE)
+    eval_questions: int = option(500, "dev questions (with a gold passage) to measure on", within=POSITIVE)
     eval_sample: Literal["random", "first"] = option("random", "which dev questions (random: seeded)")
     train_context: bool = option(False, "train one shared encoder for questions and passages (siamese)")
-    pool_size: int = option(1500, "random corpus passages in the negative pool (dev golds excluded)")
-    num_negatives: int = option(256, "negatives per evaluation pair (Fang et al.: 256)")
-    repeats: int = option(5, "negative redraws averaged by the contrastive entropy")
-    seed: int = option(0, "training-set shuffle, initialisation of dropout / batches, negative draws")
+    pool_size: int = option(1500, "random corpus passages in the negative pool (dev golds excluded)",
+        within=POSITIVE)
+    num_negatives: int = option(256, "negatives per evaluation pair (Fang et al.: 256)", within=POSITIVE)
+    repeats: int = option(5, "negative redraws averaged by the contrastive entropy", within=POSITIVE)
+    seed: int = option(0, "training-set shuffle, initialisation of dropout / batches, negative draws",
+        within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        check_choices(self)
-        positive(self, "lr", "batch_size", "max_length", "eval_questions", "pool_size",
-                 "num_negatives", "repeats")
-        non_negative(self, "score_scale", "seed")
+        check_fields(self)
 
 
 @dataclass(frozen=True)

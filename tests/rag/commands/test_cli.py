@@ -9,17 +9,22 @@ from typing import Literal
 import pytest
 
 from rag.commands.cli import parse
-from rag.common.options import option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 
 @dataclass(frozen=True)
 class Options:
-    width: int = option(3, "passages per question (100% of them)")
+    width: int = option(3, "passages per question (100% of them)", within=POSITIVE)
     depth: int = 0
     name: str = "x"
     kind: Literal["dense", "sparse"] = option("dense", "how passages are found")
     ks: list[int] = option([1, 5], "cut-offs")
     shuffle: bool = option(True, "shuffle the questions")
+    limit: int | None = option(None, "questions; default: all", within=NON_NEGATIVE)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def test_help_comes_from_the_fields_metadata(capsys):
@@ -27,9 +32,17 @@ def test_help_comes_from_the_fields_metadata(capsys):
         parse([Options], ["--help"])
     assert exit.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "passages per question (100% of them)" in text
+    assert "passages per question (100% of them) (default: 3; > 0)" in text
+    assert "questions; default: all (>= 0)" in text  # no default shown, its range still is
     assert "turn --shuffle off (it means: shuffle the questions)" in text
     assert "{dense,sparse}" in text
+
+
+@pytest.mark.parametrize("argv, flag", [(["--width", "0"], "--width"), (["--limit", "-1"], "--limit")])
+def test_a_number_out_of_its_range_is_refused_at_parse_time_by_name(argv, flag):
+    with pytest.raises(UserError, match=f"^{flag} must be "):
+        parse([Options], argv)
+    assert parse([Options], ["--limit", "0"])[0].limit == 0
 
 
 def test_an_enum_like_option_is_checked_by_the_parser(capsys):

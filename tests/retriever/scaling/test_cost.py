@@ -41,5 +41,6 @@ def test_without_inference_and_vectorised():
 @pytest.mark.parametrize("kwargs", [{"utilisation": 0.0}, {"utilisation": 1.5},
                                     {"price_per_pair": -1.0}, {"gpu_flops": 0.0}])
 def test_bad_cost_inputs(kwargs):
-    with pytest.raises(UserError, match="cost model"):
+    (name, value), = kwargs.items()
+    with pytest.raises(UserError, match=f"^--{name} must be .*, got {value}$"):
         updated(CostModel(), **kwargs)
