@@ -103,11 +103,18 @@ def build_generator_inputs(
     Raises:
         UserError: mismatched lengths, ``max_length < 1``, or a tokenizer without a pad token.
     """
+    return tokenize_inputs(tokenizer, generator_input_strings(questions, titles, texts, prefix),
+                           max_length, pad_to_max_length)
+
+
+def tokenize_inputs(tokenizer: PreTrainedTokenizerBase, strings: Sequence[Sequence[str]],
+                    max_length: int, pad_to_max_length: bool = True) -> dict[str, Tensor]:
+    """(B, K) generator input strings (:func:`generator_input_strings`) tokenised as
+    :func:`build_generator_inputs` says."""
     if max_length < 1:
         raise UserError(f"max_length must be at least 1, got {max_length}")
     if tokenizer.pad_token is None:
         raise UserError(f"the generator tokenizer {type(tokenizer).__name__} has no pad token")
-    strings = generator_input_strings(questions, titles, texts, prefix)
     B, K = len(strings), len(strings[0])
     # the tokenizer works on a flat list: row b * K + k is (question b, passage k)
     encoded = tokenizer(
@@ -149,12 +156,13 @@ def fit_passages(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
 
 
 def passage_inputs(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
-                   passages: Sequence[Sequence[dict]], max_length: int) -> dict[str, Tensor]:
+                   passages: Sequence[Sequence[dict]], max_length: int
+                   ) -> tuple[dict[str, Tensor], list[list[str]]]:
     """Inputs (B, K, L) for K passage dicts (``title``, ``text``) per question, the texts cut to
-    fit (:func:`fit_passages`), padded to the longest input (see :func:`build_generator_inputs`)."""
-    titles, texts = _fitted(tokenizer, questions, passages, max_length)
-    return build_generator_inputs(tokenizer, questions, titles, texts, max_length,
-                                  pad_to_max_length=False)
+    fit (:func:`fit_passages`), padded to the longest input (see :func:`build_generator_inputs`);
+    and the (B, K) strings they were tokenised from (what :func:`passage_pointer_targets` reads)."""
+    strings = generator_input_strings(questions, *_fitted(tokenizer, questions, passages, max_length))
+    return tokenize_inputs(tokenizer, strings, max_length, pad_to_max_length=False), strings
 
 
 def question_inputs(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
@@ -186,14 +194,12 @@ def answer_labels(tokenizer: PreTrainedTokenizerBase, answers: Sequence[str], ge
     return torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs])  # (B, T)
 
 
-def passage_pointer_targets(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
-                            passages: Sequence[Sequence[dict]], answers: Sequence[str],
-                            labels: Tensor, input_ids: Tensor, max_length: int,
+def passage_pointer_targets(tokenizer: PreTrainedTokenizerBase, strings: Sequence[Sequence[str]],
+                            answers: Sequence[str], labels: Tensor, input_ids: Tensor,
                             generation_config) -> Tensor:
-    """:func:`pointer_targets` for inputs built by :func:`passage_inputs` and targets built by
-    :func:`answer_labels`: (B, K, T - 1) int64 on the device of ``labels``."""
-    titles, texts = _fitted(tokenizer, questions, passages, max_length)
-    strings = generator_input_strings(questions, titles, texts)
+    """:func:`pointer_targets` for inputs built by :func:`passage_inputs` (``strings``, its
+    second result) and targets built by :func:`answer_labels`: (B, K, T - 1) int64 on the device
+    of ``labels``."""
     targets = pointer_targets(tokenizer, strings, answers, labels.cpu(), input_ids.cpu(),
                               len(answer_start(generation_config)))
     return targets.to(labels.device)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 from rag.common.errors import UserError, require
 from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option, settable, updated
@@ -22,7 +22,6 @@ from retriever.fusion import RetrievalConfig
 from .constrain import Constraint
 
 Mode = Literal["sequence", "token", "closed_book"]
-MODES = get_args(Mode)
 # how answers are searched for: RAG-Sequence's "thorough" or "fast" rescoring (Lewis et al. 2020,
 # Sec. 2.4), or by name "greedy" (beam width 1) and "beam" (the model's beam width or a given one)
 Decoding = Literal["thorough", "fast", "greedy", "beam"]
@@ -121,8 +120,8 @@ def read_config(model_dir: Path, **overrides) -> tuple[RagConfig, RetrievalConfi
     """The model config of ``model_dir/rag_config.json``, with ``overrides`` of its fields, and
     the saved retrieval settings.
 
-    Keys this version does not know are ignored. Raises :class:`UserError`, naming the file, when
-    it is not JSON, not an object, or holds a bad value.
+    Top-level keys this version does not know are ignored (not those inside "decode"). Raises
+    :class:`UserError`, naming the file, when it is not JSON, not an object, or holds a bad value.
     """
     config_file = model_dir / CONFIG_NAME
     try:

@@ -17,14 +17,13 @@ Glossary: R decoding rows, L input length, t prefix length, V vocabulary, K pass
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 import torch
 from torch import Tensor
 from transformers import LogitsProcessor
 
 Constraint = Literal["none", "spans"]
-CONSTRAINTS = get_args(Constraint)
 
 
 def span_allowed(source_ids: Tensor, pointable: Tensor, prefix: Tensor, eos: Tensor,

@@ -53,8 +53,10 @@ def rag_token_generate(
     enc = encode_passages(generator, context_input_ids, context_attention_mask)
     B, K, L, D = enc.shape
     # transformers boundary: passages flattened to (B*K, ...)
-    rows = _Rows(enc.reshape(B * K, L, D), context_attention_mask.reshape(B * K, L),
-                 context_input_ids.reshape(B * K, L), torch.log_softmax(doc_scores, dim=1))
+    ids, mask = context_input_ids.reshape(B * K, L), context_attention_mask.reshape(B * K, L)
+    pointable = copyable(generator.config, ids, mask) if config.constrain == "spans" else None
+    rows = _Rows(enc.reshape(B * K, L, D), mask, ids, torch.log_softmax(doc_scores, dim=1),
+                 pointable)
     step = _Step(generator, config, special_tokens(generator, context_input_ids.device))
     search = _greedy if config.num_beams == 1 else _beam
     return search(step, rows)
@@ -63,18 +65,22 @@ def rag_token_generate(
 @dataclass(frozen=True)
 class _Rows:
     """What the decoder reads, K rows per search row, flattened at the transformers boundary: each
-    passage's encoder states, attention mask and input ids; and each search row's log p(z|x)."""
+    passage's encoder states, attention mask and input ids; each search row's log p(z|x); and,
+    for span-constrained search, which input positions may be copied (``rag.constrain.copyable``,
+    found once)."""
 
     enc: Tensor  # (R*K, L, D)
     mask: Tensor  # (R*K, L)
     ids: Tensor  # (R*K, L)
     doc_logprior: Tensor  # (R, K)
+    pointable: Tensor | None = None  # (R*K, L) bool
 
     def take(self, index: Tensor, repeats: int) -> _Rows:
         """Decoder rows ``index`` (R'*K,), for search rows that repeat each of ours ``repeats``
         times in a row (R' = R * repeats)."""
         return _Rows(self.enc[index], self.mask[index], self.ids[index],
-                     self.doc_logprior.repeat_interleave(repeats, dim=0))
+                     self.doc_logprior.repeat_interleave(repeats, dim=0),
+                     None if self.pointable is None else self.pointable[index])
 
 
 @dataclass(frozen=True)
@@ -112,8 +118,8 @@ class _Step:
             R, K = rows.doc_logprior.shape
             V = scores.shape[1]
             prefix = seqs[:, self.tok.n_start :]  # (R, t') after the start symbol (and forced BOS)
-            allowed = span_allowed(rows.ids, copyable(self.generator.config, rows.ids, rows.mask),
-                                   prefix.repeat_interleave(K, dim=0), self.tok.eos, V)  # (R*K, V)
+            allowed = span_allowed(rows.ids, rows.pointable, prefix.repeat_interleave(K, dim=0),
+                                   self.tok.eos, V)  # (R*K, V)
             scores = scores.masked_fill(~allowed.view(R, K, V).any(dim=1), -float("inf"))
         return self.tok.process(scores, cur_len, self.config)
 

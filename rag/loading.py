@@ -70,9 +70,7 @@ def load_model(model_dir: str | os.PathLike | None, index: str | os.PathLike | N
             raise UserError(f"{model_dir}: a closed-book model (no question encoder) cannot run "
                             f"in mode {overrides.mode!r}")
     model = RagModel.from_pretrained(model_dir, index, retrieval, **overrides.at_load())
-    model.config, decoding = overrides.apply(model.config)
-    if model.index is not None:
-        model.index.check_k(model.config.k)
+    model.config, decoding = overrides.apply(model.config)  # k was checked at load (at_load)
     return model.eval(), decoding
 
 

@@ -30,6 +30,7 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -53,6 +54,17 @@ from .decode_token import rag_token_generate
 from .marginal import rag_loss
 
 log = logging.getLogger(__name__)
+
+
+class _Read(NamedTuple):
+    """What the generator reads for a batch: its inputs (B, K, L) on the generator's device, the
+    doc scores (B, K) (logits of p(z|x)), the passages read (dicts; none in closed book) and the
+    input strings tokenised (None in closed book)."""
+
+    inputs: dict[str, torch.Tensor]
+    doc_scores: torch.Tensor
+    sources: list[list[dict]]
+    strings: list[list[str]] | None
 
 
 class RagModel(nn.Module):
@@ -104,19 +116,19 @@ class RagModel(nn.Module):
         if result is None:
             return question_inputs(self.tokenizer, questions, self.config.max_input_length)
         return passage_inputs(self.tokenizer, questions, result.passages,
-                              self.config.max_input_length)
+                              self.config.max_input_length)[0]
 
     def labels(self, answers: list[str]) -> torch.Tensor:
         """Decoder targets (B, T): start symbol [+ forced BOS], answer tokens, EOS, right-padded."""
         return answer_labels(self.tokenizer, answers, self.generator.generation_config,
                              self.generator.config.pad_token_id, self.config.decode.max_length)
 
-    def _pointer_targets(self, questions: list[str], answers: list[str], passages: list[list[dict]],
-                         labels: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, K, T-1) supervised-pointing targets (generator.inputs.pointer_targets); counts the
-        answers found in no passage in ``self.pointer_stats``."""
-        targets = passage_pointer_targets(self.tokenizer, questions, passages, answers, labels,
-                                          input_ids, self.config.max_input_length,
+    def _pointer_targets(self, answers: list[str], strings: list[list[str]], labels: torch.Tensor,
+                         input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, K, T-1) supervised-pointing targets (generator.inputs.pointer_targets) in the
+        inputs tokenised from ``strings``; counts the answers found in no passage in
+        ``self.pointer_stats``."""
+        targets = passage_pointer_targets(self.tokenizer, strings, answers, labels, input_ids,
                                           self.generator.generation_config)
         found = targets.ge(0).flatten(1).any(dim=1)  # (B,)
         self.pointer_stats["answers"] += len(answers)
@@ -126,22 +138,27 @@ class RagModel(nn.Module):
                       int((~found).sum()), len(answers))
         return targets
 
-    def _prepare(self, questions: list[str], given: list[tuple[str, str]] | None = None
-                 ) -> tuple[dict, torch.Tensor, SearchResult | None]:
-        """Generator inputs, doc scores and search result; ``given`` (one ``(title, text)`` per
-        question) replaces retrieval with that single passage, p(z|x) = 1."""
+    def _prepare(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> _Read:
+        """What the generator reads (:class:`_Read`); ``given`` (one ``(title, text)`` per
+        question) replaces retrieval with that single passage (``id`` "", ``score`` 0),
+        p(z|x) = 1."""
         questions = check_questions(questions)
         device = next(self.generator.parameters()).device
-        doc_scores, result = torch.zeros(len(questions), 1), None
+        doc_scores, strings = torch.zeros(len(questions), 1), None
         if given is not None:
-            inputs = passage_inputs(self.tokenizer, questions,
-                                    [[{"title": t, "text": x}] for t, x in given],
-                                    self.config.max_input_length)
+            sources = [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in given]
+        elif self.config.mode != "closed_book":
+            doc_scores, result = self.retrieve(questions)
+            sources = result.passages
         else:
-            if self.config.mode != "closed_book":
-                doc_scores, result = self.retrieve(questions)
-            inputs = self.generator_inputs(questions, result)
-        return ({k: v.to(device) for k, v in inputs.items()}, doc_scores.to(device), result)
+            sources = [[] for _ in questions]
+        if sources[0]:
+            inputs, strings = passage_inputs(self.tokenizer, questions, sources,
+                                             self.config.max_input_length)
+        else:
+            inputs = question_inputs(self.tokenizer, questions, self.config.max_input_length)
+        return _Read({k: v.to(device) for k, v in inputs.items()}, doc_scores.to(device), sources,
+                     strings)
 
     # ------------------------------------------------------------- training
     def loss(self, questions: list[str], answers: list[str],
@@ -152,17 +169,16 @@ class RagModel(nn.Module):
         given passage, p(z|x) = 1: the generator trains as a reader on it and the question
         encoder gets no gradient (a reader warm-up on gold passages).
         """
-        inputs, doc_scores, result = self._prepare(questions, passages)
-        labels = self.labels(answers).to(doc_scores.device)
+        read = self._prepare(questions, passages)
+        labels = self.labels(answers).to(read.doc_scores.device)
         mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
         targets = None
-        sources = ([[{"title": t, "text": x}] for t, x in passages] if passages is not None
-                   else None if result is None else result.passages)
-        if has_copy_head(self.generator) and self.config.pointer_weight > 0 and sources:
-            targets = self._pointer_targets(questions, answers, sources, labels,
-                                            inputs["input_ids"])
-        return rag_loss(mode, self.generator, inputs["input_ids"], inputs["attention_mask"],
-                        doc_scores, labels, epsilon=self.config.label_smoothing,
+        if (has_copy_head(self.generator) and self.config.pointer_weight > 0
+                and read.strings is not None):
+            targets = self._pointer_targets(answers, read.strings, labels, read.inputs["input_ids"])
+        return rag_loss(mode, self.generator, read.inputs["input_ids"],
+                        read.inputs["attention_mask"], read.doc_scores, labels,
+                        epsilon=self.config.label_smoothing,
                         pointer_targets=targets, pointer_weight=self.config.pointer_weight)
 
     # ------------------------------------------------------------- decoding
@@ -187,25 +203,18 @@ class RagModel(nn.Module):
                     for a in self.answer(questions[start : start + batch_size], num_beams,
                                          None if passages is None
                                          else passages[start : start + batch_size])]
-        inputs, doc_scores, result = self._prepare(questions, passages)
-        if result is not None:
-            sources = result.passages
-        elif passages is not None:
-            sources = [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in passages]
-        else:  # closed book
-            sources = [[] for _ in questions]
+        read = self._prepare(questions, passages)
+        # closed book has no constraint: RagConfig refuses "spans" without passages
         own = self.config.decode
-        cfg = replace(own, num_beams=num_beams or own.num_beams, num_return_sequences=1,
-                      constrain=own.constrain if result is not None or passages is not None else "none")
+        cfg = replace(own, num_beams=num_beams or own.num_beams, num_return_sequences=1)
+        ids, mask = read.inputs["input_ids"], read.inputs["attention_mask"]
         if self.config.mode == "token":
-            out = rag_token_generate(self.generator, inputs["input_ids"],
-                                     inputs["attention_mask"], doc_scores, cfg)
+            out = rag_token_generate(self.generator, ids, mask, read.doc_scores, cfg)
         else:
-            out = rag_sequence_generate(self.generator, inputs["input_ids"],
-                                        inputs["attention_mask"], doc_scores, cfg,
+            out = rag_sequence_generate(self.generator, ids, mask, read.doc_scores, cfg,
                                         fast=self.config.decoding == "fast")
         return make_answers(self.tokenizer, questions, out.sequences[:, 0], out.scores[:, 0],
-                            sources, self.config.copy_spans)
+                            read.sources, self.config.copy_spans)
 
     # ------------------------------------------------------------ save/load
     def save_pretrained(self, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None,

@@ -152,9 +152,7 @@ def _with_negatives(index: DenseIndex, questions: list[Question], positives: lis
             raise ValueError("dense negatives need the question encoder")
         negatives = mine_dense_negatives(index, q_enc, questions, positives,
                                          config.hard_negatives, config.bm25_depth)
-    elif config.hard_negatives:
-        if config.negatives != "bm25":
-            raise UserError(f"negatives {config.negatives!r} is not 'bm25' or 'dense'")
+    elif config.hard_negatives:  # "bm25"
         negatives = mine_bm25_negatives(index, questions, positives, config.hard_negatives,
                                         config.bm25_depth)
     else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,9 +30,7 @@ from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 Retrieval = Literal["dense", "sparse", "hybrid"]
-RETRIEVALS = get_args(Retrieval)
 Fusion = Literal["linear", "rrf"]
-FUSIONS = get_args(Fusion)
 RRF_K = 60  # Cormack et al.'s constant
 # tuned on squad-open dev with all-MiniLM-L6-v2 and the "words" sparse tokenizer (docs/benchmarks.md)
 DEFAULT_WEIGHT = 0.5
@@ -64,10 +62,10 @@ class FusionConfig:
 class RetrievalConfig:
     """How a run searches an index; a field left empty keeps the index's own setting."""
 
-    retrieval: Literal["", "dense", "sparse", "hybrid"] = option(
+    retrieval: Literal["", Retrieval] = option(
         "", '"dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a sparse side (ragqa '
         'index --sparse bm25), else dense')
-    fusion: Literal["", "linear", "rrf"] = option("", "hybrid: how the two sides combine; \"\" = the index's")
+    fusion: Literal["", Fusion] = option("", "hybrid: how the two sides combine; \"\" = the index's")
     fusion_weight: float | None = option(
         None, "hybrid: w on the normalised BM25 score; default: the index's", within=NON_NEGATIVE)
     candidates: int = option(0, "hybrid: k', passages each side proposes; 0 = the index's setting",

@@ -55,6 +55,15 @@ def best_first(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 
+def query_matrix(queries, dim: int) -> np.ndarray:
+    """Query vectors as FAISS takes them (:func:`to_numpy32`), refused unless (Q, ``dim``)."""
+    queries = to_numpy32(queries)
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise UserError(f"query vectors of shape {queries.shape} do not match the index "
+                        f"dimension {dim}")
+    return queries
+
+
 def _gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
@@ -141,10 +150,7 @@ class DenseIndex:
         this one. HNSW keeps the passages its graph search found.
         """
         self.check_k(k)
-        queries = to_numpy32(queries)
-        if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
-            raise UserError(f"query vectors of shape {queries.shape} do not match the index "
-                            f"dimension {self.manifest['dim']}")
+        queries = query_matrix(queries, self.manifest["dim"])
         if self.config.index_type == "hnsw":
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.config.hnsw_ef_search, k)

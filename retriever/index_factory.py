@@ -17,8 +17,8 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from rag.common.errors import UserError, require
-from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.errors import UserError
+from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option
 
 from .batch_encode import to_numpy32
 
@@ -46,19 +46,17 @@ class IndexConfig:
     ivf_nlist: int = option(0, "IVF cells; 0 = about 4*sqrt(N), capped so each cell has >= 39 points",
         within=NON_NEGATIVE)
     pq_m: int = option(0, "PQ sub-quantisers; 0 = D/8 (must divide D)", within=NON_NEGATIVE)
-    pq_nbits: int = option(8, "bits per PQ code (lowered automatically for tiny corpora)")
+    pq_nbits: int = option(8, "bits per PQ code (lowered automatically for tiny corpora)",
+                           within=Range(1, 16, integer=True))
     nprobe: int = option(32, "IVF cells visited per query", within=POSITIVE)
     train_sample: int = option(
-        0, "IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)", within=NON_NEGATIVE)
+        0, "IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)",
+        within=Range(0, integer=True))
     use_gpu: bool = option(
         True, "search a flat index on GPU FAISS when faiss-gpu and a GPU are present")
 
     def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
         check_fields(self)
-        require(isinstance(self.train_sample, int), "train_sample", self.train_sample,
-                "must be a whole number")
-        require(isinstance(self.pq_nbits, int) and 1 <= self.pq_nbits <= 16, "pq_nbits",
-                self.pq_nbits, "must be in 1..16")
 
 
 def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
@@ -69,15 +67,14 @@ def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
         index = faiss.IndexHNSWFlat(dim, config.hnsw_m, ip)
         index.hnsw.efConstruction = config.hnsw_ef_construction
         return index
-    if config.index_type == "ivfpq":
-        nlist = config.ivf_nlist or int(4 * math.sqrt(n))
-        nlist = max(1, min(nlist, n // 39))
-        pq_m = config.pq_m or max(1, dim // 8)
-        if dim % pq_m:
-            raise UserError(f"pq_m={pq_m} does not divide the dimension {dim}")
-        nbits = max(1, min(config.pq_nbits, int(math.log2(max(2, n // 39)))))
-        return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
-    raise UserError(f"index type {config.index_type!r} is not one of {INDEX_TYPES}")
+    # "ivfpq" (IndexConfig checks the type)
+    nlist = config.ivf_nlist or int(4 * math.sqrt(n))
+    nlist = max(1, min(nlist, n // 39))
+    pq_m = config.pq_m or max(1, dim // 8)
+    if dim % pq_m:
+        raise UserError(f"pq_m={pq_m} does not divide the dimension {dim}")
+    nbits = max(1, min(config.pq_nbits, int(math.log2(max(2, n // 39)))))
+    return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
 
 
 def _training_sample(vectors: np.ndarray, index: faiss.IndexIVFPQ, config: IndexConfig

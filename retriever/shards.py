@@ -42,10 +42,9 @@ from rag.common import collective
 from rag.common.atomic import atomic_directory, check_output_dir
 from rag.common.errors import UserError
 
-from .batch_encode import to_numpy32
 from .corpus import open_shards
 from .fusion import union
-from .index import DenseIndex, best_first
+from .index import DenseIndex, best_first, query_matrix
 from .index_factory import IndexConfig, trained_index
 from .search import sparse_scores
 from .sparse import SparseIndex, top_k
@@ -274,10 +273,7 @@ class ShardedIndex:
     def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """``DenseIndex.search_knn`` over every shard (collective; module doc)."""
         self.check_k(k)
-        queries = to_numpy32(queries)
-        if queries.ndim != 2 or queries.shape[1] != self.manifest["dim"]:
-            raise UserError(f"query vectors of shape {queries.shape} do not match the index "
-                            f"dimension {self.manifest['dim']}")
+        queries = query_matrix(queries, self.manifest["dim"])
         everyone, mine = self._gather_questions(queries)
         which, replicas = self.replica
         asked = np.arange(len(everyone))[which::replicas]  # a shard's replicas split the questions

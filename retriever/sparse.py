@@ -29,7 +29,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,7 +39,6 @@ from rag.common.options import FRACTION, NON_NEGATIVE, check_fields, option
 
 log = logging.getLogger(__name__)
 Tokenizer = Literal["words", "wordpiece"]
-TOKENIZERS = get_args(Tokenizer)
 SPARSE_DIR = "sparse"
 TOKENIZER_DIR = "tokenizer"
 BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
-from .batch_encode import EncodeConfig, encode_texts
+from .candidates import FrozenContexts, fit_lexical_head, frozen_contexts, passage_encoding, sparse_term
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
@@ -116,15 +116,6 @@ def dpr_loss(q: torch.Tensor, ctx: torch.Tensor, positive_col: torch.Tensor,
     return F.cross_entropy(scores, positive_col)
 
 
-def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarray) -> torch.Tensor:
-    """Vectors (len(rows), D) of the given rows: read from a flat/HNSW index, else re-encoded."""
-    if index.config.index_type in ("flat", "hnsw"):
-        return torch.from_numpy(index.vectors(rows))
-    part = index.passages[rows.tolist()]
-    return torch.from_numpy(encode_texts(context_encoder, part["text"], part["title"],
-                                         EncodeConfig(), desc="encoding passages"))
-
-
 def _batch_candidates(batch: list[Example], hard: int, merge: bool = False
                       ) -> tuple[list[int], torch.Tensor]:
     """Candidate rows (C,) for a batch, positives first, and each question's positive column (B,);
@@ -136,42 +127,6 @@ def _batch_candidates(batch: list[Example], hard: int, merge: bool = False
         unique, column = np.unique(rows, return_inverse=True)  # (C,), (B + negatives,)
         return unique.tolist(), torch.as_tensor(column[: len(batch)])
     return rows, torch.arange(len(batch))
-
-
-class FrozenContexts:
-    """Vectors of a frozen context encoder for a fixed set of index rows; ``self(rows)`` -> (C, D)."""
-
-    def __init__(self, index: DenseIndex, ctx_enc: Encoder, rows: np.ndarray):
-        self.rows = rows
-        self.slot = {int(r): i for i, r in enumerate(rows)}
-        self.vectors = context_vectors(index, ctx_enc, rows)  # (R, D)
-
-    def __call__(self, rows: list[int]) -> torch.Tensor:
-        return self.vectors[[self.slot[r] for r in rows]]
-
-
-def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: DenseIndex, weight: float) -> None:
-    """Add a lexical head to ``q_enc`` and fit it to BM25 over the passages of ``ctx`` (all of the
-    index's live rows; retriever.lexical)."""
-    from .lexical import bm25_weights, fit_head
-
-    part = index.passages[ctx.rows.tolist()]
-    bm25 = bm25_weights(q_enc.tokenizer, part["title"], part["text"])
-    head = q_enc.add_lexical_head()
-    fit_head(head, bm25, ctx.vectors, weight)
-    log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(ctx.rows), weight)
-
-
-def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, weight: float
-                ) -> torch.Tensor:
-    """The hybrid's sparse term (B, C) of candidate rows (C,): weight * BM25 / the question's best
-    (retriever.fusion)."""
-    from .fusion import normalise_sparse
-    from .search import sparse_scores
-
-    scores = sparse_scores(index, questions)  # (B, R)
-    return weight * torch.from_numpy(normalise_sparse(scores[:, rows.cpu().numpy()],
-                                                      scores.max(axis=1)))
 
 
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
@@ -188,8 +143,8 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
     device = next(q_enc.parameters()).device
     if config.negatives == "corpus":  # every passage is a candidate, in the lookup's row order
         positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
-        ctx = ctx_lookup.vectors  # (C, D), C = all rows
-        rows_t = torch.from_numpy(ctx_lookup.rows).to(device)  # (C,)
+        ctx = ctx_lookup.vectors  # (C, D), C = all rows; on the device already (train_dpr)
+        rows_t = ctx_lookup.rows_t.to(device)  # (C,)
     else:
         rows, positive_col = _batch_candidates(batch, config.hard_negatives, merge)
         ctx = ctx_lookup(rows)  # (C, D); a training context encoder runs before the questions
@@ -237,30 +192,6 @@ def _check_settings(index: DenseIndex, config: TrainConfig, sparse_weight: float
     return sparse_weight
 
 
-def _frozen_contexts(index: DenseIndex, ctx_enc: Encoder, examples: list[Example],
-                     config: TrainConfig) -> FrozenContexts:
-    """The frozen context encoder's vectors of every passage training meets: each example's
-    positive and negatives, or every live passage for corpus negatives."""
-    if config.negatives == "corpus":
-        rows = active_rows(index)
-    else:
-        rows = np.unique([r for ex in examples for r in (ex.positive, *ex.negatives)])
-    lookup = FrozenContexts(index, ctx_enc, rows)
-    ctx_enc.requires_grad_(False)
-    return lookup
-
-
-def _passage_encoding(index: DenseIndex, ctx_enc: Encoder, forward):
-    """Candidate rows -> vectors (C, D) encoded by the training context encoder, through
-    ``forward`` (the prepared, DDP module under torch.distributed)."""
-    def lookup(rows):
-        part = index.passages[rows]
-        tok = ctx_enc.tokenize(part["text"], part["title"])
-        dev = next(ctx_enc.parameters()).device
-        return forward(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
-    return lookup
-
-
 def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequence[Question],
               config: TrainConfig = TrainConfig(), evaluate=None, accelerator=None,
               sparse_weight: float | None = None, checkpoint: Path | None = None) -> list[dict]:
@@ -282,8 +213,8 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     examples = _examples(index, train, config, q_enc, checkpoint)
     scale = ctx_enc.score_scale(config.score_scale)
     # the training context encoder's lookup is made once it is prepared
-    ctx_lookup = None if config.train_context_encoder else _frozen_contexts(index, ctx_enc, examples,
-                                                                            config)
+    ctx_lookup = None if config.train_context_encoder else frozen_contexts(
+        index, ctx_enc, examples, config.negatives == "corpus")
     logs: list[dict] = []  # per epoch; epoch 0 = a freshly fitted lexical head, before training
     resumed = checkpoint is not None and (checkpoint / "state.json").is_file()
     if config.lexical_head and q_enc.lexical is None and not resumed:
@@ -311,12 +242,15 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     if config.train_context_encoder:  # the scheduler stays unprepared (optimizer_step)
         plain_ctx = ctx_enc
         q_enc, ctx_enc, opt = acc.prepare(q_enc, ctx_enc, opt)
-        ctx_lookup = _passage_encoding(index, plain_ctx, ctx_enc)
+        ctx_lookup = passage_encoding(index, plain_ctx, ctx_enc)
     else:
         q_enc, opt = acc.prepare(q_enc, opt)
     model = acc.unwrap_model(q_enc)
+    if config.negatives == "corpus":  # every step scores all of them: not a copy a step
+        ctx_lookup.to(next(model.parameters()).device)
     if checkpoint is not None:
         restore_rng(checkpoint)
+        saved_examples = json.dumps([[e.question, e.positive, list(e.negatives)] for e in examples])
 
     def batch_loss(indices):
         return train_step_loss(model, [examples[i] for i in indices], ctx_lookup, config, scale,
@@ -331,8 +265,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         if (checkpoint is not None and acc.sync_gradients and acc.is_main_process
                 and done % config.save_every == 0):
             save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
-                            {EXAMPLES: json.dumps([[e.question, e.positive, list(e.negatives)]
-                                                   for e in examples])})
+                            {EXAMPLES: saved_examples})
 
     while state["epoch"] < config.optim.epochs:
         epoch = state["epoch"]

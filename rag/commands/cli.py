@@ -9,7 +9,6 @@ for commands quiet by default (``ask``: its output is the answer), which show wa
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import logging
@@ -19,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, get_type_hints
 
 from rag.common.errors import UserError
+from rag.common.options import option
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -29,14 +29,15 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         flag = action.option_strings[0] if action.option_strings else ""
+        quiet = (flag.startswith("--no_") or flag in ("--quiet", "--verbose") or action.required
+                 or action.default is None)
+        text = action.help if quiet else super()._get_help_string(action)
         within = getattr(action, "within", None)
-        if (flag.startswith("--no_") or flag in ("--quiet", "--verbose") or action.required
-                or action.default is None):
-            return f"{action.help} ({within})" if within else action.help
-        text = super()._get_help_string(action)
-        if within and text.endswith("(default: %(default)s)"):
+        if not within:
+            return text
+        if text.endswith("(default: %(default)s)"):
             return f"{text[:-1]}; {within})"
-        return f"{text} ({within})" if within else text
+        return f"{text} ({within})"
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
@@ -72,8 +73,8 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     from transformers import HfArgumentParser
 
     flat = [_flatten(cls) for cls in dataclass_types]
-    ranges = {name: within for cls in dataclass_types for name, within in _ranges(cls).items()}
-    parser = HfArgumentParser([cls for cls, _ in flat], description=description)
+    ranges = {name: within for *_, own in flat for name, within in own.items()}
+    parser = HfArgumentParser([cls for cls, *_ in flat], description=description)
     parser.formatter_class = _HelpFormatter
 
     def error(message: str) -> None:  # argparse's, with the line starting "error:" as ours do
@@ -105,7 +106,7 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     argv = _split_lists(list(sys.argv[1:] if argv is None else argv), lists)
     *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     extra = parsed.pop() if parsed and isinstance(parsed[-1], argparse.Namespace) else None
-    parsed = [build(values) for (_, build), values in zip(flat, parsed, strict=True)]
+    parsed = [build(values) for (_, build, _), values in zip(flat, parsed, strict=True)]
     set_verbosity(getattr(extra, "quiet", False), getattr(extra, "verbose", False),
                   quiet_by_default)
     bare = [u for u in unknown if not u.startswith("-")] if positionals else []
@@ -115,25 +116,28 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     return (*parsed, bare) if positionals else tuple(parsed)
 
 
-def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
-    """``cls`` as the parser sees it, and the function that turns what the parser fills into a
-    ``cls``. A field holding a config (a dataclass) is replaced by that config's fields, whose
-    defaults are those of the outer field's default (``RagConfig``'s ``decode`` searches 4 beams,
-    a bare ``DecodeConfig`` 1); fields with ``cli=False`` in their metadata are left out and keep
-    their defaults. The flat class has no checks: ``cls``, built from it, makes them."""
+def _flatten(cls: type) -> tuple[type, Callable[[Any], Any], dict[str, Any]]:
+    """``cls`` as the parser sees it, the function that turns what the parser fills into a
+    ``cls``, and ``{option: Range}`` for the options declared ``within`` one. A field holding a
+    config (a dataclass) is replaced by that config's fields, whose defaults are those of the
+    outer field's default (``RagConfig``'s ``decode`` searches 4 beams, a bare ``DecodeConfig``
+    1); fields with ``cli=False`` in their metadata are left out and keep their defaults. The
+    flat class has no checks: ``cls``, built from it, makes them."""
     hints = get_type_hints(cls)
     options = _options(cls)
     nested = {f.name for f in options if dataclasses.is_dataclass(hints[f.name])}
-    spec, plain, inner = [], [], {}  # the flat fields; cls's own; {nested field: (default, names)}
+    fields, plain, inner = [], [], {}  # (field, type, default) flat; cls's own; {nested: (default, names)}
     for f in options:
         if f.name not in nested:
-            spec.append(_flat_field(f, hints[f.name], _default(f)))
+            fields.append((f, hints[f.name], _default(f)))
             plain.append(f.name)
             continue
         default = _default(f)
         inner_hints, inner_options = get_type_hints(type(default)), _options(default)
         inner[f.name] = default, [g.name for g in inner_options]
-        spec += [_flat_field(g, inner_hints[g.name], getattr(default, g.name)) for g in inner_options]
+        fields += [(g, inner_hints[g.name], getattr(default, g.name)) for g in inner_options]
+    spec = [_flat_field(*field) for field in fields]
+    ranges = {f.name: f.metadata["within"] for f, *_ in fields if "within" in f.metadata}
     names = [name for name, *_ in spec]
     if len(set(names)) < len(names):  # a programming error, not the user's
         raise TypeError(f"{cls.__name__}: nested configs repeat an option name: {names}")
@@ -145,19 +149,7 @@ def _flatten(cls: type) -> tuple[type, Callable[[Any], Any]]:
             kwargs[name] = dataclasses.replace(default, **{n: getattr(values, n) for n in own})
         return cls(**kwargs)
 
-    return flat_cls, build
-
-
-def _ranges(cls: type) -> dict[str, Any]:
-    """``{option: Range}`` for the options of ``cls`` (those of the configs it holds included)
-    declared ``within`` one."""
-    out = {}
-    for f in _options(cls):
-        default = _default(f)
-        for g in _options(default) if dataclasses.is_dataclass(default) else [f]:
-            if "within" in g.metadata:
-                out[g.name] = g.metadata["within"]
-    return out
+    return flat_cls, build, ranges
 
 
 def _options(config: Any) -> list[dataclasses.Field]:
@@ -177,10 +169,7 @@ def _flat_field(f: dataclasses.Field, hint: Any, default: Any) -> tuple[str, Any
     metadata = {key: value for key, value in f.metadata.items() if key not in ("cli", "within")}
     if default is dataclasses.MISSING:
         return f.name, hint, dataclasses.field(metadata=metadata)
-    if isinstance(default, list | dict | set):
-        return f.name, hint, dataclasses.field(default_factory=lambda: copy.copy(default),
-                                               metadata=metadata)
-    return f.name, hint, dataclasses.field(default=default, metadata=metadata)
+    return f.name, hint, option(default, metadata.pop("help", None), **metadata)
 
 
 def _split_lists(argv: list[str], flags: set[str]) -> list[str]:

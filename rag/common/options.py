@@ -33,15 +33,17 @@ from rag.common.errors import is_number, require
 @dataclass(frozen=True)
 class Range:
     """The values a number setting takes: finite, above ``low`` (or equal to it, unless
-    ``low_open``) and below ``high`` (or equal to it, unless ``high_open``)."""
+    ``low_open``) and below ``high`` (or equal to it, unless ``high_open``); with ``integer``,
+    whole numbers (ints) only."""
 
     low: float
     high: float = math.inf
     low_open: bool = False
     high_open: bool = False
+    integer: bool = False
 
     def __contains__(self, value: Any) -> bool:
-        if not is_number(value):
+        if not is_number(value) or (self.integer and not isinstance(value, int)):
             return False
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
@@ -58,7 +60,7 @@ class Range:
         """What a value must be, for an error message."""
         if self == POSITIVE:
             return "a positive number"
-        return f"a finite number {self}"
+        return f"{'a whole' if self.integer else 'a finite'} number {self}"
 
 
 POSITIVE = Range(0, low_open=True)

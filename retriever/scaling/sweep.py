@@ -140,8 +140,6 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
     if len(pool) < config.num_negatives:
         raise UserError(f"{corpus}: negative pool has {len(pool)} passages, fewer than "
                         f"num_negatives={config.num_negatives}")
-    if config.eval_sample not in ("random", "first"):
-        raise UserError(f"eval_sample must be 'random' or 'first', not {config.eval_sample!r}")
     picked = np.asarray(dev_subset(range(len(dev_kept)), config.eval_questions, config.eval_sample,
                                    config.seed + 1), dtype=np.int64)
     evaluated = [dev_kept[i] for i in picked]
@@ -200,15 +198,15 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
 
     from rag.common.options import updated
     from retriever.examples import Example
-    from retriever.loop import make_accelerator, optimizer_step, rank_share, train_epoch
+    from retriever.loop import optimizer_step, rank_share, train_epoch
     from retriever.train import TrainConfig, dpr_optimizer, train_step_loss
 
     train = updated(TrainConfig(), epochs=1, batch_size=config.batch_size, hard_negatives=0,
-                    lr=config.lr, weight_decay=0.01, warmup_ratio=0.1, seed=config.seed)
+                    lr=config.lr, weight_decay=0.01, warmup_ratio=0.1)
     examples = [Example(q, int(row), ()) for q, row in zip(questions, gold, strict=True)]
     scale = q_enc.score_scale(config.score_scale)
     params = list(q_enc.parameters())
-    acc = make_accelerator()
+    acc = train.optim.accelerator()
     opt, sched = dpr_optimizer(q_enc, params, train, len(examples), 1)
     device = next(q_enc.parameters()).device
 

@@ -102,6 +102,8 @@ HOLDS = {
     Range(0, 1, high_open=True): [0, 0.0, 1e-9, 0.5],
     Range(0, 1, low_open=True): [1e-9, 0.5, 1],
     Range(2): [2, 3.5],
+    Range(0, 1, integer=True): [0, 1],
+    Range(2, integer=True): [2],
 }
 
 
@@ -114,7 +116,8 @@ def test_a_range_holds_the_finite_numbers_of_its_interval_and_nothing_else(withi
 @pytest.mark.parametrize("within, shown", [(POSITIVE, "> 0"), (NON_NEGATIVE, ">= 0"),
                                            (FRACTION, "in [0, 1]"),
                                            (Range(0, 1, high_open=True), "in [0, 1)"),
-                                           (Range(0, 1, low_open=True), "in (0, 1]"), (Range(2), ">= 2")])
+                                           (Range(0, 1, low_open=True), "in (0, 1]"), (Range(2), ">= 2"),
+                                           (Range(1, 16, integer=True), "in [1, 16]")])
 def test_a_range_reads_as_its_interval(within, shown):
     assert str(within) == shown
 
