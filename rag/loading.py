@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from generator.copy import has_copy_head
@@ -22,7 +23,7 @@ from .model import RagModel
 
 def assemble(config: RagConfig, generator: str = "starter",
              retrieval: RetrievalConfig | None = None, *, copy_head: bool = False,
-             starter: dict | None = None) -> RagModel:
+             starter: dict | None = None, seed: int | None = None) -> RagModel:
     """A new model from its parts, as ``ragqa finetune`` starts one without a model directory.
 
     ``generator`` is "starter" (a BART warm-started from the packaged all-MiniLM-L6-v2, with
@@ -33,8 +34,11 @@ def assemble(config: RagConfig, generator: str = "starter",
     ``config.index``, loaded as ``retrieval`` says; the question encoder
     ``config.question_encoder``, the checkpoint's, or else the index's own encoder. One named
     or brought along is paired with the index (``DenseIndex.check_question_encoder``).
-    Closed book takes neither index nor question encoder.
+    Closed book takes neither index nor question encoder. ``seed`` seeds torch before any weight
+    is made (a new copy head's, a random cross-attention's), so that a run can be repeated.
     """
+    if seed is not None:
+        torch.manual_seed(seed)
     gen, tokenizer, q_enc = _generator_from(generator, copy_head, starter or {})
     if config.question_encoder:
         q_enc = None

@@ -57,10 +57,11 @@ class Args:
         check_fields(self)
 
 
-def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig
-                ) -> RagModel:
+def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig,
+                seed: int) -> RagModel:
     """The model to fine-tune: the checkpoint of an interrupted run of this command, if any, else
-    one assembled from --generator, --index and --question_encoder (``rag.loading.assemble``)."""
+    one assembled from --generator, --index and --question_encoder (``rag.loading.assemble``),
+    its new weights drawn with ``seed``."""
     resumed = resume_dir(run.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
@@ -69,7 +70,8 @@ def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: Ret
     starter = {"encoder_layers": args.starter_encoder_layers,
                "decoder_layers": args.starter_decoder_layers,
                "cross_attention": args.starter_cross_attention}
-    return assemble(rag_cfg, args.generator, retrieval, copy_head=args.copy_head, starter=starter)
+    return assemble(rag_cfg, args.generator, retrieval, copy_head=args.copy_head, starter=starter,
+                    seed=seed)
 
 
 def main() -> None:
@@ -79,7 +81,7 @@ def main() -> None:
     train, dev = run.questions(args.train_offset)
     # first: under torchrun it joins the other processes, which a sharded index searches with
     acc = config.optim.accelerator()
-    model = build_model(run, args, rag_cfg, retrieval)
+    model = build_model(run, args, rag_cfg, retrieval, config.seed)
     logs = finetune(model, train, run.out, config, dev, accelerator=acc,
                     on_eval=lambda e: print(f"step {e['step']}: dev EM {e['dev_em']:.2f} "
                                             f"({e['n']} questions)", flush=True))

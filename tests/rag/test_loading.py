@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from generator.copy import has_copy_head
 from rag.common.errors import UserError
@@ -23,6 +24,17 @@ def test_assemble_builds_a_new_model_from_its_parts(rag_index_dir, rag_generator
     assert closed.index is None and closed.question_encoder is None
     with pytest.raises(UserError, match="--index"):
         assemble(RagConfig(**TINY_RAG), str(rag_generator_dir))
+
+
+def test_a_seed_makes_the_new_weights_again(rag_generator_dir):
+    def copy_head(seed):
+        model = assemble(RagConfig(mode="closed_book", **TINY_RAG), str(rag_generator_dir),
+                         copy_head=True, seed=seed)
+        return [p.detach().clone() for p in model.generator.copy_head.parameters()]
+
+    first, again, other = copy_head(3), copy_head(3), copy_head(4)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
 
 
 @pytest.mark.parametrize("mode", ["sequence", "token"])
