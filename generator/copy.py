@@ -35,6 +35,8 @@ from transformers import BartConfig, BartForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 from transformers.models.bart.modeling_bart import shift_tokens_right
 
+from .span import SpanHead, has_span_head
+
 __all__ = [
     "COPY_HEAD_KEYS",
     "CopyBartForConditionalGeneration",
@@ -189,7 +191,18 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
         super().__init__(config)
         self.copy_head = CopyHead(config.d_model, getattr(config, "copy_follow_init", 2.0))
         config.copy_head = True
+        if getattr(config, "span_head", False):  # a reader's start/end head (generator.span)
+            self.span_head = SpanHead(config.d_model)
         self.post_init()
+
+    def add_span_head(self) -> None:
+        """Give the model a freshly initialised span head (``generator.span``) if it has none;
+        ``config.span_head = True`` then marks its directory."""
+        if not has_span_head(self):
+            self.config.span_head = True
+            param = next(self.parameters())
+            self.span_head = SpanHead(self.config.d_model).to(param.device, param.dtype)
+            self._init_weights(self.span_head.proj)
 
     @classmethod
     def from_bart(cls, bart: BartForConditionalGeneration) -> CopyBartForConditionalGeneration:

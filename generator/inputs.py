@@ -30,6 +30,7 @@ from rag.common.errors import UserError
 __all__ = [
     "DOC_SEP",
     "TITLE_SEP",
+    "answer_char_spans",
     "answer_labels",
     "answer_start",
     "build_generator_inputs",
@@ -40,6 +41,8 @@ __all__ = [
     "passage_pointer_targets",
     "pointer_targets",
     "question_inputs",
+    "text_region",
+    "token_layout",
 ]
 
 TITLE_SEP = " / "  # RagConfig.title_sep
@@ -290,12 +293,62 @@ def pointer_targets(
 def _find_answer(text: str, answer: str) -> tuple[int, int] | None:
     """Character span of the first occurrence of ``answer`` before the question part of a
     generator input string (exact, then case-insensitive), or None."""
-    answer = answer.strip()
+    spans = answer_char_spans(text, answer, title=True)
+    return spans[0] if spans else None
+
+
+def text_region(text: str, title: bool = False) -> tuple[int, int]:
+    """``(start, end)`` characters of the passage part of a generator input string: from after the
+    title separator (from 0 with ``title``) to the question separator."""
     end = text.rfind(DOC_SEP)
-    region = text if end < 0 else text[:end]
+    end = len(text) if end < 0 else end
+    sep = text.find(TITLE_SEP)
+    start = 0 if title or sep < 0 or sep >= end else sep + len(TITLE_SEP)
+    return start, end
+
+
+def answer_char_spans(text: str, answer: str, title: bool = False) -> list[tuple[int, int]]:
+    """Character spans of every occurrence of ``answer`` (stripped) in the passage part of a
+    generator input string (:func:`text_region`, the title included with ``title``): exact
+    occurrences, or, when there are none, case-insensitive ones. Non-overlapping, in order."""
+    answer = answer.strip()
+    lo, hi = text_region(text, title)
+    region = text[lo:hi]
     if not answer:
-        return None
-    start = region.find(answer)
-    if start < 0 and len(region.lower()) == len(region) and len(answer.lower()) == len(answer):
-        start = region.lower().find(answer.lower())
-    return None if start < 0 else (start, start + len(answer))
+        return []
+    spans = _occurrences(region, answer)
+    if not spans and len(region.lower()) == len(region) and len(answer.lower()) == len(answer):
+        spans = _occurrences(region.lower(), answer.lower())
+    return [(lo + a, lo + b) for a, b in spans]
+
+
+def _occurrences(haystack: str, needle: str) -> list[tuple[int, int]]:
+    out, at = [], haystack.find(needle)
+    while at >= 0:
+        out.append((at, at + len(needle)))
+        at = haystack.find(needle, at + len(needle))
+    return out
+
+
+def token_layout(tokenizer: PreTrainedTokenizerBase, strings: Sequence[Sequence[str]], width: int
+                 ) -> tuple[Tensor, Tensor]:
+    """Where each input token of (B, K) generator input strings sits, for a span reader.
+
+    ``width`` is L of the inputs built from ``strings`` (:func:`passage_inputs`, same truncation).
+
+    Returns:
+        ``(offsets, allowed)``: (B, K, L, 2) int64 character offsets of each token in its string
+        ((0, 0) for special tokens and padding) and (B, K, L) bool, the tokens of the passage text
+        (:func:`text_region`), where an answer span may start and end.
+    """
+    B, K = len(strings), len(strings[0])
+    flat = [s for row in strings for s in row]
+    enc = tokenizer(flat, max_length=width, truncation=True, padding="max_length",
+                    return_offsets_mapping=True, return_tensors="pt")
+    offsets = enc["offset_mapping"][:, :width]  # (B*K, L, 2)
+    regions = torch.tensor([text_region(s) for s in flat])  # (B*K, 2)
+    starts, ends = offsets[..., 0], offsets[..., 1]
+    allowed = ((ends > starts) & (starts >= regions[:, :1]) & (ends <= regions[:, 1:])
+               & enc["attention_mask"][:, :width].bool())
+    L = offsets.shape[1]
+    return offsets.view(B, K, L, 2), allowed.view(B, K, L)

@@ -29,6 +29,7 @@ from rag.common.errors import UserError
 from retriever.model_path import resolve_pretrained
 
 from .copy import COPY_HEAD_KEYS, CopyBartForConditionalGeneration
+from .span import SPAN_HEAD_KEYS, has_span_head
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,8 @@ def load_generator(
         raise UserError(f"cannot load the generator from {name_or_path!r}: {err}") from err
     if copy_head:
         _check_copy_head(Path(source), info)
+    if has_span_head(model):
+        _check_head(Path(source), info, SPAN_HEAD_KEYS, "span")
     apply_layer_norm_eps(model)
     model.eval()
     return model, tokenizer
@@ -118,13 +121,18 @@ def load_generator(
 def _check_copy_head(source: Path, info: dict) -> None:
     """Raise :class:`UserError` when a copy generator's weights lack (parts of) its copy head or
     hold them in the wrong shape (``from_pretrained`` would silently initialise them at random)."""
-    bad = [k for k in info.get("missing_keys", ()) if k in COPY_HEAD_KEYS]
+    _check_head(source, info, COPY_HEAD_KEYS, "copy")
+
+
+def _check_head(source: Path, info: dict, keys: tuple[str, ...], name: str) -> None:
+    """:func:`_check_copy_head` for the head whose weights are ``keys`` (``name``: "copy", "span")."""
+    bad = [k for k in info.get("missing_keys", ()) if k in keys]
     bad += [str(m[0]) if isinstance(m, tuple) else str(m) for m in info.get("mismatched_keys", ())]
     if bad:
         weights = source / "model.safetensors"
-        raise UserError(f"{weights if weights.exists() else source}: the copy head is incomplete or "
-                        f"has the wrong shape ({', '.join(sorted(bad))}); config.json says "
-                        "copy_head is true")
+        raise UserError(f"{weights if weights.exists() else source}: the {name} head is incomplete "
+                        f"or has the wrong shape ({', '.join(sorted(bad))}); config.json says "
+                        f"{name}_head is true")
 
 
 def save_generator(

@@ -159,7 +159,10 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
         "questions_per_s": n * processes / total if total > 0 else None,
         "seconds": total,
         "config": {
-            "k": None if closed else rag.k, "mode": rag.mode, "decoding": decoding or rag.decoding,
+            "k": None if closed else rag.k, "mode": rag.mode, "reader": rag.reader,
+            **({"max_answer_tokens": rag.max_answer_tokens, "span_doc_weight": rag.span_doc_weight}
+               if rag.reader == "span" else {}),
+            "decoding": decoding or rag.decoding,
             "num_beams": rag.decode.num_beams, "limit": config.limit, "seed": config.seed,
             "batch_size": config.batch_size, "processes": processes, "match": config.match,
             "max_input_length": rag.max_input_length,

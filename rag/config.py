@@ -25,6 +25,8 @@ Mode = Literal["sequence", "token", "closed_book"]
 # how answers are searched for: RAG-Sequence's "thorough" or "fast" rescoring (Lewis et al. 2020,
 # Sec. 2.4), or by name "greedy" (beam width 1) and "beam" (the model's beam width or a given one)
 Decoding = Literal["thorough", "fast", "greedy", "beam"]
+# how answers are read: decoded by the generator, or picked as passage spans by its span head
+Reader = Literal["generate", "span"]
 CONFIG_NAME = "rag_config.json"
 # score_scale was called doc_score_scale before it took the name the retriever's training uses
 # for the same factor: the rag_config.json of models saved then (the packaged starter's among
@@ -101,11 +103,25 @@ class RagConfig:
         True, "an answer whose tokens occur in a retrieved passage is returned as that stretch of the "
         "passage (its casing, spacing and punctuation: \"Levi's Stadium\", not \"levi ' s stadium\"); "
         "False returns the detokenised tokens as they are")
+    reader: Reader = option(
+        "generate", '"generate": the generator decodes answers (--mode, --decoding, --num_beams); '
+        '"span": the span head picks the passage stretch with the highest p(y|x), summed over '
+        "passages (rag.span_reader; needs a generator with a span head: finetune --span_head)")
+    max_answer_tokens: int = option(10, "span reader: longest answer in generator tokens (DPR: 10)",
+                                    within=POSITIVE)
+    span_weight: float = option(
+        1.0, "generators with a span head: weight of the span reader's loss in training",
+        within=NON_NEGATIVE)
+    span_doc_weight: float = option(
+        1.0, "span reader: weight w of log p(z|x) in an answer's score, log sum_z p(z|x)^w "
+        "p(y|x,z) (1 = RAG-Sequence's marginal, 0 = the reader alone)", within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         check_fields(self)
         if self.decode.constrain == "spans" and self.mode == "closed_book":
             raise UserError("constrain 'spans' needs passages to copy from; closed_book has none")
+        if self.reader == "span" and self.mode == "closed_book":
+            raise UserError("--reader span reads answers from passages; closed_book has none")
         require(self.decode.max_length >= 3, _MAX_LENGTH, self.decode.max_length,
                 "must be at least 3 for an answer (start symbol, one answer token, EOS)")
 
@@ -164,13 +180,24 @@ class Overrides:
     constrain: Constraint | None = option(
         None, "spans: answers only as stretches of the passages (then EOS); none: free generation "
         "(rag.constrain); default: the model's own")
+    reader: Reader | None = option(
+        None, "generate: the generator decodes; span: the span head picks passage stretches "
+        "(needs a generator with a span head); default: the model's own")
+    max_answer_tokens: int | None = option(
+        None, "span reader: longest answer in generator tokens; default: the model's own",
+        within=POSITIVE)
+    span_doc_weight: float | None = option(
+        None, "span reader: weight of log p(z|x) in an answer's score (1 = the RAG marginal, 0 = "
+        "the reader alone); default: the model's own", within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         check_fields(self)
 
     def at_load(self) -> dict:
         """The fields a model is built with (``RagModel.from_pretrained``'s overrides)."""
-        return {name: getattr(self, name) for name in ("k", "mode", "max_input_length", "constrain")
+        return {name: getattr(self, name) for name in ("k", "mode", "max_input_length", "constrain",
+                                                      "reader", "max_answer_tokens",
+                                                      "span_doc_weight")
                 if getattr(self, name) is not None}
 
     def apply(self, config: RagConfig) -> tuple[RagConfig, str]:

@@ -19,18 +19,21 @@ from retriever.shards import load_index
 
 from .config import CONFIG_NAME, Overrides, RagConfig
 from .model import RagModel
+from .span_reader import check_span_reader
 
 
 def assemble(config: RagConfig, generator: str = "starter",
              retrieval: RetrievalConfig | None = None, *, copy_head: bool = False,
-             starter: dict | None = None, seed: int | None = None) -> RagModel:
+             span_head: bool = False, starter: dict | None = None, seed: int | None = None
+             ) -> RagModel:
     """A new model from its parts, as ``ragqa finetune`` starts one without a model directory.
 
     ``generator`` is "starter" (a BART warm-started from the packaged all-MiniLM-L6-v2, with
     ``starter`` as :func:`generator.warmstart.warm_start_bart`'s keyword arguments, e.g.
     ``{"encoder_layers": 6}``), a transformers RAG checkpoint (its generator, and its DPR
     question encoder unless ``config.question_encoder`` names one), or a BART directory or
-    hub id; ``copy_head`` gives it a copy path (``generator.copy``) if it has none. The index is
+    hub id; ``copy_head`` gives it a copy path (``generator.copy``) if it has none, and
+    ``span_head`` a span head (``generator.span``; a copy generator only). The index is
     ``config.index``, loaded as ``retrieval`` says; the question encoder
     ``config.question_encoder``, the checkpoint's, or else the index's own encoder. One named
     or brought along is paired with the index (``DenseIndex.check_question_encoder``).
@@ -40,6 +43,12 @@ def assemble(config: RagConfig, generator: str = "starter",
     if seed is not None:
         torch.manual_seed(seed)
     gen, tokenizer, q_enc = _generator_from(generator, copy_head, starter or {})
+    if span_head:
+        if not has_copy_head(gen):
+            raise UserError("--span_head needs a copy generator: add --copy_head")
+        gen.add_span_head()
+    if config.reader == "span":
+        check_span_reader(gen)
     if config.question_encoder:
         q_enc = None
     if config.mode == "closed_book":

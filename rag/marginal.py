@@ -24,8 +24,10 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from generator.copy import has_copy_head, source_kwargs
+from generator.span import has_span_head
 
 from .passages import check_rag_inputs, encode_passages
+from .span_reader import SpanTargets, passage_span_logprobs, span_nll
 
 RagMode = Literal["sequence", "token"]
 
@@ -248,17 +250,21 @@ def rag_token_nll(generator: PreTrainedModel, context_input_ids: Tensor,
 def rag_loss(mode: RagMode, generator: PreTrainedModel, context_input_ids: Tensor,
              context_attention_mask: Tensor, doc_scores: Tensor, labels: Tensor, *,
              epsilon: float = 0.0, exclude_bos_score: bool = False,
-             pointer_targets: Tensor | None = None, pointer_weight: float = 0.0
-             ) -> tuple[Tensor, Tensor]:
+             pointer_targets: Tensor | None = None, pointer_weight: float = 0.0,
+             span: SpanTargets | None = None) -> tuple[Tensor, Tensor]:
     """Dispatch to :func:`rag_sequence_nll` (``mode="sequence"``) or :func:`rag_token_nll`.
 
     ``exclude_bos_score`` applies to RAG-Sequence only (transformers ignores it for RAG-Token).
     With a copy generator, ``pointer_targets`` (B, K, T-1) and ``pointer_weight`` > 0 add
     ``pointer_weight * pointer_nll`` (:func:`pointer_nll`) to each question's loss.
 
+    With a span head, ``span`` (:class:`rag.span_reader.SpanTargets`) adds ``span.weight`` times
+    the span reader's NLL of the gold answer (:func:`rag.span_reader.span_nll`), computed on the
+    same encoder states; questions whose answer is in no passage add nothing.
+
     Returns:
         ``(loss, nll)``: the scalar mean over questions of the loss and the (B,) per-question RAG
-        NLL (without the pointer term).
+        NLL (without the pointer and span terms).
     """
     if mode not in ("sequence", "token"):
         raise ValueError(f"mode must be 'sequence' or 'token', got {mode!r}")
@@ -275,4 +281,10 @@ def rag_loss(mode: RagMode, generator: PreTrainedModel, context_input_ids: Tenso
     loss = nll
     if pointer_targets is not None and pointer_weight > 0 and has_copy_head(generator):
         loss = nll + pointer_weight * pointer_nll(out.pointer_logp, pointer_targets)
+    if span is not None and span.weight > 0 and has_span_head(generator):
+        B, K, L = context_input_ids.shape
+        states = out.encoder_last_hidden_state.view(B, K, L, -1)  # (B, K, L, D)
+        span_logp = passage_span_logprobs(generator, states, span.allowed, span.max_tokens)
+        doc_logprior = torch.log_softmax(doc_scores.float(), dim=1)  # (B, K)
+        loss = loss + span.weight * span_nll(span_logp, doc_logprior, span.gold)[0]
     return loss.mean(), nll

@@ -36,8 +36,16 @@ import torch
 from torch import nn
 
 from generator.copy import has_copy_head
-from generator.inputs import answer_labels, passage_inputs, passage_pointer_targets, question_inputs
+from generator.inputs import (
+    answer_char_spans,
+    answer_labels,
+    passage_inputs,
+    passage_pointer_targets,
+    question_inputs,
+    token_layout,
+)
 from generator.model import load_generator, save_generator
+from generator.span import gold_span_mask, has_span_head
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 from rag.common.options import updated
@@ -52,6 +60,7 @@ from .config import CONFIG_NAME, RagConfig, read_config, write_config
 from .decode_sequence import rag_sequence_generate
 from .decode_token import rag_token_generate
 from .marginal import rag_loss
+from .span_reader import SpanTargets, check_span_reader, span_answers
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +89,7 @@ class RagModel(nn.Module):
         self.tokenizer = tokenizer
         self.index = index
         self.pointer_stats = {"answers": 0, "not_found": 0}  # supervised pointing, this process
+        self.span_stats = {"answers": 0, "not_found": 0}  # the span loss, this process
         self.retriever: Retriever | None = None
         if config.mode != "closed_book":
             if index is None or question_encoder is None:
@@ -172,14 +182,36 @@ class RagModel(nn.Module):
         read = self._prepare(questions, passages)
         labels = self.labels(answers).to(read.doc_scores.device)
         mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
-        targets = None
+        targets = span = None
         if (has_copy_head(self.generator) and self.config.pointer_weight > 0
                 and read.strings is not None):
             targets = self._pointer_targets(answers, read.strings, labels, read.inputs["input_ids"])
+        if has_span_head(self.generator) and self.config.span_weight > 0 and read.strings:
+            span = self._span_targets(answers, read.strings, read.inputs["input_ids"])
         return rag_loss(mode, self.generator, read.inputs["input_ids"],
                         read.inputs["attention_mask"], read.doc_scores, labels,
                         epsilon=self.config.label_smoothing,
-                        pointer_targets=targets, pointer_weight=self.config.pointer_weight)
+                        pointer_targets=targets, pointer_weight=self.config.pointer_weight,
+                        span=span)
+
+    def _span_targets(self, answers: list[str], strings: list[list[str]], input_ids: torch.Tensor
+                      ) -> SpanTargets:
+        """The span loss's allowed tokens and gold spans (every occurrence of each answer in each
+        passage text, ``generator.inputs.answer_char_spans``), on the device of ``input_ids``;
+        answers found in no passage are counted in ``self.span_stats`` (the loss skips them)."""
+        B, K, L = input_ids.shape
+        M = self.config.max_answer_tokens
+        offsets, allowed = token_layout(self.tokenizer, strings, L)
+        spans = [answer_char_spans(s, answers[b]) for b, row in enumerate(strings) for s in row]
+        gold = gold_span_mask(spans, offsets.view(B * K, L, 2), allowed.view(B * K, L), M)
+        gold = gold.view(B, K, L, M)
+        missing = int((~gold.flatten(1).any(dim=1)).sum())
+        self.span_stats["answers"] += B
+        self.span_stats["not_found"] += missing
+        if missing:
+            log.debug("span loss: %d of %d answers found in no passage, skipped", missing, B)
+        device = input_ids.device
+        return SpanTargets(allowed.to(device), gold.to(device), self.config.span_weight, M)
 
     # ------------------------------------------------------------- decoding
     @torch.no_grad()
@@ -204,6 +236,9 @@ class RagModel(nn.Module):
                                          None if passages is None
                                          else passages[start : start + batch_size])]
         read = self._prepare(questions, passages)
+        if self.config.reader == "span":
+            return span_answers(self.generator, self.tokenizer, questions, read.inputs,
+                                read.doc_scores, read.strings, read.sources, self.config)
         # closed book has no constraint: RagConfig refuses "spans" without passages
         own = self.config.decode
         cfg = replace(own, num_beams=num_beams or own.num_beams, num_return_sequences=1)
@@ -250,13 +285,13 @@ class RagModel(nn.Module):
         (``RetrievalConfig.over``); ``overrides`` change :class:`RagConfig` fields
         (``rag.common.options.updated``), e.g. ``k=10`` or ``num_beams=1``.
         """
-        if model_dir is None:
-            from . import default
+        from . import default
 
+        starter = model_dir is None
+        if starter:
             if not (default.MODEL / CONFIG_NAME).is_file():
                 raise UserError(f"no starter model in {default.MODEL}; pass a model directory")
             model_dir = default.MODEL
-            index = default.default_index() if index is None else index
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_NAME).is_file():
             from .hf_rag import is_transformers_rag
@@ -268,6 +303,10 @@ class RagModel(nn.Module):
         config, saved_retrieval = read_config(model_dir, **overrides)
         retrieval = (retrieval or RetrievalConfig()).over(saved_retrieval)
         generator, tokenizer = load_generator(model_dir / "generator")
+        if config.reader == "span":  # before any index is loaded or built
+            check_span_reader(generator)
+        if index is None and starter:
+            index = default.default_index()
         if config.mode == "closed_book":
             return cls(None, generator, tokenizer, None, config)
         if index is None or isinstance(index, str | os.PathLike):

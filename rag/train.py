@@ -29,7 +29,13 @@ from rag.common.collective import gather_shares, share
 from rag.common.errors import UserError, require
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
-from retriever.checkpoint import checkpoint_dir, load_checkpoint, restore_rng, save_checkpoint
+from retriever.checkpoint import (
+    checkpoint_dir,
+    load_checkpoint,
+    restore_rng,
+    rng_states,
+    save_checkpoint,
+)
 from retriever.gold import gold_rows
 from retriever.loop import OptimConfig, optimizer_step, rank_share
 from retriever.metrics import exact_match
@@ -166,8 +172,9 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         return gold_examples(train, model, config.gold_window, seed)
 
     pairs = epoch_pairs(0)
-    if model.question_encoder is not None:
-        model.question_encoder.requires_grad_(config.train_question_encoder
+    if model.question_encoder is not None:  # sparse retrieval never calls it: DDP would wait
+        used = model.retriever is not None and model.retriever.mode != "sparse"  # for its grads
+        model.question_encoder.requires_grad_(config.train_question_encoder and used
                                               and config.gold_window <= 0)
     if config.freeze_generator_encoder:
         model.generator.get_encoder().requires_grad_(False)
@@ -195,6 +202,8 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
                 unwrapped, subset, num_beams=config.eval_beams), "n": len(subset)}
             if unwrapped.pointer_stats["answers"]:
                 entry["pointer_not_found"] = dict(unwrapped.pointer_stats)
+            if unwrapped.span_stats["answers"]:
+                entry["span_not_found"] = dict(unwrapped.span_stats)
             state["log"].append(entry)
             log.info("step %d: dev EM %.2f on %d questions", entry["step"], entry["dev_em"],
                      entry["n"])
@@ -221,8 +230,11 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if config.eval_every and state["step"] % config.eval_every == 0:
                 evaluate()
-            if acc.is_main_process and state["step"] % config.save_every == 0:
-                save_checkpoint(ckpt, acc.unwrap_model(wrapped).save_pretrained, opt, sched, state)
+            if state["step"] % config.save_every == 0:
+                rng = rng_states()  # collective: every process's random state
+                if acc.is_main_process:
+                    save_checkpoint(ckpt, acc.unwrap_model(wrapped).save_pretrained, opt, sched,
+                                    state, rng=rng)
             if config.max_steps and state["step"] >= config.max_steps:
                 break
         else:

@@ -28,6 +28,7 @@ from .encoder import Encoder
 
 log = logging.getLogger(__name__)
 VECTORS = "vectors.npy"  # encode_corpus's result, in its work directory
+HOST_COPY_ROWS = 4096  # encode_texts copies vectors to the host this many rows at a time
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,19 @@ def encode_texts(encoder: Encoder, texts: list[str], titles: list[str] | None = 
     own = bar is None
     if own:
         bar = progress_bar(total=len(texts), desc=desc, enabled=config.progress, unit="text")
+    held: list[torch.Tensor] = []  # vectors still on the device, and their rows
+    held_rows: list[np.ndarray] = []
     for start in range(0, len(texts), config.batch_size):
         idx = order[start : start + config.batch_size]
         input_ids, mask = _pad([ids[i] for i in idx], pad_id, device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            out[idx] = to_numpy32(encoder(input_ids, mask))
+            held.append(encoder(input_ids, mask))
+        held_rows.append(idx)
+        # copied to the host every HOST_COPY_ROWS rows, not every batch: each copy waits for
+        # the GPU to finish, and a wait per batch leaves it idle while the next batch is padded
+        if sum(len(r) for r in held_rows) >= HOST_COPY_ROWS or start + config.batch_size >= len(texts):
+            out[np.concatenate(held_rows)] = to_numpy32(torch.cat(held))
+            held, held_rows = [], []
         bar.update(len(idx))
     if own:
         bar.close()

@@ -14,6 +14,7 @@ from datasets import Dataset
 
 from rag.common import collective
 from rag.common.atomic import atomic_file, check_output_dir
+from rag.common.device import used_dtype
 from rag.common.errors import UserError
 
 from .batch_encode import EncodeConfig, encode_corpus, encode_texts
@@ -162,4 +163,7 @@ def _recipe(corpus_path: str | os.PathLike, encoder: Encoder, config: BuildConfi
     """What a build's embedding shards are made from (see :func:`build_index`)."""
     return {"corpus_sha256": corpus_digest(corpus_path), "corpus": asdict(config.corpus),
             "encoder": encoder.fingerprint, "max_length": encoder.config.max_length,
-            "dtype": config.encode.dtype, "shard_size": config.encode.shard_size}
+            # the precision used, not the setting: "auto" is bf16 on a GPU and fp32 on a CPU,
+            # and a resumed build must not mix the two
+            "dtype": used_dtype(config.encode.dtype, next(encoder.parameters()).device),
+            "shard_size": config.encode.shard_size}

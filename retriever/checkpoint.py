@@ -6,23 +6,32 @@ leaves the previous one whole)::
     model/          the model, in its own directory format (written by the trainer's ``save``)
     optimizer.pt    optimizer state (torch.save of tensors, loaded with weights_only=True)
     scheduler.pt    learning-rate scheduler state
-    rng.pt          torch's random state (dropout) and CUDA's, when present
+    rng.pt          every process's random state (dropout): torch's (W, S) and, on GPUs, each
+                    process's own CUDA generator's (W, C), row r for rank r
     state.json      progress: step, epoch, batch within the epoch, log; anything JSON the trainer adds
 
 A resumed run restores all of it, so it draws the same dropout masks and sees the same batches as
 an uninterrupted run: on CPU in fp32 the two end bit for bit equal (tests/scripts/test_kill.py).
+Everything is loaded onto the CPU first (``map_location``), so a checkpoint written on GPUs
+resumes on a CPU machine, and each process's optimizer state goes to its own parameters' device
+(``Optimizer.load_state_dict`` moves it), not to the GPU that saved it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rag.common.atomic import atomic_directory
+from rag.common.collective import all_gather, world
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_dir(out: str | os.PathLike) -> Path:
@@ -30,18 +39,27 @@ def checkpoint_dir(out: str | os.PathLike) -> Path:
     return Path(f"{Path(out)}.checkpoint")
 
 
+def rng_states() -> dict[str, torch.Tensor]:
+    """Every process's random state, in rank order: ``{"torch": (W, S) uint8}``, plus ``"cuda"``
+    (W, C), each process's current CUDA generator, on GPUs. Collective (``rag.common.collective``):
+    every process calls it at the same step; a single process gets W = 1."""
+    out = {"torch": torch.from_numpy(np.concatenate(all_gather(torch.get_rng_state().numpy()[None])))}
+    if torch.cuda.is_available():
+        mine = torch.cuda.get_rng_state().numpy()[None]
+        out["cuda"] = torch.from_numpy(np.concatenate(all_gather(mine)))
+    return out
+
+
 def save_checkpoint(ckpt: Path, save_model: Callable[[Path], None], opt, sched, state: dict,
-                    extra: dict[str, str] | None = None) -> None:
+                    extra: dict[str, str] | None = None, rng: dict | None = None) -> None:
     """Write the checkpoint (module doc); ``save_model(dir)`` writes the model into ``dir``,
-    ``extra`` maps more file names to their text."""
+    ``extra`` maps more file names to their text, ``rng`` is :func:`rng_states` (gathered by
+    every process before the main one saves; this process's own when None)."""
     with atomic_directory(ckpt) as tmp:
         save_model(tmp / "model")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         torch.save(sched.state_dict(), tmp / "scheduler.pt")
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        torch.save(rng, tmp / "rng.pt")
+        torch.save(rng if rng is not None else rng_states(), tmp / "rng.pt")
         for name, text in (extra or {}).items():
             (tmp / name).write_text(text)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
@@ -57,9 +75,14 @@ def load_checkpoint(ckpt: Path, opt, sched) -> dict | None:
     """Load optimizer and scheduler state from ``ckpt`` and return its progress, or None."""
     if not (ckpt / "state.json").is_file():
         return None
-    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
-    sched.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    opt.load_state_dict(_load(ckpt / "optimizer.pt"))
+    sched.load_state_dict(_load(ckpt / "scheduler.pt"))
     return json.loads((ckpt / "state.json").read_text())
+
+
+def _load(path: Path):
+    """A checkpoint file's tensors, on the CPU whatever device saved them (weights only)."""
+    return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def restore_rng(ckpt: Path) -> None:
@@ -67,7 +90,16 @@ def restore_rng(ckpt: Path) -> None:
     start-up (model building), right before the training loop."""
     if not (ckpt / "rng.pt").is_file():
         return
-    rng = torch.load(ckpt / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
+    rng = _load(ckpt / "rng.pt")
+    rank, size = world()
+    states = rng["torch"] if rng["torch"].dim() == 2 else rng["torch"][None]  # (W, S); old: (S,)
+    if len(states) != size:
+        log.warning("%s was saved by %d process(es), resumed by %d: rank r takes the random "
+                    "state of rank r mod %d", ckpt, len(states), size, len(states))
+    # clone: set_rng_state reads a view of a larger tensor from its storage's start (a crash)
+    torch.set_rng_state(states[rank % len(states)].clone())
     if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+        if rng["torch"].dim() == 2:  # one row per process: this process's own generator
+            torch.cuda.set_rng_state(rng["cuda"][rank % len(rng["cuda"])].clone())
+        else:  # older checkpoints: every device of the one saving process
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))

@@ -116,7 +116,7 @@ def fuse(dense: torch.Tensor, sparse: np.ndarray, best: np.ndarray, rows: np.nda
     mask = torch.from_numpy(valid).to(dense.device)
     if config.fusion == "linear":
         term = torch.from_numpy(normalise_sparse(sparse, best)).to(dense.device)
-        fused = dense + config.fusion_weight * term.to(dense.dtype)
+        fused = dense.float() + config.fusion_weight * term  # fp32: the top k is chosen on it
     else:
         fused = torch.from_numpy(_rrf(dense.detach().cpu().numpy(), sparse, rows)).to(dense.device)
     return fused.masked_fill(~mask, -math.inf)

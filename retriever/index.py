@@ -23,6 +23,7 @@ import numpy as np
 from datasets import Dataset
 
 from rag.common.atomic import remove_with
+from rag.common.device import FAISS_GPU_MAX_K, faiss_gpu
 from rag.common.errors import UserError
 
 from .batch_encode import to_numpy32
@@ -62,10 +63,6 @@ def query_matrix(queries, dim: int) -> np.ndarray:
         raise UserError(f"query vectors of shape {queries.shape} do not match the index "
                         f"dimension {dim}")
     return queries
-
-
-def _gpu_available() -> bool:
-    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
 class DenseIndex:
@@ -133,11 +130,23 @@ class DenseIndex:
         if k > len(self):
             raise UserError(f"k={k} is larger than the index ({len(self)} passages)")
 
-    def _searcher(self) -> faiss.Index:
-        if self.config.index_type != "flat" or not self.config.use_gpu or not _gpu_available():
+    def _searcher(self, k: int) -> faiss.Index:
+        """The FAISS index to search for ``k`` results per query: a clone of a flat index on this
+        process's GPU (``rag.common.device.faiss_gpu``; fp16 vectors with ``gpu_fp16``) when
+        faiss-gpu and a GPU are there, else the index itself. Also the index itself for k past
+        FAISS's GPU limit (``FAISS_GPU_MAX_K``), and for a memory-mapped index, whose vectors
+        would otherwise all be copied into GPU memory."""
+        if (self.config.index_type != "flat" or not self.config.use_gpu or self.mmap
+                or k > FAISS_GPU_MAX_K):
             return self.index
         if self._gpu_index is None:
-            self._gpu_index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, self.index)
+            gpu = faiss_gpu(faiss)
+            if gpu is None:
+                return self.index
+            resources, device = gpu
+            options = faiss.GpuClonerOptions()
+            options.useFloat16 = self.config.gpu_fp16
+            self._gpu_index = faiss.index_cpu_to_gpu(resources, device, self.index, options)
         return self._gpu_index
 
     def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,10 +171,10 @@ class DenseIndex:
             scores, rows = self.index.search(queries, k, params=params)
             del batch, selector
             return best_first(scores, rows, k)
-        searcher, size = self._searcher(), int(self.index.ntotal)
+        size = int(self.index.ntotal)
         width = min(size, 2 * k)
         while True:  # widen while a tie at the k-th score may run past the list's end
-            scores, rows = searcher.search(queries, width)
+            scores, rows = self._searcher(width).search(queries, width)
             open_ties = (scores[:, -1] == scores[:, k - 1]) & (rows[:, -1] >= 0)
             if width >= size or not open_ties.any():
                 return best_first(scores, rows, k)

@@ -53,7 +53,11 @@ class IndexConfig:
         0, "IVF-PQ training sample size; 0 = auto (64 per IVF cell, >= 256 per PQ code)",
         within=Range(0, integer=True))
     use_gpu: bool = option(
-        True, "search a flat index on GPU FAISS when faiss-gpu and a GPU are present")
+        True, "search a flat index on GPU FAISS when faiss-gpu and a GPU are present (the "
+        "process's own GPU under torchrun; not for --mmap or k > 2048: those search on the CPU)")
+    gpu_fp16: bool = option(
+        False, "the GPU copy of a flat index holds fp16 vectors: half the GPU memory, scores "
+        "rounded to about 1e-3")
 
     def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
         check_fields(self)

@@ -12,12 +12,17 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 import torch
 
 from rag.common.options import FRACTION, NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
+
+# minutes a collective waits (make_accelerator); reading and indexing DPR's 21M-passage Wikipedia
+# on one process, while the others wait, takes about an hour
+DIST_TIMEOUT = 180
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,10 @@ class OptimConfig:
     grad_accum: int = option(1, "gradient accumulation steps", within=POSITIVE)
     max_grad_norm: float = option(1.0, "gradient clipping: the largest gradient norm", within=POSITIVE)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
+    dist_timeout: int = option(
+        DIST_TIMEOUT, "under torch.distributed: minutes a process waits for the others (while the "
+        "first one reads a corpus, builds an index or evaluates) before the job is stopped",
+        within=POSITIVE)
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -50,17 +59,23 @@ class OptimConfig:
 
     def accelerator(self):
         """:func:`make_accelerator` with this precision and accumulation."""
-        return make_accelerator(self.mixed_precision, self.grad_accum)
+        return make_accelerator(self.mixed_precision, self.grad_accum, self.dist_timeout)
 
 
-def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1):
+def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1,
+                     dist_timeout: int = DIST_TIMEOUT):
     """accelerate's ``Accelerator`` for our trainers. On a machine without CUDA it is told so
     (``cpu=True``): only then does accelerate join the processes that torchrun or
-    ``accelerate launch`` started (gloo); without it each would train alone, unsynchronised."""
-    from accelerate import Accelerator
+    ``accelerate launch`` started (gloo); without it each would train alone, unsynchronised.
+
+    ``dist_timeout`` (minutes) is how long a collective waits: NCCL's default of 10 minutes
+    stops a job whose first process reads a large corpus or builds an index while the others
+    wait at a barrier."""
+    from accelerate import Accelerator, InitProcessGroupKwargs
 
     return Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       cpu=not torch.cuda.is_available())
+                       cpu=not torch.cuda.is_available(), kwargs_handlers=[
+                           InitProcessGroupKwargs(timeout=timedelta(minutes=dist_timeout))])
 
 
 def rank_share(n: int, seed: int | None, acc) -> list[int]:
@@ -88,7 +103,9 @@ def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: f
     if acc.sync_gradients and max_grad_norm is not None:
         acc.clip_grad_norm_(params, max_grad_norm)
     opt.step()
-    if acc.sync_gradients:
+    # an fp16 step the gradient scaler skipped (inf/nan gradients) is no update: the schedule
+    # counts updates, so it does not move either
+    if acc.sync_gradients and not acc.optimizer_step_was_skipped:
         sched.step()
     opt.zero_grad()
 

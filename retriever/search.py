@@ -24,6 +24,7 @@ import os
 import numpy as np
 import torch
 
+from rag.common.device import fp32_einsum
 from rag.common.errors import UserError
 
 from .batch_encode import EncodeConfig, encode_texts, to_numpy32
@@ -125,7 +126,7 @@ class Retriever:
         B, C = rows.shape
         vecs = self.index.vectors(np.where(rows >= 0, rows, rows[:, :1]))  # (B*C, D)
         docs = torch.from_numpy(vecs).view(B, C, -1).to(q.device)
-        return torch.einsum("bd,bcd->bc", q, docs)
+        return fp32_einsum("bd,bcd->bc", q, docs)  # fp32 under autocast (rag.common.device)
 
     def search(self, questions: list[str], k: int, grad: bool = False
                ) -> tuple[torch.Tensor, SearchResult]:

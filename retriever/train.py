@@ -33,11 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rag.common.device import fp32_einsum
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .candidates import FrozenContexts, fit_lexical_head, frozen_contexts, passage_encoding, sparse_term
-from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .checkpoint import load_checkpoint, restore_rng, rng_states, save_checkpoint
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
@@ -109,7 +110,7 @@ def dpr_loss(q: torch.Tensor, ctx: torch.Tensor, positive_col: torch.Tensor,
     positive); sparse (B, C) a constant added to the inner products before scaling (the hybrid's
     weighted, normalised BM25 term). Returns the mean loss, a scalar float tensor.
     """
-    scores = q @ ctx.T  # (B, C)
+    scores = fp32_einsum("bd,cd->bc", q, ctx)  # (B, C), fp32 under autocast (rag.common.device)
     scores = scale * (scores if sparse is None else scores + sparse.to(scores))
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
@@ -151,7 +152,7 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
         rows_t = torch.tensor(rows, device=device)  # (C,)
     tok = q_enc.tokenize([ex.question for ex in batch])
     q = (forward or q_enc)(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
-    ctx = ctx.to(device=device, dtype=q.dtype)
+    ctx = ctx.to(device)  # its dtype as it is: dpr_loss scores in fp32
     gold = rows_t[positive_col]  # (B,)
     exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
     exclude[torch.arange(len(batch)), positive_col.to(device)] = False  # ... except the positive
@@ -262,10 +263,11 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     def after_batch(done: int, loss: float) -> None:
         state["loss_sum"] += loss
         state["batch"] = done
-        if (checkpoint is not None and acc.sync_gradients and acc.is_main_process
-                and done % config.save_every == 0):
-            save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
-                            {EXAMPLES: saved_examples})
+        if checkpoint is not None and acc.sync_gradients and done % config.save_every == 0:
+            rng = rng_states()  # collective: every process's random state
+            if acc.is_main_process:
+                save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
+                                {EXAMPLES: saved_examples}, rng=rng)
 
     while state["epoch"] < config.optim.epochs:
         epoch = state["epoch"]

@@ -22,6 +22,7 @@ from typing import Literal
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
+from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
 from rag.common.options import POSITIVE, check_fields, option
 from rag.config import Overrides
@@ -46,9 +47,10 @@ class Args:
 
 
 def main() -> None:
-    args, overrides, retrieval, questions = parse([Args, Overrides, RetrievalConfig],
-                                                  description=__doc__, quiet_by_default=True,
-                                                  positionals="QUESTION")
+    args, overrides, retrieval, where, questions = parse(
+        [Args, Overrides, RetrievalConfig, DeviceConfig], description=__doc__,
+        quiet_by_default=True, positionals="QUESTION")
+    device = where.resolve()
     if args.json:
         check_output_parent(args.json)
     from_stdin = not questions
@@ -62,6 +64,7 @@ def main() -> None:
         if not questions:
             raise UserError("no questions on standard input")
     model, _ = load_model(args.model, args.index, overrides, retrieval)
+    model.to(device)
     answered = []
     for start in range(0, len(questions), args.batch_size):
         for ans in model.answer(questions[start : start + args.batch_size]):

@@ -18,11 +18,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
-
 from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
+from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
 from rag.common.options import option
 from rag.config import Overrides
@@ -37,25 +36,18 @@ class Args:
     json: str = field(metadata={"help": "write the report (JSON) here"})
     index: str | None = option(None, "index directory; default: the index the model was trained with")
     predictions: str | None = option(None, "write one JSON line per question here")
-    device: str = option("", 'torch device, e.g. "cpu" or "cuda"; "" = cuda when available')
 
 
 def main() -> None:
-    args, overrides, config, retrieval = parse([Args, Overrides, BenchmarkConfig, RetrievalConfig],
-                                               description=__doc__)
+    args, overrides, config, retrieval, where = parse(
+        [Args, Overrides, BenchmarkConfig, RetrievalConfig, DeviceConfig], description=__doc__)
     for path in (args.json, args.predictions):
         if path:
             check_output_parent(path)
     if args.predictions and args.predictions == args.json:
         raise UserError(f"--predictions and --json are the same file {args.json}")
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise UserError(f"--device {args.device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
     acc = make_accelerator()  # under torchrun: join the other processes, which share the questions
-    if not args.device and acc.num_processes > 1:
-        device = acc.device  # each process its own GPU
-    result = benchmark(args.model, args.index, args.questions, config, device=device,
+    result = benchmark(args.model, args.index, args.questions, config, device=where.resolve(),
                        retrieval=retrieval, overrides=overrides)
     if not acc.is_main_process:  # the first process reports
         return

@@ -27,6 +27,7 @@ from typing import Literal
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, check_fields, option
 from retriever.batch_encode import EncodeConfig
@@ -104,9 +105,10 @@ def add_sparse(args: Args, sparse: SparseConfig, fusion: FusionConfig) -> dict:
 
 
 def main() -> None:
-    args, corpus, encode, index_cfg, sparse, fusion = parse(
-        [Args, CorpusConfig, EncodeConfig, IndexConfig, SparseConfig, FusionConfig],
+    args, corpus, encode, index_cfg, sparse, fusion, where = parse(
+        [Args, CorpusConfig, EncodeConfig, IndexConfig, SparseConfig, FusionConfig, DeviceConfig],
         description=__doc__)
+    device = where.resolve()
     if args.json:
         check_output_parent(args.json)
     if args.split is not None:
@@ -121,7 +123,7 @@ def main() -> None:
         figures = add_sparse(args, sparse, fusion)
     else:
         length = {"max_length": args.max_length} if args.max_length else {}
-        encoder = Encoder.from_pretrained(args.encoder, **length)
+        encoder = Encoder.from_pretrained(args.encoder, **length).to(device)
         start = time.perf_counter()
         config = BuildConfig(corpus, encode, index_cfg, sparse if args.sparse == "bm25" else None,
                              fusion, overwrite=args.overwrite, use_embeddings=args.use_embeddings,

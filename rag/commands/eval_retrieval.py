@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 from rag.commands.cli import parse
 from rag.common.atomic import check_output_parent, write_json
+from rag.common.device import DeviceConfig
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
@@ -51,7 +52,8 @@ class Args:
 
 
 def main() -> None:
-    args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
+    args, retrieval, where = parse([Args, RetrievalConfig, DeviceConfig], description=__doc__)
+    device = where.resolve()
     for path in (args.json, args.results, args.trec):
         if path:
             check_output_parent(path)
@@ -61,6 +63,7 @@ def main() -> None:
     if args.limit > 0:
         questions = questions[: args.limit]
     encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
+    encoder.to(device)
     retriever = Retriever(encoder, index, retrieval, pair=bool(args.question_encoder))
     kept: list = []
     metrics = evaluate_retrieval(retriever, questions, args.ks, args.batch_size, results=kept,

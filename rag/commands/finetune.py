@@ -48,6 +48,10 @@ class Args:
     copy_head: bool = option(
         False, "give the generator a copy path (generator/copy.py) if it has none: a pointer over its "
         "input, trained with --pointer_weight (supervised pointing)")
+    span_head: bool = option(
+        False, "give the generator a span head (generator/span.py) if it has none: start/end scores "
+        "over its encoder states, for --reader span, trained with --span_weight; needs a copy "
+        "generator (--copy_head)")
     train_offset: int = option(
         0, "skip the first N training questions (continue on unseen ones); --train_limit counts from "
         "there", within=NON_NEGATIVE)
@@ -70,8 +74,8 @@ def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: Ret
     starter = {"encoder_layers": args.starter_encoder_layers,
                "decoder_layers": args.starter_decoder_layers,
                "cross_attention": args.starter_cross_attention}
-    return assemble(rag_cfg, args.generator, retrieval, copy_head=args.copy_head, starter=starter,
-                    seed=seed)
+    return assemble(rag_cfg, args.generator, retrieval, copy_head=args.copy_head,
+                    span_head=args.span_head, starter=starter, seed=seed)
 
 
 def main() -> None:

@@ -171,12 +171,12 @@ def sweep_command(argv: Sequence[str]) -> None:
     """``ragqa scale sweep``: train and measure each (l, D) not yet in --out, printing each row."""
     import logging
 
-    import torch
+    from rag.common.device import resolve_device
 
     args, config = parse([SweepArgs, SweepConfig], argv,
                          description="ragqa scale sweep: measure truncated encoders for the laws.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")  # under torchrun: the local rank's GPU
     data = load_sweep_data(args.corpus, args.train, args.dev, config)
     rows = run_sweep(data, args.layers, args.train_sizes, args.out, config, device=device)
     for row in rows:

@@ -72,7 +72,7 @@ def main() -> None:
         index = DenseIndex.load(args.index or index_dir, mmap=retrieval.mmap)
         ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
     else:
-        ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2")
+        ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2").to(state.device)
         if state.is_main_process:  # built once; the other processes load it
             build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=run.overwrite))
             log.info("built %s", index_dir)
@@ -82,6 +82,8 @@ def main() -> None:
     if resumed is not None:
         log.info("resuming from %s", resumed.parent)
     q_enc = Encoder.from_pretrained(str(resumed) if resumed else args.question_encoder or ctx_enc.name)
+    # on the process's device from the start: mining negatives and dev evaluation encode with it
+    ctx_enc, q_enc = ctx_enc.to(state.device), q_enc.to(state.device)
     retriever = Retriever(q_enc, index, retrieval, train=True)
 
     def evaluate(model: Encoder) -> dict:  # model is q_enc, the retriever's question encoder

@@ -207,19 +207,21 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     scale = q_enc.score_scale(config.score_scale)
     params = list(q_enc.parameters())
     acc = train.optim.accelerator()
-    opt, sched = dpr_optimizer(q_enc, params, train, len(examples), 1)
+    opt, sched = dpr_optimizer(q_enc, params, train, len(examples), acc.num_processes)
+    # prepared, so that under torch.distributed the processes average their gradients (DDP)
+    wrapped, opt = acc.prepare(q_enc, opt)
     device = next(q_enc.parameters()).device
 
     def contexts(rows: list[int]) -> torch.Tensor:  # (C, H)
         if not config.train_context:
             return torch.from_numpy(np.stack([ctx_vecs[r] for r in rows]))
         tok = q_enc.tokenize([data.texts[r] for r in rows], [data.titles[r] for r in rows])
-        return q_enc(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+        return wrapped(tok["input_ids"].to(device), tok["attention_mask"].to(device))
 
     losses = train_epoch(
-        acc, q_enc, rank_share(len(examples), None, acc), train.optim.batch_size,
+        acc, wrapped, rank_share(len(examples), None, acc), train.optim.batch_size,
         lambda batch: train_step_loss(q_enc, [examples[i] for i in batch], contexts, train, scale,
-                                      merge=True),
+                                      forward=wrapped, merge=True),
         lambda loss: optimizer_step(acc, loss, params, opt, sched, max_grad_norm=None),
         progress=False)
     q_enc.eval()

@@ -6,6 +6,8 @@
   question's loss does not depend on the rest of its batch (RAG's never does; DPR's when every
   passage is a candidate, ``negatives="corpus"``), and rank r's batch b holds the global batch's
   questions r, r+2, ...: so the two runs see the same examples.
+- ``finetune --retrieval sparse`` runs its steps on two processes: the question encoder, which BM25
+  retrieval never calls, does not train (DDP would wait for its gradients at step 2).
 - Sharded search: every search and an evaluation equal the whole index's exactly, and
   ``ragqa eval-retrieval`` reports what one process reports on the whole index. Bad layouts give
   the same one-line error on both processes, and neither waits for the other.
@@ -164,3 +166,10 @@ def test_eval_retrieval_under_torchrun_reports_what_one_process_does(job, built,
     assert all("3 shards need 1 process or a multiple of 3" in x for x in lines)
     assert not re.search(r'File ".*/(retriever|rag)/', run.stderr)  # torchrun's report alone
     assert not (out / "bad.json").exists()
+
+
+def test_sparse_finetune_on_two_processes(job):
+    _, out, _ = job
+    assert [(out / f"sparse-{r}.txt").read_text() for r in (0, 1)] == ["ok", "ok"]
+    log = json.loads((out / "sparse-ft" / "train_log.json").read_text())
+    assert log["steps"] == 3

@@ -40,9 +40,25 @@ def main(encoder_dir, index_dir, rag_dir, shards, layouts, questions, out) -> No
     (out / "search" / f"rank{rank}.json").write_text(json.dumps(report))
     run_command("eval-retrieval", ["--index", str(layouts / "two"), "--questions", questions,
                                    "--ks", "1,3", "--json", str(out / "eval.json")])
+    (out / f"sparse-{rank}.txt").write_text(sparse_finetune(rag_dir, index_dir, questions, out))
     (out / f"done-{rank}").touch()
     run_command("eval-retrieval", ["--index", str(layouts / "three"), "--questions", questions,
                                    "--json", str(out / "bad.json")])
+
+
+def sparse_finetune(rag_dir, index_dir, questions, out) -> str:
+    """3 steps of ``ragqa finetune --retrieval sparse``: "ok", or how it failed (a question encoder
+    that trains but is never called stalls DDP at step 2)."""
+    try:
+        run_command("finetune", ["--train", questions, "--index", str(index_dir), "--generator",
+                                 str(Path(rag_dir) / "generator"), "--retrieval", "sparse",
+                                 "--k", "2", "--max_input_length", "64", "--batch_size", "1",
+                                 "--max_steps", "3", "--quiet", "--out", str(out / "sparse-ft")])
+    except SystemExit as stop:
+        return f"exit {stop.code}"
+    except Exception as err:  # noqa: BLE001 - recorded for the test to show
+        return repr(err)
+    return "ok"
 
 
 if __name__ == "__main__":

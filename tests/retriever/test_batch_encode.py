@@ -148,3 +148,14 @@ def test_encode_corpus_splits_shards_between_processes(encoder, table, texts, tm
     assert spies[1].calls == [texts[3], texts[9]]  # shards 1 and 3
     np.testing.assert_array_equal(results[0], reference)
     assert results[1] is None  # only the main process indexes
+
+
+def test_vectors_reach_the_host_in_few_copies(encoder, texts, monkeypatch):
+    """Each copy to the host waits for the GPU: one per HOST_COPY_ROWS rows, not one per batch."""
+    expected = encode_texts(encoder, texts, config=QUIET)
+    copies = []
+    real = encode_mod.to_numpy32
+    monkeypatch.setattr(encode_mod, "to_numpy32", lambda x: copies.append(len(x)) or real(x))
+    monkeypatch.setattr(encode_mod, "HOST_COPY_ROWS", 4)
+    np.testing.assert_array_equal(encode_texts(encoder, texts, config=QUIET), expected)
+    assert copies == [4, 4, 2]  # 10 texts in batches of 2

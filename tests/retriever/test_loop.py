@@ -53,3 +53,25 @@ def test_epoch_runs_batches_and_resumes():
                          first=1, after_batch=lambda done, loss: after.append(done), progress=False)
     assert model.training and seen == [[2, 1], [0]] and after == [2, 3]
     assert len(losses) == 2 and all(isinstance(x, float) for x in losses)
+
+
+def test_the_process_group_timeout_is_the_configured_one():
+    from datetime import timedelta
+
+    from retriever.loop import DIST_TIMEOUT, OptimConfig
+
+    assert DIST_TIMEOUT >= 60  # NCCL's own 10 minutes stop jobs that read a large corpus first
+    acc = OptimConfig(dist_timeout=7).accelerator()
+    assert acc.init_handler.timeout == timedelta(minutes=7)
+
+
+@pytest.mark.parametrize("skipped", [False, True])
+def test_the_schedule_does_not_move_on_a_skipped_fp16_step(skipped):
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    # what accelerate's fp16 scaler reports after inf gradients: the optimizer did not step
+    acc = SimpleNamespace(backward=lambda loss: loss.backward(), sync_gradients=True,
+                          clip_grad_norm_=lambda *a: None, optimizer_step_was_skipped=skipped)
+    optimizer_step(acc, model(torch.ones(1, 3)).sum(), list(model.parameters()), opt, sched, 1.0)
+    assert sched.last_epoch == (0 if skipped else 1)
