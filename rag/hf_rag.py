@@ -30,7 +30,8 @@ import torch
 
 from generator.copy import has_copy_head
 from generator.inputs import DOC_SEP, TITLE_SEP
-from rag.common.atomic import atomic_directory, check_output_dir
+from rag.common.artefact import check_output_dir
+from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 from retriever.batch_encode import to_numpy32
 from retriever.encoder import Encoder, EncoderConfig
@@ -145,7 +146,7 @@ def export(model, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
 
     check_exportable(model)
     out = Path(out_dir).resolve()
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, "export")
     index = model.index
     removed = set(index.removed.tolist())
     rows = np.array([r for r in range(len(index.passages)) if r not in removed], dtype=np.int64)
@@ -159,7 +160,7 @@ def export(model, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     cls = (transformers.RagTokenForGeneration if model.config.mode == "token"
            else transformers.RagSequenceForGeneration)
     rag = cls(config, question_encoder=q_model, generator=model.generator)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, kind="export") as tmp:
         rag.save_pretrained(str(tmp))
         (tmp / EXPORT_NOTE).write_text(json.dumps(  # what was exported (marks the directory ours)
             {"index_encoder": index.manifest["encoder"]["name"], "passages": len(rows),

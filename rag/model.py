@@ -260,7 +260,7 @@ class RagModel(nn.Module):
         ``question_backbone_from`` stores the question encoder's backbone as a reference to that
         model instead of weights (``Encoder.save_pretrained``'s ``backbone_from``).
         """
-        with atomic_directory(out_dir) as tmp:
+        with atomic_directory(out_dir, kind="rag-model") as tmp:
             retrieval = RetrievalConfig()
             if self.retriever is not None:
                 self.retriever.save_question_encoder(tmp / "question_encoder", half=half,

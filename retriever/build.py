@@ -13,7 +13,8 @@ import numpy as np
 from datasets import Dataset
 
 from rag.common import collective
-from rag.common.atomic import atomic_file, check_output_dir
+from rag.common.artefact import check_output_dir
+from rag.common.atomic import atomic_file
 from rag.common.device import used_dtype
 from rag.common.errors import UserError
 
@@ -64,7 +65,7 @@ def build_index(corpus_path: str | os.PathLike | Dataset, encoder: Encoder, out_
     if config.index.index_type == "ivfpq" and pq_m and encoder.dim % pq_m:
         raise UserError(f"--pq_m {pq_m} does not divide the encoder's dimension {encoder.dim}")
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, config.overwrite)
+    check_output_dir(out_dir, config.overwrite, "sharded-index" if config.shards else "index")
     work = out_dir.with_name(out_dir.name + ".encoding")
     main = accelerator is None or accelerator.is_main_process
     passages, error = None, None

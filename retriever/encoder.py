@@ -215,7 +215,7 @@ class Encoder(nn.Module):
         """
         if backbone_from is not None:
             self._check_same_backbone(backbone_from)
-        with atomic_directory(out_dir) as tmp:
+        with atomic_directory(out_dir, kind="encoder") as tmp:
             fingerprint = self.fingerprint
             if backbone_from is None:
                 state = {k: v.half() if half and v.is_floating_point() else v

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import Dataset
 
+from rag.common.artefact import inside
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 
@@ -80,7 +81,7 @@ def write_index(out_dir: Path, index: faiss.Index, shard_files: list[Path], mani
     """Write an index directory atomically (temp dir next to it, then rename): the Arrow files
     ``shard_files`` in order (hard-linked where possible), ``index``, the ``removed`` rows if any,
     the sparse side if any and ``manifest`` naming the shards. Returns the shards' names."""
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, kind="index") as tmp:
         (tmp / "passages").mkdir()
         names = []
         for i, src in enumerate(shard_files):
@@ -107,8 +108,8 @@ def read_index(index_dir: Path, mmap: bool = False) -> StoredIndex:
                         "eval-retrieval, benchmark and finetune search sharded indexes)")
     manifest_file = index_dir / "manifest.json"
     manifest = _read_manifest(manifest_file)
-    files = ([index_dir / "index.faiss"]
-             + [_inside(index_dir, s, manifest_file) for s in manifest["passage_shards"]])
+    files = ([inside(index_dir, "index.faiss", manifest_file)]
+             + [inside(index_dir, s, manifest_file) for s in manifest["passage_shards"]])
     for f in files:
         if not f.is_file():
             raise UserError(f"{index_dir}: incomplete index directory (missing {f.name})")
@@ -120,7 +121,7 @@ def read_index(index_dir: Path, mmap: bool = False) -> StoredIndex:
         IndexConfig(**manifest["index_config"])
     except (KeyError, TypeError) as err:
         raise UserError(f"{manifest_file}: missing or wrong field ({err})") from None
-    removed = _read_removed(index_dir / "removed.npy")
+    removed = _read_removed(inside(index_dir, "removed.npy", manifest_file))
     try:
         passages = open_shards(files[1:])
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -175,14 +176,6 @@ def _read_removed(path: Path) -> np.ndarray | None:
         raise UserError(f"{path}: expected a 1-D int64 array, got {removed.dtype} "
                         f"{removed.shape}")
     return removed
-
-
-def _inside(index_dir: Path, name, manifest_file: Path) -> Path:
-    """``index_dir / name``, refused unless it stays inside ``index_dir``."""
-    path = index_dir / str(name)
-    if Path(str(name)).is_absolute() or not path.resolve().is_relative_to(index_dir.resolve()):
-        raise UserError(f"{manifest_file}: names {name!r}, outside the index directory")
-    return path
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

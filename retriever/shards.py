@@ -39,7 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from rag.common import collective
-from rag.common.atomic import atomic_directory, check_output_dir
+from rag.common.artefact import check_output_dir, inside
+from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 
 from .corpus import open_shards
@@ -80,11 +81,11 @@ def write_shards(out_dir: str | os.PathLike, total: int, shards: int,
     """Write a sharded index of ``total`` rows atomically, shard by shard: ``make_shard(start,
     stop)`` builds the index of rows ``start:stop`` (one shard in memory at a time)."""
     out_dir = Path(out_dir)
-    check_output_dir(out_dir, overwrite)
+    check_output_dir(out_dir, overwrite, "sharded-index")
     ranges = shard_ranges(total, shards)
     build = uuid.uuid4().hex
     entries = []
-    with atomic_directory(out_dir) as tmp:
+    with atomic_directory(out_dir, kind="sharded-index") as tmp:
         for i, (start, stop) in enumerate(ranges):
             shard = make_shard(start, stop)
             shard.manifest["shard"] = {"build": build, "index": i, "of": shards, "offset": start,
@@ -221,7 +222,7 @@ class ShardedIndex:
         mine = range(count) if size == 1 else [rank % count]
         manifests, files, offsets = [], [], []
         for i, entry in enumerate(entries):
-            where = root / str(entry.get("dir"))
+            where = inside(root, str(entry.get("dir")), root / SHARDS_FILE)
             manifest = _read_json(where / "manifest.json")
             expected = {"build": spec.get("build"), "index": i, "of": count,
                         "offset": entry.get("offset"), "rows": entry.get("rows")}
@@ -230,8 +231,10 @@ class ShardedIndex:
                                 "(shards from different builds, or changed since)")
             manifests.append(manifest)
             offsets.append(int(entry["offset"]))
-            files += [where / name for name in manifest.get("passage_shards", [])]
-        local = {i: DenseIndex.load(root / entries[i]["dir"], mmap) for i in mine}
+            files += [inside(where, name, where / "manifest.json")
+                      for name in manifest.get("passage_shards", [])]
+        local = {i: DenseIndex.load(inside(root, entries[i]["dir"], root / SHARDS_FILE), mmap)
+                 for i in mine}
         try:
             passages = open_shards(files)
         except Exception as err:  # noqa: BLE001 - any unreadable Arrow file is the user's

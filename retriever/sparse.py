@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sp
 
+from rag.common.artefact import inside
 from rag.common.errors import UserError
 from rag.common.options import FRACTION, NON_NEGATIVE, check_fields, option
 
@@ -177,8 +178,9 @@ class SparseIndex:
             config = SparseConfig(**{k: entry[k] for k in SparseConfig.__dataclass_fields__})
         except (KeyError, TypeError, UserError) as err:
             raise UserError(f"{index_dir / 'manifest.json'}: bad sparse entry ({err})") from None
+        where = inside(index_dir, SPARSE_DIR, index_dir / "manifest.json")
         for name in BM25S_FILES:
-            if not (where / name).is_file():
+            if not inside(where, name, index_dir / "manifest.json").is_file():
                 raise UserError(f"{where}: incomplete sparse index (missing {name})")
         tokenizer = None
         if config.sparse_tokenizer == "wordpiece":

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from rag.commands.cli import parse
+from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
@@ -51,6 +52,7 @@ def main() -> None:
         [Args, Overrides, RetrievalConfig, DeviceConfig], description=__doc__,
         quiet_by_default=True, positionals="QUESTION")
     device = where.resolve()
+    check_paths({"--model": args.model, "--index": args.index}, {"--json": args.json})
     if args.json:
         check_output_parent(args.json)
     from_stdin = not questions

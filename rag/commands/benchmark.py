@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 
 from rag.benchmark import BenchmarkConfig, benchmark, write_jsonl
 from rag.commands.cli import parse
+from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
-from rag.common.errors import UserError
 from rag.common.options import option
 from rag.config import Overrides
 from retriever.fusion import RetrievalConfig
@@ -41,11 +41,11 @@ class Args:
 def main() -> None:
     args, overrides, config, retrieval, where = parse(
         [Args, Overrides, BenchmarkConfig, RetrievalConfig, DeviceConfig], description=__doc__)
+    check_paths({"--model": args.model, "--index": args.index, "--questions": args.questions},
+                {"--json": args.json, "--predictions": args.predictions})
     for path in (args.json, args.predictions):
         if path:
             check_output_parent(path)
-    if args.predictions and args.predictions == args.json:
-        raise UserError(f"--predictions and --json are the same file {args.json}")
     acc = make_accelerator()  # under torchrun: join the other processes, which share the questions
     result = benchmark(args.model, args.index, args.questions, config, device=where.resolve(),
                        retrieval=retrieval, overrides=overrides)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Literal
 
 from rag.commands.cli import parse
-from rag.common.atomic import check_output_dir, check_output_parent, write_json
+from rag.common.artefact import check_output_dir, check_paths
+from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, check_fields, option
@@ -109,10 +110,13 @@ def main() -> None:
         [Args, CorpusConfig, EncodeConfig, IndexConfig, SparseConfig, FusionConfig, DeviceConfig],
         description=__doc__)
     device = where.resolve()
+    check_paths({"--corpus": args.corpus, "--split": args.split, "--encoder": args.encoder,
+                 "--add_sparse": args.add_sparse},
+                {"--out": None if args.add_sparse else args.out, "--json": args.json})
     if args.json:
         check_output_parent(args.json)
     if args.split is not None:
-        check_output_dir(args.out, args.overwrite)
+        check_output_dir(args.out, args.overwrite, "sharded-index")
         start = time.perf_counter()
         split_index(DenseIndex.load(args.split), args.out, args.shards, args.overwrite)
         seconds = time.perf_counter() - start

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from rag.commands.cli import parse
+from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
@@ -54,6 +55,9 @@ class Args:
 def main() -> None:
     args, retrieval, where = parse([Args, RetrievalConfig, DeviceConfig], description=__doc__)
     device = where.resolve()
+    check_paths({"--index": args.index, "--questions": args.questions,
+                 "--question_encoder": args.question_encoder},
+                {"--json": args.json, "--results": args.results, "--trec": args.trec})
     for path in (args.json, args.results, args.trec):
         if path:
             check_output_parent(path)

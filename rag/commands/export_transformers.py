@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from rag.commands.cli import parse
-from rag.common.atomic import check_output_dir
+from rag.common.artefact import check_output_dir, check_paths
 from rag.common.options import check_fields, option
 from rag.constrain import Constraint
 from rag.hf_rag import export
@@ -50,7 +50,8 @@ class Args:
 
 def main() -> None:
     args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
-    check_output_dir(args.out, args.overwrite)
+    check_paths({"--model": args.model, "--index": args.index}, {"--out": args.out})
+    check_output_dir(args.out, args.overwrite, "export")
     overrides = {"constrain": args.constrain} if args.constrain is not None else {}
     model = RagModel.from_pretrained(args.model, args.index, retrieval, **overrides).eval()
     out = export(model, args.out, overwrite=args.overwrite)

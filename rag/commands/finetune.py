@@ -81,7 +81,8 @@ def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: Ret
 def main() -> None:
     run, args, rag_cfg, config, retrieval = parse(
         [TrainingRun, Args, RagConfig, FinetuneConfig, RetrievalConfig], description=__doc__)
-    run.check_outputs()
+    run.check_outputs("rag-model", {"--index": rag_cfg.index, "--generator": args.generator,
+                                    "--question_encoder": rag_cfg.question_encoder})
     train, dev = run.questions(args.train_offset)
     # first: under torchrun it joins the other processes, which a sharded index searches with
     acc = config.optim.accelerator()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from rag.commands.cli import parse
 from rag.commands.training_run import TrainingRun
-from rag.common.atomic import check_output_dir, write_json
+from rag.common.artefact import check_output_dir
+from rag.common.atomic import write_json
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.build import BuildConfig, build_index
@@ -59,12 +60,15 @@ def main() -> None:
     state = config.optim.accelerator()
     if args.index is None and args.corpus is None:
         raise UserError("give --index DIR or --corpus PATH")
-    run.check_outputs()
-    resumed = None if config.train_context_encoder else resume_dir(run.out)
     index_dir = Path(run.out).with_name(Path(run.out).name + ".index")
+    run.check_outputs("encoder", {"--index": args.index, "--corpus": args.corpus,
+                                  "--encoder": args.encoder,
+                                  "--question_encoder": args.question_encoder},
+                      {"<out>.index": None if args.index else str(index_dir)})
+    resumed = None if config.train_context_encoder else resume_dir(run.out)
     reuse_index = args.index is None and resumed is not None and (index_dir / "manifest.json").is_file()
     if args.index is None and not reuse_index:
-        check_output_dir(index_dir, run.overwrite)
+        check_output_dir(index_dir, run.overwrite, "index")
     train, dev = run.questions()
     if args.dev_limit > 0 and dev:
         dev = dev[: args.dev_limit]

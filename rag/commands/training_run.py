@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from rag.common.atomic import check_output_dir, check_output_parent
+from rag.common.artefact import Kind, check_output_dir, check_paths
+from rag.common.atomic import check_output_parent
 from rag.common.options import NON_NEGATIVE, check_fields, option
 from retriever.questions import Question, read_questions
 
@@ -27,12 +28,16 @@ class TrainingRun:
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def check_outputs(self) -> None:
-        """Refuse, before any work, an --out that is not ours to replace or a --json that cannot
-        be written."""
+    def check_outputs(self, kind: Kind, inputs: dict[str, str | None] | None = None,
+                      outputs: dict[str, str | None] | None = None) -> None:
+        """Refuse, before any work, an --out that is not our ``kind`` to replace (or is there
+        without --overwrite), a --json that cannot be written, and outputs (these two and
+        ``outputs``) that land on an input (--train, --dev and ``inputs``) or on each other."""
+        check_paths({"--train": self.train, "--dev": self.dev, **(inputs or {})},
+                    {"--out": self.out, "--json": self.json, **(outputs or {})})
         if self.json:
             check_output_parent(self.json)
-        check_output_dir(self.out, self.overwrite)
+        check_output_dir(self.out, self.overwrite, kind)
 
     def questions(self, offset: int = 0) -> tuple[list[Question], list[Question] | None]:
         """The training questions (from ``offset`` on, at most --train_limit of them) and the dev

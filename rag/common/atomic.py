@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rag.common.artefact import Kind, write_marker
 from rag.common.errors import UserError
 
 DIR_MODE = 0o755  # mkdtemp makes 0700; a saved model or index should read like any other directory
@@ -23,8 +24,11 @@ FILE_MODE = 0o644  # likewise mkstemp's 0600
 
 
 @contextmanager
-def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(out_dir: str | os.PathLike, kind: Kind | None = None) -> Iterator[Path]:
     """Yield a fresh empty directory to fill; when the ``with`` block ends normally it becomes ``out_dir``.
+
+    ``kind`` marks the directory as that artefact of ours (``rag.common.artefact``), which is what
+    lets a later ``--overwrite`` replace it.
 
     The directory is ``.{name}.tmp-<pid>-XXXX`` next to ``out_dir`` (whose parents are created),
     mode 0755. On success its files are flushed to disk (fsync), an existing ``out_dir`` is moved
@@ -42,6 +46,8 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
     try:
         tmp.chmod(DIR_MODE)
         yield tmp
+        if kind is not None:
+            write_marker(tmp, kind)
         _fsync_tree(tmp)
         if os.path.lexists(out_dir):
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -84,34 +90,6 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-# what marks a directory as ours
-OURS = ("manifest.json", "rag_config.json", "ragqa_encoder.json", "ragqa_export.json")
-
-
-def check_output_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse, before any work, an output directory that cannot be written or must not be replaced.
-
-    An existing non-empty directory is replaced only if this project wrote it (it holds one of
-    ``OURS``) and ``overwrite`` is set; a file in its place, or a place that cannot be written, is
-    refused too. Raises :class:`UserError` naming the path.
-    """
-
-    out = Path(path)
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a directory")
-        if any(out.iterdir()):
-            if not any((out / name).is_file() for name in OURS):
-                raise UserError(f"{out}: exists and was not written by ragqa; refusing to replace it")
-            if not overwrite:
-                raise UserError(f"{out}: already exists (pass --overwrite to replace it)")
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: cannot write in {parent}")
 
 
 def remove_with(owner, path: str | os.PathLike) -> None:

@@ -96,7 +96,7 @@ def test_save_load_round_trip(vectors, table, queries, tmp_path, index_type):
     before = index.search(queries, 5)
     index.save(tmp_path / "idx")
     assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == [
-        "index.faiss", "manifest.json", "passages"]
+        "index.faiss", "manifest.json", "passages", "ragqa.json"]
     loaded = DenseIndex.load(tmp_path / "idx")
     after = loaded.search(queries, 5)
     np.testing.assert_array_equal(after.rows, before.rows)
