@@ -25,8 +25,8 @@ from transformers import (
 )
 
 from rag.common.atomic import atomic_directory
-from rag.common.errors import UserError
-from retriever.model_path import resolve_pretrained
+from rag.common.errors import UserError, loading
+from retriever.model_path import resolve_pretrained, weights_file
 
 from .copy import COPY_HEAD_KEYS, CopyBartForConditionalGeneration
 from .span import SPAN_HEAD_KEYS, has_span_head
@@ -100,15 +100,17 @@ def load_generator(
     copy_head = bool(getattr(config, "copy_head", False))
     cls = CopyBartForConditionalGeneration if copy_head else BartForConditionalGeneration
     try:
-        model, info = cls.from_pretrained(
-            source, config=config, dtype=torch.float32 if dtype is None else dtype,
-            output_loading_info=True,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, RuntimeError) as err:
+        with loading(weights_file(Path(source))):
+            model, info = cls.from_pretrained(
+                source, config=config, dtype=torch.float32 if dtype is None else dtype,
+                output_loading_info=True,
+            )
+        with loading(source):
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except UserError as err:
         if copy_head and "mismatched" in str(err):
             _check_copy_head(Path(source), {"mismatched_keys": ["a weight of the wrong shape"]})
-        raise UserError(f"cannot load the generator from {name_or_path!r}: {err}") from err
+        raise
     if copy_head:
         _check_copy_head(Path(source), info)
     if has_span_head(model):

@@ -11,6 +11,7 @@ settings then stood beside the others, ``max_length`` as ``max_answer_length``).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,7 @@ from retriever.fusion import RetrievalConfig
 
 from .constrain import Constraint
 
+log = logging.getLogger(__name__)
 Mode = Literal["sequence", "token", "closed_book"]
 # how answers are searched for: RAG-Sequence's "thorough" or "fast" rescoring (Lewis et al. 2020,
 # Sec. 2.4), or by name "greedy" (beam width 1) and "beam" (the model's beam width or a given one)
@@ -194,11 +196,18 @@ class Overrides:
         check_fields(self)
 
     def at_load(self) -> dict:
-        """The fields a model is built with (``RagModel.from_pretrained``'s overrides)."""
-        return {name: getattr(self, name) for name in ("k", "mode", "max_input_length", "constrain",
-                                                      "reader", "max_answer_tokens",
-                                                      "span_doc_weight")
-                if getattr(self, name) is not None}
+        """The fields a model is built with (``RagModel.from_pretrained``'s overrides). A run
+        in closed book drops what needs passages (a span constraint, the span reader) unless it
+        was asked for, with a notice."""
+        fields = {name: getattr(self, name) for name in ("k", "mode", "max_input_length",
+                                                         "constrain", "reader",
+                                                         "max_answer_tokens", "span_doc_weight")
+                  if getattr(self, name) is not None}
+        if self.mode == "closed_book" and (self.constrain is None or self.reader is None):
+            log.warning("closed book: no passages to hold answers to, so the answers are "
+                        "generated freely (--constrain none --reader generate)")
+            fields = {"constrain": "none", "reader": "generate", **fields}
+        return fields
 
     def apply(self, config: RagConfig) -> tuple[RagConfig, str]:
         """``config`` with these overrides (``rag.common.options.updated``), and the name of the

@@ -32,9 +32,10 @@ from generator.copy import has_copy_head
 from generator.inputs import DOC_SEP, TITLE_SEP
 from rag.common.artefact import check_output_dir
 from rag.common.atomic import atomic_directory
-from rag.common.errors import UserError
+from rag.common.errors import UserError, loading
 from retriever.batch_encode import to_numpy32
 from retriever.encoder import Encoder, EncoderConfig
+from retriever.model_path import weights_file
 
 PASSAGES, FAISS_FILE, EXPORT_NOTE = "passages", "passages.faiss", "ragqa_export.json"
 
@@ -55,11 +56,9 @@ def load(path: str | os.PathLike) -> tuple[Encoder, torch.nn.Module, object, dic
     from transformers import AutoTokenizer
 
     path = Path(path)
-    try:
+    with loading(path / "config.json"):  # a bad question_encoder field is transformers' error
         config = transformers.RagConfig.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: not a readable transformers RAG config ({err})") from None
-    kinds = (config.question_encoder.model_type, config.generator.model_type)
+        kinds = (config.question_encoder.model_type, config.generator.model_type)
     if kinds != ("dpr", "bart"):
         raise UserError(f"{path}: a RAG checkpoint of {kinds[0]} + {kinds[1]}; only DPR + BART "
                         "(facebook/rag-*-nq's kind) are supported")
@@ -68,13 +67,12 @@ def load(path: str | os.PathLike) -> tuple[Encoder, torch.nn.Module, object, dic
                         f"{config.prefix!r}: only transformers' defaults are supported")
     mode = "token" if any("Token" in a for a in config.architectures or []) else "sequence"
     cls = transformers.RagTokenForGeneration if mode == "token" else transformers.RagSequenceForGeneration
-    try:
+    with loading(weights_file(path)):
         rag = cls.from_pretrained(str(path), dtype=torch.float32)
+    with loading(path / "question_encoder_tokenizer"):
         q_tok = AutoTokenizer.from_pretrained(str(path / "question_encoder_tokenizer"))
+    with loading(path / "generator_tokenizer"):
         g_tok = AutoTokenizer.from_pretrained(str(path / "generator_tokenizer"))
-    except (OSError, ValueError) as err:
-        raise UserError(f"{path}: cannot load the RAG checkpoint ({str(err).splitlines()[0]})"
-                        ) from None
     encoder = Encoder(rag.rag.question_encoder, q_tok, EncoderConfig(pooling="pooler"),
                       name=f"{path} (question encoder)")
     fields = {"mode": mode, "k": config.n_docs, "max_input_length": config.max_combined_length,

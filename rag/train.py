@@ -31,10 +31,12 @@ from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
 from retriever.checkpoint import (
     checkpoint_dir,
+    data_digest,
     load_checkpoint,
     restore_rng,
     rng_states,
     save_checkpoint,
+    training_settings,
 )
 from retriever.gold import gold_rows
 from retriever.loop import OptimConfig, optimizer_step, rank_share
@@ -44,6 +46,11 @@ from retriever.questions import Question, dev_subset
 from .model import RagModel
 
 log = logging.getLogger(__name__)
+# settings that do not change the weights a run trains: a resume may change them
+_NOT_SHAPING = ("eval_every", "eval_limit", "eval_sample", "eval_beams", "save_every",
+                "dist_timeout", "index", "question_encoder", "decode", "decoding", "copy_spans",
+                "reader", "span_doc_weight", "num_beams", "max_length", "min_length",
+                "length_penalty", "early_stopping", "num_return_sequences", "constrain")
 
 
 # Lewis et al. 2020 fine-tune with lr 3e-5
@@ -183,7 +190,11 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     per_epoch = math.ceil(len(pairs) / (optim.batch_size * acc.num_processes * optim.grad_accum))
     total = min(config.max_steps or math.inf, per_epoch * optim.epochs)  # the loop stops at both
     opt, sched = optim.optimizer(params, total)
-    state = load_checkpoint(ckpt, opt, sched) or {"step": 0, "epoch": 0, "batch": 0, "log": []}
+    settings = training_settings(config, model.config, exclude=_NOT_SHAPING,
+                                 data=data_digest([(q, a) for q, a, _ in pairs]),
+                                 processes=acc.num_processes)
+    state = load_checkpoint(ckpt, opt, sched, settings) or {"step": 0, "epoch": 0, "batch": 0,
+                                                            "log": [], "settings": settings}
     if state["step"]:
         log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
                  state["batch"])

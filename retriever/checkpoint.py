@@ -19,10 +19,12 @@ resumes on a CPU machine, and each process's optimizer state goes to its own par
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ import torch
 
 from rag.common.atomic import atomic_directory
 from rag.common.collective import all_gather, world
+from rag.common.errors import UserError, loading
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +74,46 @@ def resume_dir(out: str | os.PathLike) -> Path | None:
     return path / "model" if (path / "state.json").is_file() else None
 
 
-def load_checkpoint(ckpt: Path, opt, sched) -> dict | None:
-    """Load optimizer and scheduler state from ``ckpt`` and return its progress, or None."""
+def training_settings(*configs, exclude: Sequence[str] = (), **extra) -> dict:
+    """What shapes a run's weights, as ``{flag name: value}``: the fields of ``configs``
+    (dataclasses; those they hold flattened into their own fields), less ``exclude``, plus
+    ``extra`` (e.g. a digest of the training data); JSON values, as a checkpoint holds them."""
+    flat: dict = {}
+
+    def walk(obj) -> None:
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                walk(value)
+            elif f.name not in exclude:
+                flat[f.name] = value
+
+    for config in configs:
+        walk(config)
+    return json.loads(json.dumps({**flat, **extra}))
+
+
+def data_digest(rows: Sequence) -> str:
+    """A short digest of training data (JSON-serialisable rows), to tell two data sets apart."""
+    return hashlib.sha256(json.dumps(list(rows)).encode()).hexdigest()[:16]
+
+
+def load_checkpoint(ckpt: Path, opt, sched, settings: dict | None = None) -> dict | None:
+    """Load optimizer and scheduler state from ``ckpt`` and return its progress, or None.
+
+    ``settings`` (:func:`training_settings`) must equal those the checkpoint was written with
+    (``state["settings"]``, when it has them): a resume with other settings would train a model
+    that neither run asked for. A difference raises :class:`UserError` naming each setting."""
     if not (ckpt / "state.json").is_file():
         return None
+    saved = json.loads((ckpt / "state.json").read_text()).get("settings")
+    if settings is not None and saved is not None:
+        differ = [k for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k)]
+        if differ:
+            said = "; ".join(f"--{k} {saved.get(k)!r} then, {settings.get(k)!r} now" for k in differ)
+            raise UserError(f"{ckpt}: a run with other settings wrote this checkpoint ({said}): "
+                            f"rerun with the same arguments to resume, or remove {ckpt} to start "
+                            "over")
     opt.load_state_dict(_load(ckpt / "optimizer.pt"))
     sched.load_state_dict(_load(ckpt / "scheduler.pt"))
     return json.loads((ckpt / "state.json").read_text())
@@ -82,7 +121,8 @@ def load_checkpoint(ckpt: Path, opt, sched) -> dict | None:
 
 def _load(path: Path):
     """A checkpoint file's tensors, on the CPU whatever device saved them (weights only)."""
-    return torch.load(path, weights_only=True, map_location="cpu")
+    with loading(path):  # a planted pickle is refused by weights_only: one line naming it
+        return torch.load(path, weights_only=True, map_location="cpu")
 
 
 def restore_rng(ckpt: Path) -> None:

@@ -30,11 +30,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rag.common.atomic import atomic_directory
-from rag.common.errors import UserError
+from rag.common.errors import UserError, loading
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .lexical import HEAD_NAME, LexicalHead
-from .model_path import resolve_pretrained
+from .model_path import resolve_pretrained, weights_file
 from .st_folder import DenseLayer, read_folder, write_folder
 
 CONFIG_NAME = "ragqa_encoder.json"
@@ -276,7 +276,7 @@ class Encoder(nn.Module):
 
         ``config`` replaces the saved/inferred pooling settings; ``overrides`` change single fields.
         """
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         path = resolve_pretrained(name_or_path, config_file=False)
         meta_file = Path(path) / CONFIG_NAME
@@ -290,6 +290,9 @@ class Encoder(nn.Module):
         except (OSError, ValueError) as err:
             raise UserError(f"{name_or_path}: cannot load encoder ({str(err).splitlines()[0]})"
                             ) from None
+        if getattr(hf_config, "is_encoder_decoder", False):  # a generator given as an encoder
+            raise UserError(f"{name_or_path}: a {hf_config.model_type} sequence-to-sequence model "
+                            "(a generator), not an encoder: give a BERT-like encoder directory")
         fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
         dense = None
         if fields:
@@ -302,36 +305,20 @@ class Encoder(nn.Module):
         if table and overrides.get("max_length", 0) > table:
             raise UserError(f"--max_length {overrides['max_length']} is longer than {name_or_path}'s "
                             f"position table ({table} tokens)")
-        if hf_config.model_type == "dpr":
-            from transformers import DPRContextEncoder, DPRQuestionEncoder
-
-            archs = hf_config.architectures or []
-            model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
-            backbone = model_cls.from_pretrained(weights, dtype=torch.float32)
-        else:
-            from transformers.utils import logging as hf_logging
-
-            level = hf_logging.get_verbosity()  # the pooler weights left out on purpose are
-            hf_logging.set_verbosity_error()  # not worth transformers' "unexpected keys" report
-            try:  # BERT-family models build a pooler we do not need unless pooling == "pooler"
-                backbone = AutoModel.from_pretrained(
-                    weights, add_pooling_layer=base.pooling == "pooler", dtype=torch.float32)
-            except TypeError:
-                backbone = AutoModel.from_pretrained(weights, dtype=torch.float32)
-            finally:
-                hf_logging.set_verbosity(level)
+        with loading(weights_file(weights)):
+            backbone = _load_backbone(hf_config, weights, base.pooling == "pooler")
         if base.dense != saved.dense:  # Dense layers are the checkpoint's, not a setting to change
             base = replace(base, dense=saved.dense)
         enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,
                   paired_context_fingerprint=meta.get("paired_context_fingerprint"), dense=dense)
         if len(enc.dense) and dense is None:
-            weights_file = Path(path) / DENSE_NAME
-            if not weights_file.is_file():
+            dense_file = Path(path) / DENSE_NAME
+            if not dense_file.is_file():
                 raise UserError(f"{path}: config names Dense layers but {DENSE_NAME} is missing")
             try:
-                enc.dense.load_state_dict(load_file(str(weights_file)))
+                enc.dense.load_state_dict(load_file(str(dense_file)))
             except RuntimeError as err:
-                raise UserError(f"{weights_file}: does not match the Dense layers of "
+                raise UserError(f"{dense_file}: does not match the Dense layers of "
                                 f"{CONFIG_NAME} ({str(err).splitlines()[0]})") from None
         if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():
             enc.projection.load_state_dict(load_file(str(Path(path) / PROJECTION_NAME)))
@@ -341,3 +328,26 @@ class Encoder(nn.Module):
                 raise UserError(f"{path}: config names a lexical head but {HEAD_NAME} is missing")
             enc.lexical.weight.data.copy_(load_file(str(head))["weight"].float())
         return enc
+
+
+def _load_backbone(hf_config, weights: str, pooler: bool):
+    """The transformers model under an encoder: DPR's own classes for a DPR checkpoint, else
+    ``AutoModel`` (BERT-family models without the pooler they build, unless ``pooler``)."""
+    from transformers import AutoModel
+
+    if hf_config.model_type == "dpr":
+        from transformers import DPRContextEncoder, DPRQuestionEncoder
+
+        archs = hf_config.architectures or []
+        model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
+        return model_cls.from_pretrained(weights, dtype=torch.float32)
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()  # the pooler weights left out on purpose are
+    hf_logging.set_verbosity_error()  # not worth transformers' "unexpected keys" report
+    try:
+        return AutoModel.from_pretrained(weights, add_pooling_layer=pooler, dtype=torch.float32)
+    except TypeError:  # models without a pooler take no add_pooling_layer
+        return AutoModel.from_pretrained(weights, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(level)

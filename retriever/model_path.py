@@ -41,3 +41,13 @@ def resolve_pretrained(name_or_path: str | os.PathLike, config_file: bool = True
         raise UserError(f"model directory {path} does not exist")
     packaged = packaged_model_path(str(name_or_path))
     return packaged if packaged is not None else str(name_or_path)
+
+
+def weights_file(directory: str | os.PathLike) -> Path:
+    """The weights file of a transformers model directory (safetensors, else a PyTorch pickle),
+    for naming it in errors; the directory itself when it holds neither."""
+    directory = Path(directory)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).exists():
+            return directory / name
+    return directory

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rag.common.errors import UserError
+from rag.common.errors import UserError, loading
 
 # sentence-transformers' pooling modes, in its old config keys and in its newer "pooling_mode" values
 ST_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
@@ -122,7 +122,8 @@ def _read_dense(folder: Path) -> DenseLayer:
     if weights.is_file():
         state = load_file(str(weights))
     elif (folder / "pytorch_model.bin").is_file():  # older folders; tensors only, no pickled code
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        with loading(folder / "pytorch_model.bin"):
+            state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
         raise UserError(f"{folder}: Dense layer without weights ({DENSE_WEIGHTS})")
     try:

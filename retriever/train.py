@@ -38,7 +38,14 @@ from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .candidates import FrozenContexts, fit_lexical_head, frozen_contexts, passage_encoding, sparse_term
-from .checkpoint import load_checkpoint, restore_rng, rng_states, save_checkpoint
+from .checkpoint import (
+    data_digest,
+    load_checkpoint,
+    restore_rng,
+    rng_states,
+    save_checkpoint,
+    training_settings,
+)
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
@@ -234,9 +241,13 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         for enc in (q_enc, ctx_enc):
             enc.backbone.get_input_embeddings().requires_grad_(False)
     opt, sched = dpr_optimizer(q_enc, params, config, len(examples), acc.num_processes)
-    state = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "logs": logs}
+    settings = training_settings(config, exclude=("save_every", "dist_timeout"),
+                                 data=data_digest([(q.question, q.answers, q.positive_ids)
+                                                   for q in train]),
+                                 processes=acc.num_processes)
+    state = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "logs": logs, "settings": settings}
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, opt, sched) or state
+        state = load_checkpoint(checkpoint, opt, sched, settings) or state
         if resumed:
             log.info("resuming from %s (epoch %d, batch %d)", checkpoint, state["epoch"] + 1,
                      state["batch"])

@@ -59,10 +59,11 @@ def main() -> None:
     if from_stdin:
         if sys.stdin.isatty():
             raise UserError("give a question, or pipe questions on standard input")
-        try:
-            questions = [line.strip() for line in sys.stdin if line.strip()]
+        try:  # bytes, decoded here: a locale's surrogateescape would pass bad bytes through
+            text = sys.stdin.buffer.read().decode("utf-8")
         except UnicodeDecodeError as err:
             raise UserError(f"standard input: not UTF-8 text (byte {err.start})") from None
+        questions = [line.strip() for line in text.splitlines() if line.strip()]
         if not questions:
             raise UserError("no questions on standard input")
     model, _ = load_model(args.model, args.index, overrides, retrieval)

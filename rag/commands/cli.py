@@ -1,7 +1,8 @@
 """Helpers shared by the ``ragqa`` subcommands (``rag/commands``): dataclass-generated parsers,
 error handling, and the verbosity every subcommand shares.
 
-Verbosity: ``--quiet`` shows errors only and no progress bars; ``--verbose`` adds debugging
+Verbosity: ``--quiet`` shows warnings (what was done to the input, e.g. a question truncated) and
+errors only, no progress bars; ``--verbose`` adds debugging
 detail; by default warnings, progress bars and what a long run is doing (INFO) are shown, except
 for commands quiet by default (``ask``: its output is the answer), which show warnings only.
 """
@@ -44,10 +45,11 @@ def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: 
     """Log levels and progress bars as the module doc describes."""
     from rag.common.progress import set_progress
 
-    if int(os.environ.get("RANK", "0")) != 0:  # one of several processes: the first one talks
-        quiet = True
-    level = (logging.ERROR if quiet else logging.DEBUG if verbose
-             else logging.WARNING if quiet_by_default else logging.INFO)
+    other_rank = int(os.environ.get("RANK", "0")) != 0  # several processes: the first one talks
+    level = (logging.ERROR if other_rank else logging.WARNING if quiet
+             else logging.DEBUG if verbose else logging.WARNING if quiet_by_default
+             else logging.INFO)
+    quiet = quiet or other_rank
     logging.getLogger().setLevel(max(level, logging.INFO))  # other libraries: never their DEBUG
     for ours in ("retriever", "rag", "generator"):
         logging.getLogger(ours).setLevel(level)
@@ -85,7 +87,7 @@ def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
     parser.error = error
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--quiet", action="store_true",
-                      help="print errors only: no progress bars, no notes on what is being done")
+                      help="print warnings and errors only: no progress bars, no notes on what is being done")
     talk.add_argument("--verbose", action="store_true",
                       help="also print debugging detail")
     lists = set()

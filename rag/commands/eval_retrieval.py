@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 from rag.commands.cli import parse
@@ -22,7 +23,7 @@ from retriever.fusion import RetrievalConfig
 from retriever.loop import make_accelerator
 from retriever.metrics import Match
 from retriever.questions import read_questions
-from retriever.results import dpr_results, write_dpr_results, write_trec
+from retriever.results import ResultsWriter
 from retriever.search import Retriever
 from retriever.shards import load_index
 
@@ -69,9 +70,14 @@ def main() -> None:
     encoder = Encoder.from_pretrained(args.question_encoder or index.manifest["encoder"]["name"])
     encoder.to(device)
     retriever = Retriever(encoder, index, retrieval, pair=bool(args.question_encoder))
-    kept: list = []
-    metrics = evaluate_retrieval(retriever, questions, args.ks, args.batch_size, results=kept,
-                                 match=args.match)
+    sink = None
+    if args.results or args.trec:  # written as the questions are retrieved, by the first process
+        main = acc.is_main_process
+        sink = ResultsWriter(args.results if main else None, args.trec if main else None,
+                             args.match)
+    with sink or nullcontext():
+        metrics = evaluate_retrieval(retriever, questions, args.ks, args.batch_size,
+                                     match=args.match, sink=sink)
     if not acc.is_main_process:  # the first process reports
         return
     metrics["match"] = args.match
@@ -79,8 +85,4 @@ def main() -> None:
     print(json.dumps(metrics, indent=2))
     if args.json:
         write_json(args.json, metrics)
-    if args.results:
-        write_dpr_results(args.results, dpr_results(questions, kept, args.match))
-    if args.trec:
-        write_trec(args.trec, questions, kept)
 

@@ -7,6 +7,10 @@ scripts catch it (see :func:`rag.commands.cli.run`) and print that message on on
 from __future__ import annotations
 
 import math
+import os
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -23,3 +27,42 @@ def is_number(value, finite: bool = True) -> bool:
     """An int or float, not a bool (and, with ``finite``, neither inf nor nan)."""
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and (not finite or math.isfinite(value)))
+
+
+# what reading a file someone else may have made can raise, beyond a clean UserError: torch and
+# transformers' OSError/ValueError/RuntimeError, a refused pickle, a truncated safetensors file
+_LOADING = (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError, AttributeError,
+            pickle.UnpicklingError)
+
+
+@contextmanager
+def loading(path: str | os.PathLike) -> Iterator[None]:
+    """The loading boundary: any error deserialising ``path`` (weights, a pickle refused by
+    ``weights_only``, a config transformers rejects, tokenizer files) becomes one
+    :class:`UserError` naming it. ``UserError`` passes through unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (*_LOADING, *_library_errors()) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"{path}: cannot be loaded ({type(err).__name__}: {first})") from None
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the libraries under transformers that are no built-in kind: a truncated
+    safetensors file, a config field huggingface_hub's strict dataclasses reject."""
+    found: list[type[BaseException]] = []
+    try:
+        from safetensors import SafetensorError
+
+        found.append(SafetensorError)
+    except ImportError:
+        pass
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+
+        found.append(StrictDataclassError)
+    except ImportError:
+        pass
+    return tuple(found)

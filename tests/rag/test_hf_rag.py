@@ -10,6 +10,7 @@ to ``max_combined_length``, so only unpadded, untruncated inputs can give the sa
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -157,3 +158,21 @@ def test_what_transformers_cannot_represent_is_refused(make_rag, tmp_path):
     model.question_encoder.config = model.question_encoder.config.__class__(pooling="mean")
     with pytest.raises(UserError, match="mean pooling"):
         check_exportable(model)
+
+
+def test_damaged_transformers_checkpoints_are_one_clear_error(hf_dirs, tmp_path):
+    from rag.hf_rag import load
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(hf_dirs["sequence"], truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError, match="model.safetensors: cannot be loaded"):
+        load(truncated)
+    bad_field = tmp_path / "bad-field"
+    shutil.copytree(hf_dirs["sequence"], bad_field)
+    config = json.loads((bad_field / "config.json").read_text())
+    config["question_encoder"] = "not a config"
+    (bad_field / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="config.json: cannot be loaded"):
+        load(bad_field)

@@ -133,6 +133,30 @@ def test_killed_run_resumes_from_its_checkpoint(make_rag, train, tmp_path, rag_i
         assert torch.equal(got[key], value), key
 
 
+def test_a_resume_with_other_settings_is_refused_naming_them(make_rag, train, tmp_path):
+    out = tmp_path / "model"
+    config = updated(FinetuneConfig(), max_steps=4, batch_size=2, lr=1e-3, save_every=1)
+    model = make_rag("sequence")
+    count_calls(model, crash_after=2)
+    with pytest.raises(Crash):
+        finetune(model, train, out, config)
+    before = (checkpoint_dir(out) / "state.json").read_text()
+    for changed, names in ((updated(config, lr=2e-3), ["--lr"]),
+                           (updated(config, batch_size=4, seed=3), ["--batch_size", "--seed"])):
+        resumed = RagModel.from_pretrained(resume_dir(out))
+        with pytest.raises(UserError, match="other settings") as err:
+            finetune(resumed, train, out, changed)
+        assert all(name in str(err.value) for name in names), str(err.value)
+        assert "--epochs" not in str(err.value)
+    fewer = RagModel.from_pretrained(resume_dir(out))
+    with pytest.raises(UserError, match="--data"):  # other training questions
+        finetune(fewer, train[:6], out, config)
+    # changing how it is evaluated or saved is no other run
+    finetune(RagModel.from_pretrained(resume_dir(out)), train, out,
+             updated(config, eval_limit=3, save_every=2))
+    assert json.loads(before)["settings"]["lr"] == 1e-3
+
+
 def test_schedule_ends_with_the_epochs_when_max_steps_is_larger(make_rag, train, tmp_path):
     """max_steps only caps the run: the linear decay must reach zero at the last epoch's end."""
     out = tmp_path / "model"
