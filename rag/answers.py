@@ -63,3 +63,21 @@ def make_answers(tokenizer, questions: list[str], sequences: Tensor, scores: Ten
             texts[b] = span if span is not None else texts[b]
     return [Answer(question=q, answer=t.strip(), score=float(s), passages=sources[b])
             for b, (q, t, s) in enumerate(zip(questions, texts, scores.tolist(), strict=True))]
+
+
+def with_offsets(answer: Answer) -> Answer:
+    """``answer`` with, on each passage that holds the answer as a stretch of its text and does
+    not say where yet, ``answer_start`` and ``answer_end``: the characters of its first
+    occurrence (exact, else ignoring case). The span reader sets them itself."""
+    text = answer.answer
+    passages = []
+    for p in answer.passages:
+        if text and "answer_start" not in p:
+            body = p.get("text", "")
+            at = body.find(text)
+            if at < 0 and len(body.lower()) == len(body):
+                at = body.lower().find(text.lower())
+            if at >= 0:
+                p = {**p, "answer_start": at, "answer_end": at + len(text)}
+        passages.append(p)
+    return Answer(answer.question, answer.answer, answer.score, passages)

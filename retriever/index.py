@@ -81,6 +81,7 @@ class DenseIndex:
         self._row_of: dict[str, int] | None = None
         self._gpu_index = None
         self.mmap = False  # loaded memory-mapped (load(mmap=True)): read-only
+        self.path: Path | None = None  # the directory it was loaded from
         self.config = IndexConfig(**manifest["index_config"])
         if self.config.index_type == "ivfpq":
             index.nprobe = self.config.nprobe
@@ -347,4 +348,5 @@ class DenseIndex:
         loaded = cls(stored.index, stored.passages, stored.manifest, stored.removed,
                      shard_files=stored.shard_files, sparse=stored.sparse)
         loaded.mmap = mmap
+        loaded.path = Path(index_dir)
         return loaded

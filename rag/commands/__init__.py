@@ -23,6 +23,7 @@ COMMANDS = {  # subcommand -> module of this package
     "compare": "compare",
     "scale": "scale",
     "export": "export_transformers",
+    "serve": "serve",
 }
 
 
