@@ -33,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option
@@ -274,7 +275,11 @@ def create_app(service: Service):
         from pydantic import ValidationError
 
         try:
-            data = json.loads(await request.body())
+            raw = await request.body()
+        except ClientDisconnect:  # it hung up mid-body: nobody is left to answer
+            return error(400, "body: the client went away before sending it all")
+        try:
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             return error(400, f"body: not valid JSON ({str(err).splitlines()[0]})")
         try:

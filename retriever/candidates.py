@@ -91,7 +91,5 @@ def passage_encoding(index: DenseIndex, ctx_enc: Encoder, forward):
     ``forward`` (the prepared, DDP module under torch.distributed)."""
     def lookup(rows):
         part = index.passages[rows]
-        tok = ctx_enc.tokenize(part["text"], part["title"])
-        dev = next(ctx_enc.parameters()).device
-        return forward(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+        return ctx_enc.embed(part["text"], part["title"], forward=forward)
     return lookup

@@ -108,6 +108,16 @@ class Encoder(nn.Module):
         self.lexical = LexicalHead(tokenizer, self.dim) if config.lexical_head else None
         self._fingerprint: str | None = None
 
+    def embed(self, texts: list[str], titles: list[str] | None = None, forward=None
+              ) -> torch.Tensor:
+        """Tokenise (:meth:`tokenize`: with titles, passages), move to the encoder's device and
+        run: embeddings (N, D), with gradient when grad is on. ``forward`` is the module to call
+        (under torch.distributed the prepared, DDP one, so gradients are averaged); default
+        this encoder. For inference over many texts, ``retriever.batch_encode.encode_texts``."""
+        tok = self.tokenize(texts, titles)
+        device = next(self.parameters()).device
+        return (forward or self)(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Token ids (N, L) and mask (N, L) -> embeddings (N, D) in the backbone's dtype."""
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)

@@ -116,9 +116,7 @@ class Retriever:
         enc = self.question_encoder
         if not grad:
             return torch.from_numpy(encode_texts(enc, questions, config=self.encode_config))
-        device = next(enc.parameters()).device
-        tok = enc.tokenize(questions)
-        return enc(tok["input_ids"].to(device), tok["attention_mask"].to(device)).float()
+        return enc.embed(questions).float()
 
     def dense_scores(self, q: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
         """q . d (B, C) against the stored vectors of ``rows`` (B, C); padding (-1) gets the first

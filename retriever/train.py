@@ -157,8 +157,7 @@ def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: Tr
         rows, positive_col = _batch_candidates(batch, config.hard_negatives, merge)
         ctx = ctx_lookup(rows)  # (C, D); a training context encoder runs before the questions
         rows_t = torch.tensor(rows, device=device)  # (C,)
-    tok = q_enc.tokenize([ex.question for ex in batch])
-    q = (forward or q_enc)(tok["input_ids"].to(device), tok["attention_mask"].to(device))  # (B, D)
+    q = q_enc.embed([ex.question for ex in batch], forward=forward)  # (B, D)
     ctx = ctx.to(device)  # its dtype as it is: dpr_loss scores in fp32
     gold = rows_t[positive_col]  # (B,)
     exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...

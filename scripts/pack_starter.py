@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rag.commands.cli import parse, run
+from rag.common.artefact import check_output_dir, check_paths
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 from rag.common.options import POSITIVE, check_fields, option
@@ -41,9 +42,8 @@ class Args:
 def main() -> None:
     args, overrides = parse([Args, Overrides], description=__doc__)
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir())
-                                               and not (out / "rag_config.json").is_file())):
-        raise UserError(f"refusing to replace {out}: it is not a RAG model directory")
+    check_paths({"--model": args.model, "--index": args.index}, {"--out": args.out})
+    check_output_dir(out, True, "rag-model")  # replaces only a RAG model of ours
     model = RagModel.from_pretrained(args.model, args.index)
     config, _ = overrides.apply(model.config)
     # the starter's directory carries its question encoder: no index, no outside encoder path

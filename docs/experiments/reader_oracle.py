@@ -27,9 +27,10 @@ parser.add_argument("settings", nargs="+", help="0 (whole paragraph) or W:centre
 parser.add_argument("--n", type=int, default=300, help="random dev questions (seed 0)")
 parser.add_argument("--constrain", default="", help="'spans' or 'none'; default: the model's")
 parser.add_argument("--max_input_length", type=int, default=0, help="0 = the model's own")
+parser.add_argument("--reader", default="", help="'span' or 'generate'; default: the model's")
 args = parser.parse_args()
 model_dir, settings = args.model_dir, args.settings
-overrides = {k: v for k, v in (("constrain", args.constrain),
+overrides = {k: v for k, v in (("constrain", args.constrain), ("reader", args.reader),
                                ("max_input_length", args.max_input_length)) if v}
 model = RagModel.from_pretrained(model_dir, args.index_dir, **overrides).eval()
 dev = dev_subset(read_questions("../shared/data/squad-open/dev.json"), args.n, "random", seed=0)
@@ -50,5 +51,6 @@ for setting in settings:
         chunk = rows[start : start + 16]
         answers = model.answer([q.question for q, _ in chunk], num_beams=1, passages=[g for _, g in chunk])
         em += [exact_match(a.answer, q.answers) for a, (q, _) in zip(answers, chunk, strict=True)]
-    print(f"{model_dir} gold {setting or 'paragraph'} (constrain {model.config.decode.constrain}, input "
+    print(f"{model_dir} gold {setting or 'paragraph'} (reader {model.config.reader}, constrain "
+          f"{model.config.decode.constrain}, input "
           f"{model.config.max_input_length}): EM {100 * sum(em) / len(em):.2f} on {len(em)}", flush=True)

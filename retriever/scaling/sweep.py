@@ -210,13 +210,12 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     opt, sched = dpr_optimizer(q_enc, params, train, len(examples), acc.num_processes)
     # prepared, so that under torch.distributed the processes average their gradients (DDP)
     wrapped, opt = acc.prepare(q_enc, opt)
-    device = next(q_enc.parameters()).device
 
     def contexts(rows: list[int]) -> torch.Tensor:  # (C, H)
         if not config.train_context:
             return torch.from_numpy(np.stack([ctx_vecs[r] for r in rows]))
-        tok = q_enc.tokenize([data.texts[r] for r in rows], [data.titles[r] for r in rows])
-        return wrapped(tok["input_ids"].to(device), tok["attention_mask"].to(device))
+        return q_enc.embed([data.texts[r] for r in rows], [data.titles[r] for r in rows],
+                           forward=wrapped)
 
     losses = train_epoch(
         acc, wrapped, rank_share(len(examples), None, acc), train.optim.batch_size,
