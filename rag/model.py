@@ -120,14 +120,6 @@ class RagModel(nn.Module):
         """The factor on q . d in p(z|x) (see ``RagConfig.score_scale``)."""
         return self.question_encoder.score_scale(self.config.score_scale)
 
-    def generator_inputs(self, questions: list[str], result: SearchResult | None
-                         ) -> dict[str, torch.Tensor]:
-        """Tokenised "title / text // question" inputs (B, K, L) (closed book: (B, 1, L))."""
-        if result is None:
-            return question_inputs(self.tokenizer, questions, self.config.max_input_length)
-        return passage_inputs(self.tokenizer, questions, result.passages,
-                              self.config.max_input_length)[0]
-
     def labels(self, answers: list[str]) -> torch.Tensor:
         """Decoder targets (B, T): start symbol [+ forced BOS], answer tokens, EOS, right-padded."""
         return answer_labels(self.tokenizer, answers, self.generator.generation_config,

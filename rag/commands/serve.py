@@ -32,7 +32,8 @@ from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
 from rag.common.options import option
 from rag.config import Overrides
-from rag.server import ServeConfig, Service, create_app
+from rag.server import create_app
+from rag.service import ServeConfig, Service
 from retriever.fusion import RetrievalConfig
 
 log = logging.getLogger(__name__)

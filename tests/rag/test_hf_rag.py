@@ -15,6 +15,7 @@ import shutil
 import pytest
 import torch
 
+from generator.inputs import passage_inputs
 from rag.common.errors import UserError
 from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
@@ -89,7 +90,8 @@ def test_transformers_checkpoint_loads_with_the_same_likelihoods_and_answers(hf_
     hf = hf_model(hf_dirs[mode], mode)
     with torch.no_grad():
         doc_scores, result = ours.retrieve(QUESTIONS)
-        inputs = ours.generator_inputs(QUESTIONS, result)
+        inputs = passage_inputs(ours.tokenizer, QUESTIONS, result.passages,
+                                ours.config.max_input_length)[0]
         assert bool(inputs["attention_mask"].all())  # unpadded, as the module doc asks
         # transformers' question encoder and p(z|x) on the same passages
         q_ids = ours.question_encoder.tokenize(QUESTIONS)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from generator.inputs import passage_inputs
 from rag.common.errors import UserError
 from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
@@ -125,7 +126,8 @@ def test_long_passage_is_cut_and_the_question_kept(make_rag, text):
                 for _ in questions]
     result = SearchResult(scores=np.zeros((2, 2), np.float32), rows=np.zeros((2, 2), np.int64),
                           ids=[["long", "short"]] * 2, passages=passages)
-    inputs = model.generator_inputs(questions, result)
+    inputs = passage_inputs(model.tokenizer, questions, result.passages,
+                            model.config.max_input_length)[0]
     B, K, L = inputs["input_ids"].shape
     assert (B, K) == (2, 2) and L <= 48
     tok = model.tokenizer
