@@ -27,24 +27,13 @@ Glossary: N texts, L tokens, V vocabulary size, D dimension, R passages.
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 import torch
 from torch import nn
 
+from .sparse import SparseConfig, SparseIndex, content_tokens
+
 HEAD_NAME = "lexical_head.safetensors"
-
-
-def content_tokens(tokenizer) -> torch.Tensor:
-    """(V,) bool: True for token ids the head reads (not special, not only punctuation)."""
-    keep = torch.ones(len(tokenizer), dtype=torch.bool)
-    keep[list(tokenizer.all_special_ids)] = False
-    for token, i in tokenizer.get_vocab().items():
-        stem = token.removeprefix("##")
-        if stem and all(ch in string.punctuation for ch in stem):
-            keep[i] = False
-    return keep
 
 
 class LexicalHead(nn.Module):
@@ -54,7 +43,8 @@ class LexicalHead(nn.Module):
     def __init__(self, tokenizer, dim: int):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(len(tokenizer), dim))
-        self.register_buffer("content", content_tokens(tokenizer), persistent=False)
+        self.register_buffer("content", torch.from_numpy(content_tokens(tokenizer)),
+                             persistent=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         keep = attention_mask.bool() & self.content[input_ids]  # (N, L)
@@ -76,8 +66,6 @@ def bm25_weights(tokenizer, titles: list[str], texts: list[str], k1: float = 1.5
     idf(t) = ln(1 + (R - df + 0.5) / (df + 0.5)), weight = idf * tf (k1 + 1) / (tf + k1 (1 - b +
     b |p| / avgdl)), |p| counted in content tokens.
     """
-    from .sparse import SparseConfig, SparseIndex
-
     config = SparseConfig(sparse_tokenizer="wordpiece", bm25_k1=k1, bm25_b=b)
     sparse = SparseIndex.build(titles, texts, config, tokenizer)
     vocab = tokenizer.get_vocab()

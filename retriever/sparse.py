@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import string
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,6 +45,18 @@ SPARSE_DIR = "sparse"
 TOKENIZER_DIR = "tokenizer"
 BM25S_FILES = ("params.index.json", "vocab.index.json", "data.csc.index.npy",
                "indices.csc.index.npy", "indptr.csc.index.npy")
+
+
+def content_tokens(tokenizer) -> np.ndarray:
+    """(V,) bool: token ids that carry content (not special, not only punctuation): the terms of
+    the word-piece BM25 side, and what the lexical head (``retriever.lexical``) reads."""
+    keep = np.ones(len(tokenizer), dtype=bool)
+    keep[list(tokenizer.all_special_ids)] = False
+    for token, i in tokenizer.get_vocab().items():
+        stem = token.removeprefix("##")
+        if stem and all(ch in string.punctuation for ch in stem):
+            keep[i] = False
+    return keep
 
 
 @dataclass(frozen=True)
@@ -71,9 +84,7 @@ class Tokenize:
         if kind == "wordpiece":
             if tokenizer is None:
                 raise ValueError("the wordpiece sparse tokenizer needs the encoder's tokenizer")
-            from .lexical import content_tokens
-
-            self._keep = content_tokens(tokenizer).numpy()
+            self._keep = content_tokens(tokenizer)
         else:
             import Stemmer
 
