@@ -92,7 +92,7 @@ class Batcher:
             self._cond.notify_all()
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             job.cancelled = True
             raise
 

@@ -145,7 +145,7 @@ def create_app(service: Service):
             return await service.batcher.submit(key, questions, config.timeout_s)
         except Busy as busy:
             return error(503, f"busy: {busy}; try again shortly", {"Retry-After": "1"})
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return error(504, f"not answered within {config.timeout_s:g} s")
         except UserError as err:
             return error(422, str(err))

@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,7 +59,7 @@ def new_manifest(encoder_identity: dict, n: int, config: IndexConfig) -> dict:
         "question_encoders": [encoder_identity["fingerprint"]], "dim": encoder_identity["dim"],
         "count": n, "rows": n, "index_type": config.index_type, "metric": "inner_product",
         "index_config": asdict(config),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
