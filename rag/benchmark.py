@@ -195,7 +195,8 @@ def benchmark(model_dir: str | os.PathLike, index: str | os.PathLike | None,
     result = run_benchmark(model, records, config, decoding)
     index_used = None if model.index is None else str(index or model.config.index)
     result.metrics["config"] = {"model": str(model_dir), "index": index_used,
-                                "questions": str(questions), **result.metrics["config"]}
+                                "questions": str(questions), **result.metrics["config"],
+                                "quantize": (overrides and overrides.quantize) or "none"}
     return result
 
 

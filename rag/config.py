@@ -191,6 +191,9 @@ class Overrides:
     span_doc_weight: float | None = option(
         None, "span reader: weight of log p(z|x) in an answer's score (1 = the RAG marginal, 0 = "
         "the reader alone); default: the model's own", within=NON_NEGATIVE)
+    quantize: Literal["none", "int8"] | None = option(
+        None, "int8: dynamic int8 quantization of the question encoder's and the generator's "
+        "transformer layers (torch's quantize_dynamic; CPU only); default: none")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -84,6 +84,8 @@ def load_model(model_dir: str | os.PathLike | None, index: str | os.PathLike | N
                             f"in mode {overrides.mode!r}")
     model = RagModel.from_pretrained(model_dir, index, retrieval, **overrides.at_load())
     model.config, decoding = overrides.apply(model.config)  # k was checked at load (at_load)
+    if overrides.quantize == "int8":
+        model.quantize_int8()
     return model.eval(), decoding
 
 

@@ -47,6 +47,7 @@ from generator.inputs import (
 from generator.model import load_generator, save_generator
 from generator.span import gold_span_mask, has_span_head
 from rag.common.atomic import atomic_directory
+from rag.common.device import quantize_int8
 from rag.common.errors import UserError
 from rag.common.options import updated
 from retriever.encoder import Encoder
@@ -242,6 +243,19 @@ class RagModel(nn.Module):
                                         fast=self.config.decoding == "fast")
         return make_answers(self.tokenizer, questions, out.sequences[:, 0], out.scores[:, 0],
                             read.sources, self.config.copy_spans)
+
+    def quantize_int8(self) -> RagModel:
+        """Quantize the linear layers of the question encoder's transformer and of the
+        generator's encoder and decoder to int8 (``rag.common.device.quantize_int8``), in place,
+        for answering on the CPU. The copy and span heads and the output layer stay float (the
+        rescoring reads the output layer's weights). Returns the model."""
+        if any(p.device.type != "cpu" for p in self.parameters()):
+            raise UserError("int8 quantization runs on the CPU: load the model there")
+        parts = [self.generator.model]
+        if self.question_encoder is not None:
+            parts.append(self.question_encoder.backbone)
+        quantize_int8(*parts)
+        return self.eval()
 
     # ------------------------------------------------------------ save/load
     def save_pretrained(self, out_dir: str | os.PathLike, extra_files: dict[str, str] | None = None,

@@ -107,3 +107,17 @@ def faiss_gpu(faiss) -> tuple[object, int] | None:
     if gpu not in _RESOURCES:
         _RESOURCES[gpu] = faiss.StandardGpuResources()
     return _RESOURCES[gpu], gpu
+
+
+def quantize_int8(*modules) -> None:
+    """Dynamic int8 quantization, torch's own (``quantize_dynamic``), of every ``nn.Linear``
+    inside ``modules``, in place: weights stored in int8, activations quantized per batch on the
+    fly. For answering on the CPU; a quantized module no longer trains."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch points at torchao, which this project does not need
+        warnings.simplefilter("ignore")
+        for module in modules:
+            quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
