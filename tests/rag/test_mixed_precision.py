@@ -3,6 +3,7 @@ top k and DPR's softmax stay float32 (rag.common.device.fp32_einsum), and traini
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +16,17 @@ from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.questions import Question
 from retriever.train import TrainConfig, train_dpr
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: mixed precision can only be chosen by the first
+    Accelerator of a process, so these tests start from (and leave) a fresh one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
 
 
 def test_fp32_einsum_under_autocast_equals_full_precision():

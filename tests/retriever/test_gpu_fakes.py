@@ -135,3 +135,12 @@ def test_the_dtype_used_is_named():
     assert used_dtype("auto", torch.device("cpu")) == "fp32"
     assert used_dtype("auto", torch.device("cuda", 0)) == "bf16"
     assert used_dtype("fp16", torch.device("cpu")) == "fp16"
+
+
+def test_an_encoding_records_the_dtype_it_ran_in(tiny_encoder_dir, corpus_jsonl):
+    """A resumed build must not mix bf16 and fp32 shards: "auto" is recorded as what it was."""
+    from retriever.build import BuildConfig, _recipe
+    from retriever.encoder import Encoder
+
+    recipe = _recipe(corpus_jsonl, Encoder.from_pretrained(str(tiny_encoder_dir)), BuildConfig())
+    assert recipe["dtype"] == "fp32"

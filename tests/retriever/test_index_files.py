@@ -53,7 +53,7 @@ def test_manifest_may_not_point_outside(stored):
     manifest = directory / "manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()),
                                     "passage_shards": ["../elsewhere.arrow"]}))
-    with pytest.raises(UserError, match="outside the index directory"):
+    with pytest.raises(UserError, match="points outside"):
         read_index(directory)
 
 

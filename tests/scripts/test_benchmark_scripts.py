@@ -29,11 +29,11 @@ PRELOAD = ["faiss", "rag.benchmark", "rag.compare", "generator.model", "retrieve
 
 def write_question_files(tmp: Path, questions, squad_questions: Path) -> dict[str, Path]:
     """The fixture questions in each supported format; NQ JSONL adds one regex-answer question."""
-    nq = tmp / "nq.jsonl"
+    nq = tmp / "nq-questions.jsonl"  # not nq.jsonl: the nq run writes its predictions there
     lines = [json.dumps({"question": q, "answer": a}) for q, a, _ in questions]
     lines.append(json.dumps({"question": "Name anything at all?", "answer": [], "patterns": [".*"]}))
     nq.write_text("\n".join(lines) + "\n")
-    webq = tmp / "webq.json"
+    webq = tmp / "webq-questions.json"  # likewise its report
     webq.write_text(json.dumps([{"qId": f"wq-{i}", "qText": q, "answers": a}
                                 for i, (q, a, _) in enumerate(questions)]))
     tsv = tmp / "dpr.tsv"

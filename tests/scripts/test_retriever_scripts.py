@@ -158,7 +158,8 @@ def test_sharded_indexes_evaluate_as_the_whole_index(runs):
         assert results[name].returncode == 0, results[name]
     assert json.loads((tmp / "build-sh.json").read_text())["shards"] == 2
     assert sorted(p.name for p in (tmp / "idx-split").iterdir()) == [
-        "shard-00000-of-00003", "shard-00001-of-00003", "shard-00002-of-00003", "shards.json"]
+        "ragqa.json", "shard-00000-of-00003", "shard-00001-of-00003", "shard-00002-of-00003",
+        "shards.json"]
     whole = json.loads((tmp / "eval-hyb.json").read_text())
     assert whole["retrieval"]["mode"] == "hybrid"
     for name in ("eval-sh.json", "eval-split.json"):
