@@ -176,31 +176,29 @@ def create_app(service: Service):
         return {"requestBody": {"required": True, "content": {
             "application/json": {"schema": model.model_json_schema()}}}}
 
-    @app.post("/v1/answer", openapi_extra=schema(AnswerQuery))
-    async def answer(request: Request):
-        """Answer one question (an object) or several (a list), with their passages."""
+    class _Refused(Exception):
+        def __init__(self, response: JSONResponse):
+            self.response = response
+
+    async def query(request: Request, model) -> tuple:
+        """The checked request: ``(body, questions)``; raises :class:`_Refused` with the 4xx/503
+        answer when the model is not ready or the body, a question, k or retrieval is bad."""
         if (refusal := model_or_error()) is not None:
-            return refusal
-        body = await parse(request, AnswerQuery)
+            raise _Refused(refusal)
+        body = await parse(request, model)
         if isinstance(body, JSONResponse):
-            return body
+            raise _Refused(body)
         try:
             questions = check_questions(body.question, config)
         except UserError as err:
-            return error(422, str(err))
-        if (refusal := check_k(body.k)) is not None:
-            return refusal
-        if body.num_beams is not None and not 1 <= body.num_beams <= MAX_BEAMS:
-            return error(422, f"num_beams: must be in 1..{MAX_BEAMS}, got {body.num_beams}")
-        if body.retrieval is not None and (refusal := check_retrieval(body.retrieval)):
-            return refusal
-        out = await run(("answer", body.k, body.num_beams, body.constrain, body.retrieval),
-                        questions)
-        if isinstance(out, JSONResponse):
-            return out
-        return out[0] if isinstance(body.question, str) else out
+            raise _Refused(error(422, str(err))) from None
+        if (refusal := check_k(body.k) or check_retrieval(body.retrieval)) is not None:
+            raise _Refused(refusal)
+        return body, questions
 
-    def check_retrieval(mode: str):
+    def check_retrieval(mode: str | None):
+        if mode is None:
+            return None
         index = service.model.index
         if mode in ("sparse", "hybrid") and getattr(index, "sparse", None) is None:
             return error(422, f"retrieval: {mode!r} needs an index with a BM25 side")
@@ -208,28 +206,34 @@ def create_app(service: Service):
             return error(422, "retrieval: hybrid with rrf fusion gives no scores for p(z|x)")
         return None
 
-    @app.post("/v1/retrieve", openapi_extra=schema(Query))
-    async def retrieve(request: Request):
-        """The passages retrieved for each question, with their scores; no answer."""
-        if (refusal := model_or_error()) is not None:
-            return refusal
-        body = await parse(request, Query)
-        if isinstance(body, JSONResponse):
-            return body
-        if service.model.retriever is None:
-            return error(422, "this model is closed-book: it retrieves nothing")
-        try:
-            questions = check_questions(body.question, config)
-        except UserError as err:
-            return error(422, str(err))
-        if (refusal := check_k(body.k)) is not None:
-            return refusal
-        if body.retrieval is not None and (refusal := check_retrieval(body.retrieval)):
-            return refusal
-        out = await run(("retrieve", body.k, None, None, body.retrieval), questions)
+    async def respond(body, key: tuple, questions: list[str]):
+        out = await run(key, questions)
         if isinstance(out, JSONResponse):
             return out
         return out[0] if isinstance(body.question, str) else out
+
+    @app.post("/v1/answer", openapi_extra=schema(AnswerQuery))
+    async def answer(request: Request):
+        """Answer one question (an object) or several (a list), with their passages."""
+        try:
+            body, questions = await query(request, AnswerQuery)
+        except _Refused as refused:
+            return refused.response
+        if body.num_beams is not None and not 1 <= body.num_beams <= MAX_BEAMS:
+            return error(422, f"num_beams: must be in 1..{MAX_BEAMS}, got {body.num_beams}")
+        return await respond(body, ("answer", body.k, body.num_beams, body.constrain,
+                                    body.retrieval), questions)
+
+    @app.post("/v1/retrieve", openapi_extra=schema(Query))
+    async def retrieve(request: Request):
+        """The passages retrieved for each question, with their scores; no answer."""
+        if service.model is not None and service.model.retriever is None:
+            return error(422, "this model is closed-book: it retrieves nothing")
+        try:
+            body, questions = await query(request, Query)
+        except _Refused as refused:
+            return refused.response
+        return await respond(body, ("retrieve", body.k, None, None, body.retrieval), questions)
 
     @app.get("/health")
     async def health():
