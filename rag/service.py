@@ -10,7 +10,7 @@ import threading
 from dataclasses import asdict, dataclass
 
 from rag.common.errors import UserError
-from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option
+from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option, updated
 
 from .answers import with_offsets
 from .batcher import Batcher
@@ -55,19 +55,19 @@ class Service:
         self.error: str | None = None
         self.batcher: Batcher | None = None
         self.context_encoder = None  # loaded on the first added passage
-        self.ready = threading.Event()
 
     def start(self) -> None:
         threading.Thread(target=self._load, name="ragqa-load", daemon=True).start()
 
     def _load(self) -> None:
         try:
-            self.model = self.load()
-            self.base = self.model.config
-            self.base_mode = self.model.retriever.mode if self.model.retriever else None
+            model = self.load()
+            self.base = model.config
+            self.base_mode = model.retriever.mode if model.retriever else None
             self.batcher = Batcher(self._answer, self.config.max_batch, self.config.max_wait_ms,
                                    self.config.max_queue)
             self.batcher.start()
+            self.model = model  # last: the API serves once this is set, batcher and all
             log.info("model loaded; ready")
         except UserError as err:
             self.error = str(err)
@@ -75,7 +75,6 @@ class Service:
         except Exception as err:  # noqa: BLE001 - reported by /health, the server stays up
             self.error = f"{type(err).__name__}: {err}"
             log.exception("cannot load the model")
-        self.ready.set()
 
     def stop(self) -> None:
         if self.batcher is not None:
@@ -83,13 +82,11 @@ class Service:
 
     # ----------------------------------------------------------- worker thread
     def _settings(self, key: tuple):
-        """Set the model up for one batch's settings ``key``; restored by :meth:`_restore`."""
-        kind, k, beams, constrain, retrieval = key
+        """Set the model up for one batch's settings ``key`` (``_answer`` restores its own)."""
+        _, k, beams, constrain, retrieval = key
         model = self.model
         changes = {name: value for name, value in (("k", k), ("num_beams", beams),
                                                     ("constrain", constrain)) if value is not None}
-        from rag.common.options import updated
-
         model.config = updated(self.base, **changes) if changes else self.base
         if model.retriever is not None:
             model.retriever.mode = retrieval or self.base_mode
