@@ -189,9 +189,7 @@ def benchmark(model_dir: str | os.PathLike, index: str | os.PathLike | None,
     """
     records = read_questions(questions)
     check_patterns([p for q in records for p in q.patterns])
-    model, decoding = load_model(model_dir, index, overrides, retrieval)
-    if device is not None:
-        model.to(device)
+    model, decoding = load_model(model_dir, index, overrides, retrieval, device)
     result = run_benchmark(model, records, config, decoding)
     index_used = None if model.index is None else str(index or model.config.index)
     result.metrics["config"] = {"model": str(model_dir), "index": index_used,

@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
@@ -31,8 +33,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAGQA_CACHE", Path.home() / ".cache" / "ragqa"))
 
 
-def default_index(context_encoder: Encoder | None = None) -> DenseIndex:
-    """The embedded corpus's index, built with ``context_encoder`` (default: all-MiniLM-L6-v2)."""
+def default_index(context_encoder: Encoder | None = None, device: str | torch.device | None = None
+                  ) -> DenseIndex:
+    """The embedded corpus's index, built with ``context_encoder`` (default: all-MiniLM-L6-v2)
+    on ``device`` (the one the command was given: a GPU encodes it there) when it is not cached."""
     encoder = context_encoder or Encoder.from_pretrained(CONTEXT_ENCODER)
     path = cache_dir() / f"default-index-{encoder.fingerprint}"
     if (path / "manifest.json").is_file():
@@ -42,5 +46,7 @@ def default_index(context_encoder: Encoder | None = None) -> DenseIndex:
             index.save(path, overwrite=True)
         return index
     log.info("indexing the embedded corpus (first use) -> %s", path)
+    if device is not None:
+        encoder.to(device)
     return build_index(CORPUS, encoder, path, BuildConfig(
         encode=EncodeConfig(progress=False), sparse=SparseConfig(), overwrite=True))

@@ -65,15 +65,16 @@ def assemble(config: RagConfig, generator: str = "starter",
 
 
 def load_model(model_dir: str | os.PathLike | None, index: str | os.PathLike | None = None,
-               overrides: Overrides | None = None, retrieval: RetrievalConfig | None = None
-               ) -> tuple[RagModel, str]:
+               overrides: Overrides | None = None, retrieval: RetrievalConfig | None = None,
+               device: str | torch.device | None = None) -> tuple[RagModel, str]:
     """A saved model (``RagModel.from_pretrained``: the starter when ``model_dir`` is None) with
     ``index`` or its own, set up as ``overrides`` ask, in eval mode.
 
     Returns ``(model, the decoding's name)`` (``Overrides.apply``). Raises :class:`UserError` for
     a model directory that is not one, an index the model's question encoder does not belong to,
     a k larger than the index, or a decoding the mode does not have. ``retrieval`` overrides the
-    model's retrieval settings.
+    model's retrieval settings. With ``device`` the model is moved there, and the starter's
+    first-use index is encoded there.
     """
     overrides = overrides or Overrides()
     if model_dir is not None:
@@ -82,10 +83,12 @@ def load_model(model_dir: str | os.PathLike | None, index: str | os.PathLike | N
                 and not (model_dir / "question_encoder").is_dir()):
             raise UserError(f"{model_dir}: a closed-book model (no question encoder) cannot run "
                             f"in mode {overrides.mode!r}")
-    model = RagModel.from_pretrained(model_dir, index, retrieval, **overrides.at_load())
+    model = RagModel.from_pretrained(model_dir, index, retrieval, device, **overrides.at_load())
     model.config, decoding = overrides.apply(model.config)  # k was checked at load (at_load)
     if overrides.quantize == "int8":
         model.quantize_int8()
+    if device is not None:
+        model.to(device)
     return model.eval(), decoding
 
 

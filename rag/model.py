@@ -67,14 +67,34 @@ log = logging.getLogger(__name__)
 
 
 class _Read(NamedTuple):
-    """What the generator reads for a batch: its inputs (B, K, L) on the generator's device, the
-    doc scores (B, K) (logits of p(z|x)), the passages read (dicts; none in closed book) and the
-    input strings tokenised (None in closed book)."""
+    """What the generator reads for a batch: its inputs (B, K, L), the doc scores (B, K) (logits
+    of p(z|x)), the passages read (dicts; none in closed book) and the input strings tokenised
+    (None in closed book)."""
 
     inputs: dict[str, torch.Tensor]
     doc_scores: torch.Tensor
     sources: list[list[dict]]
     strings: list[list[str]] | None
+
+    def to(self, device) -> _Read:
+        return self._replace(inputs={k: v.to(device) for k, v in self.inputs.items()},
+                             doc_scores=self.doc_scores.to(device))
+
+
+class TrainBatch(NamedTuple):
+    """A training batch as ``RagModel.training_batch`` prepares it, on the CPU: the questions and
+    answers, the decoder targets (B, T), and, once passages are known (given ones, or closed
+    book), what the generator reads, its pointer targets (B, K, T-1) and span targets, and the
+    answers found in no passage (``{"pointer": n, "span": n}``). Without passages yet, the last
+    four are None, None, None, {}: retrieval happens in the step."""
+
+    questions: list[str]
+    answers: list[str]
+    labels: torch.Tensor
+    read: _Read | None
+    pointer: torch.Tensor | None
+    span: SpanTargets | None
+    missing: dict[str, int]
 
 
 class RagModel(nn.Module):
@@ -102,10 +122,13 @@ class RagModel(nn.Module):
                 raise UserError("--fusion rrf only ranks passages; RAG's p(z|x) needs scores: use "
                                 "--fusion linear")
 
-    def forward(self, questions: list[str], answers: list[str],
-                passages: list[tuple[str, str]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The training loss (what accelerate/DDP call): see :meth:`loss`."""
-        return self.loss(questions, answers, passages)
+    def forward(self, questions: list[str] | None = None, answers: list[str] | None = None,
+                passages: list[tuple[str, str]] | None = None, *, batch: TrainBatch | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training loss (what accelerate/DDP call): see :meth:`loss`; ``batch`` is one
+        :meth:`training_batch` prepared already (by a loader worker, ``retriever.loop``)."""
+        return self.loss_on(batch if batch is not None
+                            else self.training_batch(questions, answers, passages))
 
     # --------------------------------------------------------------- inputs
     def retrieve(self, questions: list[str], k: int | None = None,
@@ -126,27 +149,16 @@ class RagModel(nn.Module):
         return answer_labels(self.tokenizer, answers, self.generator.generation_config,
                              self.generator.config.pad_token_id, self.config.decode.max_length)
 
-    def _pointer_targets(self, answers: list[str], strings: list[list[str]], labels: torch.Tensor,
-                         input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, K, T-1) supervised-pointing targets (generator.inputs.pointer_targets) in the
-        inputs tokenised from ``strings``; counts the answers found in no passage in
-        ``self.pointer_stats``."""
-        targets = passage_pointer_targets(self.tokenizer, strings, answers, labels, input_ids,
-                                          self.generator.generation_config)
-        found = targets.ge(0).flatten(1).any(dim=1)  # (B,)
-        self.pointer_stats["answers"] += len(answers)
-        self.pointer_stats["not_found"] += int((~found).sum())
-        if not found.all():
-            log.debug("pointer loss: %d of %d answers found in no passage, skipped",
-                      int((~found).sum()), len(answers))
-        return targets
-
     def _prepare(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> _Read:
-        """What the generator reads (:class:`_Read`); ``given`` (one ``(title, text)`` per
-        question) replaces retrieval with that single passage (``id`` "", ``score`` 0),
-        p(z|x) = 1."""
+        """What the generator reads (:class:`_Read`) on its device; ``given`` (one
+        ``(title, text)`` per question) replaces retrieval with that single passage (``id`` "",
+        ``score`` 0), p(z|x) = 1."""
+        return self._read(questions, given).to(next(self.generator.parameters()).device)
+
+    def _read(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> _Read:
+        """:meth:`_prepare` before the move: retrieval's doc scores on the question encoder's
+        device, everything else on the CPU; with ``given`` passages it needs no weights."""
         questions = check_questions(questions)
-        device = next(self.generator.parameters()).device
         doc_scores, strings = torch.zeros(len(questions), 1), None
         if given is not None:
             sources = [[{"id": "", "title": t, "text": x, "score": 0.0}] for t, x in given]
@@ -160,8 +172,7 @@ class RagModel(nn.Module):
                                              self.config.max_input_length)
         else:
             inputs = question_inputs(self.tokenizer, questions, self.config.max_input_length)
-        return _Read({k: v.to(device) for k, v in inputs.items()}, doc_scores.to(device), sources,
-                     strings)
+        return _Read(inputs, doc_scores, sources, strings)
 
     # ------------------------------------------------------------- training
     def loss(self, questions: list[str], answers: list[str],
@@ -172,39 +183,73 @@ class RagModel(nn.Module):
         given passage, p(z|x) = 1: the generator trains as a reader on it and the question
         encoder gets no gradient (a reader warm-up on gold passages).
         """
-        read = self._prepare(questions, passages)
-        labels = self.labels(answers).to(read.doc_scores.device)
+        return self.loss_on(self.training_batch(questions, answers, passages))
+
+    def training_batch(self, questions: list[str], answers: list[str],
+                       passages: list[tuple[str, str]] | None = None) -> TrainBatch:
+        """Everything of a training batch that needs no weights (:class:`TrainBatch`, on the
+        CPU): the decoder targets and, with given ``passages``, the inputs read and their pointer
+        and span targets. Retrieval, when there is any, waits for :meth:`loss_on`."""
+        labels = self.labels(answers)
+        if passages is None and self.config.mode != "closed_book":
+            return TrainBatch(questions, answers, labels, None, None, None, {})
+        read = self._read(questions, passages)
+        return TrainBatch(questions, answers, labels, read, *self._targets(answers, read, labels))
+
+    def loss_on(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss` of a :meth:`training_batch`: retrieval (when the batch has no passages
+        yet) and the RAG NLL, on the generator's device."""
+        device = next(self.generator.parameters()).device
+        read, pointer, span, missing = batch.read, batch.pointer, batch.span, batch.missing
+        if read is None:
+            read = self._read(batch.questions)
+            pointer, span, missing = self._targets(batch.answers, read, batch.labels)
+        for name, stats in (("pointer", self.pointer_stats), ("span", self.span_stats)):
+            if name in missing:
+                stats["answers"] += len(batch.answers)
+                stats["not_found"] += missing[name]
+        read = read.to(device)
         mode = "sequence" if self.config.mode == "closed_book" else self.config.mode
-        targets = span = None
-        if (has_copy_head(self.generator) and self.config.pointer_weight > 0
-                and read.strings is not None):
-            targets = self._pointer_targets(answers, read.strings, labels, read.inputs["input_ids"])
+        return rag_loss(mode, self.generator, read.inputs["input_ids"],
+                        read.inputs["attention_mask"], read.doc_scores, batch.labels.to(device),
+                        epsilon=self.config.label_smoothing, pointer_targets=None if pointer is None
+                        else pointer.to(device), pointer_weight=self.config.pointer_weight,
+                        span=None if span is None else span.to(device))
+
+    def _targets(self, answers: list[str], read: _Read, labels: torch.Tensor
+                 ) -> tuple[torch.Tensor | None, SpanTargets | None, dict[str, int]]:
+        """The pointer targets (with a copy head) and span targets (with a span head) of
+        ``read``'s passages, and how many answers each found in no passage (``{"pointer": n,
+        "span": n}``, for those it has)."""
+        pointer = span = None
+        missing: dict[str, int] = {}
+        if read.strings is None:
+            return pointer, span, missing
+        if has_copy_head(self.generator) and self.config.pointer_weight > 0:
+            pointer = passage_pointer_targets(self.tokenizer, read.strings, answers, labels,
+                                              read.inputs["input_ids"],
+                                              self.generator.generation_config)
+            missing["pointer"] = int((~pointer.ge(0).flatten(1).any(dim=1)).sum())
         if has_span_head(self.generator) and self.config.span_weight > 0 and read.strings:
             span = self._span_targets(answers, read.strings, read.inputs["input_ids"])
-        return rag_loss(mode, self.generator, read.inputs["input_ids"],
-                        read.inputs["attention_mask"], read.doc_scores, labels,
-                        epsilon=self.config.label_smoothing,
-                        pointer_targets=targets, pointer_weight=self.config.pointer_weight,
-                        span=span)
+            missing["span"] = int((~span.gold.flatten(1).any(dim=1)).sum())
+        for name, n in missing.items():
+            if n:
+                log.debug("%s loss: %d of %d answers found in no passage, skipped", name, n,
+                          len(answers))
+        return pointer, span, missing
 
     def _span_targets(self, answers: list[str], strings: list[list[str]], input_ids: torch.Tensor
                       ) -> SpanTargets:
         """The span loss's allowed tokens and gold spans (every occurrence of each answer in each
-        passage text, ``generator.inputs.answer_char_spans``), on the device of ``input_ids``;
-        answers found in no passage are counted in ``self.span_stats`` (the loss skips them)."""
+        passage text, ``generator.inputs.answer_char_spans``); answers found in no passage have no
+        gold span (the loss skips them)."""
         B, K, L = input_ids.shape
         M = self.config.max_answer_tokens
         offsets, allowed = token_layout(self.tokenizer, strings, L)
         spans = [answer_char_spans(s, answers[b]) for b, row in enumerate(strings) for s in row]
         gold = gold_span_mask(spans, offsets.view(B * K, L, 2), allowed.view(B * K, L), M)
-        gold = gold.view(B, K, L, M)
-        missing = int((~gold.flatten(1).any(dim=1)).sum())
-        self.span_stats["answers"] += B
-        self.span_stats["not_found"] += missing
-        if missing:
-            log.debug("span loss: %d of %d answers found in no passage, skipped", missing, B)
-        device = input_ids.device
-        return SpanTargets(allowed.to(device), gold.to(device), self.config.span_weight, M)
+        return SpanTargets(allowed, gold.view(B, K, L, M), self.config.span_weight, M)
 
     # ------------------------------------------------------------- decoding
     @torch.no_grad()
@@ -281,7 +326,8 @@ class RagModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike | None = None,
                         index: DenseIndex | str | None = None,
-                        retrieval: RetrievalConfig | None = None, **overrides) -> RagModel:
+                        retrieval: RetrievalConfig | None = None,
+                        device: str | torch.device | None = None, **overrides) -> RagModel:
         """Load a model: the starter shipped with the package (no ``model_dir``), one of our
         model directories, or a transformers RAG checkpoint (``rag.hf_rag``).
 
@@ -289,7 +335,9 @@ class RagModel(nn.Module):
         starter to the embedded corpus (indexed on first use and cached, ``rag.default``).
         ``retrieval`` overrides the saved retrieval settings where it sets a field
         (``RetrievalConfig.over``); ``overrides`` change :class:`RagConfig` fields
-        (``rag.common.options.updated``), e.g. ``k=10`` or ``num_beams=1``.
+        (``rag.common.options.updated``), e.g. ``k=10`` or ``num_beams=1``. ``device`` is where
+        the starter's embedded corpus is encoded on its first use; the model itself is loaded on
+        the CPU (``rag.loading.load_model`` moves it).
         """
         from . import default
 
@@ -311,8 +359,8 @@ class RagModel(nn.Module):
         generator, tokenizer = load_generator(model_dir / "generator")
         if config.reader == "span":  # before any index is loaded or built
             check_span_reader(generator)
-        if index is None and starter:
-            index = default.default_index()
+        if index is None and starter:  # first use: the embedded corpus encoded on ``device``
+            index = default.default_index(device=device)
         if config.mode == "closed_book":
             return cls(None, generator, tokenizer, None, config)
         if index is None or isinstance(index, str | os.PathLike):

@@ -45,6 +45,9 @@ class SpanTargets(NamedTuple):
     weight: float
     max_tokens: int
 
+    def to(self, device) -> SpanTargets:
+        return self._replace(allowed=self.allowed.to(device), gold=self.gold.to(device))
+
 
 @dataclass
 class SpanAnswer:
@@ -82,7 +85,10 @@ def span_nll(span_logp: Tensor, doc_logprior: Tensor, gold: Tensor) -> tuple[Ten
     picked = span_logp.masked_fill(~gold, -float("inf")).flatten(2)  # (B, K, L*M)
     per_passage = torch.logsumexp(picked, dim=2)  # (B, K) log p(y | x, z)
     found = gold.flatten(1).any(dim=1)  # (B,)
-    joint = torch.logsumexp(per_passage + doc_logprior.float(), dim=1)  # (B,)
+    # a question found nowhere would take the log of 0, whose gradient into p(z|x) is nan (and
+    # torch.where passes 0 * nan): its row is set to 0 first, and masked_fill's gradient there is 0
+    joint = torch.logsumexp((per_passage + doc_logprior.float()).masked_fill(~found[:, None], 0.0),
+                            dim=1)  # (B,)
     return torch.where(found, -joint, torch.zeros_like(joint)), found
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -28,29 +27,27 @@ import torch
 from rag.common.collective import gather_shares, share
 from rag.common.errors import UserError, require
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
-from rag.common.progress import progress_bar
 from retriever.checkpoint import (
     checkpoint_dir,
     data_digest,
     load_checkpoint,
     restore_rng,
-    rng_states,
-    save_checkpoint,
     training_settings,
 )
 from retriever.gold import gold_rows
-from retriever.loop import OptimConfig, optimizer_step, rank_share
+from retriever.loop import OptimConfig, Saving, new_progress, optimizer_step, train_loop
 from retriever.metrics import exact_match
 from retriever.questions import Question, dev_subset
 
-from .model import RagModel
+from .model import RagModel, TrainBatch
 
 log = logging.getLogger(__name__)
 # settings that do not change the weights a run trains: a resume may change them
 _NOT_SHAPING = ("eval_every", "eval_limit", "eval_sample", "eval_beams", "save_every",
-                "dist_timeout", "index", "question_encoder", "decode", "decoding", "copy_spans",
-                "reader", "span_doc_weight", "num_beams", "max_length", "min_length",
-                "length_penalty", "early_stopping", "num_return_sequences", "constrain")
+                "dist_timeout", "loader_workers", "prefetch", "index", "question_encoder",
+                "decode", "decoding", "copy_spans", "reader", "span_doc_weight", "num_beams",
+                "max_length", "min_length", "length_penalty", "early_stopping",
+                "num_return_sequences", "constrain")
 
 
 # Lewis et al. 2020 fine-tune with lr 3e-5
@@ -178,7 +175,15 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         seed = None if config.gold_position == "centred" else config.seed * 1_000_003 + epoch
         return gold_examples(train, model, config.gold_window, seed)
 
-    pairs = epoch_pairs(0)
+    cached: dict[int, list] = {}
+
+    def data(epoch: int) -> list[tuple[str, str, tuple[str, str] | None]]:
+        if epoch not in cached:  # windows drawn again each epoch (gold_position random)
+            cached.clear()
+            cached[epoch] = epoch_pairs(epoch)
+        return cached[epoch]
+
+    pairs = data(0)
     if model.question_encoder is not None:  # sparse retrieval never calls it: DDP would wait
         used = model.retriever is not None and model.retriever.mode != "sparse"  # for its grads
         model.question_encoder.requires_grad_(config.train_question_encoder and used
@@ -187,23 +192,17 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         model.generator.get_encoder().requires_grad_(False)
         model.generator.get_input_embeddings().requires_grad_(False)  # tied to the LM head
     params = [p for p in model.parameters() if p.requires_grad]
-    per_epoch = math.ceil(len(pairs) / (optim.batch_size * acc.num_processes * optim.grad_accum))
-    total = min(config.max_steps or math.inf, per_epoch * optim.epochs)  # the loop stops at both
-    opt, sched = optim.optimizer(params, total)
+    opt, sched = optim.optimizer(params, optim.updates(len(pairs), acc.num_processes,
+                                                       config.max_steps))
     settings = training_settings(config, model.config, exclude=_NOT_SHAPING,
                                  data=data_digest([(q, a) for q, a, _ in pairs]),
                                  processes=acc.num_processes)
-    state = load_checkpoint(ckpt, opt, sched, settings) or {"step": 0, "epoch": 0, "batch": 0,
-                                                            "log": [], "settings": settings}
+    state = load_checkpoint(ckpt, opt, sched, settings) or new_progress(settings)
     if state["step"]:
         log.info("resuming from step %d (epoch %d, batch %d)", state["step"], state["epoch"],
                  state["batch"])
     wrapped, opt = acc.prepare(model, opt)  # the scheduler stays unprepared (optimizer_step)
     restore_rng(ckpt)
-    model.train()
-    bar = progress_bar(total=total, initial=state["step"], desc="fine-tuning",
-                       enabled=acc.is_local_main_process)
-
     subset = dev_subset(dev or [], config.eval_limit, config.eval_sample, config.seed)
 
     def evaluate() -> None:  # on the main process; on all when a sharded index searches
@@ -221,38 +220,20 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
             if on_eval and acc.is_main_process:
                 on_eval(entry)
 
-    while state["epoch"] < optim.epochs and not (config.max_steps and
-                                                  state["step"] >= config.max_steps):
-        if state["epoch"] > 0 and config.gold_window > 0 and config.gold_position == "random":
-            pairs = epoch_pairs(state["epoch"])
-        mine = rank_share(len(pairs), config.seed + state["epoch"], acc)
-        batches = [mine[i : i + optim.batch_size] for i in range(0, len(mine), optim.batch_size)]
-        for b in range(state["batch"], len(batches)):
-            batch = [pairs[i] for i in batches[b]]
-            with acc.accumulate(wrapped):
-                gold = [p for _, _, p in batch] if config.gold_window > 0 else None
-                loss, _ = wrapped([q for q, _, _ in batch], [a for _, a, _ in batch], gold)
-                optimizer_step(acc, loss, params, opt, sched, optim.max_grad_norm)
-            state["batch"] = b + 1
-            if not acc.sync_gradients:
-                continue
-            state["step"] += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if config.eval_every and state["step"] % config.eval_every == 0:
-                evaluate()
-            if state["step"] % config.save_every == 0:
-                rng = rng_states()  # collective: every process's random state
-                if acc.is_main_process:
-                    save_checkpoint(ckpt, acc.unwrap_model(wrapped).save_pretrained, opt, sched,
-                                    state, rng=rng)
-            if config.max_steps and state["step"] >= config.max_steps:
-                break
-        else:
-            state["epoch"], state["batch"] = state["epoch"] + 1, 0
-            if not config.eval_every:
-                evaluate()
-    bar.close()
+    def prepare(batch: list) -> TrainBatch:  # needs no weights: may run in a loader worker
+        gold = [p for _, _, p in batch] if config.gold_window > 0 else None
+        return model.training_batch([q for q, _, _ in batch], [a for _, a, _ in batch], gold)
+
+    train_loop(
+        acc, wrapped, state, optim, data, prepare, lambda batch: wrapped(batch=batch)[0],
+        lambda loss: optimizer_step(acc, loss, params, opt, sched, optim.max_grad_norm),
+        seed=config.seed, max_steps=config.max_steps,
+        saving=Saving(ckpt, lambda d: acc.unwrap_model(wrapped).save_pretrained(d), opt, sched,
+                      config.save_every),
+        after_update=lambda s: evaluate() if config.eval_every and s["step"] % config.eval_every
+        == 0 else None,
+        after_epoch=lambda s, _: None if config.eval_every else evaluate(),
+        desc="fine-tuning", progress=acc.is_local_main_process)
     if not state["log"] or state["log"][-1]["step"] != state["step"]:
         evaluate()
     if acc.is_main_process:

@@ -116,7 +116,20 @@ def load_checkpoint(ckpt: Path, opt, sched, settings: dict | None = None) -> dic
                             "over")
     opt.load_state_dict(_load(ckpt / "optimizer.pt"))
     sched.load_state_dict(_load(ckpt / "scheduler.pt"))
-    return json.loads((ckpt / "state.json").read_text())
+    return from_old_schema(json.loads((ckpt / "state.json").read_text()))
+
+
+def from_old_schema(state: dict | None) -> dict | None:
+    """A progress ``state`` in the one schema (``retriever.loop.new_progress``), from a checkpoint
+    that an older version wrote: ``train-retriever``'s had ``logs`` and no update count (its
+    count restarts at 0: it only paces the checkpoints), ``finetune``'s no ``loss_sum``."""
+    if state is None:
+        return None
+    if "logs" in state:
+        state["log"] = state.pop("logs")
+    state.setdefault("step", 0)
+    state.setdefault("loss_sum", 0.0)
+    return state
 
 
 def _load(path: Path):

@@ -114,7 +114,10 @@ class Encoder(nn.Module):
         run: embeddings (N, D), with gradient when grad is on. ``forward`` is the module to call
         (under torch.distributed the prepared, DDP one, so gradients are averaged); default
         this encoder. For inference over many texts, ``retriever.batch_encode.encode_texts``."""
-        tok = self.tokenize(texts, titles)
+        return self.embed_tokens(self.tokenize(texts, titles), forward)
+
+    def embed_tokens(self, tok: dict[str, torch.Tensor], forward=None) -> torch.Tensor:
+        """:meth:`embed` of texts tokenised already (:meth:`tokenize`, e.g. by a loader worker)."""
         device = next(self.parameters()).device
         return (forward or self)(tok["input_ids"].to(device), tok["attention_mask"].to(device))
 

@@ -1,24 +1,29 @@
-"""The training loop the trainers share, under accelerate: how they step (:class:`OptimConfig`), the
-accelerator that joins the processes, each process's share of an epoch's examples, one optimiser
-update, and one epoch of batches.
+"""The one training loop, under accelerate: how a trainer steps (:class:`OptimConfig`), the
+accelerator that joins the processes, each process's share of an epoch's examples, the batches
+prepared ahead of the step (a ``DataLoader``), one optimiser update, and the run itself
+(:func:`train_loop`): progress counted in optimizer updates, checkpoints, evaluation hooks.
 
-DPR training (``retriever.train``) and the scaling sweep (``retriever.scaling.sweep``) run their
-epochs through :func:`train_epoch`; RAG fine-tuning (``rag.train``) steps with
-:func:`rank_share` and :func:`optimizer_step`.
+RAG fine-tuning (``rag.train``), DPR training (``retriever.train``) and the scaling sweep
+(``retriever.scaling.sweep``) all train through :func:`train_loop`.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
 from rag.common.options import FRACTION, NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
+
+from .checkpoint import rng_states, save_checkpoint
 
 # minutes a collective waits (make_accelerator); reading and indexing DPR's 21M-passage Wikipedia
 # on one process, while the others wait, takes about an hour
@@ -41,6 +46,11 @@ class OptimConfig:
     grad_accum: int = option(1, "gradient accumulation steps", within=POSITIVE)
     max_grad_norm: float = option(1.0, "gradient clipping: the largest gradient norm", within=POSITIVE)
     mixed_precision: Literal["no", "fp16", "bf16"] = option("no", 'accelerate: "no", "fp16" or "bf16"')
+    loader_workers: int | None = option(
+        None, "processes preparing batches (tokenising, targets, BM25) ahead of the step: torch "
+        "DataLoader workers; default 2 on a GPU, 0 (prepared in the step's own process) on CPU",
+        within=NON_NEGATIVE)
+    prefetch: int = option(2, "batches each loader worker prepares ahead", within=POSITIVE)
     dist_timeout: int = option(
         DIST_TIMEOUT, "under torch.distributed: minutes a process waits for the others (while the "
         "first one reads a corpus, builds an index or evaluates) before the job is stopped",
@@ -56,6 +66,19 @@ class OptimConfig:
 
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
         return opt, get_linear_schedule_with_warmup(opt, int(self.warmup_ratio * updates), updates)
+
+    def workers(self) -> int:
+        """DataLoader workers: ``loader_workers``, or by default 2 with CUDA and 0 without."""
+        if self.loader_workers is not None:
+            return self.loader_workers
+        return 2 if torch.cuda.is_available() else 0
+
+    def updates(self, examples: int, processes: int, max_steps: int = 0) -> int:
+        """The optimizer updates of a run over ``examples`` (a run's one schedule length): each
+        process's batches of an epoch (:func:`rank_share`), times the epochs, over the
+        accumulation steps; at most ``max_steps`` when it is set."""
+        total = math.ceil(examples / (self.batch_size * processes)) * self.epochs // self.grad_accum
+        return max(1, min(total, max_steps) if max_steps else total)
 
     def accelerator(self):
         """:func:`make_accelerator` with this precision and accumulation."""
@@ -110,30 +133,116 @@ def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: f
     opt.zero_grad()
 
 
-def train_epoch(acc, module: torch.nn.Module, order: Sequence[int], batch_size: int,
-                batch_loss: Callable[[Sequence[int]], torch.Tensor],
-                update: Callable[[torch.Tensor], None], first: int = 0,
-                after_batch: Callable[[int, float], None] | None = None, desc: str = "epoch",
-                progress: bool = True) -> list[float]:
-    """One epoch of training ``module``: the examples ``order`` (indices, from :func:`rank_share`)
-    in batches of ``batch_size``, from batch ``first`` on (a resumed epoch starts past 0).
+class _Prepared(torch.utils.data.Dataset):
+    """Batch ``b`` of an epoch, prepared: ``prepare`` of its examples (a DataLoader's dataset)."""
 
-    Each batch runs ``update(batch_loss(indices))`` under ``acc.accumulate(module)``, then
-    ``after_batch(batches done, loss)`` (the caller's bookkeeping: running loss, checkpoints).
-    Returns the losses of the batches run, as floats.
+    def __init__(self, items: Sequence, chunks: list[list[int]], prepare: Callable[[list], Any]):
+        self.items, self.chunks, self.prepare = items, chunks, prepare
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, b: int):
+        return self.prepare([self.items[i] for i in self.chunks[b]])
+
+
+def _as_is(batch):
+    return batch
+
+
+def prepared_batches(items: Sequence, order: Sequence[int], batch_size: int, first: int,
+                     prepare: Callable[[list], Any], workers: int = 0, prefetch: int = 2
+                     ) -> Iterable:
+    """``prepare(examples)`` of each batch of ``items`` in ``order`` (batches of ``batch_size``),
+    from batch ``first`` on. With ``workers`` they are prepared ahead, ``prefetch`` per worker, by
+    a DataLoader's worker processes while the step runs. ``prepare`` draws no random numbers, and
+    the loader has a generator of its own (it would otherwise draw its workers' seed from torch's
+    global one, which dropout uses): the same batches, the same weights, either way."""
+    chunks = [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)][first:]
+    dataset = _Prepared(items, chunks, prepare)
+    if not workers:
+        return (dataset[b] for b in range(len(dataset)))
+    # fast tokenizers' own threads would deadlock in forked workers: they warn, then turn them off
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, collate_fn=_as_is, num_workers=workers, prefetch_factor=prefetch,
+        generator=torch.Generator().manual_seed(0))
+
+
+@dataclass
+class Saving:
+    """Where and how :func:`train_loop` checkpoints (``retriever.checkpoint``): the directory,
+    ``save_model(dir)``, the optimizer and scheduler, files of the trainer's own (name -> text),
+    and every how many optimizer updates."""
+
+    path: Path
+    save_model: Callable[[Path], None]
+    opt: Any
+    sched: Any
+    every: int
+    extra: dict[str, str] | None = None
+
+
+def new_progress(settings: dict) -> dict:
+    """The one progress schema (a checkpoint's ``state.json``): optimizer updates done (``step``),
+    epochs done, batches done in the current epoch, the current epoch's summed batch losses, the
+    evaluation log, and the settings that shaped the run (``retriever.checkpoint``)."""
+    return {"step": 0, "epoch": 0, "batch": 0, "loss_sum": 0.0, "log": [], "settings": settings}
+
+
+def train_loop(acc, module: torch.nn.Module, state: dict, optim: OptimConfig,
+               data: Callable[[int], Sequence], prepare: Callable[[list], Any],
+               batch_loss: Callable[[Any], torch.Tensor],
+               update: Callable[[torch.Tensor], None], *, seed: int | None = 0,
+               max_steps: int = 0, saving: Saving | None = None,
+               after_update: Callable[[dict], None] | None = None,
+               after_epoch: Callable[[dict, float], None] | None = None, desc: str = "training",
+               progress: bool = True) -> dict:
+    """Train ``module`` from ``state`` (:func:`new_progress`, or a checkpoint's) to the end of
+    ``optim.epochs`` epochs, or ``max_steps`` optimizer updates when it is set; returns ``state``.
+
+    Epoch e's examples are ``data(e)``, this process's share (:func:`rank_share`, shuffled by
+    ``seed + e``; in order when ``seed`` is None) in batches of ``optim.batch_size``, each
+    ``prepare``-d (:func:`prepared_batches`, ``optim.workers()`` workers) then run as
+    ``update(batch_loss(prepared))`` under ``acc.accumulate(module)``. After each optimizer
+    update: ``after_update(state)`` (e.g. evaluation), then a checkpoint every ``saving.every``
+    updates. After each epoch: ``after_epoch(state, the epoch's mean batch loss)``.
     """
+    total = optim.updates(len(data(state["epoch"])), acc.num_processes, max_steps)
+    bar = progress_bar(total=total, initial=state["step"], desc=desc, enabled=progress)
     module.train()
-    starts = range(0, len(order), batch_size)
-    bar = progress_bar(starts, desc=desc, initial=first, enabled=progress)
-    losses = []
-    for b in range(first, len(starts)):
-        with acc.accumulate(module):
-            loss = batch_loss(order[starts[b] : starts[b] + batch_size])
-            update(loss)
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        if after_batch is not None:
-            after_batch(b + 1, losses[-1])
+
+    def done() -> bool:
+        return state["epoch"] >= optim.epochs or bool(max_steps and state["step"] >= max_steps)
+
+    while not done():
+        items = data(state["epoch"])
+        mine = rank_share(len(items), None if seed is None else seed + state["epoch"], acc)
+        for batch in prepared_batches(items, mine, optim.batch_size, state["batch"], prepare,
+                                      optim.workers(), optim.prefetch):
+            with acc.accumulate(module):
+                loss = batch_loss(batch)
+                update(loss)
+            state["batch"] += 1
+            state["loss_sum"] += loss.item()
+            if not acc.sync_gradients:
+                continue
+            state["step"] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=state["epoch"] + 1)
+            if after_update is not None:
+                after_update(state)
+            if saving is not None and state["step"] % saving.every == 0:
+                rng = rng_states()  # collective: every process's random state
+                if acc.is_main_process:
+                    save_checkpoint(saving.path, saving.save_model, saving.opt, saving.sched,
+                                    state, saving.extra, rng=rng)
+            if done():
+                break
+        else:
+            mean = state["loss_sum"] / max(1, math.ceil(len(mine) / optim.batch_size))
+            state.update(epoch=state["epoch"] + 1, batch=0, loss_sum=0.0)
+            if after_epoch is not None:
+                after_epoch(state, mean)
     bar.close()
-    return losses
+    return state

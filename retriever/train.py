@@ -27,7 +27,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -42,14 +42,12 @@ from .checkpoint import (
     data_digest,
     load_checkpoint,
     restore_rng,
-    rng_states,
-    save_checkpoint,
     training_settings,
 )
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
-from .loop import OptimConfig, optimizer_step, rank_share, train_epoch
+from .loop import OptimConfig, Saving, new_progress, optimizer_step, train_loop
 from .questions import Question
 
 log = logging.getLogger(__name__)
@@ -137,35 +135,63 @@ def _batch_candidates(batch: list[Example], hard: int, merge: bool = False
     return rows, torch.arange(len(batch))
 
 
+class DprBatch(NamedTuple):
+    """A DPR batch as :func:`dpr_batch` prepares it, on the CPU (no weights needed, so a loader
+    worker can): the questions tokenised, the candidate rows (C,) (None: every passage of a
+    ``negatives corpus`` lookup), each question's positive column (B,), the columns masked out of
+    each question's softmax (B, C), and the hybrid's sparse term (B, C) or None."""
+
+    questions: dict[str, torch.Tensor]
+    rows: list[int] | None
+    positive_col: torch.Tensor
+    exclude: torch.Tensor
+    sparse: torch.Tensor | None
+
+
+def dpr_batch(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
+              index: DenseIndex | None = None, sparse_weight: float = 0.0, merge: bool = False
+              ) -> DprBatch:
+    """Prepare a batch for :func:`dpr_batch_loss`. A passage that is a candidate twice (two
+    questions on one paragraph) is masked out of the softmax of the questions it is the positive
+    of; with ``merge`` it is one column instead (the scaling sweep's loss), so no other question
+    counts it twice. With ``config.hybrid``, the sparse term of ``index``'s BM25 side, weight
+    ``sparse_weight``."""
+    if config.negatives == "corpus":  # every passage is a candidate, in the lookup's row order
+        rows, positive_col = None, torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
+        rows_t = torch.from_numpy(ctx_lookup.rows)  # (C,), on the CPU (a worker has no GPU)
+    else:
+        rows, positive_col = _batch_candidates(batch, config.hard_negatives, merge)
+        rows_t = torch.tensor(rows)  # (C,)
+    gold = rows_t[positive_col]  # (B,)
+    exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
+    exclude[torch.arange(len(batch)), positive_col] = False  # ... except the positive
+    texts = [ex.question for ex in batch]
+    sparse = sparse_term(index, texts, rows_t, sparse_weight) if config.hybrid else None
+    return DprBatch(q_enc.tokenize(texts), rows, positive_col, exclude, sparse)
+
+
+def dpr_batch_loss(q_enc: Encoder, batch: DprBatch, ctx_lookup, scale: float, forward=None
+                   ) -> torch.Tensor:
+    """Encode a prepared batch's questions and return the DPR loss against its candidates.
+
+    ``forward`` runs the encoder (default ``q_enc`` itself): under torch.distributed, the
+    accelerate-prepared (DDP) module, so that gradients are averaged across processes."""
+    device = next(q_enc.parameters()).device
+    # (C, D): a training context encoder runs before the questions; corpus negatives: all rows,
+    # on the device already (train_dpr)
+    ctx = ctx_lookup.vectors if batch.rows is None else ctx_lookup(batch.rows)
+    q = q_enc.embed_tokens(batch.questions, forward=forward)  # (B, D)
+    ctx = ctx.to(device)  # its dtype as it is: dpr_loss scores in fp32
+    return dpr_loss(q, ctx, batch.positive_col.to(device), batch.exclude.to(device), scale,
+                    None if batch.sparse is None else batch.sparse.to(device))
+
+
 def train_step_loss(q_enc: Encoder, batch: list[Example], ctx_lookup, config: TrainConfig,
                     scale: float, index: DenseIndex | None = None, sparse_weight: float = 0.0,
                     forward=None, merge: bool = False) -> torch.Tensor:
-    """Encode a batch of questions and return the DPR loss against its candidates (with
-    ``config.hybrid``, inside the hybrid score of ``index``'s sparse side, weight ``sparse_weight``).
-
-    ``forward`` runs the encoder (default ``q_enc`` itself): under torch.distributed, the
-    accelerate-prepared (DDP) module, so that gradients are averaged across processes. A passage
-    that is a candidate twice (two questions on one paragraph) is masked out of the softmax of
-    the questions it is the positive of; with ``merge`` it is one column instead (the scaling
-    sweep's loss), so no other question counts it twice."""
-    device = next(q_enc.parameters()).device
-    if config.negatives == "corpus":  # every passage is a candidate, in the lookup's row order
-        positive_col = torch.tensor([ctx_lookup.slot[ex.positive] for ex in batch])
-        ctx = ctx_lookup.vectors  # (C, D), C = all rows; on the device already (train_dpr)
-        rows_t = ctx_lookup.rows_t.to(device)  # (C,)
-    else:
-        rows, positive_col = _batch_candidates(batch, config.hard_negatives, merge)
-        ctx = ctx_lookup(rows)  # (C, D); a training context encoder runs before the questions
-        rows_t = torch.tensor(rows, device=device)  # (C,)
-    q = q_enc.embed([ex.question for ex in batch], forward=forward)  # (B, D)
-    ctx = ctx.to(device)  # its dtype as it is: dpr_loss scores in fp32
-    gold = rows_t[positive_col]  # (B,)
-    exclude = (rows_t[None, :] == gold[:, None])  # (B, C) same passage as the positive ...
-    exclude[torch.arange(len(batch)), positive_col.to(device)] = False  # ... except the positive
-    sparse = None
-    if config.hybrid:
-        sparse = sparse_term(index, [ex.question for ex in batch], rows_t, sparse_weight)
-    return dpr_loss(q, ctx, positive_col.to(device), exclude, scale, sparse)
+    """The DPR loss of a batch of examples: :func:`dpr_batch` then :func:`dpr_batch_loss`."""
+    prepared = dpr_batch(q_enc, batch, ctx_lookup, config, index, sparse_weight, merge)
+    return dpr_batch_loss(q_enc, prepared, ctx_lookup, scale, forward)
 
 
 def dpr_optimizer(q_enc: Encoder, params: list, config: TrainConfig, examples: int, processes: int):
@@ -240,11 +266,13 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         for enc in (q_enc, ctx_enc):
             enc.backbone.get_input_embeddings().requires_grad_(False)
     opt, sched = dpr_optimizer(q_enc, params, config, len(examples), acc.num_processes)
-    settings = training_settings(config, exclude=("save_every", "dist_timeout"),
+    settings = training_settings(config, exclude=("save_every", "dist_timeout", "loader_workers",
+                                                  "prefetch"),
                                  data=data_digest([(q.question, q.answers, q.positive_ids)
                                                    for q in train]),
                                  processes=acc.num_processes)
-    state = {"epoch": 0, "batch": 0, "loss_sum": 0.0, "logs": logs, "settings": settings}
+    state = new_progress(settings)
+    state["log"] = logs
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, opt, sched, settings) or state
         if resumed:
@@ -259,39 +287,29 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     model = acc.unwrap_model(q_enc)
     if config.negatives == "corpus":  # every step scores all of them: not a copy a step
         ctx_lookup.to(next(model.parameters()).device)
+    saving = None
     if checkpoint is not None:
         restore_rng(checkpoint)
-        saved_examples = json.dumps([[e.question, e.positive, list(e.negatives)] for e in examples])
+        saving = Saving(checkpoint, model.save_pretrained, opt, sched, config.save_every,
+                        {EXAMPLES: json.dumps([[e.question, e.positive, list(e.negatives)]
+                                               for e in examples])})
 
-    def batch_loss(indices):
-        return train_step_loss(model, [examples[i] for i in indices], ctx_lookup, config, scale,
-                               index, sparse_weight or 0.0, forward=q_enc)
-
-    def update(loss):
-        optimizer_step(acc, loss, params, opt, sched, config.optim.max_grad_norm)
-
-    def after_batch(done: int, loss: float) -> None:
-        state["loss_sum"] += loss
-        state["batch"] = done
-        if checkpoint is not None and acc.sync_gradients and done % config.save_every == 0:
-            rng = rng_states()  # collective: every process's random state
-            if acc.is_main_process:
-                save_checkpoint(checkpoint, model.save_pretrained, opt, sched, state,
-                                {EXAMPLES: saved_examples}, rng=rng)
-
-    while state["epoch"] < config.optim.epochs:
-        epoch = state["epoch"]
-        mine = rank_share(len(examples), config.seed + epoch, acc)
-        train_epoch(acc, q_enc, mine, config.optim.batch_size, batch_loss, update, state["batch"],
-                    after_batch, desc=f"epoch {epoch + 1}", progress=acc.is_local_main_process)
-        entry = {"epoch": epoch + 1,
-                 "loss": state["loss_sum"] / max(1, math.ceil(len(mine) / config.optim.batch_size))}
+    def after_epoch(state: dict, loss: float) -> None:
+        entry = {"epoch": state["epoch"], "loss": loss}
         model.refresh_fingerprint()
         if evaluate is not None and acc.is_main_process:
             q_enc.eval()
             entry["dev"] = evaluate(model)
-        state["logs"].append(entry)
-        state.update(epoch=epoch + 1, batch=0, loss_sum=0.0)
-        log.info("epoch %d: %s", epoch + 1, entry)
+            q_enc.train()
+        state["log"].append(entry)
+        log.info("epoch %d: %s", state["epoch"], entry)
+
+    train_loop(
+        acc, q_enc, state, config.optim, lambda epoch: examples,
+        lambda batch: dpr_batch(model, batch, ctx_lookup, config, index, sparse_weight or 0.0),
+        lambda batch: dpr_batch_loss(model, batch, ctx_lookup, scale, forward=q_enc),
+        lambda loss: optimizer_step(acc, loss, params, opt, sched, config.optim.max_grad_norm),
+        seed=config.seed, saving=saving, after_epoch=after_epoch, desc="training the retriever",
+        progress=acc.is_local_main_process)
     acc.wait_for_everyone()
-    return state["logs"]
+    return state["log"]

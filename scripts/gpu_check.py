@@ -9,7 +9,8 @@ Checks (the starter, the packaged MiniLM and the embedded corpus; nothing is dow
   encoding_{fp32,bf16,fp16}  passage vectors on the device against fp32 on the CPU
   rag_loss_{sequence,token}  RAG NLL on the device equals the CPU's; backward gives finite grads
   greedy_answers    greedy answers on the device equal the CPU's
-  finetune_{bf16,fp16}  16 steps of finetune with the copy head under mixed precision
+  finetune_{bf16,fp16}  16 steps of finetune with the copy head under mixed precision, batches
+                    prepared by 2 DataLoader workers (the GPU default) forked after CUDA started
   train_retriever_fp16  one epoch of DPR training under fp16
   checkpoint_to_cpu a checkpoint written from the device resumes on the CPU
 
@@ -201,7 +202,7 @@ def checkpoint_to_cpu(device: torch.device) -> str:
         cpu = torch.nn.Linear(8, 2)
         cpu_opt = torch.optim.AdamW(cpu.parameters(), lr=0.1)
         cpu_sched = torch.optim.lr_scheduler.LambdaLR(cpu_opt, lambda step: 1.0)
-        assert load_checkpoint(Path(tmp) / "c", cpu_opt, cpu_sched) == {"step": 1}
+        assert load_checkpoint(Path(tmp) / "c", cpu_opt, cpu_sched)["step"] == 1
     got = next(iter(cpu_opt.state.values()))["exp_avg"]
     assert got.device.type == "cpu"
     torch.testing.assert_close(got, next(iter(opt.state.values()))["exp_avg"].cpu())

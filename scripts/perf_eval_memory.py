@@ -23,10 +23,28 @@ from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.options import POSITIVE, check_fields, option
 
-# one fresh process: the command, then its own peak RSS (KiB on Linux) as the last stderr line
-CHILD = ("import resource, sys\nfrom rag.commands import main\ntry:\n    main(sys.argv[1:])\n"
-         "finally:\n    print('maxrss', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-         "file=sys.stderr)\n")
+# one fresh process: the command, then as its last stderr line its peak RSS (KiB on Linux), and the
+# peaks of its two parts (/proc/self/status, sampled every 10 ms): RssAnon, the process's own
+# memory, and RssFile, pages of files it has mapped (the memory-mapped passages and index: the
+# kernel's page cache, shared and given back under pressure)
+CHILD = """import resource, sys, threading, time
+from rag.commands import main
+peak = {"RssAnon": 0, "RssFile": 0}
+def sample():
+    while True:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in peak:
+                    peak[key] = max(peak[key], int(value.split()[0]))
+        time.sleep(0.01)
+threading.Thread(target=sample, daemon=True).start()
+try:
+    main(sys.argv[1:])
+finally:
+    print("maxrss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, peak["RssAnon"],
+          peak["RssFile"], file=sys.stderr)
+"""
 
 
 @dataclass(frozen=True)
@@ -41,13 +59,14 @@ class Args:
         check_fields(self)
 
 
-def peak_rss_mib(argv: list[str]) -> float:
-    """Run ``ragqa`` with ``argv`` in a fresh process; its peak RSS in MiB."""
+def peak_rss_mib(argv: list[str]) -> tuple[float, float, float]:
+    """Run ``ragqa`` with ``argv`` in a fresh process: its peak RSS, peak RssAnon and peak RssFile,
+    in MiB."""
     done = subprocess.run([sys.executable, "-c", CHILD, *argv], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"error: ragqa {' '.join(argv)} failed:\n{done.stderr[-2000:]}")
-    kib = int(done.stderr.strip().splitlines()[-1].split()[1])
-    return kib / 1024
+    rss, anon, file = map(int, done.stderr.strip().splitlines()[-1].split()[1:])
+    return rss / 1024, anon / 1024, file / 1024
 
 
 def main() -> None:
@@ -61,16 +80,20 @@ def main() -> None:
             argv = ["eval-retrieval", "--index", args.index, "--questions", args.questions,
                     "--limit", str(limit), "--quiet", "--json", str(out / f"m{limit}.json"),
                     "--results", str(out / f"r{limit}.json"), "--trec", str(out / f"t{limit}")]
-            rss = peak_rss_mib(argv)
+            rss, anon, file = peak_rss_mib(argv)
             n = json.loads((out / f"m{limit}.json").read_text())["n"]
             rows.append({"limit": limit, "n": n, "peak_rss_mib": round(rss, 1),
+                         "peak_anon_mib": round(anon, 1), "peak_file_mib": round(file, 1),
                          "results_mib": round((out / f"r{limit}.json").stat().st_size / 2**20, 1)})
-            print(f"{n} questions: peak RSS {rss:.1f} MiB "
-                  f"(results file {rows[-1]['results_mib']} MiB)", flush=True)
-    growth = rows[-1]["peak_rss_mib"] / rows[0]["peak_rss_mib"] - 1
-    print(f"growth from {rows[0]['n']} to {rows[-1]['n']} questions: {100 * growth:+.1f}%")
+            print(f"{n} questions: peak RSS {rss:.1f} MiB: own memory (RssAnon) {anon:.1f}, "
+                  f"mapped files (RssFile) {file:.1f} (results file {rows[-1]['results_mib']} "
+                  "MiB)", flush=True)
+    growth = {key: rows[-1][key] / rows[0][key] - 1 for key in ("peak_rss_mib", "peak_anon_mib")}
+    print(f"growth from {rows[0]['n']} to {rows[-1]['n']} questions: peak RSS "
+          f"{100 * growth['peak_rss_mib']:+.1f}%, own memory {100 * growth['peak_anon_mib']:+.1f}%")
     if args.json:
-        write_json(args.json, {"rows": rows, "growth": growth, "index": args.index,
+        write_json(args.json, {"rows": rows, "growth": growth["peak_rss_mib"],
+                               "growth_anon": growth["peak_anon_mib"], "index": args.index,
                                "questions": args.questions})
 
 

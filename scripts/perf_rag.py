@@ -15,6 +15,12 @@ warm-up, median of ``--repeats``):
    size, the copy head added): a RAG-Sequence training step with supervised pointing, and
    RAG-Sequence thorough and RAG-Token beam decoding (goal: at most 1.3x slower).
 
+5. The fine-tuning loop's input preparation (``retriever.loop``): ``--loader_steps`` reader
+   steps (gold passages, the copy and span targets; forward, backward, AdamW) of the starter model
+   on the embedded questions, with batches prepared in the step (``--loader_workers 0``, as before
+   the DataLoader) against prepared ahead by one DataLoader worker, taking turns; the two runs'
+   losses must be equal.
+
 Token sequences must be identical and losses agree to 1e-4; the script prints both checks. Weights
 are random, so "outputs" are only meaningful as an equivalence check.
 
@@ -29,7 +35,7 @@ import platform
 from dataclasses import asdict, dataclass
 
 import torch
-from measure import alternating  # this directory: the perf scripts' one set of timers
+from measure import Stopwatch, alternating  # this directory: the perf scripts' one set of timers
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
@@ -63,6 +69,9 @@ class Args:
     threads: int = option(
         1, "torch CPU threads (0 = torch's default; >1 is erratic on a shared machine)", within=NON_NEGATIVE)
     seed: int = option(0, "weights, inputs and scores", within=NON_NEGATIVE)
+    loader_steps: int = option(
+        8, "5: reader steps of the starter per run (0 = skip this part)", within=NON_NEGATIVE)
+    loader_batch: int = option(8, "5: questions per reader step", within=POSITIVE)
     json: str | None = option(None, "write all figures here")
 
     def __post_init__(self) -> None:
@@ -218,6 +227,60 @@ def perf_copy(args: Args, generator, ids, mask, scores) -> dict:
     return result
 
 
+def perf_loader(args: Args) -> dict:
+    """The starter's reader steps with batches prepared in the step against by one worker."""
+    import itertools
+
+    from rag.default import QUESTIONS
+    from rag.model import RagModel
+    from retriever.loop import OptimConfig, make_accelerator, new_progress, optimizer_step, train_loop
+    from retriever.questions import read_questions
+
+    model = RagModel.from_pretrained(None)  # the starter; its index is built on first use
+    table = model.index.passages
+    passages = list(zip(table["title"], table["text"], strict=True))
+    examples = []
+    for q in read_questions(QUESTIONS):  # each with the first passage holding its answer
+        gold = next((p for p in passages if q.answers[0] in p[1]), None)
+        if gold is not None:
+            examples.append((q.question, q.answers[0], gold))
+    n = args.loader_steps * args.loader_batch
+    examples = list(itertools.islice(itertools.cycle(examples), n))
+    result, losses = {}, {}
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def run(workers: int) -> float:  # each from the same weights and random state
+        model.load_state_dict(start)
+        torch.manual_seed(args.seed)
+        optim = OptimConfig(epochs=1, batch_size=args.loader_batch, lr=1e-9, warmup_ratio=0.0,
+                            loader_workers=workers)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt, sched = optim.optimizer(params, optim.updates(n, 1))
+        acc, seen = make_accelerator(), []
+
+        def loss(batch):
+            seen.append(model(batch=batch)[0])
+            return seen[-1]
+
+        with Stopwatch() as watch:
+            train_loop(acc, model, new_progress({}), optim, lambda epoch: examples,
+                       lambda rows: model.training_batch(*map(list, zip(*rows, strict=True))),
+                       loss, lambda value: optimizer_step(acc, value, params, opt, sched, 1.0),
+                       seed=args.seed, progress=False)
+        losses[workers] = [x.item() for x in seen]
+        return watch.seconds
+
+    run(0)  # warm-up
+    times = {0: [], 1: []}
+    for _ in range(2):  # taking turns
+        for workers in times:
+            times[workers].append(run(workers))
+    for workers, name in ((0, "inline"), (1, "worker")):
+        result[f"loader_{name}_s_per_step"] = min(times[workers]) / args.loader_steps
+    result["loader_same_losses"] = losses[0] == losses[1]
+    return result
+
+
 def main() -> None:
     (args,) = parse([Args], description=__doc__)
     if args.json:
@@ -230,6 +293,8 @@ def main() -> None:
     figures.update(perf_training(args, generator, {"sequence": hf_seq, "token": hf_tok},
                                   ids, mask, scores))
     figures.update(perf_copy(args, generator, ids, mask, scores))
+    if args.loader_steps:
+        figures.update(perf_loader(args))
     s = t = figures
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {platform.machine()}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
@@ -251,6 +316,11 @@ def main() -> None:
         plain, copy = figures[f"copy_{key}_plain_s"], figures[f"copy_{key}_copy_s"]
         print(f"copy generator, {name}: plain BART {plain:.3f}s  copy {copy:.3f}s  "
               f"ratio {copy / plain:.2f}x (goal <= 1.3x)")
+    if args.loader_steps:
+        inline, ahead = figures["loader_inline_s_per_step"], figures["loader_worker_s_per_step"]
+        print(f"reader step, starter, B={args.loader_batch}: batches prepared in the step "
+              f"{inline:.3f}s  by a DataLoader worker {ahead:.3f}s  speedup {inline / ahead:.2f}x  "
+              f"same losses={figures['loader_same_losses']}")
     if args.json:
         write_json(args.json, {"args": asdict(args), "torch": torch.__version__,
                                "threads": torch.get_num_threads(), **figures})

@@ -66,8 +66,7 @@ def main() -> None:
         questions = [line.strip() for line in text.splitlines() if line.strip()]
         if not questions:
             raise UserError("no questions on standard input")
-    model, _ = load_model(args.model, args.index, overrides, retrieval)
-    model.to(device)
+    model, _ = load_model(args.model, args.index, overrides, retrieval, device)
     answered = []
     for start in range(0, len(questions), args.batch_size):
         for ans in model.answer(questions[start : start + args.batch_size]):

@@ -95,12 +95,12 @@ def main() -> None:
     from rag.loading import load_model
 
     def load():
-        model, _ = load_model(args.model, args.index, overrides, retrieval)
+        model, _ = load_model(args.model, args.index, overrides, retrieval, device)
         if config.persist and (model.index is None or model.index.path is None
                                or model.index.mmap):
             raise UserError("--persist needs a whole index loaded from a directory, not "
                             "memory-mapped or sharded")
-        return model.to(device)
+        return model
 
     info = {"model": args.model or "starter", "index": args.index, "device": str(device),
             "versions": {"ragqa": metadata.version("ragqa"), "python": sys.version.split()[0]}}

@@ -198,8 +198,8 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
 
     from rag.common.options import updated
     from retriever.examples import Example
-    from retriever.loop import optimizer_step, rank_share, train_epoch
-    from retriever.train import TrainConfig, dpr_optimizer, train_step_loss
+    from retriever.loop import new_progress, optimizer_step, train_loop
+    from retriever.train import TrainConfig, dpr_batch, dpr_batch_loss, dpr_optimizer
 
     train = updated(TrainConfig(), epochs=1, batch_size=config.batch_size, hard_negatives=0,
                     lr=config.lr, weight_decay=0.01, warmup_ratio=0.1)
@@ -217,14 +217,15 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
         return q_enc.embed([data.texts[r] for r in rows], [data.titles[r] for r in rows],
                            forward=wrapped)
 
-    losses = train_epoch(
-        acc, wrapped, rank_share(len(examples), None, acc), train.optim.batch_size,
-        lambda batch: train_step_loss(q_enc, [examples[i] for i in batch], contexts, train, scale,
-                                      forward=wrapped, merge=True),
+    means = []  # the epoch's mean batch loss
+    train_loop(
+        acc, wrapped, new_progress({}), train.optim, lambda epoch: examples,
+        lambda batch: dpr_batch(q_enc, batch, contexts, train, merge=True),
+        lambda batch: dpr_batch_loss(q_enc, batch, contexts, scale, forward=wrapped),
         lambda loss: optimizer_step(acc, loss, params, opt, sched, max_grad_norm=None),
-        progress=False)
+        seed=None, after_epoch=lambda state, mean: means.append(mean), progress=False)
     q_enc.eval()
-    return float(np.mean(losses)) if losses else float("nan")
+    return means[0] if examples else float("nan")
 
 
 def _encode_rows(encoder, data: SweepData, rows: np.ndarray, encode_cfg) -> dict[int, np.ndarray]:

@@ -57,3 +57,24 @@ def test_starter_reads(starter):
     for a in answers:
         sources = " ".join(normalize_answer(f"{p['title']} {p['text']}") for p in a.passages)
         assert normalize_answer(a.answer) in sources, a
+
+
+def test_the_first_use_index_is_encoded_on_the_commands_device(tmp_path, monkeypatch):
+    """``ask --device cuda`` with the starter: the embedded corpus is encoded on that device (a
+    fake: the encoder records where it was moved before the index is built), and the device
+    reaches the first-use build from ``load_model``."""
+    from rag import loading
+    from retriever.encoder import Encoder
+
+    monkeypatch.setenv("RAGQA_CACHE", str(tmp_path))
+    events = []
+    monkeypatch.setattr(Encoder, "to", lambda self, device: events.append(("to", device)) or self)
+    monkeypatch.setattr(default, "build_index", lambda *a, **k: events.append(("build",)) or "idx")
+    assert default.default_index(device="cuda:1") == "idx"
+    assert events == [("to", "cuda:1"), ("build",)]
+
+    seen = []
+    monkeypatch.setattr(default, "default_index", lambda device=None: seen.append(device) or 0 / 0)
+    with pytest.raises(ZeroDivisionError):  # stops right after the index is asked for
+        loading.load_model(None, device="cuda:1")
+    assert seen == ["cuda:1"]

@@ -107,6 +107,21 @@ def test_span_nll_is_the_gold_marginal_and_skips_absent_answers():
     assert found.tolist() == [True, False] and nll[1].item() == 0.0
 
 
+def test_an_absent_answer_sends_no_nan_gradient_into_the_retriever():
+    """Trained jointly, p(z|x) has a gradient: a question whose answer is in none of its passages
+    must give it 0, not the nan of log 0 (which took the question encoder's weights to nan)."""
+    logp, doc, _, _ = _synthetic(4, B=2, K=2)
+    logp.requires_grad_(True)
+    doc = doc.expand(2, 2).clone().requires_grad_(True)
+    gold = torch.zeros(logp.shape, dtype=torch.bool)
+    gold[0, 0, 1, 0] = True  # question 1 found nowhere
+    nll, _ = span_nll(logp, doc, gold)
+    nll.sum().backward()
+    assert torch.isfinite(doc.grad).all() and torch.isfinite(logp.grad).all()
+    assert doc.grad[1].abs().sum() == 0 and logp.grad[1].abs().sum() == 0
+    assert doc.grad[0].abs().sum() > 0
+
+
 # ------------------------------------------------------------------- inside RagModel, tiny model
 @pytest.fixture
 def span_rag(make_rag):

@@ -44,7 +44,7 @@ def test_a_checkpoint_saved_on_a_gpu_resumes_on_the_cpu(tmp_path):
     with pytest.raises(RuntimeError, match="CUDA"):  # what a plain torch.load does
         torch.load(tmp_path / "ckpt" / "optimizer.pt", weights_only=True)
     _, fresh_opt, fresh_sched = _training_state()
-    assert load_checkpoint(tmp_path / "ckpt", fresh_opt, fresh_sched) == {"step": 1}
+    assert load_checkpoint(tmp_path / "ckpt", fresh_opt, fresh_sched)["step"] == 1
     state = next(iter(fresh_opt.state.values()))
     assert state["exp_avg"].device.type == "cpu"
     torch.testing.assert_close(state["exp_avg"], next(iter(opt.state.values()))["exp_avg"])

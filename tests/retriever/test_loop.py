@@ -1,13 +1,24 @@
-"""The shared training loop: each rank's share, one update (clipped or not), a resumable epoch."""
+"""The one training loop: each rank's share, one update (clipped or not), updates counted and the
+schedule's length, resuming, batches prepared by loader workers."""
 
 from __future__ import annotations
 
+import copy
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from retriever.loop import make_accelerator, optimizer_step, rank_share, train_epoch
+from retriever.loop import (
+    OptimConfig,
+    make_accelerator,
+    new_progress,
+    optimizer_step,
+    prepared_batches,
+    rank_share,
+    train_loop,
+)
 
 
 @pytest.mark.parametrize("n, processes", [(10, 1), (10, 3), (7, 4)])
@@ -38,21 +49,101 @@ def test_update_clips_unless_told_not_to():
     assert _step(1.0) < 1.0 + 1e-4  # weight and bias together clipped to norm 1
 
 
-def test_epoch_runs_batches_and_resumes():
-    model = torch.nn.Linear(2, 1)
-    seen, after = [], []
+def _run(state, optim, saved=None, crash_at=None, every=1, max_steps=0, prepare=None):
+    """Train a small dropout model through train_loop on 10 examples; returns (model, batches
+    seen, updates hooked)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
+    if saved:
+        model.load_state_dict(saved["model"])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
+    if saved:
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        torch.set_rng_state(saved["rng"])
+    acc = make_accelerator(grad_accum=optim.grad_accum)
+    seen, updates = [], []
 
-    def batch_loss(indices):
-        seen.append(list(indices))
-        return model(torch.ones(len(indices), 2)).sum()
+    def batch_loss(batch):
+        seen.append([int(x) for x in batch[:, 0]])
+        if crash_at is not None and len(seen) > crash_at:
+            raise KeyboardInterrupt
+        return model(batch).pow(2).mean()
 
-    def update(loss):
-        loss.backward()
+    def after_update(state):
+        updates.append(state["step"])
+        if saved is not None and state["step"] % every == 0:
+            saved.update(model={k: v.clone() for k, v in model.state_dict().items()},
+                         opt=copy.deepcopy(opt.state_dict()), sched=sched.state_dict(),
+                         rng=torch.get_rng_state(), state=copy.deepcopy(state))
 
-    losses = train_epoch(make_accelerator(), model.eval(), [4, 3, 2, 1, 0], 2, batch_loss, update,
-                         first=1, after_batch=lambda done, loss: after.append(done), progress=False)
-    assert model.training and seen == [[2, 1], [0]] and after == [2, 3]
-    assert len(losses) == 2 and all(isinstance(x, float) for x in losses)
+    data = [torch.tensor([float(i), 1.0]) for i in range(10)]
+    try:
+        train_loop(acc, model, state, optim, lambda epoch: data, prepare or torch.stack,
+                   batch_loss, lambda loss: optimizer_step(acc, loss, list(model.parameters()),
+                                                           opt, sched, 1.0),
+                   seed=3, max_steps=max_steps, after_update=after_update, progress=False)
+    except KeyboardInterrupt:
+        pass
+    return model, seen, updates
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_the_loop_counts_updates_and_its_schedule_length_is_what_it_runs(accum):
+    optim = OptimConfig(epochs=3, batch_size=3, grad_accum=accum)
+    state = new_progress({})
+    _, seen, updates = _run(state, optim)
+    assert len(seen) == 3 * 4  # ceil(10 / 3) batches an epoch, all of each epoch's examples
+    assert sorted(sum(seen[:4], [])) == list(range(10)) != sum(seen[:4], [])  # shuffled
+    assert sum(seen[:4], []) != sum(seen[4:8], [])  # shuffled again each epoch
+    assert updates == list(range(1, len(updates) + 1)) and state["step"] == len(updates)
+    assert optim.updates(10, 1) == len(updates) == 12 // accum
+    assert (state["epoch"], state["batch"]) == (3, 0)
+    _, _, capped = _run(new_progress({}), optim, max_steps=5)
+    assert capped == [1, 2, 3, 4, 5] and optim.updates(10, 1, max_steps=5) == 5
+
+
+def test_a_run_resumed_from_its_state_equals_an_uninterrupted_one():
+    optim = OptimConfig(epochs=2, batch_size=3)
+    whole, seen_whole, _ = _run(new_progress({}), optim)
+    saved: dict = {}
+    _run(new_progress({}), optim, saved=saved, crash_at=5, every=2)  # dies in batch 6
+    assert saved["state"]["step"] == 4  # the last "checkpoint"
+    resumed, seen_rest, _ = _run(saved["state"], optim, saved=saved)
+    assert seen_rest == seen_whole[4:]  # from batch 5 on, as the whole run saw them
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_loader_workers_prepare_ahead_and_change_nothing():
+    """Batches prepared in 2 worker processes: the same batches, the same dropout draws (the
+    loader's own generator, not torch's), so the same weights as preparing in the step."""
+    inline, seen_inline, _ = _run(new_progress({}), OptimConfig(epochs=2, batch_size=3,
+                                                                loader_workers=0))
+    workers, seen_workers, _ = _run(new_progress({}), OptimConfig(epochs=2, batch_size=3,
+                                                                  loader_workers=2, prefetch=2),
+                                    prepare=torch.stack)
+    assert seen_workers == seen_inline
+    for a, b in zip(inline.parameters(), workers.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_loader_prepares_in_workers_without_touching_torchs_random_state():
+    rng = torch.get_rng_state()
+    pids = list(prepared_batches(list(range(6)), [5, 4, 3, 2, 1, 0], 2, 1,
+                                 lambda rows: (os.getpid(), rows), workers=2))
+    assert [rows for _, rows in pids] == [[3, 2], [1, 0]]  # from batch 1 on, in order
+    assert os.getpid() not in {pid for pid, _ in pids}
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_workers_default_to_two_on_a_gpu_and_none_on_cpu(monkeypatch):
+    assert OptimConfig(loader_workers=3).workers() == 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert OptimConfig().workers() == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert OptimConfig().workers() == 2
 
 
 def test_the_process_group_timeout_is_the_configured_one():

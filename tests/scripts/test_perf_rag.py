@@ -11,7 +11,7 @@ import pytest
 PRELOAD = ["torch", "transformers:BartConfig,BartForConditionalGeneration,HfArgumentParser"]
 TINY = ["--vocab_size", "300", "--d_model", "32", "--layers", "1", "--heads", "2", "--ffn_dim", "64",
         "--questions", "2", "--passages", "2", "--context_length", "16", "--repeats", "1",
-        "--target_length", "4", "--max_length", "7"]
+        "--target_length", "4", "--max_length", "7", "--loader_steps", "1", "--loader_batch", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,8 @@ def runs(run_scripts, tmp_path_factory):
                  "--json", tmp / "tiny.json"],
         "constrained": ["perf_rag.py", *TINY, "--constrain", "spans"],
     }
-    return run_scripts(scenarios, tmp / "logs", preload=PRELOAD), tmp
+    return run_scripts(scenarios, tmp / "logs", preload=PRELOAD,
+                       env={"RAGQA_CACHE": str(tmp / "cache")}), tmp
 
 
 def test_ours_equal_transformers_under_the_given_search(runs):
@@ -34,6 +35,9 @@ def test_ours_equal_transformers_under_the_given_search(runs):
     assert report["sequence_loss_abs_diff"] < 1e-4 and report["token_loss_abs_diff"] < 1e-4
     assert report["sequence_mean_len"] >= 3 - 1  # min_length counts the start symbol
     assert "identical=True" in results["tiny"].stdout
+    # the starter's reader steps, batches prepared in the step or by a DataLoader worker
+    assert report["loader_same_losses"] is True
+    assert report["loader_inline_s_per_step"] > 0 and report["loader_worker_s_per_step"] > 0
 
 
 def test_a_search_transformers_cannot_run_is_refused(runs):
