@@ -91,8 +91,8 @@ class TrainConfig:
         "index's normalised BM25 times --fusion_weight, as at search time, so the question encoder "
         "learns what BM25 misses; needs an index with a sparse side")
     save_every: int = option(
-        200, "batches between checkpoints in <out>.checkpoint (frozen context encoder); a killed run "
-        "resumes from the last one when rerun with the same command", within=POSITIVE)
+        200, "optimizer updates between checkpoints in <out>.checkpoint (frozen context encoder); a "
+        "killed run resumes from the last one when rerun with the same command", within=POSITIVE)
     seed: int = option(0, "shuffling and initialisation seed", within=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
@@ -233,7 +233,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     ``evaluate(q_enc) -> dict`` runs after each epoch (e.g. dev top-k accuracy). With
     ``config.hybrid``, ``sparse_weight`` is w (default: the index's ``fusion_weight``). With
     ``checkpoint`` (a directory; frozen context encoder only) the run saves its progress there every
-    ``config.save_every`` batches and resumes from it exactly: the caller passes the checkpoint's
+    ``config.save_every`` optimizer updates and resumes from it exactly: the caller passes the checkpoint's
     question encoder (``retriever.checkpoint.resume_dir``) as ``q_enc``.
     """
     acc = accelerator or config.optim.accelerator()

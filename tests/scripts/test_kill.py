@@ -17,6 +17,7 @@ from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
+from retriever.loop import new_progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -79,6 +80,7 @@ def test_finetune_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_e
     state = tmp_path / "killed.checkpoint" / "state.json"
     kill_when(command(tmp_path / "killed"), lambda: 3 <= progress(state, "step") < 50)
     assert not (tmp_path / "killed").exists()
+    assert json.loads(state.read_text()).keys() == new_progress({}).keys()  # the one schema
     assert "resuming from" in run_ok(command(tmp_path / "killed")).stderr
     run_ok(command(tmp_path / "whole"))
     assert_same_tensors(RagModel.from_pretrained(tmp_path / "killed").state_dict(),
@@ -103,6 +105,8 @@ def test_train_retriever_killed_then_rerun_equals_an_uninterrupted_run(tmp_path,
 
     state = tmp_path / "killed.checkpoint" / "state.json"
     kill_when(command(tmp_path / "killed"), lambda: 1 <= progress(state, "epoch") < 30)
+    saved = json.loads(state.read_text())  # the one schema, counted in updates as finetune's
+    assert saved.keys() == new_progress({}).keys() and saved["step"] >= saved["epoch"]
     assert "resuming from" in run_ok(command(tmp_path / "killed")).stderr
     run_ok(command(tmp_path / "whole"))
     for name in ("model.safetensors", "lexical_head.safetensors"):
