@@ -30,22 +30,12 @@ import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from generator.copy import has_copy_head
-from generator.inputs import (
-    answer_char_spans,
-    answer_labels,
-    passage_inputs,
-    passage_pointer_targets,
-    question_inputs,
-    token_layout,
-)
+from generator.inputs import answer_labels, passage_inputs, question_inputs
 from generator.model import load_generator, save_generator
-from generator.span import gold_span_mask, has_span_head
 from rag.common.atomic import atomic_directory
 from rag.common.device import quantize_int8
 from rag.common.errors import UserError
@@ -61,40 +51,10 @@ from .config import CONFIG_NAME, RagConfig, read_config, write_config
 from .decode_sequence import rag_sequence_generate
 from .decode_token import rag_token_generate
 from .marginal import rag_loss
-from .span_reader import SpanTargets, check_span_reader, span_answers
+from .reads import Read, TrainBatch, training_targets
+from .span_reader import check_span_reader, span_answers
 
 log = logging.getLogger(__name__)
-
-
-class _Read(NamedTuple):
-    """What the generator reads for a batch: its inputs (B, K, L), the doc scores (B, K) (logits
-    of p(z|x)), the passages read (dicts; none in closed book) and the input strings tokenised
-    (None in closed book)."""
-
-    inputs: dict[str, torch.Tensor]
-    doc_scores: torch.Tensor
-    sources: list[list[dict]]
-    strings: list[list[str]] | None
-
-    def to(self, device) -> _Read:
-        return self._replace(inputs={k: v.to(device) for k, v in self.inputs.items()},
-                             doc_scores=self.doc_scores.to(device))
-
-
-class TrainBatch(NamedTuple):
-    """A training batch as ``RagModel.training_batch`` prepares it, on the CPU: the questions and
-    answers, the decoder targets (B, T), and, once passages are known (given ones, or closed
-    book), what the generator reads, its pointer targets (B, K, T-1) and span targets, and the
-    answers found in no passage (``{"pointer": n, "span": n}``). Without passages yet, the last
-    four are None, None, None, {}: retrieval happens in the step."""
-
-    questions: list[str]
-    answers: list[str]
-    labels: torch.Tensor
-    read: _Read | None
-    pointer: torch.Tensor | None
-    span: SpanTargets | None
-    missing: dict[str, int]
 
 
 class RagModel(nn.Module):
@@ -149,13 +109,13 @@ class RagModel(nn.Module):
         return answer_labels(self.tokenizer, answers, self.generator.generation_config,
                              self.generator.config.pad_token_id, self.config.decode.max_length)
 
-    def _prepare(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> _Read:
-        """What the generator reads (:class:`_Read`) on its device; ``given`` (one
+    def _prepare(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> Read:
+        """What the generator reads (:class:`Read`) on its device; ``given`` (one
         ``(title, text)`` per question) replaces retrieval with that single passage (``id`` "",
         ``score`` 0), p(z|x) = 1."""
         return self._read(questions, given).to(next(self.generator.parameters()).device)
 
-    def _read(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> _Read:
+    def _read(self, questions: list[str], given: list[tuple[str, str]] | None = None) -> Read:
         """:meth:`_prepare` before the move: retrieval's doc scores on the question encoder's
         device, everything else on the CPU; with ``given`` passages it needs no weights."""
         questions = check_questions(questions)
@@ -172,7 +132,7 @@ class RagModel(nn.Module):
                                              self.config.max_input_length)
         else:
             inputs = question_inputs(self.tokenizer, questions, self.config.max_input_length)
-        return _Read(inputs, doc_scores, sources, strings)
+        return Read(inputs, doc_scores, sources, strings)
 
     # ------------------------------------------------------------- training
     def loss(self, questions: list[str], answers: list[str],
@@ -194,7 +154,7 @@ class RagModel(nn.Module):
         if passages is None and self.config.mode != "closed_book":
             return TrainBatch(questions, answers, labels, None, None, None, {})
         read = self._read(questions, passages)
-        return TrainBatch(questions, answers, labels, read, *self._targets(answers, read, labels))
+        return TrainBatch(questions, answers, labels, read, *training_targets(self, answers, read, labels))
 
     def loss_on(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`loss` of a :meth:`training_batch`: retrieval (when the batch has no passages
@@ -203,7 +163,7 @@ class RagModel(nn.Module):
         read, pointer, span, missing = batch.read, batch.pointer, batch.span, batch.missing
         if read is None:
             read = self._read(batch.questions)
-            pointer, span, missing = self._targets(batch.answers, read, batch.labels)
+            pointer, span, missing = training_targets(self, batch.answers, read, batch.labels)
         for name, stats in (("pointer", self.pointer_stats), ("span", self.span_stats)):
             if name in missing:
                 stats["answers"] += len(batch.answers)
@@ -215,41 +175,6 @@ class RagModel(nn.Module):
                         epsilon=self.config.label_smoothing, pointer_targets=None if pointer is None
                         else pointer.to(device), pointer_weight=self.config.pointer_weight,
                         span=None if span is None else span.to(device))
-
-    def _targets(self, answers: list[str], read: _Read, labels: torch.Tensor
-                 ) -> tuple[torch.Tensor | None, SpanTargets | None, dict[str, int]]:
-        """The pointer targets (with a copy head) and span targets (with a span head) of
-        ``read``'s passages, and how many answers each found in no passage (``{"pointer": n,
-        "span": n}``, for those it has)."""
-        pointer = span = None
-        missing: dict[str, int] = {}
-        if read.strings is None:
-            return pointer, span, missing
-        if has_copy_head(self.generator) and self.config.pointer_weight > 0:
-            pointer = passage_pointer_targets(self.tokenizer, read.strings, answers, labels,
-                                              read.inputs["input_ids"],
-                                              self.generator.generation_config)
-            missing["pointer"] = int((~pointer.ge(0).flatten(1).any(dim=1)).sum())
-        if has_span_head(self.generator) and self.config.span_weight > 0 and read.strings:
-            span = self._span_targets(answers, read.strings, read.inputs["input_ids"])
-            missing["span"] = int((~span.gold.flatten(1).any(dim=1)).sum())
-        for name, n in missing.items():
-            if n:
-                log.debug("%s loss: %d of %d answers found in no passage, skipped", name, n,
-                          len(answers))
-        return pointer, span, missing
-
-    def _span_targets(self, answers: list[str], strings: list[list[str]], input_ids: torch.Tensor
-                      ) -> SpanTargets:
-        """The span loss's allowed tokens and gold spans (every occurrence of each answer in each
-        passage text, ``generator.inputs.answer_char_spans``); answers found in no passage have no
-        gold span (the loss skips them)."""
-        B, K, L = input_ids.shape
-        M = self.config.max_answer_tokens
-        offsets, allowed = token_layout(self.tokenizer, strings, L)
-        spans = [answer_char_spans(s, answers[b]) for b, row in enumerate(strings) for s in row]
-        gold = gold_span_mask(spans, offsets.view(B * K, L, 2), allowed.view(B * K, L), M)
-        return SpanTargets(allowed, gold.view(B, K, L, M), self.config.span_weight, M)
 
     # ------------------------------------------------------------- decoding
     @torch.no_grad()

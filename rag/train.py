@@ -39,7 +39,8 @@ from retriever.loop import OptimConfig, Saving, new_progress, optimizer_step, tr
 from retriever.metrics import exact_match
 from retriever.questions import Question, dev_subset
 
-from .model import RagModel, TrainBatch
+from .model import RagModel
+from .reads import TrainBatch
 
 log = logging.getLogger(__name__)
 # settings that do not change the weights a run trains: a resume may change them
