@@ -16,6 +16,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,14 +81,17 @@ def main() -> None:
             argv = ["eval-retrieval", "--index", args.index, "--questions", args.questions,
                     "--limit", str(limit), "--quiet", "--json", str(out / f"m{limit}.json"),
                     "--results", str(out / f"r{limit}.json"), "--trec", str(out / f"t{limit}")]
+            started = time.perf_counter()
             rss, anon, file = peak_rss_mib(argv)
+            seconds = time.perf_counter() - started
             n = json.loads((out / f"m{limit}.json").read_text())["n"]
             rows.append({"limit": limit, "n": n, "peak_rss_mib": round(rss, 1),
                          "peak_anon_mib": round(anon, 1), "peak_file_mib": round(file, 1),
+                         "seconds": round(seconds, 1),
                          "results_mib": round((out / f"r{limit}.json").stat().st_size / 2**20, 1)})
             print(f"{n} questions: peak RSS {rss:.1f} MiB: own memory (RssAnon) {anon:.1f}, "
                   f"mapped files (RssFile) {file:.1f} (results file {rows[-1]['results_mib']} "
-                  "MiB)", flush=True)
+                  f"MiB), {seconds:.1f} s", flush=True)
     growth = {key: rows[-1][key] / rows[0][key] - 1 for key in ("peak_rss_mib", "peak_anon_mib")}
     print(f"growth from {rows[0]['n']} to {rows[-1]['n']} questions: peak RSS "
           f"{100 * growth['peak_rss_mib']:+.1f}%, own memory {100 * growth['peak_anon_mib']:+.1f}%")

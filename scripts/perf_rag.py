@@ -19,7 +19,7 @@ warm-up, median of ``--repeats``):
    steps (gold passages, the copy and span targets; forward, backward, AdamW) of the starter model
    on the embedded questions, with batches prepared in the step (``--loader_workers 0``, as before
    the DataLoader) against prepared ahead by one DataLoader worker, taking turns; the two runs'
-   losses must be equal.
+   losses must be equal. The preparation alone is timed too: the most a worker can take off.
 
 Token sequences must be identical and losses agree to 1e-4; the script prints both checks. Weights
 are random, so "outputs" are only meaningful as an equivalence check.
@@ -271,6 +271,11 @@ def perf_loader(args: Args) -> dict:
         return watch.seconds
 
     run(0)  # warm-up
+    batches = [examples[i : i + args.loader_batch] for i in range(0, n, args.loader_batch)]
+    with Stopwatch() as watch:  # the preparation alone: what a worker can take off the step
+        for rows in batches:
+            model.training_batch(*map(list, zip(*rows, strict=True)))
+    result["loader_prepare_s_per_step"] = watch.seconds / len(batches)
     times = {0: [], 1: []}
     for _ in range(2):  # taking turns
         for workers in times:
@@ -318,9 +323,11 @@ def main() -> None:
               f"ratio {copy / plain:.2f}x (goal <= 1.3x)")
     if args.loader_steps:
         inline, ahead = figures["loader_inline_s_per_step"], figures["loader_worker_s_per_step"]
+        prep = figures["loader_prepare_s_per_step"]
         print(f"reader step, starter, B={args.loader_batch}: batches prepared in the step "
               f"{inline:.3f}s  by a DataLoader worker {ahead:.3f}s  speedup {inline / ahead:.2f}x  "
-              f"same losses={figures['loader_same_losses']}")
+              f"same losses={figures['loader_same_losses']}  (preparing alone {prep:.3f}s, "
+              f"{100 * prep / inline:.0f}% of the step)")
     if args.json:
         write_json(args.json, {"args": asdict(args), "torch": torch.__version__,
                                "threads": torch.get_num_threads(), **figures})

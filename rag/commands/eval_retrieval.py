@@ -16,6 +16,7 @@ from rag.commands.cli import parse
 from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
+from rag.common.malloc import fix_mmap_threshold
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
@@ -62,6 +63,7 @@ def main() -> None:
     for path in (args.json, args.results, args.trec):
         if path:
             check_output_parent(path)
+    fix_mmap_threshold()  # per-batch blocks from the heap would grow it with the questions
     acc = make_accelerator()  # under torchrun: join the other processes, which share the work
     index = load_index(args.index, mmap=retrieval.mmap)
     questions = read_questions(args.questions)

@@ -38,6 +38,7 @@ def test_ours_equal_transformers_under_the_given_search(runs):
     # the starter's reader steps, batches prepared in the step or by a DataLoader worker
     assert report["loader_same_losses"] is True
     assert report["loader_inline_s_per_step"] > 0 and report["loader_worker_s_per_step"] > 0
+    assert 0 < report["loader_prepare_s_per_step"] < report["loader_inline_s_per_step"]
 
 
 def test_a_search_transformers_cannot_run_is_refused(runs):
