@@ -225,16 +225,22 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
         gold = [p for _, _, p in batch] if config.gold_window > 0 else None
         return model.training_batch([q for q, _, _ in batch], [a for _, a, _ in batch], gold)
 
+    def after_update(state: dict) -> None:
+        if config.eval_every and state["step"] % config.eval_every == 0:
+            evaluate()
+
+    def after_epoch(state: dict, loss: float) -> None:
+        if not config.eval_every:
+            evaluate()
+
     train_loop(
         acc, wrapped, state, optim, data, prepare, lambda batch: wrapped(batch=batch)[0],
         lambda loss: optimizer_step(acc, loss, params, opt, sched, optim.max_grad_norm),
         seed=config.seed, max_steps=config.max_steps,
         saving=Saving(ckpt, lambda d: acc.unwrap_model(wrapped).save_pretrained(d), opt, sched,
                       config.save_every),
-        after_update=lambda s: evaluate() if config.eval_every and s["step"] % config.eval_every
-        == 0 else None,
-        after_epoch=lambda s, _: None if config.eval_every else evaluate(),
-        desc="fine-tuning", progress=acc.is_local_main_process)
+        after_update=after_update, after_epoch=after_epoch, desc="fine-tuning",
+        progress=acc.is_local_main_process)
     if not state["log"] or state["log"][-1]["step"] != state["step"]:
         evaluate()
     if acc.is_main_process:
