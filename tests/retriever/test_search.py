@@ -149,3 +149,16 @@ def test_evaluate_retrieval_bad_ks(index, encoder, squad_questions):
         evaluate_retrieval(Retriever(encoder, index), questions, [0, 1], progress=False)
     with pytest.raises(UserError, match="larger than the index"):
         evaluate_retrieval(Retriever(encoder, index), questions, [1, 1000], progress=False)
+
+
+def test_the_prepared_passage_cache_is_bounded_and_recomputes_what_it_dropped():
+    """eval-retrieval's cache of passages as the has-answer test reads them keeps at most
+    ``size`` rows (the most recently used), so its memory does not grow with the questions."""
+    from retriever.evaluation import _Prepared
+
+    calls = []
+    seen = _Prepared(lambda text: calls.append(text) or text.upper(), size=2)
+    assert [seen.get(r, t) for r, t in ((1, "a"), (2, "b"), (1, "a"), (3, "c"))] == list("ABAC")
+    assert len(seen.rows) == 2 and calls == ["a", "b", "c"]  # row 1 was a hit
+    assert seen.get(2, "b") == "B" and calls[-1] == "b"  # row 2 (least recent) was dropped
+    assert list(seen.rows) == [3, 2]
