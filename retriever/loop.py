@@ -133,7 +133,7 @@ def optimizer_step(acc, loss: torch.Tensor, params, opt, sched, max_grad_norm: f
     opt.zero_grad()
 
 
-class _Prepared(torch.utils.data.Dataset):
+class _PreparedBatches(torch.utils.data.Dataset):
     """Batch ``b`` of an epoch, prepared: ``prepare`` of its examples (a DataLoader's dataset)."""
 
     def __init__(self, items: Sequence, chunks: list[list[int]], prepare: Callable[[list], Any]):
@@ -159,7 +159,7 @@ def prepared_batches(items: Sequence, order: Sequence[int], batch_size: int, fir
     the loader has a generator of its own (it would otherwise draw its workers' seed from torch's
     global one, which dropout uses): the same batches, the same weights, either way."""
     chunks = [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)][first:]
-    dataset = _Prepared(items, chunks, prepare)
+    dataset = _PreparedBatches(items, chunks, prepare)
     if not workers:
         return (dataset[b] for b in range(len(dataset)))
     # fast tokenizers' own threads would deadlock in forked workers: they warn, then turn them off
