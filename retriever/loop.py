@@ -110,7 +110,7 @@ def rank_share(n: int, seed: int | None, acc) -> list[int]:
     order = list(range(n))
     if seed is not None:
         random.Random(seed).shuffle(order)
-    order += order[: (-n) % acc.num_processes]
+    order += [order[i % n] for i in range((-n) % acc.num_processes)]  # cycled: n may be < P
     return order[acc.process_index :: acc.num_processes]
 
 

@@ -100,7 +100,7 @@ def share(n: int) -> list[int]:
     the first items so that every process gets as many (as many batches, as many collective
     searches). :func:`gather_shares` puts the results back in order."""
     rank, size = world()
-    order = list(range(n)) + list(range(n))[: (-n) % size] if n else []
+    order = [i % n for i in range(n + (-n) % size)] if n else []  # cycled: n may be < size
     return order[rank::size]
 
 

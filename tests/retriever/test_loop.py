@@ -32,6 +32,16 @@ def test_ranks_share_every_example_in_equal_parts(n, processes):
     assert rank_share(n, None, one) == list(range(n))  # unshuffled: the scaling sweep's order
 
 
+@pytest.mark.parametrize("n, processes", [(1, 4), (3, 8)])
+def test_fewer_examples_than_processes_still_give_every_rank_one_share(n, processes):
+    """Padding cycles through the examples: with 1 example and 4 processes every rank gets it
+    (repeating only the first n left ranks empty, and their collectives waiting)."""
+    shares = [rank_share(n, 5, SimpleNamespace(num_processes=processes, process_index=r))
+              for r in range(processes)]
+    assert {len(s) for s in shares} == {1}
+    assert set().union(*shares) == set(range(n))
+
+
 def _step(max_grad_norm):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)
