@@ -35,7 +35,14 @@ from retriever.checkpoint import (
     training_settings,
 )
 from retriever.gold import gold_rows
-from retriever.loop import OptimConfig, Saving, new_progress, optimizer_step, train_loop
+from retriever.loop import (
+    NOT_SHAPING,
+    OptimConfig,
+    Saving,
+    new_progress,
+    optimizer_step,
+    train_loop,
+)
 from retriever.metrics import exact_match
 from retriever.questions import Question, dev_subset
 
@@ -45,7 +52,7 @@ from .reads import TrainBatch
 log = logging.getLogger(__name__)
 # settings that do not change the weights a run trains: a resume may change them
 _NOT_SHAPING = ("eval_every", "eval_limit", "eval_sample", "eval_beams", "save_every",
-                "dist_timeout", "loader_workers", "prefetch", "index", "question_encoder",
+                *NOT_SHAPING, "index", "question_encoder",
                 "decode", "decoding", "copy_spans", "reader", "span_doc_weight", "num_beams",
                 "max_length", "min_length", "length_penalty", "early_stopping",
                 "num_return_sequences", "constrain")

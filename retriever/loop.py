@@ -30,6 +30,10 @@ from .checkpoint import rng_states, save_checkpoint
 DIST_TIMEOUT = 180
 
 
+# OptimConfig's fields that do not change the weights a run trains: a resume may change them
+NOT_SHAPING = ("dist_timeout", "loader_workers", "prefetch")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     """How a trainer steps: batches, AdamW with linear warm-up then linear decay, gradient clipping

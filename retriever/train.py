@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from .checkpoint import (
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
-from .loop import OptimConfig, Saving, new_progress, optimizer_step, train_loop
+from .loop import NOT_SHAPING, OptimConfig, Saving, new_progress, optimizer_step, train_loop
 from .questions import Question
 
 log = logging.getLogger(__name__)
@@ -200,9 +199,8 @@ def dpr_optimizer(q_enc: Encoder, params: list, config: TrainConfig, examples: i
     head = {id(p) for p in q_enc.lexical.parameters()} if q_enc.lexical is not None else set()
     groups = [{"params": [p for p in params if p.requires_grad and id(p) not in head]},
               {"params": [p for p in params if id(p) in head], "lr": config.lexical_lr}]
-    optim = config.optim
-    total = math.ceil(examples / (optim.batch_size * processes)) * optim.epochs // optim.grad_accum
-    return optim.optimizer([g for g in groups if g["params"]], max(total, 1))
+    return config.optim.optimizer([g for g in groups if g["params"]],
+                                  config.optim.updates(examples, processes))
 
 
 def _examples(index: DenseIndex, train: Sequence[Question], config: TrainConfig, q_enc: Encoder,
@@ -266,8 +264,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
         for enc in (q_enc, ctx_enc):
             enc.backbone.get_input_embeddings().requires_grad_(False)
     opt, sched = dpr_optimizer(q_enc, params, config, len(examples), acc.num_processes)
-    settings = training_settings(config, exclude=("save_every", "dist_timeout", "loader_workers",
-                                                  "prefetch"),
+    settings = training_settings(config, exclude=("save_every", *NOT_SHAPING),
                                  data=data_digest([(q.question, q.answers, q.positive_ids)
                                                    for q in train]),
                                  processes=acc.num_processes)
