@@ -107,7 +107,7 @@ def make_accelerator(mixed_precision: str = "no", grad_accum: int = 1,
 
 def rank_share(n: int, seed: int | None, acc) -> list[int]:
     """This process's examples of an epoch: the ``n`` shuffled by ``seed`` (in order when it is
-    None), padded by repeating the first few to a multiple of the process count (as
+    None), padded by cycling through them to a multiple of the process count (as
     ``DistributedSampler`` does), then every ``num_processes``-th from this rank's. Every rank gets
     as many examples, so as many batches of the same sizes: no rank waits forever for another's
     gradients, and the mean over ranks of their batch means is the mean over the global batch."""

@@ -1,8 +1,9 @@
 """Peak memory of `ragqa eval-retrieval` against the number of questions, measured in one run.
 
 Runs the command once per --limits value, each in a fresh process (with --results and --trec, the
-files that used to be held whole), and reports each run's peak RSS (getrusage's ru_maxrss) and
-the growth from the smallest to the largest run. Memory should not grow with the questions:
+files that used to be held whole), and reports each run's peak RSS (getrusage's ru_maxrss), the
+peaks of its own memory (RssAnon) and of its mapped files (RssFile), its seconds, and the growth
+from the smallest to the largest run. Memory should not grow with the questions:
 results are streamed to their files, and per question only the first hit's rank is kept.
 
 Example (the numbers in docs/benchmarks.md):

@@ -96,8 +96,8 @@ def settle(seconds: float = 10.0) -> None:
 
 
 def share(n: int) -> list[int]:
-    """This process's positions of ``n`` items: every ``size``-th from its rank, padded by repeating
-    the first items so that every process gets as many (as many batches, as many collective
+    """This process's positions of ``n`` items: every ``size``-th from its rank, padded by cycling
+    through the items so that every process gets as many (as many batches, as many collective
     searches). :func:`gather_shares` puts the results back in order."""
     rank, size = world()
     order = [i % n for i in range(n + (-n) % size)] if n else []  # cycled: n may be < size
