@@ -6,7 +6,8 @@ Pooling is the DPR checkpoints' pooler output, the [CLS] state, or the masked me
 token state (sentence-transformers models); then sentence-transformers' Dense layers if any, an
 optional linear projection and optional L2 normalisation. Query and passage prompts (e5/bge style)
 are prepended on their side. sentence-transformers folders are read and written faithfully
-(``retriever.st_folder``).
+(``retriever.st_folder``); an encoder directory's files are read back by
+``retriever.encoder_checkpoint``.
 
 Identity: each encoder has a ``fingerprint`` (SHA-256 of its weights). An index records the
 fingerprint of the context encoder that built it; a question encoder is accepted by an index if it
@@ -26,20 +27,27 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from rag.common.atomic import atomic_directory
-from rag.common.errors import UserError, loading
+from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
+from .encoder_checkpoint import (
+    CONFIG_NAME,
+    DENSE_NAME,
+    PROJECTION_NAME,
+    backbone_weights,
+    load_added_weights,
+    load_backbone,
+    load_config_and_tokenizer,
+    read_meta,
+)
 from .lexical import HEAD_NAME, LexicalHead
-from .model_path import resolve_pretrained, weights_file
+from .model_path import resolve_pretrained
 from .st_folder import DenseLayer, read_folder, write_folder
 
-CONFIG_NAME = "ragqa_encoder.json"
-PROJECTION_NAME = "projection.safetensors"
-DENSE_NAME = "dense.safetensors"
 # sentence-transformers' pooling modes, and "pooler" (DPR checkpoints)
 Pooling = Literal["cls", "mean", "max", "lasttoken", "pooler"]
 POOLINGS = get_args(Pooling)
@@ -67,8 +75,15 @@ class EncoderConfig:
         check_fields(self)
 
 
-def _infer_config(path: str, hf_config) -> tuple[EncoderConfig, tuple[DenseLayer, ...]]:
-    """Settings (and Dense layers) for a checkpoint without our own config file."""
+def _checkpoint_config(path: str, meta: dict, hf_config
+                       ) -> tuple[EncoderConfig, tuple[DenseLayer, ...] | None]:
+    """The checkpoint's own settings, and its Dense layers when they come loaded: from our
+    settings file ``meta`` when it has any (Dense layers ``None``: built from their specs, their
+    weights loaded after), else inferred (DPR's pooler; a sentence-transformers folder's modules;
+    else the defaults)."""
+    fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
+    if fields:
+        return EncoderConfig(**{**fields, "dense": tuple(fields.get("dense", ()))}), None
     if hf_config.model_type == "dpr":
         return EncoderConfig(pooling="pooler"), ()
     folder = read_folder(path)
@@ -77,6 +92,21 @@ def _infer_config(path: str, hf_config) -> tuple[EncoderConfig, tuple[DenseLayer
     return EncoderConfig(pooling=folder.pooling, normalize=folder.normalize,
                          query_prompt=folder.query_prompt, passage_prompt=folder.passage_prompt,
                          dense=tuple(layer.spec for layer in folder.dense)), folder.dense
+
+
+def _chosen_config(name_or_path: str, hf_config, saved: EncoderConfig,
+                   config: EncoderConfig | None, overrides: dict) -> EncoderConfig:
+    """``config`` (default the checkpoint's ``saved`` settings) with ``overrides``; the Dense
+    layers stay the checkpoint's. Raises :class:`UserError` for an invalid field or a
+    ``max_length`` override beyond the model's position table."""
+    base = replace(config or saved, **overrides)
+    table = getattr(hf_config, "max_position_embeddings", None)
+    if table and overrides.get("max_length", 0) > table:
+        raise UserError(f"--max_length {overrides['max_length']} is longer than {name_or_path}'s "
+                        f"position table ({table} tokens)")
+    if base.dense != saved.dense:  # Dense layers are the checkpoint's, not a setting to change
+        base = replace(base, dense=saved.dense)
+    return base
 
 
 class Encoder(nn.Module):
@@ -289,78 +319,15 @@ class Encoder(nn.Module):
 
         ``config`` replaces the saved/inferred pooling settings; ``overrides`` change single fields.
         """
-        from transformers import AutoConfig, AutoTokenizer
-
         path = resolve_pretrained(name_or_path, config_file=False)
-        meta_file = Path(path) / CONFIG_NAME
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-        weights = path
-        if meta.get("backbone_from"):  # the backbone's weights are another model's
-            weights = resolve_pretrained(meta["backbone_from"], config_file=False)
-        try:
-            hf_config = AutoConfig.from_pretrained(weights)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as err:
-            raise UserError(f"{name_or_path}: cannot load encoder ({str(err).splitlines()[0]})"
-                            ) from None
-        if getattr(hf_config, "is_encoder_decoder", False):  # a generator given as an encoder
-            raise UserError(f"{name_or_path}: a {hf_config.model_type} sequence-to-sequence model "
-                            "(a generator), not an encoder: give a BERT-like encoder directory")
-        fields = {f: meta[f] for f in EncoderConfig.__dataclass_fields__ if f in meta}
-        dense = None
-        if fields:
-            saved = EncoderConfig(**{**fields, "dense": tuple(fields.get("dense", ()))})
-        else:
-            saved, dense = _infer_config(path, hf_config)
-        base = config or saved
-        base = replace(base, **overrides)
-        table = getattr(hf_config, "max_position_embeddings", None)
-        if table and overrides.get("max_length", 0) > table:
-            raise UserError(f"--max_length {overrides['max_length']} is longer than {name_or_path}'s "
-                            f"position table ({table} tokens)")
-        with loading(weights_file(weights)):
-            backbone = _load_backbone(hf_config, weights, base.pooling == "pooler")
-        if base.dense != saved.dense:  # Dense layers are the checkpoint's, not a setting to change
-            base = replace(base, dense=saved.dense)
+        meta = read_meta(path)
+        weights = backbone_weights(path, meta)
+        hf_config, tokenizer = load_config_and_tokenizer(name_or_path, path, weights)
+        saved, dense = _checkpoint_config(path, meta, hf_config)
+        base = _chosen_config(name_or_path, hf_config, saved, config, overrides)
+        backbone = load_backbone(hf_config, weights, base.pooling == "pooler")
         enc = cls(backbone, tokenizer, base, name=meta.get("name") or name_or_path,
                   paired_context_fingerprint=meta.get("paired_context_fingerprint"), dense=dense)
-        if len(enc.dense) and dense is None:
-            dense_file = Path(path) / DENSE_NAME
-            if not dense_file.is_file():
-                raise UserError(f"{path}: config names Dense layers but {DENSE_NAME} is missing")
-            try:
-                enc.dense.load_state_dict(load_file(str(dense_file)))
-            except RuntimeError as err:
-                raise UserError(f"{dense_file}: does not match the Dense layers of "
-                                f"{CONFIG_NAME} ({str(err).splitlines()[0]})") from None
-        if enc.projection is not None and (Path(path) / PROJECTION_NAME).is_file():
-            enc.projection.load_state_dict(load_file(str(Path(path) / PROJECTION_NAME)))
-        if enc.lexical is not None:
-            head = Path(path) / HEAD_NAME
-            if not head.is_file():
-                raise UserError(f"{path}: config names a lexical head but {HEAD_NAME} is missing")
-            enc.lexical.weight.data.copy_(load_file(str(head))["weight"].float())
+        # Dense layers read from a sentence-transformers folder come with their weights
+        load_added_weights(path, enc.dense if dense is None else None, enc.projection, enc.lexical)
         return enc
-
-
-def _load_backbone(hf_config, weights: str, pooler: bool):
-    """The transformers model under an encoder: DPR's own classes for a DPR checkpoint, else
-    ``AutoModel`` (BERT-family models without the pooler they build, unless ``pooler``)."""
-    from transformers import AutoModel
-
-    if hf_config.model_type == "dpr":
-        from transformers import DPRContextEncoder, DPRQuestionEncoder
-
-        archs = hf_config.architectures or []
-        model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
-        return model_cls.from_pretrained(weights, dtype=torch.float32)
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()  # the pooler weights left out on purpose are
-    hf_logging.set_verbosity_error()  # not worth transformers' "unexpected keys" report
-    try:
-        return AutoModel.from_pretrained(weights, add_pooling_layer=pooler, dtype=torch.float32)
-    except TypeError:  # models without a pooler take no add_pooling_layer
-        return AutoModel.from_pretrained(weights, dtype=torch.float32)
-    finally:
-        hf_logging.set_verbosity(level)
