@@ -83,6 +83,9 @@ _LAYER_MAP = {
 }
 _CROSS_ATTENTION = ("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
                     "encoder_attn.out_proj", "encoder_attn_layer_norm")  # fmt: skip
+# tied to model.shared.weight, so bert_to_bart_state_dict leaves them out
+_TIED = frozenset({"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight",
+                   "lm_head.weight"})
 
 
 def bart_config_from_bert(
@@ -274,25 +277,7 @@ def warm_start_bart(
     )
     tokenizer.bos_token = tokenizer.cls_token
     tokenizer.eos_token = tokenizer.sep_token
-
-    model = BartForConditionalGeneration(config)
-    state = bert_to_bart_state_dict(
-        bert.state_dict(), config, copy_cross_attention=cross_attention == "copy_self"
-    )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {
-        "model.encoder.embed_tokens.weight",
-        "model.decoder.embed_tokens.weight",
-        "lm_head.weight",
-    }
-    untouched = {k for k in missing if k not in tied and ".encoder_attn" not in k}
-    if unexpected or untouched or (cross_attention == "copy_self" and len(missing) != len(tied)):
-        raise RuntimeError(f"BERT->BART mapping is incomplete: {sorted(untouched)} {unexpected}")
-    if cross_attention == "random":
-        _init_cross_attention(model, config.init_std, seed)
-    _check_tied(model)
-    apply_layer_norm_eps(model)
-    model.eval()
+    model = _bart_from_bert(bert, config, cross_attention, seed)
     logger.info(
         "warm-started BART (%d encoder / %d decoder layers, cross-attention %s) from %s",
         config.encoder_layers,
@@ -303,6 +288,37 @@ def warm_start_bart(
     if out_dir is not None:
         save_generator(model, tokenizer, out_dir, dtype=save_dtype)
     return model, tokenizer
+
+
+def _bart_from_bert(
+    bert: BertModel, config: BartConfig, cross_attention: CrossAttentionInit, seed: int
+) -> BartForConditionalGeneration:
+    """A ``BartForConditionalGeneration`` of ``config`` holding ``bert``'s weights, its
+    cross-attention initialised as ``cross_attention`` says (from ``seed`` when random), ties
+    checked and BERT's layer-norm epsilon applied; in eval mode."""
+    model = BartForConditionalGeneration(config)
+    state = bert_to_bart_state_dict(
+        bert.state_dict(), config, copy_cross_attention=cross_attention == "copy_self"
+    )
+    _load_mapped(model, state, cross_attention_mapped=cross_attention == "copy_self")
+    if cross_attention == "random":
+        _init_cross_attention(model, config.init_std, seed)
+    _check_tied(model)
+    apply_layer_norm_eps(model)
+    model.eval()
+    return model
+
+
+def _load_mapped(
+    model: BartForConditionalGeneration, state: dict[str, Tensor], *, cross_attention_mapped: bool
+) -> None:
+    """Load the mapped BERT weights ``state`` into ``model``; raise ``RuntimeError`` unless they
+    fill every tensor but the tied copies of ``model.shared`` and (unless
+    ``cross_attention_mapped``) the decoder's cross-attention."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    untouched = {k for k in missing if k not in _TIED and ".encoder_attn" not in k}
+    if unexpected or untouched or (cross_attention_mapped and len(missing) != len(_TIED)):
+        raise RuntimeError(f"BERT->BART mapping is incomplete: {sorted(untouched)} {unexpected}")
 
 
 def _check_tied(model: BartForConditionalGeneration) -> None:
