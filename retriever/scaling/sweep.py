@@ -261,9 +261,7 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
     ``n_train_pairs``, ``contrastive_entropy``, ``ce_std`` and run details). Returns the rows
     written by this call. Raises :class:`UserError` when a D exceeds the training pairs.
     """
-    import torch
-
-    from retriever.batch_encode import EncodeConfig, encode_texts
+    from retriever.batch_encode import EncodeConfig
     from retriever.encoder import Encoder
 
     out = Path(out)
@@ -271,52 +269,80 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
     if too_big:
         raise UserError(f"train sizes {too_big} outside 1..{len(data.train_questions)} pairs")
     base = Encoder.from_pretrained(config.model, max_length=config.max_length)
-    stem = Path(config.model).name
-    tag = ("-last" if config.keep == "first_and_last" else "") + (
-        "-shared" if config.train_context else "")  # which layers; a shared, trained encoder
     done = done_names(out)
     encode_cfg = EncodeConfig(progress=False)
     written = []
     for n_layers in layers:
-        todo = [d for d in train_sizes if f"{stem}-l{n_layers}-d{d}{tag}" not in done]
+        todo = [d for d in train_sizes if _point_name(config, n_layers, d) not in done]
         if not todo:
             continue
-        ctx_vecs = None
-        if not config.train_context:  # frozen passage tower: encode every needed passage once
-            ctx_enc = truncated_encoder(base, n_layers, config.keep).to(device)
-            ctx_enc = ctx_enc.eval().requires_grad_(False)
-            need = np.unique(np.concatenate([data.train_gold[: max(todo)], data.dev_gold,
-                                             data.pool]))  # (rows,)
-            started = time.perf_counter()
-            ctx_vecs = _encode_rows(ctx_enc, data, need, encode_cfg)
-            log.info("l=%d: encoded %d passages in %.1fs", n_layers, len(need),
-                     time.perf_counter() - started)
+        ctx_vecs = None if config.train_context else _frozen_context_vectors(
+            base, n_layers, max(todo), data, config, device, encode_cfg)  # a frozen passage tower
         for d in todo:
-            started = time.perf_counter()
-            torch.manual_seed(config.seed)
-            q_enc = truncated_encoder(base, n_layers, config.keep).to(device)
-            train_loss = train_question_tower(q_enc, data.train_questions[:d],
-                                              data.train_gold[:d], ctx_vecs, config, data)
-            vecs = ctx_vecs if ctx_vecs is not None else _encode_rows(  # the trained shared one
-                q_enc, data, np.unique(np.concatenate([data.dev_gold, data.pool])), encode_cfg)
-            gold_vecs = np.stack([vecs[int(r)] for r in data.dev_gold])  # (P, H)
-            pool_vecs = np.stack([vecs[int(r)] for r in data.pool])  # (R, H)
-            scale = q_enc.score_scale(config.score_scale)
-            q_vecs = scale * encode_texts(q_enc, data.dev_questions, None, encode_cfg)  # (P, H)
-            mean, std = contrastive_entropy(q_vecs, gold_vecs, pool_vecs,
-                                            num_negatives=config.num_negatives,
-                                            repeats=config.repeats, seed=config.seed)
-            row = {"name": f"{stem}-l{n_layers}-d{d}{tag}",
-                   "n_params": count_non_embedding_params(q_enc),
-                   "n_train_pairs": d, "contrastive_entropy": mean, "ce_std": std,
-                   "layers": n_layers, "keep": config.keep, "model": config.model,
-                   "train_loss": train_loss,
-                   "train_context": config.train_context,
-                   "score_scale": scale, "eval_pairs": len(q_vecs), "pool_size": len(pool_vecs),
-                   "num_negatives": config.num_negatives, "repeats": config.repeats,
-                   "seed": config.seed, "seconds": round(time.perf_counter() - started, 1)}
+            row = _sweep_point(base, n_layers, d, ctx_vecs, data, config, device, encode_cfg)
             _append_row(out, row)
             written.append(row)
             log.info("%s: N=%d CE=%.4f±%.4f (train loss %.3f, %.0fs)", row["name"],
-                     row["n_params"], mean, std, train_loss, row["seconds"])
+                     row["n_params"], row["contrastive_entropy"], row["ce_std"],
+                     row["train_loss"], row["seconds"])
     return written
+
+
+def _point_name(config: SweepConfig, n_layers: int, d: int) -> str:
+    """Point (l, D)'s row name; tags say which layers are kept and a shared, trained encoder."""
+    tag = ("-last" if config.keep == "first_and_last" else "") + ("-shared" if config.train_context else "")
+    return f"{Path(config.model).name}-l{n_layers}-d{d}{tag}"
+
+
+def _frozen_context_vectors(base, n_layers: int, max_d: int, data: SweepData,
+                            config: SweepConfig, device: str, encode_cfg) -> dict[int, np.ndarray]:
+    """Corpus row -> (H,) float32 vector, under the frozen ``n_layers``-layer context tower, of
+    every passage the depth's points need: the first ``max_d`` training golds, the dev golds and
+    the negative pool (encoded once per depth)."""
+    ctx_enc = truncated_encoder(base, n_layers, config.keep).to(device)
+    ctx_enc = ctx_enc.eval().requires_grad_(False)
+    need = np.unique(np.concatenate([data.train_gold[:max_d], data.dev_gold, data.pool]))  # (rows,)
+    started = time.perf_counter()
+    ctx_vecs = _encode_rows(ctx_enc, data, need, encode_cfg)
+    log.info("l=%d: encoded %d passages in %.1fs", n_layers, len(need),
+             time.perf_counter() - started)
+    return ctx_vecs
+
+
+def _sweep_point(base, n_layers: int, d: int, ctx_vecs: dict[int, np.ndarray] | None,
+                 data: SweepData, config: SweepConfig, device: str, encode_cfg) -> dict[str, Any]:
+    """Train the ``n_layers``-layer question tower (or shared encoder) on the first ``d`` pairs,
+    from ``config.seed``, and measure it: the point's measurement row."""
+    import torch
+
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    q_enc = truncated_encoder(base, n_layers, config.keep).to(device)
+    train_loss = train_question_tower(q_enc, data.train_questions[:d],
+                                      data.train_gold[:d], ctx_vecs, config, data)
+    mean, std = _evaluate(q_enc, ctx_vecs, data, config, encode_cfg)
+    return {"name": _point_name(config, n_layers, d),
+            "n_params": count_non_embedding_params(q_enc),
+            "n_train_pairs": d, "contrastive_entropy": mean, "ce_std": std,
+            "layers": n_layers, "keep": config.keep, "model": config.model, "train_loss": train_loss,
+            "train_context": config.train_context, "score_scale": q_enc.score_scale(config.score_scale),
+            "eval_pairs": len(data.dev_questions), "pool_size": len(data.pool),
+            "num_negatives": config.num_negatives, "repeats": config.repeats,
+            "seed": config.seed, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _evaluate(q_enc, ctx_vecs: dict[int, np.ndarray] | None, data: SweepData,
+              config: SweepConfig, encode_cfg) -> tuple[float, float]:
+    """Contrastive entropy (mean, std over negative redraws) of the trained ``q_enc`` on the dev
+    pairs, scored ``score_scale * q . p``; passages by ``ctx_vecs`` (the frozen tower's), or
+    when None encoded by ``q_enc`` itself (the trained shared encoder)."""
+    from retriever.batch_encode import encode_texts
+
+    vecs = ctx_vecs if ctx_vecs is not None else _encode_rows(
+        q_enc, data, np.unique(np.concatenate([data.dev_gold, data.pool])), encode_cfg)
+    gold_vecs = np.stack([vecs[int(r)] for r in data.dev_gold])  # (P, H)
+    pool_vecs = np.stack([vecs[int(r)] for r in data.pool])  # (R, H)
+    scale = q_enc.score_scale(config.score_scale)
+    q_vecs = scale * encode_texts(q_enc, data.dev_questions, None, encode_cfg)  # (P, H)
+    return contrastive_entropy(q_vecs, gold_vecs, pool_vecs, num_negatives=config.num_negatives,
+                               repeats=config.repeats, seed=config.seed)
