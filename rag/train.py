@@ -103,7 +103,7 @@ def dev_exact_match(model: RagModel, dev: Sequence[Question], batch_size: int = 
     torch.distributed it is collective: each process answers its share (``collective.share``)."""
     was_training = model.training
     model.eval()
-    together = getattr(model.index, "collective", False)
+    together = model.index is not None and model.index.collective
     mine = [dev[i] for i in share(len(dev))] if together else list(dev)
     scores = []
     for start in range(0, len(mine), batch_size):
@@ -214,7 +214,7 @@ def finetune(model: RagModel, train: Sequence[Question], out: str | os.PathLike,
     subset = dev_subset(dev or [], config.eval_limit, config.eval_sample, config.seed)
 
     def evaluate() -> None:  # on the main process; on all when a sharded index searches
-        if subset and (acc.is_main_process or getattr(model.index, "collective", False)):
+        if subset and (acc.is_main_process or (model.index is not None and model.index.collective)):
             unwrapped = acc.unwrap_model(wrapped)
             entry = {"step": state["step"], "dev_em": dev_exact_match(
                 unwrapped, subset, num_beams=config.eval_beams), "n": len(subset)}

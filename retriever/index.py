@@ -8,15 +8,17 @@ are filtered at search time with a FAISS ``IDSelector``. bm25s cannot add docume
 so adding passages to an index with a sparse side rebuilds that side over all rows
 (docs/benchmarks.md gives the cost); removing masks the rows on both sides.
 
+``DenseIndex`` implements ``retriever.index_protocol.Index``, as ``retriever.shards.ShardedIndex``
+does; its row-level reads (fetch, result, row_of, the pairing rule) are ``IndexRows``'.
+
 Glossary: Q questions, N passages, D dimension, k results per question.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,24 +30,16 @@ from rag.common.errors import UserError
 
 from .batch_encode import to_numpy32
 from .corpus import open_shards, write_arrow
-from .fusion import FusionConfig
+from .fusion import FusionConfig, union
 from .index_factory import IndexConfig, faiss, trained_index
 from .index_files import arrow_files, new_manifest, read_index, write_index
-from .sparse import SparseConfig, SparseIndex
+from .index_protocol import IndexRows, SearchResult
+from .sparse import SparseConfig, SparseIndex, top_k
 
-log = logging.getLogger(__name__)
+# SearchResult is the interface's (retriever.index_protocol), imported from here too
+__all__ = ["ADD_CHUNK", "DenseIndex", "SearchResult", "best_first", "query_matrix", "sparse_scores"]
+
 ADD_CHUNK = 65_536  # rows converted to float32 and added to FAISS at a time
-
-
-@dataclass
-class SearchResult:
-    """Top-k passages for Q questions: ``scores`` (Q, k) float32, ``rows`` (Q, k) int64 FAISS ids,
-    ``ids`` passage ids, ``passages`` dicts with id, title, text, score; best first."""
-
-    scores: np.ndarray
-    rows: np.ndarray
-    ids: list[list[str]]
-    passages: list[list[dict]]
 
 
 def best_first(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +59,21 @@ def query_matrix(queries, dim: int) -> np.ndarray:
     return queries
 
 
-class DenseIndex:
-    """Passages, their vectors in FAISS, and a manifest naming the encoder that made them."""
+def sparse_scores(index: DenseIndex, questions: list[str], sparse: SparseIndex | None = None
+                  ) -> np.ndarray:
+    """BM25 scores (Q, N) of every row of ``index`` by its sparse side (or ``sparse``, one built
+    over the same rows); rows removed by hot-swapping get -inf."""
+    scores = (sparse or index.sparse).scores(questions)
+    if len(index.removed):
+        scores[:, index.removed] = -np.inf
+    return scores
+
+
+class DenseIndex(IndexRows):
+    """Passages, their vectors in FAISS, and a manifest naming the encoder that made them: an
+    ``Index`` (``retriever.index_protocol``) searched by this process alone."""
+
+    collective = False
 
     def __init__(self, index: faiss.Index, passages: Dataset, manifest: dict,
                  removed: np.ndarray | None = None, shard_files: list[Path] | None = None,
@@ -78,7 +85,6 @@ class DenseIndex:
         self.removed = removed if removed is not None else np.zeros(0, dtype=np.int64)
         self._shard_files = shard_files or []  # Arrow files backing ``passages``
         self._pending: list[Path] = []  # shards added since load (in a private temp dir)
-        self._row_of: dict[str, int] | None = None
         self._gpu_index = None
         self.mmap = False  # loaded memory-mapped (load(mmap=True)): read-only
         self.path: Path | None = None  # the directory it was loaded from
@@ -122,15 +128,6 @@ class DenseIndex:
         return built
 
     # ----------------------------------------------------------------- search
-    def __len__(self) -> int:
-        return int(self.manifest["count"])
-
-    def check_k(self, k: int) -> None:
-        if k <= 0:
-            raise UserError(f"k must be a positive number of passages, got {k}")
-        if k > len(self):
-            raise UserError(f"k={k} is larger than the index ({len(self)} passages)")
-
     def _searcher(self, k: int) -> faiss.Index:
         """The FAISS index to search for ``k`` results per query: a clone of a flat index on this
         process's GPU (``rag.common.device.faiss_gpu``; fp16 vectors with ``gpu_fp16``) when
@@ -181,6 +178,17 @@ class DenseIndex:
                 return best_first(scores, rows, k)
             width = min(size, 2 * width)
 
+    def sparse_candidates(self, questions: list[str], width: int,
+                          dense_rows: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The BM25 top ``width`` rows of each question, joined with ``dense_rows`` (Q, W) when
+        given (``fusion.union``): ``(rows (Q, C), their BM25 scores (Q, C), each question's best
+        BM25 score (Q,))``."""
+        scores = sparse_scores(self, questions)
+        rows = top_k(scores, width)
+        cand = rows if dense_rows is None else union(dense_rows, rows)
+        return cand, np.take_along_axis(scores, np.where(cand >= 0, cand, 0), 1), scores.max(axis=1)
+
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Stored vectors (n, D) float32 of FAISS ids ``rows`` (approximate for IVF-PQ)."""
         rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
@@ -189,75 +197,6 @@ class DenseIndex:
         if not len(rows):
             return np.zeros((0, self.manifest["dim"]), dtype=np.float32)
         return self.index.reconstruct_batch(rows)
-
-    def row_of(self, passage_id: str) -> int | None:
-        """Row number (FAISS id) of a live passage id, or None."""
-        if self._row_of is None:  # skip removed rows: an id removed and then re-added stays live
-            removed = set(self.removed.tolist())
-            self._row_of = {pid: i for i, pid in enumerate(self.passages["id"]) if i not in removed}
-        return self._row_of.get(passage_id)
-
-    def fetch(self, rows: np.ndarray) -> list[dict]:
-        """Passages (id, title, text) for FAISS ids, in order; ids < 0 (no result) give None."""
-        valid = [int(r) for r in rows if r >= 0]
-        table = self.passages[valid] if valid else {"id": [], "title": [], "text": []}
-        got = iter(dict(id=i, title=t, text=x) for i, t, x in
-                   zip(table["id"], table["title"], table["text"], strict=True))
-        return [next(got) if r >= 0 else None for r in rows]
-
-    def search(self, queries: np.ndarray, k: int) -> SearchResult:
-        """:meth:`search_knn` plus the passages: ids, titles, texts and scores, best first."""
-        scores, rows = self.search_knn(queries, k)
-        return self.result(rows, scores)
-
-    def result(self, rows: np.ndarray, scores: np.ndarray) -> SearchResult:
-        """The :class:`SearchResult` of rows (Q, k) and their scores (Q, k); rows < 0 are no hit."""
-        k = rows.shape[1]
-        flat = self.fetch(rows.reshape(-1))
-        passages = []
-        for q in range(rows.shape[0]):
-            hits = []
-            for j in range(k):
-                p = flat[q * k + j]
-                if p is not None:
-                    hits.append({**p, "score": float(scores[q, j])})
-            passages.append(hits)
-        ids = [[p["id"] for p in hits] for hits in passages]
-        return SearchResult(scores=scores, rows=rows, ids=ids, passages=passages)
-
-    def check_question_encoder(self, identity: dict, paired_fingerprint: str | None = None,
-                               where: str = "index", pair: bool = False) -> None:
-        """The pairing rule: which question encoders may search this index.
-
-        A question encoder of another dimension is always refused. Otherwise it is accepted when
-        - it *is* the context encoder that built the index (one tower for both sides), or
-        - it was trained against this index, or saved paired with it: its
-          ``paired_context_fingerprint`` is the index's encoder fingerprint (ragqa train-retriever and
-          ragqa finetune record this when they save it), or
-        - the user pairs it explicitly (``pair``: ``--question_encoder X`` given on the command
-          line, or ``RagConfig.question_encoder``), as for DPR's question/context twins, which are
-          two different encoders trained together; a one-line notice says so.
-        Anything else is refused: searching with an unrelated encoder of the same dimension
-        returns confident nonsense.
-        """
-        built = self.manifest["encoder"]
-        if identity["dim"] != self.manifest["dim"]:
-            raise UserError(
-                f"{where} was built with encoder {built['name']!r} (dim {self.manifest['dim']}); "
-                f"question encoder {identity['name']!r} has dim {identity['dim']}")
-        known = identity["fingerprint"] in self.manifest["question_encoders"]
-        if known or paired_fingerprint == built["fingerprint"]:
-            return
-        if pair:
-            log.warning("pairing question encoder %r (fingerprint %s) with %s's context encoder "
-                        "%r (fingerprint %s), as asked", identity["name"], identity["fingerprint"],
-                        where, built["name"], built["fingerprint"])
-            return
-        raise UserError(
-            f"{where} was built with encoder {built['name']!r} (fingerprint "
-            f"{built['fingerprint']}); question encoder {identity['name']!r} (fingerprint "
-            f"{identity['fingerprint']}) was neither that encoder nor trained against it (to "
-            "pair them, as DPR's question/context twins, pass it as --question_encoder)")
 
     # -------------------------------------------------------------- hot-swap
     def _check_writable(self) -> None:

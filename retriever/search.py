@@ -4,14 +4,16 @@
 searches dense, sparse or hybrid (``retriever.fusion``). Everything that retrieves goes through it:
 ``RagModel`` (with gradient into the question encoder), evaluation, the scripts. It checks its
 inputs (non-empty questions, 0 < k <= corpus size) and, once, that the question encoder belongs
-with the index (the pairing rule, ``DenseIndex.check_question_encoder``: it is the index's
+with the index (the pairing rule, ``Index.check_question_encoder``: it is the index's
 encoder, or was trained against it, ``train=True`` saying it is about to be, or the user pairs it
 explicitly, ``pair=True``). Saving the question encoder through it records
 the pairing, so no caller touches an encoder's bookkeeping.
 
 Scores, best first: dense q . d with the stored passage vectors; sparse the BM25 score divided by
 the question's best; hybrid the fused score. Hybrid and sparse search mask rows removed by
-hot-swapping, as FAISS does on the dense side.
+hot-swapping, as FAISS does on the dense side. The index is any ``Index``
+(``retriever.index_protocol``); a ``collective`` one (sharded) searches together with the other
+processes, so every process calls :meth:`Retriever.search` as many times.
 
 Glossary: B questions, K passages per question, C candidates, D dimension, R index rows.
 """
@@ -29,9 +31,12 @@ from rag.common.errors import UserError
 
 from .batch_encode import EncodeConfig, encode_texts, to_numpy32
 from .encoder import Encoder
-from .fusion import FusionConfig, RetrievalConfig, fuse, normalise_sparse, union
-from .index import DenseIndex, SearchResult
-from .sparse import SparseIndex, top_k
+from .fusion import FusionConfig, RetrievalConfig, fuse, normalise_sparse
+from .index import sparse_scores
+from .index_protocol import Index, SearchResult
+
+# sparse_scores is the index's (retriever.index); examples and candidates import it from here
+__all__ = ["Retriever", "check_questions", "sparse_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -51,34 +56,10 @@ def check_questions(questions: list[str], max_chars: int = 10_000) -> list[str]:
     return out
 
 
-def sparse_scores(index: DenseIndex, questions: list[str], sparse: SparseIndex | None = None
-                  ) -> np.ndarray:
-    """BM25 scores (B, R) of every row of ``index`` by its sparse side (or ``sparse``, one built
-    over the same rows); rows removed by hot-swapping get -inf."""
-    scores = (sparse or index.sparse).scores(questions)
-    if len(index.removed):
-        scores[:, index.removed] = -np.inf
-    return scores
-
-
-def sparse_candidates(index: DenseIndex, questions: list[str], width: int,
-                      dense_rows: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The BM25 top ``width`` rows of each question, joined with ``dense_rows`` (B, W) when given
-    (``fusion.union``): ``(rows (B, C), their BM25 scores (B, C), each question's best BM25 score
-    (B,))``. A sharded index answers collectively (``retriever.shards``)."""
-    if getattr(index, "collective", False):
-        return index.sparse_candidates(questions, width, dense_rows)
-    scores = sparse_scores(index, questions)
-    rows = top_k(scores, width)
-    cand = rows if dense_rows is None else union(dense_rows, rows)
-    return cand, np.take_along_axis(scores, np.where(cand >= 0, cand, 0), 1), scores.max(axis=1)
-
-
 class Retriever:
-    """A question encoder and a :class:`DenseIndex`, searched as ``config`` says (module doc)."""
+    """A question encoder and an :class:`Index`, searched as ``config`` says (module doc)."""
 
-    def __init__(self, question_encoder: Encoder | None, index: DenseIndex,
+    def __init__(self, question_encoder: Encoder | None, index: Index,
                  config: RetrievalConfig | None = None, encode_config: EncodeConfig | None = None,
                  train: bool = False, pair: bool = False):
         config = config or RetrievalConfig()
@@ -141,12 +122,12 @@ class Retriever:
             found, rows = self.index.search_knn(to_numpy32(q), k)
             scores = self.dense_scores(q, rows) if grad else torch.from_numpy(found)
         elif self.mode == "sparse":
-            rows, found, best = sparse_candidates(self.index, questions, k)
+            rows, found, best = self.index.sparse_candidates(questions, k)
             scores = torch.from_numpy(normalise_sparse(found, best))
         else:
             width = min(self.fusion.candidates, len(self.index))
             _, dense_rows = self.index.search_knn(to_numpy32(q), width)
-            cand, cand_sparse, best = sparse_candidates(self.index, questions, width, dense_rows)
+            cand, cand_sparse, best = self.index.sparse_candidates(questions, width, dense_rows)
             fused = fuse(self.dense_scores(q, cand), cand_sparse, best, cand,
                          self.fusion)  # (B, C)
             order = torch.sort(fused.detach(), dim=1, descending=True, stable=True).indices[:, :k]

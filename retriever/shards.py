@@ -45,9 +45,9 @@ from rag.common.errors import UserError
 
 from .corpus import open_shards
 from .fusion import union
-from .index import DenseIndex, best_first, query_matrix
+from .index import DenseIndex, best_first, query_matrix, sparse_scores
 from .index_factory import IndexConfig, trained_index
-from .search import sparse_scores
+from .index_protocol import IndexRows
 from .sparse import SparseIndex, top_k
 
 SHARDS_FILE = "shards.json"
@@ -159,27 +159,19 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-class ShardedIndex:
-    """This process's shards of a sharded index, and every shard's passages (module doc).
-
-    It answers as a ``DenseIndex`` does (rows are the index's rows), searches collectively, and
-    is read-only.
+class ShardedIndex(IndexRows):
+    """This process's shards of a sharded index, and every shard's passages (module doc): an
+    ``Index`` (``retriever.index_protocol``) whose rows are the index's rows, searched
+    collectively, and read-only.
     """
 
     collective = True
     mmap = True  # read-only, as a memory-mapped index is
-    # row-level methods read only ``passages``, ``manifest`` and ``removed``: DenseIndex's own
-    __len__ = DenseIndex.__len__
-    check_k = DenseIndex.check_k
-    check_question_encoder = DenseIndex.check_question_encoder
-    fetch = DenseIndex.fetch
-    result = DenseIndex.result
-    row_of = DenseIndex.row_of
 
     def __init__(self, root: Path, manifest: dict, local: dict[int, DenseIndex],
                  offsets: list[int], passages, replica: tuple[int, int],
                  place: tuple[int, int] = (0, 1)):
-        self.root = root
+        self.path = root  # the directory it was loaded from
         self.manifest = manifest
         self.local = local  # shard number -> its index, the shards this process searches
         self.offsets = offsets  # first row of each shard
@@ -189,7 +181,6 @@ class ShardedIndex:
         self.removed = np.zeros(0, dtype=np.int64)
         self.config = IndexConfig(**manifest["index_config"])
         self.sparse = next(iter(local.values())).sparse  # None when the shards have no BM25 side
-        self._row_of = None
 
     @classmethod
     def load(cls, root: str | os.PathLike, mmap: bool = False, alone: bool = False
@@ -248,9 +239,22 @@ class ShardedIndex:
         replica = (0, 1) if size == 1 else (rank // count, size // count)
         return cls(root, manifest, local, offsets, passages, replica, place)
 
+    # --------------------------------------------------------------- read-only
     def _check_writable(self) -> None:
-        raise UserError(f"{self.root}: a sharded index is read-only (hot-swap its source index "
+        raise UserError(f"{self.path}: a sharded index is read-only (hot-swap its source index "
                         "and split it again)")
+
+    def add(self, vectors: np.ndarray, rows: list[dict]) -> None:
+        """Refused: a sharded index is read-only (:class:`UserError`)."""
+        self._check_writable()
+
+    def remove(self, passage_ids: list[str]) -> None:
+        """Refused: a sharded index is read-only (:class:`UserError`)."""
+        self._check_writable()
+
+    def save(self, out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+        """Refused: a sharded index is read-only (:class:`UserError`)."""
+        self._check_writable()
 
     # ------------------------------------------------------------------ search
     def _all(self, exchange, value):
@@ -304,9 +308,10 @@ class ShardedIndex:
                 out[held] = shard.vectors(everyone[held] - self.offsets[i])
         return self._all(collective.all_sum, out)[mine]
 
-    def sparse_candidates(self, questions: list[str], width: int, dense_rows: np.ndarray | None
+    def sparse_candidates(self, questions: list[str], width: int,
+                          dense_rows: np.ndarray | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``search.sparse_candidates`` over every shard (collective; module doc)."""
+        """``DenseIndex.sparse_candidates`` over every shard (collective; module doc)."""
         asked = self._all(collective.all_objects, questions)
         everyone = [q for part in asked for q in part]
         start = sum(len(p) for p in asked[: self.rank])

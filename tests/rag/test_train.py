@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+import rag.train as rag_train
 from rag.common.errors import UserError
 from rag.common.options import updated
 from rag.model import RagModel
@@ -19,7 +20,9 @@ from rag.train import (
     gold_examples,
 )
 from retriever.checkpoint import checkpoint_dir, resume_dir
+from retriever.index import DenseIndex
 from retriever.questions import Question, dev_subset
+from retriever.shards import load_index, split_index
 
 
 @pytest.fixture
@@ -58,6 +61,25 @@ def test_dev_exact_match_counts_the_answers_that_match(make_rag, train):
     model.train()
     assert dev_exact_match(model, dev, batch_size=2) == 75.0
     assert model.training  # restored
+
+
+@pytest.mark.parametrize("kind", ["closed_book", "dense", "sharded"])
+def test_dev_exact_match_shares_the_questions_out_only_with_a_collective_index(
+        kind, make_rag, train, rag_index_dir, tmp_path, monkeypatch):
+    """A collective (sharded) index is searched by every process together, so each answers its
+    share of the dev questions and the scores are gathered; a model with a dense index, or none,
+    answers them all. The world is faked: this process is rank 0 of 2."""
+    calls = []
+    monkeypatch.setattr(rag_train, "share", lambda n: calls.append(("share", n)) or range(0, n, 2))
+    monkeypatch.setattr(rag_train, "gather_shares",
+                        lambda scores, n: calls.append(("gather", len(scores), n)) or scores)
+    model = make_rag("closed_book" if kind == "closed_book" else "token")
+    if kind == "sharded":
+        split_index(DenseIndex.load(rag_index_dir), tmp_path / "sharded", 2)
+        model = RagModel(model.question_encoder, model.generator, model.tokenizer,
+                         load_index(tmp_path / "sharded"), model.config)
+    dev_exact_match(model, train[:5], batch_size=2)
+    assert calls == ([("share", 5), ("gather", 3, 5)] if kind == "sharded" else [])
 
 
 def test_dev_subset_draws_across_the_file_and_keeps_its_order():

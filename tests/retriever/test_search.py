@@ -102,7 +102,7 @@ def test_dpr_pair_builds_an_index_and_searches_it(dpr_pair_dirs, corpus_tsv, que
     assert (ctx.config.pooling, q_enc.config.pooling) == ("pooler", "pooler")
     with pytest.raises(UserError, match="--question_encoder"):  # not paired: refused, with the way out
         Retriever(q_enc, index)
-    with caplog.at_level("WARNING", logger="retriever.index"):
+    with caplog.at_level("WARNING", logger="retriever.index_protocol"):
         retriever = Retriever(q_enc, index, pair=True)
     notices = [r.getMessage() for r in caplog.records if "pairing" in r.getMessage()]
     assert len(notices) == 1 and q_enc.fingerprint in notices[0] and ctx.fingerprint in notices[0]
