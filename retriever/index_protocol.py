@@ -67,7 +67,7 @@ class Index(Protocol):
 
     def check_question_encoder(self, identity: dict, paired_fingerprint: str | None = None,
                                where: str = "index", pair: bool = False) -> None:
-        """The pairing rule (``DenseIndex``'s docstring): raise UserError for an encoder that
+        """The pairing rule (``IndexRows.check_question_encoder``): raise UserError for an encoder that
         may not search this index."""
 
     def search_knn(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
