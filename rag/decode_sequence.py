@@ -26,6 +26,7 @@ from .constrain import SpanLogitsProcessor
 from .decode import RagDecoded, SpecialTokens, special_tokens
 from .marginal import sequence_log_marginal
 from .passages import check_rag_inputs, encode_passages
+from .prefix_tree import passage_cross_cache
 from .rescore import hypothesis_logprobs
 
 
@@ -68,8 +69,9 @@ def rag_sequence_generate(
     tok = special_tokens(generator, context_input_ids.device)
     search_mask = None if attend_to_padding else context_attention_mask
     enc = encode_passages(generator, context_input_ids, search_mask)  # (B, K, L, D)
+    cross = passage_cross_cache(generator, enc, search_mask)  # (B*K) rows per layer
     out = _passage_beams(generator, context_input_ids, context_attention_mask, search_mask, enc,
-                         config, tok, fast)
+                         cross, config, tok, fast)
     T = out.sequences.shape[1]
     cands = out.sequences.view(B, K * N, T)  # (B, C, T), passage-major as transformers orders them
     same = (cands[:, :, None, :] == cands[:, None, :, :]).all(dim=-1)  # (B, C, C)
@@ -83,8 +85,9 @@ def rag_sequence_generate(
     else:
         if attend_to_padding:  # scoring attends with the mask, as transformers' does
             enc = encode_passages(generator, context_input_ids, context_attention_mask)
+            cross = None
         tok_logp = hypothesis_logprobs(generator, enc, context_attention_mask, hyps, q_idx,
-                                       context_input_ids)
+                                       context_input_ids, cross)
         available = None
     seq_logp = _log_marginal(hyps, q_idx, tok_logp, doc_scores, tok, available)  # (M,)
 
@@ -98,7 +101,17 @@ def rag_sequence_generate(
 class _PassageCache(EncoderDecoderCache):
     """KV cache for ``generate``'s beam search over passages: a beam reorder stays within one
     passage, whose beams share their cross-attention keys/values, so only self-attention is
-    reordered (``EncoderDecoderCache`` copies the L-long cross-attention cache at every step)."""
+    reordered (``EncoderDecoderCache`` copies the L-long cross-attention cache at every step).
+    It starts with the passages' keys and values, computed once per passage rather than once per
+    beam."""
+
+    @classmethod
+    def for_beams(cls, cross: DynamicCache, beams: int, config) -> _PassageCache:
+        """A cache whose cross-attention part is ``cross`` (P rows) repeated for ``beams``
+        adjacent beams of each passage (P*beams rows), as ``generate`` orders them."""
+        rows = [(k.repeat_interleave(beams, 0), v.repeat_interleave(beams, 0))
+                for k, v, *_ in cross]
+        return cls(DynamicCache(config=config), DynamicCache(rows, config=config))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self.self_attention_cache.reorder_cache(beam_idx)
@@ -106,7 +119,8 @@ class _PassageCache(EncoderDecoderCache):
 
 def _passage_beams(generator: PreTrainedModel, context_input_ids: Tensor,
                    context_attention_mask: Tensor, search_mask: Tensor | None, enc: Tensor,
-                   config: DecodeConfig, tok: SpecialTokens, output_logits: bool):
+                   cross: DynamicCache, config: DecodeConfig, tok: SpecialTokens,
+                   output_logits: bool):
     """``generate``'s beam search on every passage at once, attending with ``search_mask``:
     its output, whose ``sequences`` are (P, T), the N beams of each passage adjacent (and whose
     ``logits`` are kept with ``output_logits``)."""
@@ -121,9 +135,7 @@ def _passage_beams(generator: PreTrainedModel, context_input_ids: Tensor,
         input_ids=flat_ids,
         attention_mask=None if search_mask is None else search_mask.reshape(B * K, L),
         encoder_outputs=BaseModelOutput(last_hidden_state=enc.flatten(0, 1)),
-        cache=_PassageCache(
-            DynamicCache(config=generator.config), DynamicCache(config=generator.config)
-        ),
+        cache=_PassageCache.for_beams(cross, config.num_beams, generator.config),
         num_return_sequences=config.num_beams,
         return_dict_in_generate=True,
         output_logits=output_logits,

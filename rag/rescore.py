@@ -2,8 +2,9 @@
 passage of their question, for RAG-Sequence thorough decoding (``rag.decode_sequence``).
 
 Beam candidates share most of their computation, and this reuses it: the encoder output
-(``rag.passages.encode_passages``), the first decoder step (every hypothesis starts with the
-decoder start symbol) and the output layer's normaliser of every shared prefix. The results are
+(``rag.passages.encode_passages``), the decoder state of every shared prefix (computed once per
+passage as a node of the hypotheses' prefix tree, ``rag.prefix_tree``) and the output layer's
+normaliser of every shared prefix. The results are
 the per-token log-probs that the RAG-Sequence marginal (eq. 1, ``rag.marginal``) sums.
 
 Glossary: B questions, K passages per question, L context length, D hidden size, V vocabulary,
@@ -15,11 +16,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import DynamicCache, EncoderDecoderCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from generator.copy import has_copy_head
 
-_CHUNK_ELEMENTS = 2**25  # cap on floats per intermediate (logits, copied KV cache)
+from .prefix_tree import prefix_owner, tree_decoder_states
+
+_CHUNK_ELEMENTS = 2**25  # cap on floats per intermediate (logits, copy-head scores)
 
 
 def hypothesis_logprobs(
@@ -29,13 +32,14 @@ def hypothesis_logprobs(
     hyps: Tensor,
     q_idx: Tensor,
     source_ids: Tensor | None = None,
+    cross: DynamicCache | None = None,
 ) -> Tensor:
     """Teacher-forced log p(hyps[m, t+1] | x, z, hyps[m, :t+1]) under each passage of its question.
 
-    Reuses what the hypotheses share: the encoder output; the first decoder step (every hypothesis
-    starts with the decoder start symbol), whose KV cache, cross-attention included, is copied to
-    each (hypothesis, passage) row; and the output layer's normaliser, computed once per distinct
-    (question, passage, prefix) since beam hypotheses share long prefixes.
+    Reuses what the hypotheses share: the encoder output; the passages' cross-attention keys and
+    values; the decoder state of each distinct (question, passage, prefix), a node of the prefix
+    tree (``rag.prefix_tree``); and the output layer's normaliser, once per such node too, since
+    beam hypotheses share long prefixes.
 
     Used by RAG-Sequence thorough decoding, whose candidates share most of their computation.
 
@@ -46,6 +50,8 @@ def hypothesis_logprobs(
         hyps: (M, T) int64 hypotheses, each starting with the decoder start symbol.
         q_idx: (M,) int64, the question of each hypothesis.
         source_ids: (B, K, L) int64 passage input ids; needed by a copy generator only.
+        cross: the passages' cross-attention cache (``rag.prefix_tree.passage_cross_cache`` of
+            these states and mask), if the caller has it already.
 
     Returns:
         (M, K, T-1) float, 0 at padded targets.
@@ -54,38 +60,13 @@ def hypothesis_logprobs(
     M, T = hyps.shape
     if not hyps[:, 0].eq(hyps[0, 0]).all():
         raise ValueError("hypotheses must all start with the decoder start symbol")
-    decoder = generator.get_decoder()
-    # transformers boundary: passages flattened to (B*K, ...)
-    flat_enc = encoder_states.reshape(B * K, L, D)
-    flat_mask = context_attention_mask.reshape(B * K, L)
-    first = decoder(
-        input_ids=hyps[:1, :1].expand(B * K, 1),
-        encoder_hidden_states=flat_enc,
-        encoder_attention_mask=flat_mask,
-        use_cache=True,
-    )
-    cache0 = first.cache
-    hidden = encoder_states.new_empty(M, K, T - 1, D)  # decoder states that predict hyps[:, 1:]
-    passage = torch.arange(K, device=hyps.device)
-    per_chunk = max(1, _CHUNK_ELEMENTS // (K * L * D * 2 * len(cache0)))  # bounds the copied cache
-    for lo in range(0, M, per_chunk):
-        h = hyps[lo : lo + per_chunk]  # (m, T)
-        m = h.shape[0]
-        rows = (q_idx[lo : lo + m, None] * K + passage).view(-1)  # (m*K,) rows of (B*K)
-        hidden[lo : lo + m, :, 0] = first.last_hidden_state[rows, 0].view(m, K, D)
-        if T > 2:
-            inputs = h[:, None, 1 : T - 1].expand(m, K, T - 2).reshape(m * K, T - 2)  # (m*K, T-2)
-            out = decoder(
-                input_ids=inputs,
-                encoder_hidden_states=flat_enc[rows],
-                encoder_attention_mask=flat_mask[rows],
-                cache=_cache_rows(cache0, rows),
-                use_cache=True,
-            )
-            hidden[lo : lo + m, :, 1:] = out.last_hidden_state.view(m, K, T - 2, D)
-    weight, bias = _output_layer(generator)  # (V, D), (V,)
     targets = hyps[:, 1:]  # (M, T-1)
     real = targets.ne(generator.config.pad_token_id)  # (M, T-1)
+    last = (real * torch.arange(1, T, device=hyps.device)).amax(dim=1)  # (M,) last real + 1
+    alive = torch.arange(T - 1, device=hyps.device)[None, :] < last[:, None]  # (M, T-1)
+    hidden = tree_decoder_states(generator, encoder_states, context_attention_mask,
+                                 hyps[:, : T - 1], q_idx, alive, cross)  # (M, K, T-1, D)
+    weight, bias = _output_layer(generator)  # (V, D), (V,)
     gold = torch.einsum("mktd,mtd->mkt", hidden, weight[targets]) + bias[targets][:, None, :]
     lse = _log_normaliser(hidden, hyps, q_idx, real, weight, bias)  # (M, K, T-1)
     logp = gold - lse  # (M, K, T-1) log p_vocab of each target
@@ -140,9 +121,7 @@ def _log_normaliser(
         (M, K, T-1) float, 0 where no target is real.
     """
     M, K, T1, D = hidden.shape
-    same = (hyps[:, None, :T1] == hyps[None, :, :T1]).int().cumprod(dim=2).bool()  # (M, M, T-1)
-    same &= (q_idx[:, None] == q_idx[None, :])[:, :, None]
-    owner = same.int().argmax(dim=1)  # (M, T-1): first hypothesis sharing the prefix
+    owner = prefix_owner(hyps[:, :T1], q_idx)  # (M, T-1): first hypothesis sharing the prefix
     # a prefix needs its normaliser if any hypothesis through it has a real target there
     needed = torch.zeros(M, T1, device=hyps.device).scatter_add_(0, owner, real.float()) > 0
     m_idx, t_idx = needed.nonzero(as_tuple=True)  # only owners can be needed
@@ -154,14 +133,3 @@ def _log_normaliser(
     table = hidden.new_zeros(M, T1, K)
     table[m_idx, t_idx] = lse.view(-1, K)
     return table.gather(0, owner[:, :, None].expand(M, T1, K)).transpose(1, 2)  # (M, K, T-1)
-
-
-def _cache_rows(cache: EncoderDecoderCache, rows: Tensor) -> EncoderDecoderCache:
-    """A new cache made of ``rows`` of ``cache`` (self- and cross-attention, every layer)."""
-
-    def pick(part: DynamicCache) -> DynamicCache:
-        return DynamicCache(
-            [(k.index_select(0, rows), v.index_select(0, rows)) for k, v, *_ in part]
-        )
-
-    return EncoderDecoderCache(pick(cache.self_attention_cache), pick(cache.cross_attention_cache))

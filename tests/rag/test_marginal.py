@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from rag import prefix_tree
 from rag.marginal import rag_loss, rag_sequence_nll, rag_token_nll
 from rag.passages import encode_passages
 from rag.rescore import hypothesis_logprobs
@@ -137,9 +138,14 @@ def test_rag_loss_dispatches_and_checks_its_inputs(tiny_bart, rag_batch):
         rag_loss("sequence", tiny_bart, ids[:, 0], mask[:, 0], scores, labels)
 
 
-def test_hypothesis_logprobs_match_teacher_forcing(tiny_bart, rag_batch):
+@pytest.mark.parametrize("packed_tokens", [256, 5, 12])
+def test_hypothesis_logprobs_match_teacher_forcing(tiny_bart, rag_batch, monkeypatch,
+                                                   packed_tokens):
     """Shared prefixes are normalised once; a real token equal to the pad id is masked as a target
-    (as transformers masks it) without losing the normaliser its prefix-mates need."""
+    (as transformers masks it) without losing the normaliser its prefix-mates need. Hypotheses
+    packed into one decoder pass, one per pass (5 tokens) or two (12 tokens: passes after the
+    first reuse the cross-attention cache) score alike."""
+    monkeypatch.setattr(prefix_tree, "_TREE_TOKENS", packed_tokens)
     K = 3
     ids, mask, _ = rag_batch(2, K, L, seed=11)
     pad = tiny_bart.config.pad_token_id
