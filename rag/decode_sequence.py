@@ -2,7 +2,7 @@
 
 Beam search runs with ``generator.generate`` on all B*K passages at once. "Thorough" decoding then
 scores every distinct hypothesis under every passage (eq. 1) with one batched decoder pass that
-reuses the encoder output and the first decoder step (``rag.rescore``), and returns what
+reuses the encoder output and each shared prefix (``rag.rescore``), and returns what
 ``RagSequenceForGeneration.generate`` returns; "fast" decoding skips that pass and treats
 p(y|x,z) as 0 for hypotheses that passage z's beam did not produce (Lewis et al. 2020, section
 2.4).

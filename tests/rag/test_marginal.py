@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -138,14 +140,19 @@ def test_rag_loss_dispatches_and_checks_its_inputs(tiny_bart, rag_batch):
         rag_loss("sequence", tiny_bart, ids[:, 0], mask[:, 0], scores, labels)
 
 
-@pytest.mark.parametrize("packed_tokens", [256, 5, 12])
+@pytest.mark.parametrize("packed_tokens,attention", [(256, "sdpa"), (5, "sdpa"), (12, "sdpa"),
+                                                     (256, "eager")])
 def test_hypothesis_logprobs_match_teacher_forcing(tiny_bart, rag_batch, monkeypatch,
-                                                   packed_tokens):
+                                                   packed_tokens, attention):
     """Shared prefixes are normalised once; a real token equal to the pad id is masked as a target
     (as transformers masks it) without losing the normaliser its prefix-mates need. Hypotheses
     packed into one decoder pass, one per pass (5 tokens) or two (12 tokens: passes after the
-    first reuse the cross-attention cache) score alike."""
+    first reuse the cross-attention cache) score alike, with either attention implementation
+    (the tree mask is built for each)."""
     monkeypatch.setattr(prefix_tree, "_TREE_TOKENS", packed_tokens)
+    if attention != "sdpa":
+        tiny_bart = copy.deepcopy(tiny_bart)
+        tiny_bart.set_attn_implementation(attention)
     K = 3
     ids, mask, _ = rag_batch(2, K, L, seed=11)
     pad = tiny_bart.config.pad_token_id
@@ -200,3 +207,30 @@ def test_encoder_states_buckets_equal_one_padded_pass(tiny_bart, left_padded):
         (grad_got,) = torch.autograd.grad((got * keep).square().sum(), weight)
         (grad_want,) = torch.autograd.grad((want * keep).square().sum(), weight)
         torch.testing.assert_close(grad_got, grad_want, atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_tree_has_one_node_per_distinct_prefix():
+    """The tree's nodes are exactly the distinct (question, prefix) pairs of the alive positions
+    (a brute force over tuples), each node's ancestors are the nodes of its shorter prefixes, and
+    parents sit before children."""
+    g = torch.Generator().manual_seed(3)
+    M, T1, B = 24, 6, 3
+    inputs = torch.randint(0, 3, (M, T1), generator=g)  # a small alphabet: many shared prefixes
+    inputs[:, 0] = 2
+    q_idx = torch.sort(torch.randint(0, B, (M,), generator=g))[0]
+    lengths = torch.randint(1, T1 + 1, (M,), generator=g)
+    alive = torch.arange(T1)[None, :] < lengths[:, None]
+    tree = prefix_tree._Tree.plan(inputs, q_idx, alive, B)
+    want = {(int(q_idx[m]), tuple(inputs[m, : t + 1].tolist()))
+            for m in range(M) for t in range(int(lengths[m]))}
+    assert len(tree.node_m) == len(want)
+    assert tree.groups == 1
+    ids, depth, ancestors = tree.rows(0, pad=9)
+    for m in range(M):
+        b = int(q_idx[m])
+        for t in range(int(lengths[m])):
+            s = int(tree.slot[m, t])
+            assert ids[b, s] == inputs[m, t] and depth[b, s] == t
+            above = {int(tree.slot[m, u]) for u in range(t + 1)}
+            assert set(ancestors[b, s].nonzero()[:, 0].tolist()) == above
+            assert max(above) == s  # ancestors come first
