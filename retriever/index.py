@@ -2,6 +2,8 @@
 
 The interface follows DPR's ``DenseIndexer`` (build / search_knn / save / load); the directory it
 saves and loads is ``retriever.index_files``'s, the FAISS index types ``retriever.index_factory``'s.
+An IVF-PQ index built with ``rerank`` also keeps every row's full vector on disk, memory-mapped,
+and re-ranks its candidates exactly against them (``retriever.rerank``).
 Passages can be added and removed without rebuilding (the RAG paper's index hot-swapping, Lewis
 et al. 2020, Sec. 5): flat and IVF-PQ indexes delete ids natively; HNSW cannot, so removed rows
 are filtered at search time with a FAISS ``IDSelector``. bm25s cannot add documents to an index,
@@ -31,9 +33,10 @@ from rag.common.errors import UserError
 from .batch_encode import to_numpy32
 from .corpus import open_shards, write_arrow
 from .fusion import FusionConfig, union
-from .index_factory import IndexConfig, faiss, trained_index
+from .index_factory import IndexConfig, faiss, ivf_of, trained_index
 from .index_files import arrow_files, new_manifest, read_index, write_index
 from .index_protocol import IndexRows, SearchResult
+from .rerank import VECTORS_FILE, FullVectors, exact_scores
 from .sparse import SparseConfig, SparseIndex, top_k
 
 # SearchResult is the interface's (retriever.index_protocol), imported from here too
@@ -77,8 +80,9 @@ class DenseIndex(IndexRows):
 
     def __init__(self, index: faiss.Index, passages: Dataset, manifest: dict,
                  removed: np.ndarray | None = None, shard_files: list[Path] | None = None,
-                 sparse: SparseIndex | None = None):
+                 sparse: SparseIndex | None = None, full: FullVectors | None = None):
         self.index = index
+        self.full = full  # every row's exact vector, memory-mapped (IVF-PQ with rerank), or None
         self.sparse = sparse
         self.passages = passages
         self.manifest = manifest
@@ -90,7 +94,7 @@ class DenseIndex(IndexRows):
         self.path: Path | None = None  # the directory it was loaded from
         self.config = IndexConfig(**manifest["index_config"])
         if self.config.index_type == "ivfpq":
-            index.nprobe = self.config.nprobe
+            ivf_of(index).nprobe = self.config.nprobe
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -102,7 +106,8 @@ class DenseIndex(IndexRows):
         ``vectors`` may be a memory-mapped array (``np.load(path, mmap_mode="r")``): it is read in
         chunks of ``ADD_CHUNK`` rows, converted to float32 one chunk at a time, so the vectors are
         held in memory only inside FAISS. IVF-PQ trains on a sample (``config.train_sample``;
-        default settings: ``IndexConfig()``)."""
+        default settings: ``IndexConfig()``); with ``config.rerank`` the vectors are also copied,
+        as float32, to a temporary file that ``save`` puts in the index directory."""
         config = config or IndexConfig()
         n, dim = vectors.shape
         if n != len(passages):
@@ -121,10 +126,16 @@ class DenseIndex(IndexRows):
                 index.add(chunk)  # HNSW ids are insertion order, i.e. the row number
             else:
                 index.add_with_ids(chunk, np.arange(start, start + len(chunk), dtype=np.int64))
+        full, full_dir = None, None
+        if config.rerank:
+            full_dir = Path(tempfile.mkdtemp(prefix="ragqa-vectors-"))
+            full = FullVectors.write(full_dir / VECTORS_FILE, vectors)
         passages, files, temp = arrow_files(passages)
-        built = cls(index, passages, new_manifest(encoder_identity, n, config), shard_files=files)
-        if temp is not None:
-            remove_with(built, temp)
+        built = cls(index, passages, new_manifest(encoder_identity, n, config), shard_files=files,
+                    full=full)
+        for made in (temp, full_dir):
+            if made is not None:
+                remove_with(built, made)
         return built
 
     # ----------------------------------------------------------------- search
@@ -154,10 +165,14 @@ class DenseIndex(IndexRows):
         For flat and IVF-PQ indexes ties are settled at the cut too: of the passages tied at the
         k-th score, the lowest rows are kept, so the result is a function of the scores alone (as
         FAISS's is not) and a search split over shards (``retriever.shards``) merges to exactly
-        this one. HNSW keeps the passages its graph search found.
+        this one. HNSW keeps the passages its graph search found. An index with the full vectors
+        (IVF-PQ with ``rerank``) returns the top k of its top max(rerank, k) IVF-PQ candidates by
+        exact inner product (:meth:`_reranked`).
         """
         self.check_k(k)
         queries = query_matrix(queries, self.manifest["dim"])
+        if self.full is not None:
+            return self._reranked(queries, k)
         if self.config.index_type == "hnsw":
             params = faiss.SearchParametersHNSW()
             params.efSearch = max(self.config.hnsw_ef_search, k)
@@ -178,6 +193,15 @@ class DenseIndex(IndexRows):
                 return best_first(scores, rows, k)
             width = min(size, 2 * width)
 
+    def _reranked(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The IVF-PQ top max(rerank, k) candidates of ``queries`` (Q, D), scored exactly against
+        the full vectors (only those rows are read) and cut to the best k, as search_knn orders
+        them: ``(scores (Q, k) float32, rows (Q, k) int64)``. Which candidates tie at the PQ cut
+        is FAISS's choice; the order and cut among the candidates are by exact score, then row."""
+        width = min(int(self.index.ntotal), max(self.config.rerank, k))
+        _, rows = self.index.search(queries, width)  # (Q, C) by PQ score; -1 past the probed rows
+        return best_first(exact_scores(queries, rows, self.full), rows, k)
+
     def sparse_candidates(self, questions: list[str], width: int,
                           dense_rows: np.ndarray | None = None
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,10 +214,15 @@ class DenseIndex(IndexRows):
         return cand, np.take_along_axis(scores, np.where(cand >= 0, cand, 0), 1), scores.max(axis=1)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Stored vectors (n, D) float32 of FAISS ids ``rows`` (approximate for IVF-PQ)."""
+        """Stored vectors (n, D) float32 of FAISS ids ``rows``: exact, except for IVF-PQ without
+        ``rerank``, whose vectors are decoded from their PQ codes (approximate); with ``rerank``
+        they are the full vectors, read from the memory-mapped vectors file."""
         rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1)
-        if self.config.index_type == "ivfpq" and not self.index.direct_map.type:
-            self.index.make_direct_map()
+        if self.full is not None:
+            return self.full.rows(rows)
+        if self.config.index_type == "ivfpq" and not ivf_of(self.index).direct_map.type:
+            # a hash table, not an array: an array refuses remove_ids afterwards
+            ivf_of(self.index).set_direct_map_type(faiss.DirectMap.Hashtable)
         if not len(rows):
             return np.zeros((0, self.manifest["dim"]), dtype=np.float32)
         return self.index.reconstruct_batch(rows)
@@ -226,6 +255,8 @@ class DenseIndex(IndexRows):
         self.passages = open_shards(self._shard_files + self._pending)
         new_rows = np.arange(start, start + len(rows), dtype=np.int64)
         vectors = to_numpy32(vectors)
+        if self.full is not None:  # row start + i of the vectors file is vectors[i]
+            self.full.append(vectors, tmp_dir / VECTORS_FILE)
         if self.config.index_type == "hnsw":
             self.index.add(vectors)
         else:
@@ -256,7 +287,9 @@ class DenseIndex(IndexRows):
                 raise UserError(f"passage id {pid!r} is not in the index")
             rows.append(row)
         rows_arr = np.unique(np.asarray(rows, dtype=np.int64))
-        if self.config.index_type != "hnsw":
+        if self.config.index_type == "ivfpq" and ivf_of(self.index).direct_map.type:
+            self.index.remove_ids(faiss.IDSelectorArray(rows_arr))  # as a hash table direct map needs
+        elif self.config.index_type != "hnsw":
             self.index.remove_ids(faiss.IDSelectorBatch(rows_arr))
         self.removed = np.union1d(self.removed, rows_arr).astype(np.int64)
         self.manifest["count"] = int(self.manifest["count"]) - len(rows_arr)
@@ -269,11 +302,15 @@ class DenseIndex(IndexRows):
         if out_dir.exists() and not overwrite:
             raise UserError(f"{out_dir}: already exists (use overwrite to replace it)")
         names = write_index(out_dir, self.index, self._shard_files + self._pending, self.manifest,
-                            self.removed, self.sparse)
+                            self.removed, self.sparse, self.full)
         self.manifest["passage_shards"] = names
         self._shard_files = [out_dir / name for name in names]
         self._pending = []
         self.passages = open_shards(self._shard_files)
+        if self.full is not None:  # the saved file, whole, in place of the parts
+            self.manifest["vectors"] = VECTORS_FILE
+            self.full = FullVectors.open(out_dir / VECTORS_FILE, int(self.manifest["rows"]),
+                                         int(self.manifest["dim"]))
 
     @classmethod
     def load(cls, index_dir: str | os.PathLike, mmap: bool = False) -> DenseIndex:
@@ -281,11 +318,11 @@ class DenseIndex(IndexRows):
 
         With ``mmap`` the FAISS index is memory-mapped read-only instead of read into memory (the
         vectors of flat and HNSW indexes, the inverted lists of IVF-PQ): a corpus larger than RAM
-        can be searched, pages coming from disk as needed. Passages are always memory-mapped.
-        Such an index cannot be hot-swapped."""
+        can be searched, pages coming from disk as needed. Passages, and the full vectors of an
+        index that re-ranks, are always memory-mapped. Such an index cannot be hot-swapped."""
         stored = read_index(Path(index_dir), mmap)
         loaded = cls(stored.index, stored.passages, stored.manifest, stored.removed,
-                     shard_files=stored.shard_files, sparse=stored.sparse)
+                     shard_files=stored.shard_files, sparse=stored.sparse, full=stored.full)
         loaded.mmap = mmap
         loaded.path = Path(index_dir)
         return loaded

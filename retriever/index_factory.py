@@ -2,8 +2,12 @@
 
 Three types, all by inner product: "flat" (exact), "hnsw" (a graph: fast, approximate) and
 "ivfpq" (inverted lists of product-quantised codes: small, approximate, trained on a sample).
-FAISS is imported here, with a one-line error when it is missing; the other index modules
-(``retriever.index``, ``retriever.index_files``) take it from here.
+IVF-PQ can rotate the vectors before quantising them (``opq``: OPQ, Ge et al. 2013, an
+orthogonal matrix trained so that the sub-vectors quantise with less error; FAISS's
+``OPQMatrix`` in an ``IndexPreTransform``), and re-rank its candidates exactly against the full
+vectors kept on disk (``rerank``, ``retriever.rerank``). FAISS is imported here, with a one-line
+error when it is missing; the other index modules (``retriever.index``, ``retriever.index_files``)
+take it from here.
 
 Glossary: N passages, D dimension, S training sample.
 """
@@ -17,7 +21,7 @@ from typing import Literal, get_args
 
 import numpy as np
 
-from rag.common.errors import UserError
+from rag.common.errors import UserError, require
 from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option
 
 from .batch_encode import to_numpy32
@@ -58,9 +62,20 @@ class IndexConfig:
     gpu_fp16: bool = option(
         False, "the GPU copy of a flat index holds fp16 vectors: half the GPU memory, scores "
         "rounded to about 1e-3")
+    opq: bool = option(
+        False, "ivfpq only: rotate the vectors by a trained OPQ matrix before the IVF and PQ "
+        "(higher recall for the same code size)")
+    rerank: int = option(
+        0, "ivfpq only: keep the full float32 vectors on disk (vectors.npy, memory-mapped) and "
+        "re-rank the top max(RERANK, k) IVF-PQ candidates by their exact inner product; 0 = off",
+        within=Range(0, integer=True))
 
     def __post_init__(self) -> None:  # here, not after the corpus is encoded (FAISS aborts on some)
         check_fields(self)
+        if self.index_type != "ivfpq":
+            for flag, value in (("opq", self.opq), ("rerank", self.rerank)):
+                require(not value, flag, value,
+                        f"applies to --index_type ivfpq only, not {self.index_type!r}")
 
 
 def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
@@ -78,19 +93,34 @@ def _factory(dim: int, n: int, config: IndexConfig) -> faiss.Index:
     if dim % pq_m:
         raise UserError(f"pq_m={pq_m} does not divide the dimension {dim}")
     nbits = max(1, min(config.pq_nbits, int(math.log2(max(2, n // 39)))))
-    return faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
+    ivfpq = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, pq_m, nbits, ip)
+    if not config.opq:
+        return ivfpq
+    opq = faiss.OPQMatrix(dim, pq_m)
+    # OPQ trains against a PQ of the codes' own size (its default is 8 bits, too many codes for a
+    # small corpus); FAISS reads it only while training, and the wrappers keep it alive till then
+    pq = faiss.ProductQuantizer(dim, pq_m, nbits)
+    opq.pq, opq.referenced_objects = pq, [pq]
+    return faiss.IndexPreTransform(opq, ivfpq)
 
 
-def _training_sample(vectors: np.ndarray, index: faiss.IndexIVFPQ, config: IndexConfig
+def ivf_of(index: faiss.Index) -> faiss.IndexIVFPQ:
+    """The IVF-PQ part of an "ivfpq" index, with or without its OPQ rotation in front: where its
+    nprobe, nlist, PQ and direct map live."""
+    return faiss.downcast_index(faiss.extract_index_ivf(index))
+
+
+def _training_sample(vectors: np.ndarray, index: faiss.Index, config: IndexConfig
                      ) -> np.ndarray:
     """The IVF-PQ training vectors (S, D) float32: all N rows, or a seeded random sample of them
     gathered in row order (a memory-mapped matrix is then read front to back).
 
     FAISS's k-means wants at least 39 points per centroid and uses at most 256 (it drops the
-    rest), for the IVF cells and for the 2^nbits codes of each PQ sub-quantiser alike: a size
-    asked for outside these bounds is moved inside them."""
-    n = len(vectors)
-    cells, codes = index.nlist, 1 << index.pq.nbits
+    rest), for the IVF cells and for the 2^nbits codes of each PQ sub-quantiser alike (OPQ's
+    rotation trains on the same sample): a size asked for outside these bounds is moved inside
+    them."""
+    n, ivf = len(vectors), ivf_of(index)
+    cells, codes = ivf.nlist, 1 << ivf.pq.nbits
     size = config.train_sample or max(64 * cells, 256 * codes)
     size = min(n, max(size, 39 * max(cells, codes)), 256 * max(cells, codes))
     if size == n:

@@ -6,6 +6,8 @@ Layout of an index directory (written to a temporary directory and renamed into 
     index.faiss         the FAISS index (FAISS's own binary format)
     passages/*.arrow    passage table (id, title, text), memory-mapped; FAISS id = row number
     removed.npy         rows removed by hot-swapping (int64), if any
+    vectors.npy         every row's float32 vector (rows, D), if the index re-ranks (IVF-PQ with
+                        rerank, ``retriever.rerank``); the manifest then names it ("vectors")
     sparse/             BM25 over the passages (``retriever.sparse``), if built; the manifest
                         then names it ("sparse") and the hybrid settings ("fusion")
 
@@ -35,6 +37,7 @@ from rag.common.errors import UserError
 from .corpus import open_shards, write_arrow
 from .fusion import FusionConfig
 from .index_factory import IndexConfig, faiss
+from .rerank import VECTORS_FILE, FullVectors
 from .sparse import SPARSE_DIR, SparseIndex
 
 FORMAT = "ragqa-index"
@@ -50,6 +53,7 @@ class StoredIndex(NamedTuple):
     removed: np.ndarray | None  # removed.npy, if any
     shard_files: list[Path]  # the Arrow files backing ``passages``
     sparse: SparseIndex | None
+    full: FullVectors | None  # vectors.npy, memory-mapped, if the index re-ranks
 
 
 def new_manifest(encoder_identity: dict, n: int, config: IndexConfig) -> dict:
@@ -77,10 +81,13 @@ def arrow_files(passages: Dataset) -> tuple[Dataset, list[Path], Path | None]:
 
 
 def write_index(out_dir: Path, index: faiss.Index, shard_files: list[Path], manifest: dict,
-                removed: np.ndarray, sparse: SparseIndex | None) -> list[str]:
+                removed: np.ndarray, sparse: SparseIndex | None,
+                full: FullVectors | None = None) -> list[str]:
     """Write an index directory atomically (temp dir next to it, then rename): the Arrow files
     ``shard_files`` in order (hard-linked where possible), ``index``, the ``removed`` rows if any,
-    the sparse side if any and ``manifest`` naming the shards. Returns the shards' names."""
+    the sparse side if any, the ``full`` vectors if any (hard-linked when they are one file: it
+    is never written to again) and ``manifest`` naming the shards and the vectors file. Returns
+    the shards' names."""
     with atomic_directory(out_dir, kind="index") as tmp:
         (tmp / "passages").mkdir()
         names = []
@@ -93,8 +100,14 @@ def write_index(out_dir: Path, index: faiss.Index, shard_files: list[Path], mani
             sparse.save(tmp / SPARSE_DIR)
         if len(removed):
             np.save(tmp / "removed.npy", removed)
-        (tmp / "manifest.json").write_text(json.dumps({**manifest, "passage_shards": names},
-                                                      indent=2))
+        named = {"passage_shards": names}
+        if full is not None:
+            if len(full.files) == 1:
+                _link_or_copy(full.files[0], tmp / VECTORS_FILE)
+            else:
+                full.save(tmp / VECTORS_FILE)
+            named["vectors"] = VECTORS_FILE
+        (tmp / "manifest.json").write_text(json.dumps({**manifest, **named}, indent=2))
     return names
 
 
@@ -118,10 +131,11 @@ def read_index(index_dir: Path, mmap: bool = False) -> StoredIndex:
         if index.d != manifest["dim"] or index.ntotal != manifest[
                 "rows" if manifest["index_type"] == "hnsw" else "count"]:
             raise UserError(f"{index_dir}: index.faiss does not match manifest.json")
-        IndexConfig(**manifest["index_config"])
+        config = IndexConfig(**manifest["index_config"])
     except (KeyError, TypeError) as err:
         raise UserError(f"{manifest_file}: missing or wrong field ({err})") from None
     removed = _read_removed(inside(index_dir, "removed.npy", manifest_file))
+    full = _read_full(index_dir, manifest) if config.rerank else None
     try:
         passages = open_shards(files[1:])
     except (pa.ArrowException, OSError, ValueError) as err:
@@ -134,7 +148,7 @@ def read_index(index_dir: Path, mmap: bool = False) -> StoredIndex:
             FusionConfig(**manifest.get("fusion", {}))
         except (TypeError, UserError) as err:
             raise UserError(f"{manifest_file}: bad fusion settings ({err})") from None
-    return StoredIndex(index, passages, manifest, removed, files[1:], sparse)
+    return StoredIndex(index, passages, manifest, removed, files[1:], sparse, full)
 
 
 def _read_manifest(manifest_file: Path) -> dict:
@@ -162,6 +176,17 @@ def _read_faiss(path: Path, manifest: dict, mmap: bool) -> faiss.Index:
         return faiss.read_index(str(path), flags)
     except RuntimeError:  # FAISS's message is a C++ trace; the file is what matters
         raise UserError(f"{path}: not a readable FAISS index (corrupt or truncated)") from None
+
+
+def _read_full(index_dir: Path, manifest: dict) -> FullVectors:
+    """The re-ranking vectors the manifest names, memory-mapped and checked (rows, D) float32."""
+    manifest_file = index_dir / "manifest.json"
+    if "vectors" not in manifest:
+        raise UserError(f"{manifest_file}: the index re-ranks (rerank) but names no vectors file")
+    path = inside(index_dir, manifest["vectors"], manifest_file)
+    if not path.is_file():
+        raise UserError(f"{index_dir}: incomplete index directory (missing {path.name})")
+    return FullVectors.open(path, int(manifest["rows"]), int(manifest["dim"]))
 
 
 def _read_removed(path: Path) -> np.ndarray | None:

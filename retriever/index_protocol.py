@@ -78,7 +78,8 @@ class Index(Protocol):
         """:meth:`search_knn` with the passages."""
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
-        """Stored vectors (n, D) float32 of ``rows`` (n,) (approximate for IVF-PQ)."""
+        """Stored vectors (n, D) float32 of ``rows`` (n,): approximate for IVF-PQ, unless it keeps
+        the full vectors to re-rank with (``IndexConfig.rerank``)."""
 
     def sparse_candidates(self, questions: list[str], width: int,
                           dense_rows: np.ndarray | None = None

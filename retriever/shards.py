@@ -19,8 +19,10 @@ Search is collective: every process calls it with its own questions, as many tim
 
 - Dense: the question vectors are gathered; each shard searches them for its top k; the
   (score, row) lists are gathered and merged by score, then row. ``DenseIndex.search_knn`` orders
-  and cuts ties the same way, so for flat and IVF-PQ indexes (one coarse quantizer for all
-  shards) the result is the unsharded one exactly. HNSW shards are separate graphs.
+  and cuts ties the same way, so for flat and IVF-PQ indexes (one coarse quantizer, and OPQ
+  rotation, for all shards) the result is the unsharded one exactly. HNSW shards are separate
+  graphs. IVF-PQ shards that re-rank (``rerank``) each re-rank their own top candidates, exactly,
+  against their own vectors file: the merge re-ranks a superset of the unsharded candidates.
 - Stored vectors (scores with gradient, hybrid candidates): each shard fills the rows it holds
   and the requests are summed across processes.
 - BM25: each shard's score matrix is cut from one built over the whole corpus (document

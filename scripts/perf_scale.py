@@ -14,11 +14,13 @@ in a fresh process (forked from a helper forked before any work) less its RSS be
 (VmRSS, Linux); queries/s searching the whole batch in one call (FAISS's default threads) and one
 at a time (the first --single_queries); recall@k = mean |found & exact| / k, and the same over the
 real passages of the exact top-k. Settings: HNSW efSearch --hnsw_ef (set through index.config,
-which DenseIndex.search_knn reads at each call), IVF-PQ nprobe --nprobe (set on the FAISS index,
-index.index.nprobe). HNSW is not built above --hnsw_max vectors; its build time there is
-extrapolated (N log N) from a smaller size of the same run. Targets, PASS/MISS per size: HNSW
->= 10x flat's batch queries/s at recall@10 >= 0.95; IVF-PQ index.faiss <= 1/8 of flat's at
-recall@10 >= 0.9.
+which DenseIndex.search_knn reads at each call), IVF-PQ nprobe --nprobe (on ivf_of(index.index))
+and, with --rerank (full vectors on disk, memory-mapped), each depth N at each nprobe (0: none),
+reading N * D * 4 bytes a query ("searched_anon": RSS less file pages); --opq: OPQ's rotation. HNSW
+is not built above --hnsw_max vectors; its build time there is extrapolated (N log N) from a
+smaller size of the same run. Targets, PASS/MISS per size: HNSW >= 10x flat's batch queries/s at
+recall@10 >= 0.95; IVF-PQ index.faiss <= 1/8 of flat's at recall@10 >= 0.9; re-ranked IVF-PQ's RSS
+after loading <= 1/8 of flat's at recall@10 >= 0.95.
 
 Example:
     python scripts/perf_scale.py --real_index runs/index-l6 --sizes 1000000 \
@@ -52,7 +54,7 @@ from rag.common.errors import UserError, require
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.corpus import open_shards
 from retriever.index import DenseIndex
-from retriever.index_factory import INDEX_TYPES, IndexConfig
+from retriever.index_factory import INDEX_TYPES, IndexConfig, ivf_of
 from retriever.questions import read_questions
 
 log = logging.getLogger("perf_scale")
@@ -73,6 +75,10 @@ class Args:
     hnsw_ef: list[int] = option([16, 64, 256], "HNSW efSearch settings", within=POSITIVE)
     nprobe: list[int] = option([8, 32, 128], "IVF-PQ nprobe settings", within=POSITIVE)
     pq_m: list[int] = option([48, 96], "IVF-PQ sub-quantisers: one index each", within=POSITIVE)
+    opq: bool = option(False, "IVF-PQ indexes rotate the vectors by OPQ before quantising")
+    rerank: list[int] = option(
+        [0], "IVF-PQ re-ranking depths N measured at each nprobe (0 = none); any N > 0 keeps the "
+        "full vectors on disk", within=NON_NEGATIVE)
     ivf_nlist: int = option(
         0, "IVF-PQ cells; 0 = the product's default (about 4 sqrt(N)), whose k-means takes hours at "
         "10M on a few cores", within=NON_NEGATIVE)
@@ -115,13 +121,20 @@ def measure_disk(case: Case) -> dict:
             "dir_bytes": sum(f.stat().st_size for f in case.dir.rglob("*") if f.is_file())}
 
 
+def _anon_rss() -> int:
+    """Bytes of this process's resident memory that are not file pages (RssAnon, Linux)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+
+
 def _probe_once(index_dir: str, queries: str, k: int, mmap: bool) -> dict:
-    q, base = np.load(queries), process_rss()
+    q, base, base_anon = np.load(queries), process_rss(), _anon_rss()
     index = DenseIndex.load(index_dir, mmap=mmap)
     loaded = process_rss()
     index.search_knn(q, k)
     return {"loaded": loaded["VmRSS"] - base["VmRSS"], "peak": loaded["VmHWM"] - base["VmRSS"],
-            "searched": process_rss()["VmRSS"] - base["VmRSS"]}
+            "searched": process_rss()["VmRSS"] - base["VmRSS"],
+            "searched_anon": _anon_rss() - base_anon}
 
 
 def probe_server(conn: Connection) -> None:
@@ -156,18 +169,22 @@ def measure_search(case: Case) -> dict:
     index, k, q, kind = DenseIndex.load(case.dir), case.args.k, case.queries, case.config.index_type
     settings = {"flat": [("exact", None)],
                 "hnsw": [(f"efSearch={ef}", ef) for ef in case.args.hnsw_ef],
-                "ivfpq": [(f"nprobe={p}", p) for p in case.args.nprobe]}[kind]
+                "ivfpq": [(f"nprobe={p}" + (f" rerank={n}" if n else ""), (p, n))
+                          for p in case.args.nprobe for n in case.args.rerank]}[kind]
     real = np.isin(case.truth, case.real_rows)  # (Q, k)
     rows = []
     for label, value in settings:
         if kind == "hnsw":
             index.config = replace(index.config, hnsw_ef_search=value)
         elif kind == "ivfpq":
-            index.index.nprobe = value
+            ivf_of(index.index).nprobe = value[0]
+            index.config = replace(index.config, rerank=value[1])
         index.search_knn(q[:10], k)  # warm-up
         with Stopwatch() as watch:
             _, found = index.search_knn(q, k)
         row = {"setting": label, "qps_batch": round(len(q) / watch.seconds, 1)}
+        if kind == "ivfpq" and index.full is not None:  # the candidates' vectors, read from disk
+            row["vector_bytes_per_query"] = max(value[1], k) * q.shape[1] * 4
         hit = np.array([np.isin(t, f) for f, t in zip(found, case.truth, strict=True)])  # (Q, k)
         row[f"recall_at_{k}"] = round(float(hit.mean()), 4)
         row[f"real_recall_at_{k}"] = round(float(hit[real].mean()), 4) if real.any() else None
@@ -178,7 +195,7 @@ def measure_search(case: Case) -> dict:
                     index.search_knn(one_by_one[i : i + 1], k)
             row["qps_single"] = round(len(one_by_one) / watch.seconds, 1)
         rows.append(row)
-    return {"search": rows, **({"nlist": index.index.nlist} if kind == "ivfpq" else {})}
+    return {"search": rows, **({"nlist": ivf_of(index.index).nlist} if kind == "ivfpq" else {})}
 
 
 # One function per measured aspect: each gets a built, saved index (a Case) and returns figures for
@@ -191,7 +208,9 @@ MEASUREMENTS: list[Callable[[Case], dict]] = [measure_disk, measure_memory, meas
 def variants(args: Args) -> list[tuple[str, IndexConfig]]:
     out = [(kind, IndexConfig(index_type=kind)) for kind in ("flat", "hnsw") if kind in args.types]
     if "ivfpq" in args.types:
-        out += [(f"ivfpq-m{m}", IndexConfig(index_type="ivfpq", pq_m=m, ivf_nlist=args.ivf_nlist))
+        opq = "-opq" if args.opq else ""
+        out += [(f"ivfpq{opq}-m{m}", IndexConfig(index_type="ivfpq", pq_m=m, ivf_nlist=args.ivf_nlist,
+                                                  opq=args.opq, rerank=max(args.rerank)))
                 for m in args.pq_m]
     return out
 
@@ -259,9 +278,30 @@ def hnsw_skip_reason(size: int, limit: int, rate: dict) -> str:
     return why + f"; at the rate measured at {n:,} ({t:.0f}s) its build would take ~{hours:.1f} h"
 
 
+def rerank_targets(report: dict, k: int) -> list[str]:
+    """PASS/MISS of the re-ranking target (module doc) per size, with the best setting's RSS."""
+    lines, key = [], f"recall_at_{k}"
+    for size, entry in report["runs"].items():
+        got = {r["index"]: r for r in entry["indexes"] if "search" in r}
+        ranked = [(name, r, s) for name, r in got.items() for s in r["search"]
+                  if "vector_bytes_per_query" in s]
+        if "flat" not in got or not ranked:
+            continue
+        budget = got["flat"]["rss_mib"]["ram"]["loaded"] / 8
+        best = max(((s["qps_batch"], name, s, r["rss_mib"]["ram"]) for name, r, s in ranked
+                    if s[key] >= 0.95 and r["rss_mib"]["ram"]["loaded"] <= budget),
+                   key=lambda hit: hit[0], default=None)
+        lines.append(f"{'PASS' if best else 'MISS'}  N={int(size):,}: re-ranked IVF-PQ, RSS <= {budget:.0f} "
+                     f"MiB (1/8 of flat's) at recall@{k} >= 0.95: " + (
+                         f"fastest {best[1]} {best[2]['setting']} ({best[0]} q/s, recall {best[2][key]}, RSS "
+                         f"{best[3]['loaded']} MiB loaded, {best[3]['searched']} searched, "
+                         f"{best[3]['searched_anon']} of it not file pages)" if best else "none"))
+    return lines
+
+
 def check(args: Args) -> tuple[DenseIndex, list[str]]:
     """Refuse bad options before any work; return the real index and the questions."""
-    for flag in ("sizes", "hnsw_ef", "nprobe", "pq_m"):
+    for flag in ("sizes", "hnsw_ef", "nprobe", "pq_m", "rerank"):
         require(bool(getattr(args, flag)), flag, getattr(args, flag), "must name one or more")
     require(bool(args.types) and set(args.types) <= set(INDEX_TYPES), "types", args.types,
             f"must be among {', '.join(INDEX_TYPES)}")
@@ -310,7 +350,7 @@ def main() -> None:
     finally:
         probe.send(None)
         helper.join()
-    report["targets"] = targets(report, args.k)
+    report["targets"] = targets(report, args.k) + rerank_targets(report, args.k)
     report["total_s"] = round(total.seconds, 1)
     report["peak_rss_mib"] = {  # ru_maxrss is in KiB on Linux; children: the largest memory probe
         "main": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

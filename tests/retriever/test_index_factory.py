@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from rag.common.errors import UserError
-from retriever.index_factory import IndexConfig, _factory, _training_sample, faiss, trained_index
+from retriever.index_factory import (
+    IndexConfig,
+    _factory,
+    _training_sample,
+    faiss,
+    ivf_of,
+    trained_index,
+)
 
 DIM = 16
 
@@ -22,7 +29,8 @@ def test_train_sample_is_checked(bad):
         IndexConfig(index_type="ivfpq", train_sample=bad)
 
 
-@pytest.mark.parametrize("field, value", [("index_type", "lsh"), ("nprobe", 0), ("pq_nbits", 17)])
+@pytest.mark.parametrize("field, value", [("index_type", "lsh"), ("nprobe", 0), ("pq_nbits", 17),
+                                          ("rerank", -5), ("opq", True), ("rerank", 10)])
 def test_settings_are_checked(field, value):
     with pytest.raises(UserError, match=field):
         IndexConfig(**{field: value})
@@ -51,3 +59,16 @@ def test_ivfpq_trains_on_a_float32_sample_in_row_order():
     trained = trained_index(vectors, config)
     assert trained.is_trained and trained.ntotal == 0
     assert not _factory(DIM, len(vectors), config).is_trained
+
+
+def test_opq_rotates_before_the_ivfpq():
+    config = IndexConfig(index_type="ivfpq", ivf_nlist=4, pq_m=4, pq_nbits=4, opq=True)
+    index = _factory(DIM, 2000, config)
+    assert isinstance(index, faiss.IndexPreTransform) and isinstance(ivf_of(index), faiss.IndexIVFPQ)
+    assert ivf_of(index).pq.M == 4 and ivf_of(index).pq.nbits == 4
+    assert _training_sample(unit_vectors(2000), index, config).shape == (2000, DIM)
+    trained = trained_index(unit_vectors(2000), config)
+    assert trained.is_trained and trained.ntotal == 0 and ivf_of(trained).nlist == 4
+    rotation = faiss.downcast_VectorTransform(trained.chain.at(0))
+    matrix = faiss.vector_to_array(rotation.A).reshape(DIM, DIM)
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(DIM), atol=1e-4)  # orthogonal
