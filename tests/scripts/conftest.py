@@ -1,10 +1,12 @@
-"""Running ``scripts/*.py`` as a user runs them, cheaply: the ``run_scripts`` fixture.
+"""Running ``ragqa COMMAND`` and ``scripts/*.py`` as a user runs them, cheaply: the ``run_scripts``
+fixture.
 
 A fresh interpreter spends seconds importing torch, transformers, datasets and faiss, and a dozen of
 them overran the suite's time budget. So one subprocess (``sys.executable``, cwd the project root,
-offline environment) imports those once and then *forks* one child per script run: each run is still
-its own process, with the script executed as ``__main__``, its own stdin, stdout, stderr and exit
-status, and an uncaught exception printing a traceback exactly as the interpreter would.
+offline environment) imports those once and then *forks* one child per run: each run is still its
+own process, with the ``ragqa`` console script's entry point (``rag.commands.main``) called or the
+script executed as ``__main__``, its own stdin, stdout, stderr and exit status, and an uncaught
+exception printing a traceback exactly as the interpreter would.
 """
 
 from __future__ import annotations
@@ -33,9 +35,13 @@ def child(job):
         os.dup2(os.open(path, flags, 0o644), fd)
     sys.stdin = open(0, closefd=False)  # the runner's stdin object has been read to its end
     sys.argv = [job["script"], *job["args"]]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(job["script"])))  # as python SCRIPT does
     try:
-        runpy.run_path(job["script"], run_name="__main__")
+        if job["script"] == "ragqa":  # what the console script runs
+            from rag.commands import main
+            main()
+        else:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(job["script"])))  # as python SCRIPT does
+            runpy.run_path(job["script"], run_name="__main__")
         code = 0
     except SystemExit as exc:  # as the interpreter reports it
         code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
@@ -91,7 +97,8 @@ class Run:
 def run_forked(jobs: dict[str, list], work: Path, *, preload: Sequence[str],
                env: dict[str, str] | None = None, stdin: dict[str, str | bytes] | None = None
                ) -> dict[str, Run]:
-    """Run ``{name: [script, *args]}`` (scripts in ``scripts/``) in order; return each run's outcome.
+    """Run ``{name: [script, *args]}`` in order; return each run's outcome. ``script`` is
+    ``"ragqa"`` (``args`` then start with the subcommand) or a file name in ``scripts/``.
 
     ``preload`` names what the runner imports before forking (``"module"`` or
     ``"module:attr,attr"``), ``env`` adds environment variables, ``stdin`` maps a run's name to the
@@ -107,7 +114,7 @@ def run_forked(jobs: dict[str, list], work: Path, *, preload: Sequence[str],
             stdin_path = work / f"{name}.in"
             data = stdin[name]  # text, or bytes (to send what is not UTF-8)
             stdin_path.write_bytes(data if isinstance(data, bytes) else data.encode())
-        specs.append({"name": name, "script": str(ROOT / "scripts" / script),
+        specs.append({"name": name, "script": script if script == "ragqa" else str(ROOT / "scripts" / script),
                       "args": [str(a) for a in args], "stdin": str(stdin_path),
                       "out": str(work / f"{name}.out"), "err": str(work / f"{name}.err")})
     proc = subprocess.run([sys.executable, "-c", FORK_RUNNER],

@@ -1,4 +1,4 @@
-"""Bad input across the scripts, as a careful new user would try it.
+"""Bad input across the ``ragqa`` commands, as a careful new user would try it.
 
 Every case must exit with status 2 and exactly one ``error:`` line naming the flag, file or value,
 with no traceback, before any work; and the directory the cases point at (an index, a model, a
@@ -33,31 +33,31 @@ def snapshot(root: Path) -> dict[str, int]:
 def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tuple[list, list[str]]]:
     """``{name: (argv, fragments the error line must hold)}``."""
     def build(*extra):
-        return ["build_index.py", "--corpus", corpus, "--encoder", encoder, "--out", d / "new-idx",
+        return ["ragqa", "index", "--corpus", corpus, "--encoder", encoder, "--out", d / "new-idx",
                 *extra]
 
     def build_from(source):
-        return ["build_index.py", "--corpus", source, "--encoder", encoder, "--out", d / "new-idx"]
+        return ["ragqa", "index", "--corpus", source, "--encoder", encoder, "--out", d / "new-idx"]
 
     def evaluate(*extra):
-        return ["eval_retrieval.py", "--index", d / "idx", "--questions", questions, *extra]
+        return ["ragqa", "eval-retrieval", "--index", d / "idx", "--questions", questions, *extra]
 
     def train(*extra):
-        return ["train_retriever.py", "--train", questions, "--index", d / "idx", "--out",
+        return ["ragqa", "train-retriever", "--train", questions, "--index", d / "idx", "--out",
                 d / "new-qenc", *extra]
 
     def finetune(*extra):
-        return ["finetune.py", "--train", questions, "--index", d / "idx", "--out", d / "new-ft",
+        return ["ragqa", "finetune", "--train", questions, "--index", d / "idx", "--out", d / "new-ft",
                 "--generator", d / "model" / "generator", *extra]
 
     def ask(*extra):
-        return ["ask.py", "What is the capital of France?", "--model", d / "model", *extra]
+        return ["ragqa", "ask", "What is the capital of France?", "--model", d / "model", *extra]
 
     def ask_model(model):
-        return ["ask.py", "What is the capital of France?", "--model", model, "--index", d / "idx"]
+        return ["ragqa", "ask", "What is the capital of France?", "--model", model, "--index", d / "idx"]
 
     def bench(*extra):
-        return ["benchmark.py", "--model", d / "model", "--questions", questions, "--json",
+        return ["ragqa", "benchmark", "--model", d / "model", "--questions", questions, "--json",
                 d / "bench.json", *extra]
 
     return {
@@ -119,67 +119,67 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         "bench_fusion_nan": (bench("--fusion_weight", "nan"), ["--fusion_weight", "nan"]),
         "bench_match": (bench("--match", "exact"), ["match", "exact"]),
         "eval_match": (evaluate("--match", "exact"), ["--match", "exact"]),
-        "export_constrain": (["export_transformers.py", "--model", d / "model", "--out",
+        "export_constrain": (["ragqa", "export", "--model", d / "model", "--out",
                               d / "new-export", "--constrain", "words"], ["--constrain", "words"]),
-        "export_out_user_dir": (["export_transformers.py", "--model", d / "model", "--out",
+        "export_out_user_dir": (["ragqa", "export", "--model", d / "model", "--out",
                                  d / "user", "--overwrite"], ["user", "is not a ragqa"]),
         "build_corpus_plain_dir": (build_from(d / "user"), ["user", "save_to_disk"]),
         # 2. outputs, checked before any work
         "build_json_missing_dir": (build("--json", d / "nowhere" / "b.json"), ["nowhere"]),
         "build_json_is_dir": (build("--json", d / "user"), ["user", "is a directory"]),
         "eval_json_missing_dir": (evaluate("--json", d / "nowhere" / "e.json"), ["nowhere"]),
-        "bench_json_is_dir": (["benchmark.py", "--model", d / "model", "--questions", questions,
+        "bench_json_is_dir": (["ragqa", "benchmark", "--model", d / "model", "--questions", questions,
                                "--json", d / "user"], ["user", "is a directory"]),
-        "finetune_out_is_file": (["finetune.py", "--train", questions, "--index", d / "idx",
+        "finetune_out_is_file": (["ragqa", "finetune", "--train", questions, "--index", d / "idx",
                                   "--out", d / "user" / "keep.txt"], ["keep.txt", "not a directory"]),
         # 4. nothing a user owns is deleted: not ours, or ours without --overwrite
-        "build_overwrite_user_dir": (["build_index.py", "--corpus", corpus, "--encoder", encoder,
+        "build_overwrite_user_dir": (["ragqa", "index", "--corpus", corpus, "--encoder", encoder,
                                       "--out", d / "user", "--overwrite"],
                                      ["user", "is not a ragqa"]),
-        "build_existing_index": (["build_index.py", "--corpus", corpus, "--encoder", encoder,
+        "build_existing_index": (["ragqa", "index", "--corpus", corpus, "--encoder", encoder,
                                   "--out", d / "idx"], ["idx", "--overwrite"]),
-        "finetune_out_user_dir": (["finetune.py", "--train", questions, "--index", d / "idx",
+        "finetune_out_user_dir": (["ragqa", "finetune", "--train", questions, "--index", d / "idx",
                                    "--out", d / "user"], ["user", "is not a ragqa"]),
-        "finetune_out_existing_model": (["finetune.py", "--train", questions, "--index", d / "idx",
+        "finetune_out_existing_model": (["ragqa", "finetune", "--train", questions, "--index", d / "idx",
                                          "--out", d / "model"], ["model", "--overwrite"]),
-        "train_out_user_dir": (["train_retriever.py", "--train", questions, "--index", d / "idx",
+        "train_out_user_dir": (["ragqa", "train-retriever", "--train", questions, "--index", d / "idx",
                                 "--out", d / "user", "--overwrite"], ["user", "is not a ragqa"]),
-        "train_out_existing_index": (["train_retriever.py", "--train", questions, "--index",
+        "train_out_existing_index": (["ragqa", "train-retriever", "--train", questions, "--index",
                                       d / "idx", "--out", d / "idx"], ["--out", "is --index"]),
-        "train_index_next_to_out_is_users": (["train_retriever.py", "--train", questions, "--corpus",
+        "train_index_next_to_out_is_users": (["ragqa", "train-retriever", "--train", questions, "--corpus",
                                               corpus, "--out", d / "q", "--overwrite"],
                                              ["q.index", "is not a ragqa"]),
         # 3. environment and file errors
-        "eval_questions_is_dir": (["eval_retrieval.py", "--index", d / "idx", "--questions",
+        "eval_questions_is_dir": (["ragqa", "eval-retrieval", "--index", d / "idx", "--questions",
                                    d / "user"], ["user"]),
-        "eval_corrupt_faiss": (["eval_retrieval.py", "--index", d / "bad-faiss", "--questions",
+        "eval_corrupt_faiss": (["ragqa", "eval-retrieval", "--index", d / "bad-faiss", "--questions",
                                 questions], ["bad-faiss/index.faiss", "not a readable FAISS index"]),
-        "eval_truncated_arrow": (["eval_retrieval.py", "--index", d / "bad-arrow", "--questions",
+        "eval_truncated_arrow": (["ragqa", "eval-retrieval", "--index", d / "bad-arrow", "--questions",
                                   questions], ["bad-arrow", "Arrow"]),
-        "eval_corrupt_removed": (["eval_retrieval.py", "--index", d / "bad-removed", "--questions",
+        "eval_corrupt_removed": (["ragqa", "eval-retrieval", "--index", d / "bad-removed", "--questions",
                                   questions], ["removed.npy"]),
-        "eval_manifest_escapes": (["eval_retrieval.py", "--index", d / "escapes", "--questions",
+        "eval_manifest_escapes": (["ragqa", "eval-retrieval", "--index", d / "escapes", "--questions",
                                    questions], ["manifest.json", "points outside"]),
         "ask_config_not_json": (ask_model(d / "bad-json"), ["bad-json/rag_config.json"]),
         "ask_config_wrong_type": (ask_model(d / "bad-type"), ["bad-type/rag_config.json", "type"]),
         "ask_config_bad_mode": (ask_model(d / "bad-mode"), ["bad-mode/rag_config.json", "mode"]),
-        "compare_wrong_type": (["compare.py", d / "reports" / "typed.json"],
+        "compare_wrong_type": (["ragqa", "compare", d / "reports" / "typed.json"],
                                ["typed.json", "'exact_match'", "wrong type"]),
-        "compare_wrong_nested_type": (["compare.py", d / "reports" / "nested.json"],
+        "compare_wrong_nested_type": (["ragqa", "compare", d / "reports" / "nested.json"],
                                       ["nested.json", "'top_k_accuracy'"]),
-        "compare_not_json": (["compare.py", d / "reports" / "garbage.json"], ["garbage.json", "JSON"]),
-        "scale_select_grid": (["scale.py", "select", "--budgets", "1e4", "--n_min", "1e9",
+        "compare_not_json": (["ragqa", "compare", d / "reports" / "garbage.json"], ["garbage.json", "JSON"]),
+        "scale_select_grid": (["ragqa", "scale", "select", "--budgets", "1e4", "--n_min", "1e9",
                                "--n_max", "1e6"], ["--n_max", "--n_min"]),
-        "scale_sweep_keep": (["scale.py", "sweep", "--corpus", corpus, "--train", questions,
+        "scale_sweep_keep": (["ragqa", "scale", "sweep", "--corpus", corpus, "--train", questions,
                               "--dev", questions, "--out", d / "sweep.jsonl", "--keep", "last"],
                              ["--keep", "last"]),
         "bench_retriever_k_zero": (["perf_retriever.py", "--k", "0"], ["--k", "0"]),
         "bench_rag_beams_zero": (["perf_rag.py", "--num_beams", "0"], ["--num_beams", "0"]),
-        "scale_fit_not_json": (["scale.py", "select", "--fit", d / "reports" / "garbage.json",
+        "scale_fit_not_json": (["ragqa", "scale", "select", "--fit", d / "reports" / "garbage.json",
                                 "--budgets", "1e4"], ["garbage.json", "JSON"]),
-        "scale_fit_not_a_fit": (["scale.py", "select", "--fit", d / "reports" / "typed.json",
+        "scale_fit_not_a_fit": (["ragqa", "scale", "select", "--fit", d / "reports" / "typed.json",
                                  "--budgets", "1e4"], ["typed.json", "laws"]),
-        "ask_stdin_not_utf8": (["ask.py", "--model", d / "model"], ["standard input", "UTF-8"]),
+        "ask_stdin_not_utf8": (["ragqa", "ask", "--model", d / "model"], ["standard input", "UTF-8"]),
     }
 
 

@@ -1,6 +1,6 @@
-"""benchmark.py and compare.py as a user runs them, on a tiny RAG model (random weights).
+"""``ragqa benchmark`` and ``ragqa compare`` as a user runs them, on a tiny RAG model (random weights).
 
-Each script run is its own forked process (the ``run_scripts`` fixture, ``conftest.py``). The
+Each run is its own forked process (the ``run_scripts`` fixture, ``conftest.py``). The
 weights are random, so the figures are checked for their shape, their consistency with the
 per-question predictions (retrieval accuracy recomputed from the retrieved passage ids), regex
 answers and determinism, not for quality.
@@ -64,7 +64,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     (tmp / "bad-pattern.jsonl").write_text(json.dumps({"question": "Who?", "patterns": ["(x"]}) + "\n")
 
     def bench(name, questions_file, *extra, model="model"):
-        return ["benchmark.py", "--model", tmp / model, "--questions", questions_file,
+        return ["ragqa", "benchmark", "--model", tmp / model, "--questions", questions_file,
                 "--json", tmp / f"{name}.json", "--predictions", tmp / f"{name}.jsonl",
                 "--batch_size", "3", "--no_progress", *extra]
 
@@ -81,22 +81,22 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         "bad_no_answers": bench("bad_no_answers", tmp / "no-answers.jsonl"),
         "bad_empty": bench("bad_empty", tmp / "empty.jsonl"),
         "bad_pattern": bench("bad_pattern", tmp / "bad-pattern.jsonl"),
-        "bad_predictions_dir": ["benchmark.py", "--model", tmp / "model", "--questions",
+        "bad_predictions_dir": ["ragqa", "benchmark", "--model", tmp / "model", "--questions",
                                 files["squad"], "--json", tmp / "bad_predictions_dir.json",
                                 "--predictions", tmp / "nowhere" / "p.jsonl"],
         "bad_index": bench("bad_index", files["squad"], "--index", tmp / "idx-16"),
         "bad_decoding": bench("bad_decoding", files["squad"], "--mode", "token", "--decoding", "fast"),
-        "help_benchmark": ["benchmark.py", "--help"],
-        "help_compare": ["compare.py", "--help"],
+        "help_benchmark": ["ragqa", "benchmark", "--help"],
+        "help_compare": ["ragqa", "compare", "--help"],
         # compare: a k sweep (1, 2, 3) to a given path, the same sweep to the default path, and
         # runs differing in more than k (a table, no plot; asking for one is an error)
-        "compare_sweep": ["compare.py", tmp / "k1.json", tmp / "k2.json", tmp / "squad.json",
+        "compare_sweep": ["ragqa", "compare", tmp / "k1.json", tmp / "k2.json", tmp / "squad.json",
                           "--plot", tmp / "sweep.png"],
-        "compare_default_plot": ["compare.py", tmp / "k2.json", tmp / "k1.json", tmp / "squad.json"],
-        "compare_mixed": ["compare.py", tmp / "squad.json", tmp / "closed.json", tmp / "token.json"],
-        "compare_mixed_plot": ["compare.py", tmp / "squad.json", tmp / "closed.json",
+        "compare_default_plot": ["ragqa", "compare", tmp / "k2.json", tmp / "k1.json", tmp / "squad.json"],
+        "compare_mixed": ["ragqa", "compare", tmp / "squad.json", tmp / "closed.json", tmp / "token.json"],
+        "compare_mixed_plot": ["ragqa", "compare", tmp / "squad.json", tmp / "closed.json",
                                "--plot", tmp / "mixed.png"],
-        "compare_not_a_report": ["compare.py", tmp / "squad.jsonl"],
+        "compare_not_a_report": ["ragqa", "compare", tmp / "squad.jsonl"],
     })
     return run_scripts(scenarios, tmp / "logs", preload=PRELOAD, env={"MPLBACKEND": "Agg"}), tmp
 

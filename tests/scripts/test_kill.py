@@ -24,8 +24,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NU
        "TOKENIZERS_PARALLELISM": "false"}
 
 
-def script(*args) -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "scripts", args[0]), *map(str, args[1:])]
+def ragqa(*args) -> list[str]:
+    """The command line ``ragqa ARGS...``, in this interpreter (the console script's entry point)."""
+    return [sys.executable, "-c", "from rag.commands import main; main()", *map(str, args)]
 
 
 def kill_when(cmd: list[str], ready, timeout: float = 300) -> None:
@@ -71,11 +72,11 @@ def test_finetune_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_e
     warm_start_bart(tiny_encoder_dir, tmp_path / "bart", cross_attention="copy_self")
 
     def command(out):
-        return script("finetune.py", "--train", squad_questions, "--index", tmp_path / "idx",
-                      "--question_encoder", tiny_encoder_dir, "--generator", tmp_path / "bart",
-                      "--out", out, "--epochs", "30", "--max_steps", "60", "--batch_size", "2",
-                      "--save_every", "1", "--k", "2", "--max_input_length", "64",
-                      "--max_answer_length", "8", "--lr", "1e-3")
+        return ragqa("finetune", "--train", squad_questions, "--index", tmp_path / "idx",
+                     "--question_encoder", tiny_encoder_dir, "--generator", tmp_path / "bart",
+                     "--out", out, "--epochs", "30", "--max_steps", "60", "--batch_size", "2",
+                     "--save_every", "1", "--k", "2", "--max_input_length", "64",
+                     "--max_answer_length", "8", "--lr", "1e-3")
 
     state = tmp_path / "killed.checkpoint" / "state.json"
     kill_when(command(tmp_path / "killed"), lambda: 3 <= progress(state, "step") < 50)
@@ -98,10 +99,10 @@ def test_train_retriever_killed_then_rerun_equals_an_uninterrupted_run(tmp_path,
     build_index(corpus_jsonl, encoder, tmp_path / "idx", BuildConfig(encode=EncodeConfig(progress=False)))
 
     def command(out):  # the lexical head and pseudo-questions: every saved part is exercised
-        return script("train_retriever.py", "--train", squad_questions, "--index", tmp_path / "idx",
-                      "--out", out, "--epochs", "40", "--batch_size", "2", "--save_every", "1",
-                      "--negatives", "corpus", "--lexical_head", "--pseudo_queries", "1",
-                      "--lr", "1e-3")
+        return ragqa("train-retriever", "--train", squad_questions, "--index", tmp_path / "idx",
+                     "--out", out, "--epochs", "40", "--batch_size", "2", "--save_every", "1",
+                     "--negatives", "corpus", "--lexical_head", "--pseudo_queries", "1",
+                     "--lr", "1e-3")
 
     state = tmp_path / "killed.checkpoint" / "state.json"
     kill_when(command(tmp_path / "killed"), lambda: 1 <= progress(state, "epoch") < 30)
@@ -124,8 +125,8 @@ def test_build_index_killed_then_rerun_equals_an_uninterrupted_build(tmp_path, t
     corpus.write_text("id\ttext\ttitle\n" + "".join(rows))
 
     def command(out):
-        return script("build_index.py", "--corpus", corpus, "--encoder", tiny_encoder_dir, "--out",
-                      out, "--shard_size", "256", "--batch_size", "16", "--no_progress")
+        return ragqa("index", "--corpus", corpus, "--encoder", tiny_encoder_dir, "--out",
+                     out, "--shard_size", "256", "--batch_size", "16", "--no_progress")
 
     work = tmp_path / "killed.encoding"
     kill_when(command(tmp_path / "killed"), lambda: len(list(work.glob("shard-*.npy"))) >= 2)

@@ -78,26 +78,26 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, corpus_jsonl, squad_qu
     questions = squad_questions
 
     def ask(model, *extra):
-        return ["ask.py", "Who wrote Hamlet?", "--model", d / model, "--index", d / "idx", *extra]
+        return ["ragqa", "ask", "Who wrote Hamlet?", "--model", d / model, "--index", d / "idx", *extra]
 
     cases = {
         "pickled_generator": (ask("pickled-generator"), ["generator/pytorch_model.bin"]),
         "pickled_question_encoder": (ask("pickled-qenc"), ["question_encoder/pytorch_model.bin"]),
-        "pickled_encoder_in_manifest": (["eval_retrieval.py", "--index", d / "idx-pickled-encoder",
+        "pickled_encoder_in_manifest": (["ragqa", "eval-retrieval", "--index", d / "idx-pickled-encoder",
                                          "--questions", questions],
                                         ["pickled-encoder/pytorch_model.bin"]),
-        "pickled_optimizer_state": (["finetune.py", "--train", questions, "--index", d / "idx",
+        "pickled_optimizer_state": (["ragqa", "finetune", "--train", questions, "--index", d / "idx",
                                      "--generator", d / "model" / "generator", "--out", d / "ft",
                                      "--k", "2", "--max_input_length", "64"],
                                     ["ft.checkpoint/optimizer.pt"]),
-        "generator_as_question_encoder": (["eval_retrieval.py", "--index", d / "idx", "--questions",
+        "generator_as_question_encoder": (["ragqa", "eval-retrieval", "--index", d / "idx", "--questions",
                                            questions, "--question_encoder",
                                            d / "model" / "generator"],
                                           ["model/generator", "not an encoder"]),
-        "sparse_linked_from_outside": (["eval_retrieval.py", "--index", d / "idx-linked-sparse",
+        "sparse_linked_from_outside": (["ragqa", "eval-retrieval", "--index", d / "idx-linked-sparse",
                                         "--questions", questions],
                                        ["idx-linked-sparse", "outside"]),
-        "stdin_not_utf8_with_index": (["ask.py", "--index", d / "idx"], ["standard input",
+        "stdin_not_utf8_with_index": (["ragqa", "ask", "--index", d / "idx"], ["standard input",
                                                                          "UTF-8"]),
     }
     before = tree(d)

@@ -46,23 +46,23 @@ def tree(root: Path) -> dict[str, str]:
 def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tuple[list, list]]:
     """``{name: (argv, fragments the error line must hold)}``."""
     def index_onto(target):
-        return ["build_index.py", "--corpus", corpus, "--encoder", encoder, "--out", d / target,
+        return ["ragqa", "index", "--corpus", corpus, "--encoder", encoder, "--out", d / target,
                 "--overwrite"]
 
     def train_onto(target):
-        return ["train_retriever.py", "--train", questions, "--index", d / "idx", "--out",
+        return ["ragqa", "train-retriever", "--train", questions, "--index", d / "idx", "--out",
                 d / target, "--overwrite"]
 
     def finetune_onto(target):
-        return ["finetune.py", "--train", questions, "--index", d / "idx", "--generator",
+        return ["ragqa", "finetune", "--train", questions, "--index", d / "idx", "--generator",
                 d / "model" / "generator", "--out", d / target, "--overwrite"]
 
     def export_onto(target):
-        return ["export_transformers.py", "--model", d / "model", "--out", d / target,
+        return ["ragqa", "export", "--model", d / "model", "--out", d / target,
                 "--overwrite"]
 
     def evaluate(*extra):
-        return ["eval_retrieval.py", "--index", d / "idx", "--questions", questions, *extra]
+        return ["ragqa", "eval-retrieval", "--index", d / "idx", "--questions", questions, *extra]
 
     out = {}
     for writer, kind, make in (("index", "idx", index_onto), ("train", "qenc", train_onto),
@@ -71,13 +71,13 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
         for target in KINDS:
             if target != kind:
                 out[f"{writer}_onto_{target}"] = (make(target), [str(d / target)])
-    out["split_onto_index"] = (["build_index.py", "--split", d / "idx", "--shards", "2", "--out",
+    out["split_onto_index"] = (["ragqa", "index", "--split", d / "idx", "--shards", "2", "--out",
                                 d / "idx2", "--overwrite"], ["idx2", "not a sharded index"])
     out |= {
-        "bench_json_onto_questions": (["benchmark.py", "--model", d / "model", "--questions",
+        "bench_json_onto_questions": (["ragqa", "benchmark", "--model", d / "model", "--questions",
                                        questions, "--json", questions], ["--json", "--questions"]),
         "eval_json_onto_questions": (evaluate("--json", questions), ["--json", "--questions"]),
-        "index_json_onto_corpus": (["build_index.py", "--corpus", corpus, "--encoder", encoder,
+        "index_json_onto_corpus": (["ragqa", "index", "--corpus", corpus, "--encoder", encoder,
                                     "--out", d / "new-idx", "--json", corpus], ["--json", "--corpus"]),
         "eval_results_and_trec": (evaluate("--results", d / "r.json", "--trec", d / "r.json"),
                                   ["--results", "--trec"]),
@@ -88,7 +88,7 @@ def cases(d: Path, corpus: Path, questions: Path, encoder: Path) -> dict[str, tu
                                      ["--json", "--questions"]),
         "eval_json_into_index": (evaluate("--json", d / "idx" / "eval.json"),
                                  ["--json", "is inside", "--index"]),
-        "finetune_out_holds_generator": (["finetune.py", "--train", questions, "--index", d / "idx",
+        "finetune_out_holds_generator": (["ragqa", "finetune", "--train", questions, "--index", d / "idx",
                                           "--generator", d / "model" / "generator", "--out",
                                           d / "model", "--overwrite"],
                                          ["--out", "holds", "--generator"]),

@@ -1,6 +1,6 @@
-"""build_index.py, eval_retrieval.py and train_retriever.py as a user runs them.
+"""``ragqa index``, ``ragqa eval-retrieval`` and ``ragqa train-retriever`` as a user runs them.
 
-Each script run is its own forked process (the ``run_scripts`` fixture, ``conftest.py``). A bad
+Each run is its own forked process (the ``run_scripts`` fixture, ``conftest.py``). A bad
 input must exit with status 2 and one ``error:`` line, never a traceback.
 """
 
@@ -16,7 +16,7 @@ from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.sparse import SparseConfig
 
-SCRIPTS = ["build_index.py", "eval_retrieval.py", "train_retriever.py"]
+COMMANDS = ["index", "eval-retrieval", "train-retriever"]
 PRELOAD = ["retriever.build", "retriever.evaluation", "retriever.search", "retriever.train",
            "transformers:AutoConfig,AutoModel,AutoTokenizer,BertModel,BertTokenizerFast,HfArgumentParser"]
 
@@ -47,11 +47,11 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     duplicates.write_text("id\ttext\ttitle\n1\tone\tT\n2\ttwo\tT\n1\tthree\tT\n")
 
     def build(corpus, out):
-        return ["build_index.py", "--corpus", corpus, "--encoder", tiny_encoder_dir, "--out", out,
+        return ["ragqa", "index", "--corpus", corpus, "--encoder", tiny_encoder_dir, "--out", out,
                 "--no_progress"]
 
     def evaluate(index, *extra):
-        return ["eval_retrieval.py", "--index", index, "--questions", squad_questions, *extra]
+        return ["ragqa", "eval-retrieval", "--index", index, "--questions", squad_questions, *extra]
 
     scenarios = {
         "build_missing_corpus": build(tmp / "nope.tsv", tmp / "out-build_missing_corpus"),
@@ -66,12 +66,12 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
         "eval_nan_weight": evaluate(lib_hyb, "--ks", "1,2", "--fusion_weight", "nan"),
         "eval_candidates_below_k": evaluate(lib_hyb, "--ks", "1,5", "--candidates", "2"),
         "eval_missing_sparse_file": evaluate(no_vocab, "--ks", "1,2"),
-        "build_add_sparse_and_corpus": ["build_index.py", "--add_sparse", lib_idx, "--corpus",
+        "build_add_sparse_and_corpus": ["ragqa", "index", "--add_sparse", lib_idx, "--corpus",
                                         corpus_tsv],
-        "train_hybrid_no_sparse": ["train_retriever.py", "--train", squad_questions, "--index",
+        "train_hybrid_no_sparse": ["ragqa", "train-retriever", "--train", squad_questions, "--index",
                                    lib_idx, "--out", tmp / "out-train_hybrid_no_sparse", "--hybrid",
                                    "--epochs", "1", "--batch_size", "4"],
-        **{f"help_{s}": [s, "--help"] for s in SCRIPTS},
+        **{f"help_{c}": ["ragqa", c, "--help"] for c in COMMANDS},
     }
     idx = tmp / "idx"
     # the happy path, end to end (with a non-default --max_length on purpose)
@@ -80,11 +80,11 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
                                  tmp / "retrieved.json", "--trec", tmp / "run.trec")
     scenarios["eval_mmap"] = evaluate(idx, "--ks", "1,2", "--mmap", "--json", tmp / "eval-mmap.json")
     # a question encoder trained against the index's (frozen) context encoder is accepted by it
-    scenarios["train"] = ["train_retriever.py", "--train", squad_questions, "--index", idx,
+    scenarios["train"] = ["ragqa", "train-retriever", "--train", squad_questions, "--index", idx,
                           "--out", tmp / "qenc", "--epochs", "1", "--batch_size", "4",
                           "--hard_negatives", "0", "--json", tmp / "train.json"]
     scenarios["eval_trained"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc")
-    scenarios["train_lexical"] = ["train_retriever.py", "--train", squad_questions, "--index", idx,
+    scenarios["train_lexical"] = ["ragqa", "train-retriever", "--train", squad_questions, "--index", idx,
                                   "--dev", squad_questions, "--dev_ks", "1,2", "--out", tmp / "qenc-lex",
                                   "--epochs", "1",
                                   "--batch_size", "4", "--negatives", "corpus", "--lexical_head",
@@ -92,12 +92,12 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     scenarios["eval_lexical"] = evaluate(idx, "--ks", "1", "--question_encoder", tmp / "qenc-lex")
     # hybrid: built with a BM25 side, or given one afterwards; evaluated and trained through it
     scenarios["build_hybrid"] = [*build(corpus_tsv, tmp / "idx-hyb"), "--sparse", "bm25"]
-    scenarios["add_sparse"] = ["build_index.py", "--add_sparse", gains_sparse, "--fusion_weight",
+    scenarios["add_sparse"] = ["ragqa", "index", "--add_sparse", gains_sparse, "--fusion_weight",
                                "0.25", "--json", tmp / "add-sparse.json"]
     for mode in ("dense", "sparse", "hybrid"):
         scenarios[f"eval_{mode}"] = evaluate(tmp / "idx-hyb", "--ks", "1,2", "--retrieval", mode)
     scenarios["eval_default"] = evaluate(gains_sparse, "--ks", "1,2")
-    scenarios["train_hybrid"] = ["train_retriever.py", "--train", squad_questions, "--index",
+    scenarios["train_hybrid"] = ["ragqa", "train-retriever", "--train", squad_questions, "--index",
                                  tmp / "idx-hyb", "--dev", squad_questions, "--dev_ks", "1",
                                  "--out", tmp / "qenc-hyb", "--epochs", "1", "--batch_size", "4",
                                  "--negatives", "corpus", "--hybrid", "--json", tmp / "train-hyb.json"]
@@ -107,14 +107,14 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     scenarios["build_shards"] = [*build(corpus_tsv, tmp / "idx-sh"), "--sparse", "bm25",
                                  "--shards", "2", "--json", tmp / "build-sh.json"]
     scenarios["eval_shards"] = evaluate(tmp / "idx-sh", "--ks", "1,2", "--json", tmp / "eval-sh.json")
-    scenarios["split"] = ["build_index.py", "--split", tmp / "idx-hyb", "--shards", "3", "--out",
+    scenarios["split"] = ["ragqa", "index", "--split", tmp / "idx-hyb", "--shards", "3", "--out",
                           tmp / "idx-split"]
     scenarios["eval_split"] = evaluate(tmp / "idx-split", "--ks", "1,2", "--json",
                                        tmp / "eval-split.json")
     scenarios["build_too_many_shards"] = [*build(corpus_tsv, tmp / "out-too-many"), "--shards", "9"]
-    scenarios["split_no_shards"] = ["build_index.py", "--split", tmp / "idx-hyb", "--out",
+    scenarios["split_no_shards"] = ["ragqa", "index", "--split", tmp / "idx-hyb", "--out",
                                     tmp / "out-split-none"]
-    scenarios["train_sharded"] = ["train_retriever.py", "--train", squad_questions, "--index",
+    scenarios["train_sharded"] = ["ragqa", "train-retriever", "--train", squad_questions, "--index",
                                   tmp / "idx-sh", "--out", tmp / "out-train-sharded"]
     # a corpus from the datasets ecosystem: Parquet
     from datasets import Dataset
@@ -123,7 +123,7 @@ def runs(run_scripts, tmp_path_factory, tiny_encoder_dir, tiny_encoder_dir_16, c
     scenarios["build_parquet"] = [*build(tmp / "corpus.parquet", tmp / "idx-parquet"), "--json",
                                   tmp / "build-parquet.json"]
     # DPR's twins: the index built with the context encoder, searched with the question encoder
-    scenarios["build_dpr"] = ["build_index.py", "--corpus", corpus_tsv, "--encoder", dpr_pair_dirs[0],
+    scenarios["build_dpr"] = ["ragqa", "index", "--corpus", corpus_tsv, "--encoder", dpr_pair_dirs[0],
                               "--out", tmp / "idx-dpr", "--no_progress"]
     scenarios["eval_dpr"] = evaluate(tmp / "idx-dpr", "--ks", "1,2", "--question_encoder",
                                      dpr_pair_dirs[1], "--json", tmp / "eval-dpr.json")
@@ -299,8 +299,8 @@ def test_bad_input_is_one_error_line(runs, name, fragments):
         assert not (tmp / f"out-{name}.encoding").exists()
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_help(runs, script):
-    proc = runs[0][f"help_{script}"]
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(runs, command):
+    proc = runs[0][f"help_{command}"]
     assert proc.returncode == 0, proc
     assert "usage:" in proc.stdout and "Example:" in proc.stdout
