@@ -28,12 +28,13 @@ parser.add_argument("--n", type=int, default=300, help="random dev questions (se
 parser.add_argument("--constrain", default="", help="'spans' or 'none'; default: the model's")
 parser.add_argument("--max_input_length", type=int, default=0, help="0 = the model's own")
 parser.add_argument("--reader", default="", help="'span' or 'generate'; default: the model's")
+parser.add_argument("--dev", default="../shared/data/squad-open/dev.json", help="SQuAD dev questions")
 args = parser.parse_args()
 model_dir, settings = args.model_dir, args.settings
 overrides = {k: v for k, v in (("constrain", args.constrain), ("reader", args.reader),
                                ("max_input_length", args.max_input_length)) if v}
 model = RagModel.from_pretrained(model_dir, args.index_dir, **overrides).eval()
-dev = dev_subset(read_questions("../shared/data/squad-open/dev.json"), args.n, "random", seed=0)
+dev = dev_subset(read_questions(args.dev), args.n, "random", seed=0)
 table = model.index.passages
 title_of = dict(zip(map(collapse_ws, table["text"]), table["title"], strict=True))
 for setting in settings:

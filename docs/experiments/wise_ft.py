@@ -7,9 +7,9 @@ trained. Run from the repository root:
     python docs/experiments/wise_ft.py runs/index-l6 runs/qenc-l6 0.5 1.5
 """
 
+import argparse
 import copy
 import json
-import sys
 
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
@@ -17,13 +17,18 @@ from retriever.index import DenseIndex
 from retriever.questions import read_questions
 from retriever.search import Retriever
 
-index_dir, trained_dir, *alphas = sys.argv[1:]
-index = DenseIndex.load(index_dir)
-trained = Encoder.from_pretrained(trained_dir)
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("index_dir")
+parser.add_argument("trained_dir", help="the DPR-trained question encoder")
+parser.add_argument("alphas", nargs="+", type=float)
+parser.add_argument("--dev", default="../shared/data/squad-open/dev.json", help="SQuAD dev questions")
+args = parser.parse_args()
+index = DenseIndex.load(args.index_dir)
+trained = Encoder.from_pretrained(args.trained_dir)
 zero = Encoder.from_pretrained(index.manifest["encoder"]["name"])
-dev = read_questions("../shared/data/squad-open/dev.json")
+dev = read_questions(args.dev)
 theta0, theta1 = zero.state_dict(), trained.state_dict()
-for alpha in map(float, alphas):
+for alpha in args.alphas:
     enc = copy.deepcopy(trained)  # keeps the trained encoder's pairing with the index
     enc.load_state_dict({name: (1 - alpha) * theta0[name] + alpha * t if t.is_floating_point() else t
                          for name, t in theta1.items()})

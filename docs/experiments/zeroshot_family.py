@@ -7,7 +7,7 @@ scores 20 * q . p). Run from the repository root:
     python docs/experiments/zeroshot_family.py first_and_last first
 """
 
-import sys
+import argparse
 
 import numpy as np
 
@@ -16,13 +16,22 @@ from retriever.encoder import Encoder
 from retriever.scaling.entropy import contrastive_entropy
 from retriever.scaling.sweep import SweepConfig, load_sweep_data, truncated_encoder
 
-DATA = "../shared/data/squad-open"
-config = SweepConfig(max_length=192)
-data = load_sweep_data(f"{DATA}/corpus.tsv", f"{DATA}/train.json", f"{DATA}/dev.json", config)
-base = Encoder.from_pretrained(config.model, max_length=192)
+parser = argparse.ArgumentParser(description=__doc__)
+parser.add_argument("families", nargs="*", default=["first_and_last", "first"],
+                    help="first_and_last and/or first")
+parser.add_argument("--data", default="../shared/data/squad-open",
+                    help="folder of corpus.tsv, train.json and dev.json")
+parser.add_argument("--model", default=SweepConfig.model, help="the encoder the sizes are cut from")
+parser.add_argument("--negatives", type=int, default=256, help="negatives per pair")
+parser.add_argument("--max_length", type=int, default=192, help="tokens per passage")
+args = parser.parse_args()
+config = SweepConfig(model=args.model, max_length=args.max_length, num_negatives=args.negatives)
+data = load_sweep_data(f"{args.data}/corpus.tsv", f"{args.data}/train.json", f"{args.data}/dev.json",
+                       config)
+base = Encoder.from_pretrained(config.model, max_length=config.max_length)
 quiet = EncodeConfig(progress=False)
 rows = np.unique(np.concatenate([data.dev_gold, data.pool]))  # (R,)
-for keep in sys.argv[1:] or ["first_and_last", "first"]:
+for keep in args.families:
     for layers in range(1, base.backbone.config.num_hidden_layers + 1):
         enc = truncated_encoder(base, layers, keep).eval()
         vecs = dict(zip(rows.tolist(), encode_texts(enc, [data.texts[r] for r in rows],
@@ -31,5 +40,5 @@ for keep in sys.argv[1:] or ["first_and_last", "first"]:
         q = 20 * encode_texts(enc, data.dev_questions, None, quiet)  # (P, H)
         gold = np.stack([vecs[int(r)] for r in data.dev_gold])
         pool = np.stack([vecs[int(r)] for r in data.pool])
-        mean, std = contrastive_entropy(q, gold, pool, num_negatives=256, repeats=5, seed=0)
+        mean, std = contrastive_entropy(q, gold, pool, num_negatives=args.negatives, repeats=5, seed=0)
         print(f"{keep:15s} l={layers}  CE {mean:.4f} ± {std:.4f}", flush=True)
