@@ -253,14 +253,22 @@ class CopyBartForConditionalGeneration(BartForConditionalGeneration):
                          encoder_outputs=encoder_outputs, cache=cache,
                          decoder_attention_mask=decoder_attention_mask, use_cache=use_cache)
         hidden, enc = out.last_hidden_state, encoder_outputs.last_hidden_state
-        vocab_logits = self.lm_head(hidden) + self.final_logits_bias.to(hidden.device)
-        pointer, gate = self.copy_parts(hidden, enc, attention_mask, source, decoder_input_ids)
-        logp = mixture_logprobs(vocab_logits, pointer, source, gate)
+        logp, pointer, gate = self.output_logprobs(hidden, enc, attention_mask, source,
+                                                   decoder_input_ids)
         loss = None
         if labels is not None:
             loss = F.nll_loss(logp.flatten(0, 1), labels.flatten(), ignore_index=-100)
         return CopyLMOutput(loss=loss, logits=logp, cache=out.cache,
                             encoder_last_hidden_state=enc, pointer_logp=pointer, gate_logit=gate)
+
+    def output_logprobs(self, hidden: Tensor, enc: Tensor, attention_mask: Tensor | None,
+                        source_ids: Tensor, decoder_input_ids: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(log p (N, S, V) of the mixture, pointer_logp (N, S, L), gate_logit (N, S))`` from
+        decoder states ``hidden`` (N, S, D) over encoder states ``enc`` (N, L, D)."""
+        vocab_logits = self.lm_head(hidden) + self.final_logits_bias.to(hidden.device)
+        pointer, gate = self.copy_parts(hidden, enc, attention_mask, source_ids, decoder_input_ids)
+        return mixture_logprobs(vocab_logits, pointer, source_ids, gate), pointer, gate
 
     def target_logprobs(self, hidden: Tensor, vocab_logp_target: Tensor, enc: Tensor,
                         attention_mask: Tensor, source_ids: Tensor, decoder_input_ids: Tensor,

@@ -24,6 +24,7 @@ from generator.copy import copyable, has_copy_head, source_kwargs
 from .config import DecodeConfig
 from .constrain import span_allowed
 from .decode import RagDecoded, SpecialTokens, special_tokens
+from .grouped_step import GroupedStep, can_group
 from .passages import check_rag_inputs, encode_passages
 
 _NEG = -1.0e9  # transformers' beam search "impossible" score; reused so ties break the same way
@@ -75,10 +76,11 @@ class _Rows:
     doc_logprior: Tensor  # (R, K)
     pointable: Tensor | None = None  # (R*K, L) bool
 
-    def take(self, index: Tensor, repeats: int) -> _Rows:
+    def take(self, index: Tensor, repeats: int, states: bool = True) -> _Rows:
         """Decoder rows ``index`` (R'*K,), for search rows that repeat each of ours ``repeats``
-        times in a row (R' = R * repeats)."""
-        return _Rows(self.enc[index], self.mask[index], self.ids[index],
+        times in a row (R' = R * repeats); without ``states`` the encoder states stay ours (a
+        grouped step reads them from its cache)."""
+        return _Rows(self.enc[index] if states else self.enc, self.mask[index], self.ids[index],
                      self.doc_logprior.repeat_interleave(repeats, dim=0),
                      None if self.pointable is None else self.pointable[index])
 
@@ -104,11 +106,16 @@ class _Step:
             use_cache=True,
             **source_kwargs(self.generator, rows.ids),
         )
-        R, K = rows.doc_logprior.shape
         logits = out.logits[:, -1]  # (R*K, V)
         normalised = has_copy_head(self.generator)
-        logp = (logits if normalised else torch.log_softmax(logits, dim=-1)).view(R, K, -1)
-        return torch.logsumexp(logp + rows.doc_logprior[:, :, None], dim=1), out.cache  # (R, V)
+        logp = logits if normalised else torch.log_softmax(logits, dim=-1)
+        return _marginal(logp, rows), out.cache  # (R, V)
+
+    def grouped_marginal(self, inputs: Tensor, rows: _Rows, grouped: GroupedStep) -> Tensor:
+        """:meth:`marginal` by a :class:`~rag.grouped_step.GroupedStep` (beam rows sharing their
+        passages' cross-attention), which holds the cache."""
+        hidden = grouped.hidden(inputs)  # (R*K, 1, D)
+        return _marginal(grouped.logprobs(hidden, inputs, rows.enc, rows.mask, rows.ids), rows)
 
     def mask(self, scores: Tensor, rows: _Rows, seqs: Tensor) -> Tensor:
         """(R, V) ``scores`` for the token after ``seqs`` (R, t), -inf where no passage of the
@@ -122,6 +129,12 @@ class _Step:
                                    self.tok.eos, V)  # (R*K, V)
             scores = scores.masked_fill(~allowed.view(R, K, V).any(dim=1), -float("inf"))
         return self.tok.process(scores, cur_len, self.config)
+
+
+def _marginal(logp: Tensor, rows: _Rows) -> Tensor:
+    """(R, V) logsumexp_z [log p(z|x) + log p(y|x,z,...)] of per-passage log-probs (R*K, V)."""
+    R, K = rows.doc_logprior.shape
+    return torch.logsumexp(logp.view(R, K, -1) + rows.doc_logprior[:, :, None], dim=1)
 
 
 def _greedy(step: _Step, rows: _Rows) -> RagDecoded:
@@ -212,8 +225,13 @@ def _beam(step: _Step, rows: _Rows) -> RagDecoded:
     V = first.shape[-1]
     fan_out = torch.arange(B, device=dev)[:, None, None] * K + passage
     fan_out = fan_out.expand(B, N, K).reshape(-1)  # (B*N*K,) source row of each (b, n, k)
-    cache.batch_select_indices(fan_out)
-    beams = rows.take(fan_out, N)  # (B*N*K, ...) rows, (B*N, K) log p(z|x)
+    grouped = None
+    if can_group(step.generator):  # beams read their passage's one copy of cross-attention
+        grouped = GroupedStep(step.generator, cache, fan_out, rows.mask, N, K)
+    else:
+        cache.batch_select_indices(fan_out)
+    states = grouped is None or has_copy_head(step.generator)  # the copy head reads them per row
+    beams = rows.take(fan_out, N, states)  # (B*N*K, ...) rows, (B*N, K) log p(z|x)
 
     cur_len = 1
     while True:
@@ -221,7 +239,10 @@ def _beam(step: _Step, rows: _Rows) -> RagDecoded:
             marg = first.repeat_interleave(N, dim=0)  # (B*N, V)
         else:
             inputs = running[:, :, cur_len - 1].reshape(B * N).repeat_interleave(K)[:, None]
-            marg, cache = step.marginal(inputs, beams, cache)  # (B*N, V)
+            if grouped is None:
+                marg, cache = step.marginal(inputs, beams, cache)  # (B*N, V)
+            else:
+                marg = step.grouped_marginal(inputs, beams, grouped)  # (B*N, V)
         logp = torch.log_softmax(marg, dim=-1)  # (B*N, V)
         logp = step.mask(logp, beams, running[:, :, :cur_len].reshape(B * N, cur_len))
         acc = (logp.view(B, N, V) + run_scores[:, :, None]).view(B, N * V)  # (B, N*V)

@@ -202,3 +202,35 @@ def test_returned_hypotheses_are_distinct_and_config_is_checked(tiny_bart, rag_b
         DecodeConfig(num_beams=2, num_return_sequences=3)
     with pytest.raises(ValueError, match="doc_scores"):
         rag_token_generate(tiny_bart, ids, mask, scores[:, :2])
+
+
+@pytest.mark.parametrize("generator", ["bart", "bart-eager", "copy"])
+def test_grouped_beam_step_equals_the_ordinary_forward(tiny_bart, rag_batch, monkeypatch,
+                                                       generator):
+    """RAG-Token beam search with the passages' cross-attention grouped (beams as queries of one
+    row per passage) gives the sequences and scores of the ordinary per-row forward, for BART with
+    either attention implementation and for the copy generator; and it is really taken."""
+    import copy
+
+    from rag import decode_token, grouped_step
+    from tests.generator.test_copy import batch, tiny_copy
+
+    if generator == "copy":
+        model = tiny_copy(5)
+        ids, mask, scores, _ = batch(model, 5)
+    else:
+        model = copy.deepcopy(tiny_bart)
+        if generator == "bart-eager":
+            model.set_attn_implementation("eager")
+        ids, mask, scores = rag_batch(B, 3, L, seed=5)
+    config = DecodeConfig(num_beams=3, num_return_sequences=2, max_length=9)
+    steps = []
+    real = grouped_step.GroupedStep.hidden
+    monkeypatch.setattr(grouped_step.GroupedStep, "hidden",
+                        lambda self, inputs: steps.append(1) or real(self, inputs))
+    grouped = rag_token_generate(model, ids, mask, scores, config)
+    assert steps, "the grouped step was not used"
+    monkeypatch.setattr(decode_token, "can_group", lambda generator: False)
+    plain = rag_token_generate(model, ids, mask, scores, config)
+    assert torch.equal(grouped.sequences, plain.sequences)
+    torch.testing.assert_close(grouped.scores, plain.scores, atol=1e-5, rtol=0)
