@@ -23,10 +23,10 @@ amortised cost of one question at that batch size, not the time a lone question 
 ``batch_size=1`` for that). Loading the model and scoring are not timed; the first batch is (so
 one-off costs such as moving a FAISS index to the GPU land in the p95 of short runs).
 
-Decoding (``rag.config.Overrides.decoding``): RAG-Sequence decodes "thorough" or "fast" (Lewis et al.
-2020, Sec. 2.4) with the model's beam width; "greedy" is beam width 1 and "beam" the model's beam
-width (or ``num_beams``), with the model's own thorough/fast rescoring in sequence mode. RAG-Token
-takes only "greedy" or "beam".
+Decoding (a run's ``"decoding"`` change, ``rag.config.run_config``): RAG-Sequence decodes "thorough"
+or "fast" (Lewis et al. 2020, Sec. 2.4) with the model's beam width; "greedy" is beam width 1 and
+"beam" the model's beam width (or ``num_beams``), with the model's own thorough/fast rescoring in
+sequence mode. RAG-Token takes only "greedy" or "beam".
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,11 +47,10 @@ from rag.common.collective import gather_shares, share, world
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
-from retriever.fusion import RetrievalConfig
 from retriever.metrics import Match, answer_test, retrieval_metrics
 from retriever.questions import Question, read_questions
 
-from .config import Overrides
+from .config import Quantize
 from .loading import load_model
 from .metrics import check_patterns, qa_scores
 from .model import RagModel
@@ -60,7 +61,7 @@ TOP_K_STEPS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 @dataclass(frozen=True)
 class BenchmarkConfig:
     """How a benchmark run answers and scores (the model's own settings are changed, if at all,
-    by ``rag.config.Overrides``)."""
+    by the run's changes, ``rag.config.RUN_CHANGES``)."""
 
     limit: int = option(0, "answer only the first N questions; 0 = all", within=NON_NEGATIVE)
     batch_size: int = option(
@@ -107,7 +108,7 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
                   decoding: str = "") -> BenchmarkResult:
     """Answer ``questions`` (the first ``config.limit``) with ``model`` and score the answers.
 
-    ``decoding`` is the name the report gives the model's decoding (``Overrides.apply``).
+    ``decoding`` is the name the report gives the model's decoding (``rag.config.run_config``).
     The ``config`` record of the metrics names the run's model settings; the caller adds where the
     model, index and questions came from.
     """
@@ -119,7 +120,16 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
     check_patterns([p for q in questions for p in q.patterns])  # fail before the work
     set_seed(config.seed)
     n = len(questions)
-    questions = [questions[i] for i in share(n)]  # under torch.distributed: this process's share
+    mine = [questions[i] for i in share(n)]  # under torch.distributed: this process's share
+    seconds, rows, hits = (gather_shares(x, n) for x in _answer(model, mine, config))
+    return BenchmarkResult(metrics=_metrics(model, config, decoding, seconds, rows, hits),
+                           predictions=rows)
+
+
+def _answer(model: RagModel, questions: list[Question], config: BenchmarkConfig
+            ) -> tuple[list[float], list[dict], list[list[bool]]]:
+    """Answer ``questions`` in batches: each one's latency in seconds, its prediction row
+    (:class:`BenchmarkResult`) and, per retrieved passage, whether it holds an answer."""
     seconds, rows, hits = [], [], []
     prepare, test = answer_test(config.match)
     seen: dict[str, object] = {}  # passage id -> the passage as the test reads it, computed once
@@ -143,12 +153,16 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
                          "retrieved": [p["id"] for p in ans.passages]})
         bar.update(len(chunk))
     bar.close()
-    seconds, rows, hits = (gather_shares(x, n) for x in (seconds, rows, hits))
+    return seconds, rows, hits
 
-    rag, processes = model.config, world()[1]
+
+def _metrics(model: RagModel, config: BenchmarkConfig, decoding: str, seconds: list[float],
+             rows: list[dict], hits: list[list[bool]]) -> dict:
+    """The report (module doc) of every process's answers, in question order."""
+    rag, processes, n = model.config, world()[1], len(rows)
     closed = rag.mode == "closed_book"
     total = float(sum(seconds))  # over all processes, which ran side by side
-    metrics = {
+    return {
         "n": n,
         "exact_match": 100.0 * sum(r["em"] for r in rows) / n,
         "f1": 100.0 * sum(r["f1"] for r in rows) / n,
@@ -172,29 +186,30 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
             "device": str(next(model.generator.parameters()).device), "versions": _versions(),
         },
     }
-    return BenchmarkResult(metrics=metrics, predictions=rows)
 
 
 def benchmark(model_dir: str | os.PathLike, index: str | os.PathLike | None,
               questions: str | os.PathLike, config: BenchmarkConfig = BenchmarkConfig(),
               device: str | torch.device | None = None,
-              retrieval: RetrievalConfig | None = None,
-              overrides: Overrides | None = None) -> BenchmarkResult:
-    """Read the question file, load the model with the run's ``overrides``
-    (``rag.loading.load_model``), move it to ``device`` and :func:`run_benchmark`; the metrics'
-    ``config`` also names the model, index and question files.
+              retrieval: Mapping[str, Any] | None = None,
+              changes: Mapping[str, Any] | None = None,
+              quantize: Quantize = "none") -> BenchmarkResult:
+    """Read the question file, load the model with the run's ``changes`` of its settings and
+    ``retrieval`` changes of its retrieval settings (``{field: value}``; ``rag.loading.load_model``),
+    move it to ``device`` and :func:`run_benchmark`; the metrics' ``config`` also names the model,
+    index and question files.
 
     ``index`` None means the index the model was trained with. Bad files raise :class:`UserError`
     before the model is loaded (the questions) or before any question is answered.
     """
     records = read_questions(questions)
     check_patterns([p for q in records for p in q.patterns])
-    model, decoding = load_model(model_dir, index, overrides, retrieval, device)
+    model, decoding = load_model(model_dir, index, changes, retrieval, device, quantize)
     result = run_benchmark(model, records, config, decoding)
     index_used = None if model.index is None else str(index or model.config.index)
     result.metrics["config"] = {"model": str(model_dir), "index": index_used,
                                 "questions": str(questions), **result.metrics["config"],
-                                "quantize": (overrides and overrides.quantize) or "none"}
+                                "quantize": quantize}
     return result
 
 

@@ -1,23 +1,38 @@
 """A RAG model's settings (:class:`RagConfig`, which holds how its answers are searched for, a
-:class:`DecodeConfig`) and the ``rag_config.json`` that records them.
+:class:`DecodeConfig`), the ``rag_config.json`` that records them, and what a run changes of them.
 
 A model directory's ``rag_config.json`` holds the :class:`RagConfig` fields (``"decode"`` an
 object of its own) and, under ``"retrieval"``, the search settings
 (``retriever.fusion.RetrievalConfig.saved``). It is written by :func:`write_config` and read back by
 :func:`read_config`, the one reader, which also accepts the files of older versions (the search
 settings then stood beside the others, ``max_length`` as ``max_answer_length``).
+
+A run (``ragqa ask``, ``benchmark``, ``serve``) changes a saved model's settings with a mapping
+``{field: value}`` of the ones it gives (:data:`RUN_CHANGES` declares them for the command line,
+:func:`run_config` applies them); the others stay the model's own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from rag.common.errors import UserError, require
-from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option, settable, updated
+from rag.common.options import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Changes,
+    Range,
+    check_changes,
+    check_fields,
+    option,
+    settable,
+    updated,
+)
 from retriever.fusion import RetrievalConfig
 
 from .constrain import Constraint
@@ -134,9 +149,9 @@ def write_config(model_dir: Path, config: RagConfig, retrieval: RetrievalConfig)
         {**asdict(config), "retrieval": retrieval.saved()}, indent=2))
 
 
-def read_config(model_dir: Path, **overrides) -> tuple[RagConfig, RetrievalConfig]:
-    """The model config of ``model_dir/rag_config.json``, with ``overrides`` of its fields, and
-    the saved retrieval settings.
+def read_config(model_dir: Path, **changes) -> tuple[RagConfig, RetrievalConfig]:
+    """The model config of ``model_dir/rag_config.json``, with ``changes`` of its fields
+    (``updated``), and the saved retrieval settings.
 
     Top-level keys this version does not know are ignored (not those inside "decode"). Raises
     :class:`UserError`, naming the file, when it is not JSON, not an object, or holds a bad value.
@@ -155,84 +170,89 @@ def read_config(model_dir: Path, **overrides) -> tuple[RagConfig, RetrievalConfi
         raise UserError(f"{config_file}: a field has the wrong type ({err})") from None
     except UserError as err:
         raise UserError(f"{config_file}: {err}") from None
-    config = updated(config, **overrides)
+    config = updated(config, **changes)
     try:
-        retrieval = RetrievalConfig(**saved.get("retrieval", {}))
+        retrieval = RetrievalConfig.from_saved(saved.get("retrieval", {}))
     except (TypeError, AttributeError, UserError) as err:
         raise UserError(f"{config_file}: bad retrieval settings ({err})") from None
     return config, retrieval
 
 
-@dataclass(frozen=True)
-class Overrides:
-    """What a run may change of a saved model's settings (``ragqa ask``, ``ragqa benchmark``);
-    a field left None keeps the model's own. :meth:`apply` gives the settings the run uses."""
+Quantize = Literal["none", "int8"]
 
-    k: int | None = option(None, "passages per question; default: the model's own",
-                           within=POSITIVE)
-    mode: Mode | None = option(None, "default: the model's own")
-    decoding: Decoding | None = option(
-        None, "thorough or fast: RAG-Sequence's rescoring; greedy or beam: either mode (RAG-Sequence "
-        "rescores them its own way, thorough or fast); default: the model's own")
-    num_beams: int | None = option(
-        None, "beam width of thorough, fast and beam decoding; default: the model's own",
-        within=POSITIVE)
-    max_input_length: int | None = option(
-        None, "generator tokens per passage input; default: the model's own", within=POSITIVE)
-    constrain: Constraint | None = option(
-        None, "spans: answers only as stretches of the passages (then EOS); none: free generation "
-        "(rag.constrain); default: the model's own")
-    reader: Reader | None = option(
-        None, "generate: the generator decodes; span: the span head picks passage stretches "
-        "(needs a generator with a span head); default: the model's own")
-    max_answer_tokens: int | None = option(
-        None, "span reader: longest answer in generator tokens; default: the model's own",
-        within=POSITIVE)
-    span_doc_weight: float | None = option(
-        None, "span reader: weight of log p(z|x) in an answer's score (1 = the RAG marginal, 0 = "
-        "the reader alone); default: the model's own", within=NON_NEGATIVE)
-    quantize: Literal["none", "int8"] | None = option(
-        None, "int8: dynamic int8 quantization of the question encoder's and the generator's "
-        "transformer layers (torch's quantize_dynamic; CPU only); default: none")
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """How a run loads a saved model, beside the settings it changes (``rag.loading.load_model``)."""
+
+    quantize: Quantize = option(
+        "none", "int8: dynamic int8 quantization of the question encoder's and the generator's "
+        "transformer layers (torch's quantize_dynamic; CPU only)")
 
     def __post_init__(self) -> None:
         check_fields(self)
 
-    def at_load(self) -> dict:
-        """The fields a model is built with (``RagModel.from_pretrained``'s overrides). A run
-        in closed book drops what needs passages (a span constraint, the span reader) unless it
-        was asked for, with a notice."""
-        fields = {name: getattr(self, name) for name in ("k", "mode", "max_input_length",
-                                                         "constrain", "reader",
-                                                         "max_answer_tokens", "span_doc_weight")
-                  if getattr(self, name) is not None}
-        if self.mode == "closed_book" and (self.constrain is None or self.reader is None):
-            log.warning("closed book: no passages to hold answers to, so the answers are "
-                        "generated freely (--constrain none --reader generate)")
-            fields = {"constrain": "none", "reader": "generate", **fields}
-        return fields
 
-    def apply(self, config: RagConfig) -> tuple[RagConfig, str]:
-        """``config`` with these overrides (``rag.common.options.updated``), and the name of the
-        decoding it runs: "thorough", "fast", "greedy" or "beam". Raises :class:`UserError` for a decoding
-        the mode does not have, or a beam width it cannot take."""
-        config = updated(config, **self.at_load())
-        beams = self.num_beams or config.decode.num_beams
-        decoding = self.decoding
-        if decoding is None:  # the model's own
-            decoding = config.decoding if config.mode != "token" else ("greedy" if beams == 1
-                                                                       else "beam")
-        if decoding in ("thorough", "fast"):
-            if config.mode == "token":
-                raise UserError(f"decoding {decoding!r} is RAG-Sequence's; RAG-Token decodes "
-                                "'greedy' or 'beam'")
-            return updated(config, decoding=decoding, num_beams=beams), decoding
-        if decoding == "greedy":
-            if (self.num_beams or 1) > 1:
-                raise UserError(f"greedy decoding has one beam, not num_beams={self.num_beams}")
-            return updated(config, num_beams=1), decoding
-        if beams < 2:
-            raise UserError(f"beam decoding needs num_beams >= 2 (the model's is "
-                            f"{config.decode.num_beams}; pass num_beams)")
-        return updated(config, num_beams=beams), decoding
+# What a run may change of a saved model's settings (ragqa ask, benchmark, serve;
+# rag.loading.load_model's ``changes``): these RagConfig fields, DecodeConfig's by their own names,
+# with the help --help gives them. A run's "decoding" also names beam widths, in either mode:
+# "greedy" (one beam) and "beam" (two or more), see run_config.
+RUN_CHANGES = Changes(RagConfig, over="the model's own", types={"decoding": Decoding}, help={
+    "k": "passages per question",
+    "mode": "",
+    "decoding": "thorough or fast: RAG-Sequence's rescoring; greedy or beam: either mode "
+                "(RAG-Sequence rescores them its own way, thorough or fast)",
+    "num_beams": "beam width of thorough, fast and beam decoding",
+    "max_input_length": "generator tokens per passage input",
+    "constrain": "spans: answers only as stretches of the passages (then EOS); none: free "
+                 "generation (rag.constrain)",
+    "reader": "generate: the generator decodes; span: the span head picks passage stretches "
+              "(needs a generator with a span head)",
+    "max_answer_tokens": "span reader: longest answer in generator tokens",
+    "span_doc_weight": "span reader: weight of log p(z|x) in an answer's score (1 = the RAG "
+                       "marginal, 0 = the reader alone)",
+})
 
+
+def run_changes(changes: Mapping[str, Any]) -> dict:
+    """A run's ``changes`` of a model's settings (:data:`RUN_CHANGES`' names), checked, as the run
+    makes them: in closed book what needs passages (a span constraint, the span reader) is dropped
+    unless asked for, with a notice. Raises :class:`UserError` for a value a setting does not take
+    (``TypeError`` for an unknown name)."""
+    changes = dict(changes)
+    decoding = changes.get("decoding")
+    require(decoding is None or decoding in get_args(Decoding), "decoding", decoding,
+            f"must be one of {', '.join(map(repr, get_args(Decoding)))}")
+    check_changes(RagConfig, {k: v for k, v in changes.items() if k != "decoding"})
+    if changes.get("mode") == "closed_book" and not {"constrain", "reader"} <= changes.keys():
+        log.warning("closed book: no passages to hold answers to, so the answers are "
+                    "generated freely (--constrain none --reader generate)")
+        changes = {"constrain": "none", "reader": "generate", **changes}
+    return changes
+
+
+def run_config(config: RagConfig, changes: Mapping[str, Any]) -> tuple[RagConfig, str]:
+    """``config`` with a run's ``changes`` (:func:`run_changes`; ``updated``), and the name of the
+    decoding it runs: "thorough", "fast", "greedy" or "beam" (without a "decoding", the model's
+    own). Raises :class:`UserError` for a decoding the mode does not have, or a beam width it
+    cannot take."""
+    changes = dict(changes)
+    decoding, given_beams = changes.pop("decoding", None), changes.pop("num_beams", None)
+    config = updated(config, **changes)
+    beams = given_beams or config.decode.num_beams
+    if decoding is None:  # the model's own
+        decoding = config.decoding if config.mode != "token" else ("greedy" if beams == 1
+                                                                   else "beam")
+    if decoding in ("thorough", "fast"):
+        if config.mode == "token":
+            raise UserError(f"decoding {decoding!r} is RAG-Sequence's; RAG-Token decodes "
+                            "'greedy' or 'beam'")
+        return updated(config, decoding=decoding, num_beams=beams), decoding
+    if decoding == "greedy":
+        if (given_beams or 1) > 1:
+            raise UserError(f"greedy decoding has one beam, not num_beams={given_beams}")
+        return updated(config, num_beams=1), decoding
+    if beams < 2:
+        raise UserError(f"beam decoding needs num_beams >= 2 (the model's is "
+                        f"{config.decode.num_beams}; pass num_beams)")
+    return updated(config, num_beams=beams), decoding

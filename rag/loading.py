@@ -1,11 +1,13 @@
 """Getting a :class:`~rag.model.RagModel` to work with: a new one assembled from its parts, as
 training starts one (:func:`assemble`), or a saved one set up for a run (:func:`load_model`: the
-run's :class:`~rag.config.Overrides` applied, and checked against its index)."""
+settings the run changes applied, ``rag.config.run_config``, and checked against its index)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -17,7 +19,7 @@ from retriever.encoder import Encoder
 from retriever.fusion import RetrievalConfig
 from retriever.shards import load_index
 
-from .config import CONFIG_NAME, Overrides, RagConfig
+from .config import CONFIG_NAME, LoadConfig, Quantize, RagConfig, run_changes, run_config
 from .model import RagModel
 from .span_reader import check_span_reader
 
@@ -65,27 +67,36 @@ def assemble(config: RagConfig, generator: str = "starter",
 
 
 def load_model(model_dir: str | os.PathLike | None, index: str | os.PathLike | None = None,
-               overrides: Overrides | None = None, retrieval: RetrievalConfig | None = None,
-               device: str | torch.device | None = None) -> tuple[RagModel, str]:
+               changes: Mapping[str, Any] | None = None,
+               retrieval: Mapping[str, Any] | None = None,
+               device: str | torch.device | None = None, quantize: Quantize = "none"
+               ) -> tuple[RagModel, str]:
     """A saved model (``RagModel.from_pretrained``: the starter when ``model_dir`` is None) with
-    ``index`` or its own, set up as ``overrides`` ask, in eval mode.
+    ``index`` or its own, its settings with the run's ``changes`` (``{field: value}`` of
+    :class:`~rag.config.RagConfig`, ``rag.config.run_changes``), in eval mode.
 
-    Returns ``(model, the decoding's name)`` (``Overrides.apply``). Raises :class:`UserError` for
-    a model directory that is not one, an index the model's question encoder does not belong to,
-    a k larger than the index, or a decoding the mode does not have. ``retrieval`` overrides the
-    model's retrieval settings. With ``device`` the model is moved there, and the starter's
+    Returns ``(model, the decoding's name)`` (``rag.config.run_config``). Raises
+    :class:`UserError` for a bad change, a model directory that is not one, an index the model's
+    question encoder does not belong to, a k larger than the index, or a decoding the mode does
+    not have. ``retrieval`` changes the model's retrieval settings (``{field: value}`` of
+    ``retriever.fusion.RetrievalConfig``). ``quantize="int8"`` quantizes its transformer layers
+    (``rag.config.LoadConfig``). With ``device`` the model is moved there, and the starter's
     first-use index is encoded there.
     """
-    overrides = overrides or Overrides()
+    changes = run_changes(changes or {})
+    LoadConfig(quantize=quantize)  # checked before the load
+    mode = changes.get("mode")
     if model_dir is not None:
         model_dir = Path(model_dir)
-        if (overrides.mode in ("sequence", "token") and (model_dir / CONFIG_NAME).is_file()
+        if (mode in ("sequence", "token") and (model_dir / CONFIG_NAME).is_file()
                 and not (model_dir / "question_encoder").is_dir()):
             raise UserError(f"{model_dir}: a closed-book model (no question encoder) cannot run "
-                            f"in mode {overrides.mode!r}")
-    model = RagModel.from_pretrained(model_dir, index, retrieval, device, **overrides.at_load())
-    model.config, decoding = overrides.apply(model.config)  # k was checked at load (at_load)
-    if overrides.quantize == "int8":
+                            f"in mode {mode!r}")
+    # the decoding and its beams are settled after the load, by run_config
+    at_load = {k: v for k, v in changes.items() if k not in ("decoding", "num_beams")}
+    model = RagModel.from_pretrained(model_dir, index, retrieval, device, **at_load)
+    model.config, decoding = run_config(model.config, changes)  # k was checked at load
+    if quantize == "int8":
         model.quantize_int8()
     if device is not None:
         model.to(device)

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -251,18 +253,18 @@ class RagModel(nn.Module):
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike | None = None,
                         index: DenseIndex | str | None = None,
-                        retrieval: RetrievalConfig | None = None,
-                        device: str | torch.device | None = None, **overrides) -> RagModel:
+                        retrieval: Mapping[str, Any] | None = None,
+                        device: str | torch.device | None = None, **changes) -> RagModel:
         """Load a model: the starter shipped with the package (no ``model_dir``), one of our
         model directories, or a transformers RAG checkpoint (``rag.hf_rag``).
 
         ``index`` (object or directory) defaults to the one the model was trained with, and for the
         starter to the embedded corpus (indexed on first use and cached, ``rag.default``).
-        ``retrieval`` overrides the saved retrieval settings where it sets a field
-        (``RetrievalConfig.over``); ``overrides`` change :class:`RagConfig` fields
-        (``rag.common.options.updated``), e.g. ``k=10`` or ``num_beams=1``. ``device`` is where
-        the starter's embedded corpus is encoded on its first use; the model itself is loaded on
-        the CPU (``rag.loading.load_model`` moves it).
+        ``retrieval`` changes the saved retrieval settings (``{field: value}`` of
+        ``RetrievalConfig``, e.g. ``{"fusion_weight": 0.3}``); ``changes`` change
+        :class:`RagConfig` fields (``rag.common.options.updated``), e.g. ``k=10`` or
+        ``num_beams=1``. ``device`` is where the starter's embedded corpus is encoded on its first
+        use; the model itself is loaded on the CPU (``rag.loading.load_model`` moves it).
         """
         from . import default
 
@@ -276,11 +278,11 @@ class RagModel(nn.Module):
             from .hf_rag import is_transformers_rag
 
             if is_transformers_rag(model_dir):
-                return cls._from_transformers(model_dir, index, retrieval, **overrides)
+                return cls._from_transformers(model_dir, index, retrieval, **changes)
             raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME}, and not a "
                             "transformers RAG checkpoint)")
-        config, saved_retrieval = read_config(model_dir, **overrides)
-        retrieval = (retrieval or RetrievalConfig()).over(saved_retrieval)
+        config, saved_retrieval = read_config(model_dir, **changes)
+        retrieval = updated(saved_retrieval, **(retrieval or {}))
         generator, tokenizer = load_generator(model_dir / "generator")
         if config.reader == "span":  # before any index is loaded or built
             check_span_reader(generator)
@@ -304,16 +306,17 @@ class RagModel(nn.Module):
 
     @classmethod
     def _from_transformers(cls, model_dir: Path, index: DenseIndex | str | None,
-                           retrieval: RetrievalConfig | None, **overrides) -> RagModel:
+                           retrieval: Mapping[str, Any] | None, **changes) -> RagModel:
         """A transformers RAG checkpoint (``rag.hf_rag``) with ``index``, paired explicitly."""
         from .hf_rag import load
 
         q_enc, generator, tokenizer, fields = load(model_dir)
-        config = updated(RagConfig(), **{**fields, **overrides})
+        config = updated(RagConfig(), **{**fields, **changes})
+        retrieval = updated(RetrievalConfig(), **(retrieval or {}))
         if index is None or isinstance(index, str | os.PathLike):
             if not (index or config.index):
                 raise UserError(f"{model_dir}: a transformers RAG checkpoint brings no index of "
                                 "ours: pass one (--index DIR)")
             config = replace(config, index=str(index or config.index))
-            index = load_index(config.index, mmap=bool(retrieval and retrieval.mmap))
+            index = load_index(config.index, mmap=retrieval.mmap)
         return cls(q_enc, generator, tokenizer, index, config, retrieval, pair=True)

@@ -12,7 +12,9 @@ whatever the question's length, so one w suits short and long questions. The lin
 the gradient of the dense term (the question encoder trains through it in RAG); RRF only ranks.
 
 w, k' and the fusion are index settings (:class:`FusionConfig`, recorded in the manifest);
-:class:`RetrievalConfig` is what a search may override.
+:class:`RetrievalConfig` is how a search runs: dense, sparse or hybrid, and which of the index's
+fusion settings it changes (``fusion_changes``, a dict of FusionConfig fields; the others stay
+the index's).
 
 Glossary: B questions, C candidates per question.
 """
@@ -20,14 +22,14 @@ Glossary: B questions, C candidates per question.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from rag.common.errors import UserError
-from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.options import NON_NEGATIVE, POSITIVE, Changes, check_fields, option, updated
 
 Retrieval = Literal["dense", "sparse", "hybrid"]
 Fusion = Literal["linear", "rrf"]
@@ -35,6 +37,9 @@ RRF_K = 60  # Cormack et al.'s constant
 # tuned on squad-open dev with all-MiniLM-L6-v2 and the "words" sparse tokenizer (docs/benchmarks.md)
 DEFAULT_WEIGHT = 0.5
 DEFAULT_CANDIDATES = 100
+# how a model directory's rag_config.json writes a fusion setting a search leaves to the index
+# (RetrievalConfig.saved): the format of every version so far
+_LEFT_TO_INDEX = {"fusion": "", "fusion_weight": None, "candidates": 0}
 
 
 @dataclass(frozen=True)
@@ -60,42 +65,44 @@ class FusionConfig:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """How a run searches an index; a field left empty keeps the index's own setting."""
+    """How a run searches an index: dense, sparse or hybrid, with the index's fusion settings (its
+    manifest's :class:`FusionConfig`) except those ``fusion_changes`` changes. A model directory
+    records it (:meth:`saved`), ``mmap`` aside.
+
+    ``updated(config, fusion_weight=0.3)`` changes one more (``rag.common.options.updated``)."""
 
     retrieval: Literal["", Retrieval] = option(
         "", '"dense", "sparse" (BM25) or "hybrid"; "" = hybrid when the index has a sparse side (ragqa '
         'index --sparse bm25), else dense')
-    fusion: Literal["", Fusion] = option("", "hybrid: how the two sides combine; \"\" = the index's")
-    fusion_weight: float | None = option(
-        None, "hybrid: w on the normalised BM25 score; default: the index's", within=NON_NEGATIVE)
-    candidates: int = option(0, "hybrid: k', passages each side proposes; 0 = the index's setting",
-        within=NON_NEGATIVE)
+    fusion_changes: dict[str, Any] = option(
+        {}, "the FusionConfig fields this search changes, e.g. {\"fusion_weight\": 0.3}",
+        changes=Changes(FusionConfig, over="the index's", help={
+            "fusion": "hybrid: how the two sides combine",
+            "fusion_weight": "hybrid: w on the normalised BM25 score",
+            "candidates": "hybrid: k', passages each side proposes"}))
     mmap: bool = option(
         False, "load the FAISS index memory-mapped and read-only, for a corpus larger than RAM (pages "
         "come from disk as searched); a load setting, never saved with a model")
 
     def __post_init__(self) -> None:
         check_fields(self)
-        self.fusion_config()  # the overrides themselves are checked now, before any work
-
-    def over(self, saved: RetrievalConfig) -> RetrievalConfig:
-        """These settings where given (not left at "", None or 0), ``saved``'s elsewhere."""
-        return RetrievalConfig(
-            retrieval=self.retrieval or saved.retrieval, fusion=self.fusion or saved.fusion,
-            fusion_weight=saved.fusion_weight if self.fusion_weight is None else self.fusion_weight,
-            candidates=self.candidates or saved.candidates, mmap=self.mmap or saved.mmap)
+        self.fusion_config()  # the changes themselves are checked now, before any work
 
     def saved(self) -> dict:
-        """What a model directory records: the search settings, not how the index was loaded."""
-        return {k: v for k, v in asdict(self).items() if k != "mmap"}
+        """What a model directory records: the search settings, not how the index was loaded; a
+        fusion setting left to the index as "", null or 0 (the file format of every version)."""
+        return {"retrieval": self.retrieval, **_LEFT_TO_INDEX, **self.fusion_changes}
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> RetrievalConfig:
+        """The settings :meth:`saved` records. Raises ``UserError`` for a bad value, ``TypeError``
+        for an unknown name and ``AttributeError`` for ``saved`` not a dict."""
+        return updated(cls(), **{k: v for k, v in saved.items() if not (
+            k in _LEFT_TO_INDEX and type(v) is type(_LEFT_TO_INDEX[k]) and v == _LEFT_TO_INDEX[k])})
 
     def fusion_config(self, saved: dict | None = None) -> FusionConfig:
-        """The index's saved settings (or the defaults) with this search's overrides."""
-        base = FusionConfig(**(saved or {}))
-        return FusionConfig(
-            fusion=self.fusion or base.fusion,
-            fusion_weight=base.fusion_weight if self.fusion_weight is None else self.fusion_weight,
-            candidates=self.candidates or base.candidates)
+        """The index's saved settings (or the defaults) with this search's changes."""
+        return updated(FusionConfig(**(saved or {})), **self.fusion_changes)
 
 
 def normalise_sparse(scores: np.ndarray, best: np.ndarray) -> np.ndarray:

@@ -4,7 +4,7 @@ encoder's backbone stored as a reference to the packaged all-MiniLM-L6-v2 when i
 
 The starter answers from the embedded corpus (rag/default/corpus.jsonl, indexed on first use), so
 its rag_config.json names no index; settings given here (k, mode, decoding, beams, input length,
-constrain: ``rag.config.Overrides``) replace the model's own.
+constrain: ``rag.config.RUN_CHANGES``) replace the model's own.
 
 Example:
     python scripts/pack_starter.py --model runs/rag-copy --out rag/default/model --k 3
@@ -21,7 +21,7 @@ from rag.common.artefact import check_output_dir, check_paths
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
 from rag.common.options import POSITIVE, check_fields, option
-from rag.config import Overrides
+from rag.config import RUN_CHANGES, run_changes, run_config
 from rag.model import RagModel
 
 
@@ -40,12 +40,12 @@ class Args:
 
 
 def main() -> None:
-    args, overrides = parse([Args, Overrides], description=__doc__)
+    args, changes = parse([Args, RUN_CHANGES], description=__doc__)
     out = Path(args.out)
     check_paths({"--model": args.model, "--index": args.index}, {"--out": args.out})
     check_output_dir(out, True, "rag-model")  # replaces only a RAG model of ours
     model = RagModel.from_pretrained(args.model, args.index)
-    config, _ = overrides.apply(model.config)
+    config, _ = run_config(model.config, run_changes(changes))
     # the starter's directory carries its question encoder: no index, no outside encoder path
     config = replace(config, index="", question_encoder="")
     packed = RagModel(model.question_encoder, model.generator, model.tokenizer, model.index, config,

@@ -4,7 +4,6 @@ that docs/scale-out.md's multi-machine commands, which cannot run here, still ma
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import re
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rag.commands import COMMANDS
-from rag.commands.cli import _flatten
+from rag.commands.cli import flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -34,9 +33,7 @@ def options_of(name: str, monkeypatch, words: list[str]) -> set[str]:
     monkeypatch.setattr(module, "parse", capture)
     with pytest.raises(Captured) as got:
         module.main(words[:1]) if name == "scale" else module.main()
-    flat = [f for cls in got.value.classes for f in dataclasses.fields(_flatten(cls)[0])]
-    names = {f.name for f in flat} | {a.lstrip("-") for f in flat for a in f.metadata.get("aliases", [])}
-    return {f"--{f}" for f in names} | {f"--no_{f}" for f in names} | {"--quiet", "--verbose", "--help"}
+    return flags(got.value.classes)
 
 
 def doc_commands() -> list[tuple[str, str, list[str]]]:

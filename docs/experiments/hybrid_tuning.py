@@ -46,13 +46,19 @@ class Cached(Retriever):
         return torch.stack([known[q] for q in questions])
 
 
+def hybrid(fusion: str, w: float | None, candidates: int) -> RetrievalConfig:
+    changes = {"fusion": fusion, "fusion_weight": w, "candidates": candidates}
+    return RetrievalConfig("hybrid", {k: v for k, v in changes.items() if v is not None})
+
+
 def run(part: str, name: str, config: RetrievalConfig) -> None:
     retriever = Cached(encoders[name], index, config)
     retriever.name = name
     acc = evaluate_retrieval(retriever, dev, (1, 5, 20), progress=False)["top_k_accuracy"]
     s = index.sparse.config
     print(f"{part}\t{name}\t{s.sparse_tokenizer}\t{s.bm25_k1}\t{s.bm25_b}\t{retriever.mode}\t"
-          f"{config.fusion or '-'}\t{config.fusion_weight}\t{config.candidates}\t"
+          f"{config.fusion_changes.get('fusion', '-')}\t{config.fusion_changes.get('fusion_weight')}\t"
+          f"{config.fusion_changes.get('candidates', 0)}\t"
           + "\t".join(f"{100 * acc[k]:.2f}" for k in ("1", "5", "20")), flush=True)
 
 
@@ -65,15 +71,15 @@ for tokenizer in ("words", "wordpiece"):
         if tokenizer == "words":
             run("1", name, RetrievalConfig("dense"))
         for w in (0.1, 0.2, 0.3, 0.5, 0.7, 1.0):
-            run("1", name, RetrievalConfig("hybrid", "linear", w, 100))
+            run("1", name, hybrid("linear", w, 100))
         for k in (20, 50, 200):
-            run("1", name, RetrievalConfig("hybrid", "linear", 0.3, k))
-        run("1", name, RetrievalConfig("hybrid", "rrf", None, 100))
+            run("1", name, hybrid("linear", 0.3, k))
+        run("1", name, hybrid("rrf", None, 100))
 for k1, b in ((1.5, 0.75), (0.9, 0.4), (1.2, 0.75), (0.9, 0.75), (2.0, 0.75), (1.5, 0.5), (1.5, 0.9)):
     index.add_sparse(SparseConfig("words", k1, b))
     run("2", first, RetrievalConfig("sparse"))
-    run("2", first, RetrievalConfig("hybrid", "linear", 0.5, 100))
+    run("2", first, hybrid("linear", 0.5, 100))
 index.add_sparse(SparseConfig("words", 0.9, 0.4))
 for name in names:
     for w in (0.3, 0.4, 0.5, 0.6, 0.7):
-        run("3", name, RetrievalConfig("hybrid", "linear", w, 100))
+        run("3", name, hybrid("linear", w, 100))

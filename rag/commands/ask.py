@@ -25,8 +25,8 @@ from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
-from rag.common.options import POSITIVE, check_fields, option
-from rag.config import Overrides
+from rag.common.options import POSITIVE, Changes, check_fields, option
+from rag.config import RUN_CHANGES, LoadConfig
 from rag.loading import load_model
 from retriever.fusion import RetrievalConfig
 
@@ -48,9 +48,9 @@ class Args:
 
 
 def main() -> None:
-    args, overrides, retrieval, where, questions = parse(
-        [Args, Overrides, RetrievalConfig, DeviceConfig], description=__doc__,
-        quiet_by_default=True, positionals="QUESTION")
+    args, changes, load, retrieval, where, questions = parse(
+        [Args, RUN_CHANGES, LoadConfig, Changes(RetrievalConfig), DeviceConfig],
+        description=__doc__, quiet_by_default=True, positionals="QUESTION")
     device = where.resolve()
     check_paths({"--model": args.model, "--index": args.index}, {"--json": args.json})
     if args.json:
@@ -66,7 +66,7 @@ def main() -> None:
         questions = [line.strip() for line in text.splitlines() if line.strip()]
         if not questions:
             raise UserError("no questions on standard input")
-    model, _ = load_model(args.model, args.index, overrides, retrieval, device)
+    model, _ = load_model(args.model, args.index, changes, retrieval, device, load.quantize)
     answered = []
     for start in range(0, len(questions), args.batch_size):
         for ans in model.answer(questions[start : start + args.batch_size]):

@@ -23,8 +23,8 @@ from rag.commands.cli import parse
 from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
-from rag.common.options import option
-from rag.config import Overrides
+from rag.common.options import Changes, option
+from rag.config import RUN_CHANGES, LoadConfig
 from retriever.fusion import RetrievalConfig
 from retriever.loop import make_accelerator
 
@@ -39,8 +39,9 @@ class Args:
 
 
 def main() -> None:
-    args, overrides, config, retrieval, where = parse(
-        [Args, Overrides, BenchmarkConfig, RetrievalConfig, DeviceConfig], description=__doc__)
+    args, changes, load, config, retrieval, where = parse(
+        [Args, RUN_CHANGES, LoadConfig, BenchmarkConfig, Changes(RetrievalConfig), DeviceConfig],
+        description=__doc__)
     check_paths({"--model": args.model, "--index": args.index, "--questions": args.questions},
                 {"--json": args.json, "--predictions": args.predictions})
     for path in (args.json, args.predictions):
@@ -48,7 +49,7 @@ def main() -> None:
             check_output_parent(path)
     acc = make_accelerator()  # under torchrun: join the other processes, which share the questions
     result = benchmark(args.model, args.index, args.questions, config, device=where.resolve(),
-                       retrieval=retrieval, overrides=overrides)
+                       retrieval=retrieval, changes=changes, quantize=load.quantize)
     if not acc.is_main_process:  # the first process reports
         return
     if args.predictions:

@@ -1,5 +1,11 @@
-"""Helpers shared by the ``ragqa`` subcommands (``rag/commands``): dataclass-generated parsers,
-error handling, and the verbosity every subcommand shares.
+"""Helpers shared by the ``ragqa`` subcommands (``rag/commands``): command lines built from config
+dataclasses, error handling, and the verbosity every subcommand shares.
+
+Command lines (:func:`parse`): each field of a config dataclass is an option (argparse, public
+API only) named after it, with its ``metadata["help"]``, its default and the values it takes
+(``Literal`` choices, a ``within`` range) in ``--help``. A flag left out is not filled in by the
+parser: a config is built from the flags given over its own defaults, and :class:`Changes` are
+exactly the flags given (``rag.common.options``).
 
 Verbosity: ``--quiet`` shows warnings (what was done to the input, e.g. a question truncated) and
 errors only, no progress bars; ``--verbose`` adds debugging
@@ -15,30 +21,188 @@ import json
 import logging
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Sequence
-from typing import Any, get_type_hints
+from typing import Any, Literal, NoReturn
 
 from rag.common.errors import UserError
-from rag.common.options import option
+from rag.common.options import Changes, Range, check_changes, held
+
+Spec = type | Changes  # what parse takes: a config dataclass, or the changes of one
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the script docstring's layout (examples) and show defaults (not for switches that
-    turn something off or set the verbosity, nor for required options or a default of None:
-    those defaults say nothing, and the help says what leaving the option out means), and the
-    values a number option takes (its field's ``within``, kept on the action by :func:`parse`)."""
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one ``error:`` line after the usage, as ours are."""
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        flag = action.option_strings[0] if action.option_strings else ""
-        quiet = (flag.startswith("--no_") or flag in ("--quiet", "--verbose") or action.required
-                 or action.default is None)
-        text = action.help if quiet else super()._get_help_string(action)
-        within = getattr(action, "within", None)
-        if not within:
-            return text
-        if text.endswith("(default: %(default)s)"):
-            return f"{text[:-1]}; {within})"
-        return f"{text} ({within})"
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    """A config field as a command-line option: ``--name`` (and ``--na-me``, and its aliases)."""
+
+    name: str
+    kind: Any  # the field's type, or the wider one a run takes (Changes.types)
+    default: Any  # dataclasses.MISSING: a required option
+    help: str  # the field's, or the one Changes gives
+    over: str = ""  # "default: ..." of a change; "": the field's default is shown
+    within: Range | None = None
+    aliases: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, f: dataclasses.Field, kind: Any, default: Any, text: str | None = None,
+           over: str = "") -> _Option:
+        """The option of field ``f``, its help ``text`` or the field's own."""
+        return cls(f.name, kind, default, f.metadata.get("help", "") if text is None else text,
+                   over, f.metadata.get("within"), tuple(f.metadata.get("aliases", ())))
+
+    @property
+    def flags(self) -> list[str]:
+        dashed = [f"--{self.name.replace('_', '-')}"] if "_" in self.name else []
+        return [f"--{self.name}", *dashed, *self.aliases]
+
+    @property
+    def off_flags(self) -> list[str]:
+        """``--no_NAME``, ``--no-NAME`` for a switch that is on by default; else none."""
+        if _plain(self.kind) is not bool or self.default is not True or self.over:
+            return []
+        return [f"--no_{self.name}", f"--no-{self.name.replace('_', '-')}"]
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        """Add the option (and its :attr:`off_flags`); a flag left out leaves the parsed
+        namespace without it."""
+        kind, kwargs = _plain(self.kind), {}
+        if typing.get_origin(kind) is Literal:
+            choices = typing.get_args(kind)
+            by_text = {str(c): c for c in choices}
+            kwargs.update(choices=choices, type=lambda text: by_text.get(text, text))
+        elif kind is bool:
+            kwargs.update(type=_to_bool, nargs="?", const=True)
+        elif typing.get_origin(kind) is list:
+            kwargs.update(type=typing.get_args(kind)[0], nargs="+")
+        else:
+            kwargs.update(type=kind)
+        parser.add_argument(*self.flags, dest=self.name, default=argparse.SUPPRESS,
+                            required=self.default is dataclasses.MISSING,
+                            help=_escape(self.shown()), **kwargs)
+        if self.off_flags:
+            off = f" (it means: {self.help})" if self.help else ""
+            parser.add_argument(*self.off_flags, dest=self.name, action="store_false",
+                                default=argparse.SUPPRESS, help=_escape(f"turn --{self.name} off{off}"))
+
+    def shown(self) -> str:
+        """The help as ``--help`` shows it: the text, what leaving the option out means (a
+        change's ``default: ...``, or the default, unless required or None) and the range."""
+        within = f"{self.within}" if self.within else ""
+        if self.over:
+            text = "; ".join(filter(None, [self.help, f"default: {self.over}"]))
+        elif self.default is dataclasses.MISSING or self.default is None:
+            text = self.help
+        else:
+            return " ".join(filter(None, [self.help, f"(default: {self.default}"
+                                                     f"{'; ' if within else ''}{within})"]))
+        return " ".join(filter(None, [text, f"({within})" if within else ""]))
+
+
+def _plain(kind: Any) -> Any:
+    """``X`` for ``X | None``."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        parts = [part for part in typing.get_args(kind) if part is not type(None)]
+        if len(parts) != 1:  # a programming error, not the user's
+            raise TypeError(f"an option has one type (or that type or None), not {kind}")
+        return parts[0]
+    return kind
+
+
+def _to_bool(text: str) -> bool:
+    if text.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if text.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(
+        f"Truthy value expected: got {text} but expected one of yes/no, true/false, t/f, y/n, 1/0 "
+        "(case insensitive).")
+
+
+def _escape(text: str) -> str:
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's product), or MISSING."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a config class that are command-line options: those set at construction and
+    not marked ``cli=False``."""
+    return [f for f in dataclasses.fields(cls) if f.init and f.metadata.get("cli") is not False]
+
+
+def _field_options(cls: type, defaults: Any = None, changes: Changes | None = None
+                   ) -> list[_Option]:
+    """The options of ``cls``'s fields, with the defaults of ``defaults`` (an instance) where given,
+    as ``changes`` offers them where given. A field holding a config gives that config's options
+    (the outer field's default their defaults: ``RagConfig``'s ``decode`` searches 4 beams, a bare
+    ``DecodeConfig`` 1); a dict field holding the changes of one, the options of its Changes."""
+    hints, holders, out = typing.get_type_hints(cls), held(cls), []
+    for f in _fields(cls):
+        default = getattr(defaults, f.name) if defaults is not None else _default(f)
+        if "changes" in f.metadata:
+            out += _changes_options(f.metadata["changes"])
+        elif f.name in holders:
+            out += _field_options(holders[f.name], default, changes)
+        elif changes is None:
+            out.append(_Option.of(f, hints[f.name], default))
+        elif changes.help is None or f.name in changes.help:
+            text = None if changes.help is None else changes.help[f.name]
+            out.append(_Option.of(f, changes.types.get(f.name, hints[f.name]), default, text,
+                                  changes.over))
+    return out
+
+
+def _changes_options(changes: Changes) -> list[_Option]:
+    """The options of ``changes``, in the order its ``help`` names them (or its config's)."""
+    options = _field_options(changes.config, changes=changes)
+    if changes.help is None:
+        return options
+    by_name = {o.name: o for o in options}
+    return [by_name[name] for name in changes.help]
+
+
+def _options(spec: Spec) -> tuple[list[_Option], Callable[[dict], Any]]:
+    """The options of ``spec`` and the function that turns the flags given (``{name: value}``)
+    into what :func:`parse` returns for it: a config, or a Changes' ``{field: value}``."""
+    options = _changes_options(spec) if isinstance(spec, Changes) else _field_options(spec)
+    names = [o.name for o in options]
+    if len(set(names)) < len(names):  # a programming error, not the user's
+        raise TypeError(f"{spec}: nested configs repeat an option name: {names}")
+    if isinstance(spec, Changes):
+
+        def changes(given: dict) -> dict:
+            chosen = {o.name: given[o.name] for o in options if o.name in given}
+            check_changes(spec.config, {k: v for k, v in chosen.items() if k not in spec.types})
+            return chosen
+
+        return options, changes
+    fields = _fields(spec)
+    holders = {name: cls for name, cls in held(spec).items() if name in {f.name for f in fields}}
+
+    def build(given: dict) -> Any:
+        kwargs = {f.name: given[f.name] for f in fields if f.name in given and f.name not in holders}
+        for holder, inner in holders.items():
+            changed = {g.name: given[g.name] for g in _fields(inner) if g.name in given}
+            if changed:
+                outer = _default(next(f for f in fields if f.name == holder))
+                kwargs[holder] = ({**outer, **changed} if isinstance(outer, dict)
+                                  else dataclasses.replace(outer, **changed))
+        return spec(**kwargs)
+
+    return options, build
 
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
@@ -56,122 +220,58 @@ def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: 
     set_progress(not quiet)
 
 
-def parse(dataclass_types: Sequence[type], argv: Sequence[str] | None = None,
+def flags(specs: Sequence[Spec]) -> set[str]:
+    """Every flag a command line of ``specs`` takes (``--help``, ``--quiet`` and ``--verbose``
+    included)."""
+    options = [o for spec in specs for o in _options(spec)[0]]
+    return {flag for o in options for flag in (*o.flags, *o.off_flags)} | {"--help", "--quiet",
+                                                                            "--verbose"}
+
+
+def parse(specs: Sequence[Spec], argv: Sequence[str] | None = None,
           description: str | None = None, positionals: str | None = None,
           quiet_by_default: bool = False) -> tuple:
-    """Parse ``argv`` into one instance per dataclass; ``--help`` text comes from the fields'
+    """Parse ``argv`` into one value per spec: a config dataclass is built from the flags given
+    (its ``__post_init__`` checks them), over its defaults; a :class:`Changes` gives
+    ``{field: value}`` of the flags given, checked. ``--help`` text comes from the fields'
     ``metadata["help"]`` (``rag.common.options.option``), and list options take their values
     space- or comma-separated (``--ks 1 5 20`` or ``--ks 1,5,20``).
 
     A field that holds a config of its own (``RagConfig.decode``, a ``DecodeConfig``) gives that
-    config's fields as options, with the outer field's default for their defaults
-    (:func:`_flatten`); a field whose metadata has ``cli=False`` is not an option.
+    config's fields as options, with the outer field's default for their defaults; a field whose
+    metadata has ``cli=False`` is not an option.
 
     With ``positionals`` (a name for the usage line), bare arguments are allowed anywhere and
     returned as a final list of strings. Every command also gets ``--quiet`` and ``--verbose``
     (:func:`set_verbosity`). Bad arguments exit with status 2 (argparse's convention), as every
     other user error does.
     """
-    from transformers import HfArgumentParser
-
-    flat = [_flatten(cls) for cls in dataclass_types]
-    ranges = {name: within for *_, own in flat for name, within in own.items()}
-    parser = HfArgumentParser([cls for cls, *_ in flat], description=description)
-    parser.formatter_class = _HelpFormatter
-
-    def error(message: str) -> None:  # argparse's, with the line starting "error:" as ours do
-        parser.print_usage(sys.stderr)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-    parser.error = error
+    usage = f"%(prog)s [{positionals} ...] [options]" if positionals else None
+    parser = _Parser(description=description, usage=usage,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    built, lists = [], set()
+    for spec in specs:
+        options, build = _options(spec)
+        for option in options:
+            option.add_to(parser)
+            if typing.get_origin(_plain(option.kind)) is list:
+                lists.update(option.flags)
+        built.append(build)
     talk = parser.add_mutually_exclusive_group()
     talk.add_argument("--quiet", action="store_true",
                       help="print warnings and errors only: no progress bars, no notes on what is being done")
     talk.add_argument("--verbose", action="store_true",
                       help="also print debugging detail")
-    lists = set()
-    for action in parser._actions:
-        if action.dest in ("help", "quiet", "verbose"):
-            continue
-        if action.help:
-            action.help = action.help.replace("%", "%%")  # argparse formats help with %
-        if action.option_strings and action.option_strings[0].startswith("--no_"):
-            action.help = f"turn --{action.dest} off" + (f" (it means: {action.help})"
-                                                         if action.help else "")
-        if action.nargs == "+":
-            lists.update(action.option_strings)
-        if action.dest in ranges:
-            action.within = ranges[action.dest]
-    if positionals:
-        parser.usage = f"%(prog)s [{positionals} ...] [options]"
     argv = _split_lists(list(sys.argv[1:] if argv is None else argv), lists)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    extra = parsed.pop() if parsed and isinstance(parsed[-1], argparse.Namespace) else None
-    parsed = [build(values) for (_, build, _), values in zip(flat, parsed, strict=True)]
-    set_verbosity(getattr(extra, "quiet", False), getattr(extra, "verbose", False),
-                  quiet_by_default)
+    namespace, unknown = parser.parse_known_args(argv)
+    given = vars(namespace)
+    parsed = [build(given) for build in built]
+    set_verbosity(given["quiet"], given["verbose"], quiet_by_default)
     bare = [u for u in unknown if not u.startswith("-")] if positionals else []
     rest = [u for u in unknown if u not in bare]
-    if rest:  # HfArgumentParser raises ValueError (a traceback): argparse's error instead
+    if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return (*parsed, bare) if positionals else tuple(parsed)
-
-
-def _flatten(cls: type) -> tuple[type, Callable[[Any], Any], dict[str, Any]]:
-    """``cls`` as the parser sees it, the function that turns what the parser fills into a
-    ``cls``, and ``{option: Range}`` for the options declared ``within`` one. A field holding a
-    config (a dataclass) is replaced by that config's fields, whose defaults are those of the
-    outer field's default (``RagConfig``'s ``decode`` searches 4 beams, a bare ``DecodeConfig``
-    1); fields with ``cli=False`` in their metadata are left out and keep their defaults. The
-    flat class has no checks: ``cls``, built from it, makes them."""
-    hints = get_type_hints(cls)
-    options = _options(cls)
-    nested = {f.name for f in options if dataclasses.is_dataclass(hints[f.name])}
-    fields, plain, inner = [], [], {}  # (field, type, default) flat; cls's own; {nested: (default, names)}
-    for f in options:
-        if f.name not in nested:
-            fields.append((f, hints[f.name], _default(f)))
-            plain.append(f.name)
-            continue
-        default = _default(f)
-        inner_hints, inner_options = get_type_hints(type(default)), _options(default)
-        inner[f.name] = default, [g.name for g in inner_options]
-        fields += [(g, inner_hints[g.name], getattr(default, g.name)) for g in inner_options]
-    spec = [_flat_field(*field) for field in fields]
-    ranges = {f.name: f.metadata["within"] for f, *_ in fields if "within" in f.metadata}
-    names = [name for name, *_ in spec]
-    if len(set(names)) < len(names):  # a programming error, not the user's
-        raise TypeError(f"{cls.__name__}: nested configs repeat an option name: {names}")
-    flat_cls = dataclasses.make_dataclass(cls.__name__, spec, kw_only=True)
-
-    def build(values: Any) -> Any:
-        kwargs = {name: getattr(values, name) for name in plain}
-        for name, (default, own) in inner.items():
-            kwargs[name] = dataclasses.replace(default, **{n: getattr(values, n) for n in own})
-        return cls(**kwargs)
-
-    return flat_cls, build, ranges
-
-
-def _options(config: Any) -> list[dataclasses.Field]:
-    """The fields of a config (class or instance) that are command-line options: those set at
-    construction and not marked ``cli=False``."""
-    return [f for f in dataclasses.fields(config) if f.init and f.metadata.get("cli") is not False]
-
-
-def _default(f: dataclasses.Field) -> Any:
-    """A field's default value (its factory's product), or MISSING."""
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _flat_field(f: dataclasses.Field, hint: Any, default: Any) -> tuple[str, Any, Any]:
-    """``f`` as a field of the flat class: its resolved type, ``default`` and the metadata argparse
-    takes (ours, ``cli`` and ``within``, left out)."""
-    metadata = {key: value for key, value in f.metadata.items() if key not in ("cli", "within")}
-    if default is dataclasses.MISSING:
-        return f.name, hint, dataclasses.field(metadata=metadata)
-    return f.name, hint, option(default, metadata.pop("help", None), **metadata)
 
 
 def _split_lists(argv: list[str], flags: set[str]) -> list[str]:

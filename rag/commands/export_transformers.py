@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from rag.commands.cli import parse
 from rag.common.artefact import check_output_dir, check_paths
-from rag.common.options import check_fields, option
-from rag.constrain import Constraint
+from rag.common.options import Changes, option
+from rag.config import RagConfig
 from rag.hf_rag import export
 from rag.model import RagModel
 from retriever.fusion import RetrievalConfig
@@ -39,21 +39,21 @@ class Args:
     out: str = field(metadata={"help": "directory to write (refused if it exists, unless ours and "
                                        "--overwrite)"})
     index: str | None = option(None, "index directory; default: the model's own")
-    constrain: Constraint | None = option(
-        None, 'the decoding constraint to export with ("none" for a model that decodes with "spans"); '
-        "default: the model's own")
     overwrite: bool = option(False, "replace an existing export written by this script")
 
-    def __post_init__(self) -> None:
-        check_fields(self)
+
+# what an export may change of the model's settings
+EXPORT_CHANGES = Changes(RagConfig, over="the model's own", help={
+    "constrain": 'the decoding constraint to export with ("none" for a model that decodes with '
+                 '"spans")'})
 
 
 def main() -> None:
-    args, retrieval = parse([Args, RetrievalConfig], description=__doc__)
+    args, changes, retrieval = parse([Args, EXPORT_CHANGES, Changes(RetrievalConfig)],
+                                     description=__doc__)
     check_paths({"--model": args.model, "--index": args.index}, {"--out": args.out})
     check_output_dir(args.out, args.overwrite, "export")
-    overrides = {"constrain": args.constrain} if args.constrain is not None else {}
-    model = RagModel.from_pretrained(args.model, args.index, retrieval, **overrides).eval()
+    model = RagModel.from_pretrained(args.model, args.index, retrieval, **changes).eval()
     out = export(model, args.out, overwrite=args.overwrite)
     print(f"transformers RAG ({model.config.mode}, k={model.config.k}) + RagRetriever index of "
           f"{len(model.index)} passages -> {out}")

@@ -16,13 +16,13 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from generator.warmstart import CrossAttentionInit
 from rag.commands.cli import parse
 from rag.commands.training_run import TrainingRun
 from rag.common.atomic import write_json
-from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.options import NON_NEGATIVE, POSITIVE, Changes, check_fields, option, updated
 from rag.config import RagConfig
 from rag.loading import assemble
 from rag.model import RagModel
@@ -61,11 +61,12 @@ class Args:
         check_fields(self)
 
 
-def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: RetrievalConfig,
+def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: dict[str, Any],
                 seed: int) -> RagModel:
-    """The model to fine-tune: the checkpoint of an interrupted run of this command, if any, else
-    one assembled from --generator, --index and --question_encoder (``rag.loading.assemble``),
-    its new weights drawn with ``seed``."""
+    """The model to fine-tune: the checkpoint of an interrupted run of this command, if any (its
+    retrieval settings with the flags given, ``retrieval``), else one assembled from --generator,
+    --index and --question_encoder (``rag.loading.assemble``), its new weights drawn with
+    ``seed``."""
     resumed = resume_dir(run.out)
     if resumed is not None:
         log.info("resuming from %s", resumed)
@@ -74,13 +75,13 @@ def build_model(run: TrainingRun, args: Args, rag_cfg: RagConfig, retrieval: Ret
     starter = {"encoder_layers": args.starter_encoder_layers,
                "decoder_layers": args.starter_decoder_layers,
                "cross_attention": args.starter_cross_attention}
-    return assemble(rag_cfg, args.generator, retrieval, copy_head=args.copy_head,
-                    span_head=args.span_head, starter=starter, seed=seed)
+    return assemble(rag_cfg, args.generator, updated(RetrievalConfig(), **retrieval),
+                    copy_head=args.copy_head, span_head=args.span_head, starter=starter, seed=seed)
 
 
 def main() -> None:
     run, args, rag_cfg, config, retrieval = parse(
-        [TrainingRun, Args, RagConfig, FinetuneConfig, RetrievalConfig], description=__doc__)
+        [TrainingRun, Args, RagConfig, FinetuneConfig, Changes(RetrievalConfig)], description=__doc__)
     run.check_outputs("rag-model", {"--index": rag_cfg.index, "--generator": args.generator,
                                     "--question_encoder": rag_cfg.question_encoder})
     train, dev = run.questions(args.train_offset)

@@ -30,8 +30,8 @@ from pathlib import Path
 from rag.commands.cli import parse
 from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
-from rag.common.options import option
-from rag.config import Overrides
+from rag.common.options import Changes, option
+from rag.config import RUN_CHANGES, LoadConfig
 from rag.server import create_app
 from rag.service import ServeConfig, Service
 from retriever.fusion import RetrievalConfig
@@ -80,8 +80,9 @@ def open_socket(host: str, port: int) -> socket.socket:
 
 
 def main() -> None:
-    args, overrides, retrieval, where, config = parse(
-        [Args, Overrides, RetrievalConfig, DeviceConfig, ServeConfig], description=__doc__)
+    args, changes, loading, retrieval, where, config = parse(
+        [Args, RUN_CHANGES, LoadConfig, Changes(RetrievalConfig), DeviceConfig, ServeConfig],
+        description=__doc__)
     token = admin_token(config)
     if config.persist and token is None:
         raise UserError("--persist writes passage changes, which need an admin token "
@@ -95,7 +96,7 @@ def main() -> None:
     from rag.loading import load_model
 
     def load():
-        model, _ = load_model(args.model, args.index, overrides, retrieval, device)
+        model, _ = load_model(args.model, args.index, changes, retrieval, device, loading.quantize)
         if config.persist and (model.index is None or model.index.path is None
                                or model.index.mmap):
             raise UserError("--persist needs a whole index loaded from a directory, not "

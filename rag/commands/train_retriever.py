@@ -58,31 +58,11 @@ def main() -> None:
                                          description=__doc__)
     # the trainer's accelerator, made here: under torchrun this is one of several processes
     state = config.optim.accelerator()
-    if args.index is None and args.corpus is None:
-        raise UserError("give --index DIR or --corpus PATH")
-    index_dir = Path(run.out).with_name(Path(run.out).name + ".index")
-    run.check_outputs("encoder", {"--index": args.index, "--corpus": args.corpus,
-                                  "--encoder": args.encoder,
-                                  "--question_encoder": args.question_encoder},
-                      {"<out>.index": None if args.index else str(index_dir)})
-    resumed = None if config.train_context_encoder else resume_dir(run.out)
-    reuse_index = args.index is None and resumed is not None and (index_dir / "manifest.json").is_file()
-    if args.index is None and not reuse_index:
-        check_output_dir(index_dir, run.overwrite, "index")
+    index_dir, resumed, reuse_index = check_outputs(run, args, config)
     train, dev = run.questions()
     if args.dev_limit > 0 and dev:
         dev = dev[: args.dev_limit]
-    if args.index is not None or reuse_index:  # a resumed run uses the index it built before
-        index = DenseIndex.load(args.index or index_dir, mmap=retrieval.mmap)
-        ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
-    else:
-        ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2").to(state.device)
-        if state.is_main_process:  # built once; the other processes load it
-            build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=run.overwrite))
-            log.info("built %s", index_dir)
-        state.wait_for_everyone()
-        index = DenseIndex.load(index_dir, mmap=retrieval.mmap)
-    index.check_question_encoder(ctx_enc.identity(), where="index")
+    index, ctx_enc = open_index(args, run.overwrite, index_dir, reuse_index, retrieval.mmap, state)
     if resumed is not None:
         log.info("resuming from %s", resumed.parent)
     q_enc = Encoder.from_pretrained(str(resumed) if resumed else args.question_encoder or ctx_enc.name)
@@ -105,15 +85,64 @@ def main() -> None:
                      accelerator=state)
     if not state.is_main_process:  # the ranks end identical (gradients averaged): one saves
         return
+    save(run.out, config, retriever, ctx_enc)
+    report(run, config, logs, before)
+
+
+def check_outputs(run: TrainingRun, args: Args, config: TrainConfig
+                  ) -> tuple[Path, Path | None, bool]:
+    """Refuse, before any work, missing inputs and outputs that may not be written. Returns the
+    directory an index built from --corpus goes to (<out>.index), the checkpoint a rerun resumes
+    from (None: a new run) and whether that run's index is there to be used again."""
+    if args.index is None and args.corpus is None:
+        raise UserError("give --index DIR or --corpus PATH")
+    index_dir = Path(run.out).with_name(Path(run.out).name + ".index")
+    run.check_outputs("encoder", {"--index": args.index, "--corpus": args.corpus,
+                                  "--encoder": args.encoder,
+                                  "--question_encoder": args.question_encoder},
+                      {"<out>.index": None if args.index else str(index_dir)})
+    resumed = None if config.train_context_encoder else resume_dir(run.out)
+    reuse_index = args.index is None and resumed is not None and (index_dir / "manifest.json").is_file()
+    if args.index is None and not reuse_index:
+        check_output_dir(index_dir, run.overwrite, "index")
+    return index_dir, resumed, reuse_index
+
+
+def open_index(args: Args, overwrite: bool, index_dir: Path, reuse_index: bool, mmap: bool,
+               state) -> tuple[DenseIndex, Encoder]:
+    """The index to train against and its (frozen) context encoder: --index, the index a resumed
+    run built, or one built now from --corpus into ``index_dir`` (by the first process)."""
+    if args.index is not None or reuse_index:  # a resumed run uses the index it built before
+        index = DenseIndex.load(args.index or index_dir, mmap=mmap)
+        ctx_enc = Encoder.from_pretrained(args.encoder or index.manifest["encoder"]["name"])
+    else:
+        ctx_enc = Encoder.from_pretrained(args.encoder or "all-MiniLM-L6-v2").to(state.device)
+        if state.is_main_process:  # built once; the other processes load it
+            build_index(args.corpus, ctx_enc, index_dir, BuildConfig(overwrite=overwrite))
+            log.info("built %s", index_dir)
+        state.wait_for_everyone()
+        index = DenseIndex.load(index_dir, mmap=mmap)
+    index.check_question_encoder(ctx_enc.identity(), where="index")
+    return index, ctx_enc
+
+
+def save(out: str, config: TrainConfig, retriever: Retriever, ctx_enc: Encoder) -> None:
+    """Write the trained question encoder to ``out``, paired with the index's context encoder, or
+    with the context encoder trained beside it (written to <out>/context_encoder)."""
+    q_enc = retriever.question_encoder
     if config.train_context_encoder:  # the pair is the new context encoder, not the index's
         ctx_enc.refresh_fingerprint()
-        q_enc.save_pretrained(run.out, paired_context_fingerprint=ctx_enc.fingerprint)
-        ctx_enc.save_pretrained(Path(run.out) / "context_encoder")
+        q_enc.save_pretrained(out, paired_context_fingerprint=ctx_enc.fingerprint)
+        ctx_enc.save_pretrained(Path(out) / "context_encoder")
         print("context encoder trained: rebuild the index with --encoder "
-              f"{Path(run.out) / 'context_encoder'}")
+              f"{Path(out) / 'context_encoder'}")
     else:
-        retriever.save_question_encoder(run.out)
-        shutil.rmtree(checkpoint_dir(run.out), ignore_errors=True)
+        retriever.save_question_encoder(out)
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+
+
+def report(run: TrainingRun, config: TrainConfig, logs: list[dict], before: dict | None) -> None:
+    """Print each epoch's loss and dev accuracy, and write the log to --json."""
     for entry in logs:
         loss = "lexical head fitted" if entry["loss"] is None else f"loss {entry['loss']:.4f}"
         print(f"epoch {entry['epoch']}: {loss}"
@@ -121,4 +150,3 @@ def main() -> None:
     print(f"question encoder -> {run.out}")
     if run.json:
         write_json(run.json, {"before": before, "epochs": logs, "config": asdict(config)})
-

@@ -1,8 +1,7 @@
 """Config fields that carry their own ``--help`` text.
 
 Every setting a command line exposes is a field of a frozen dataclass; ``rag.commands.cli.parse``
-turns those into options (transformers' ``HfArgumentParser``), and the help it shows is the
-field's ``metadata["help"]``::
+turns those into options, and the help it shows is the field's ``metadata["help"]``::
 
     @dataclass(frozen=True)
     class SearchConfig:
@@ -14,6 +13,11 @@ settings are lists (``--ks 1 5 20``). A number setting says which values it take
 (``option(8, "questions per batch", within=POSITIVE)``); ``--help`` shows it, and
 :func:`check_fields`, called from each config's ``__post_init__``, checks it and the ``Literal``
 choices for command lines and Python callers alike.
+
+A setting is declared once. What a run changes of a saved config (a model's, an index's) is a
+mapping ``{field: value}`` of the settings it gives, applied with :func:`updated`; the command
+line's are the flags the user gave (:class:`Changes` declares them), never a copy of the config
+with "unset" markers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import functools
 import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,37 +85,72 @@ def option(default: Any, help: str, *, within: Range | None = None, **metadata: 
     return field(default=default, metadata=metadata)
 
 
+@dataclass(frozen=True)
+class Changes:
+    """Options that change a saved config: ``rag.commands.cli.parse`` gives ``{field: value}`` for
+    the flags given and nothing for those left out, so that a flag equal to its default still
+    changes the saved value and a flag left out keeps it.
+
+    The fields are ``config``'s (a field of a config it holds by its own name, as :func:`updated`
+    takes it): those ``help`` names, with the help ``--help`` gives them, or every option of
+    ``config`` with its field's help. ``--help`` says ``default: {over}`` after each, or without
+    ``over`` the field's default. ``types`` gives a field the wider type a run takes it with (a
+    run's ``decoding`` also names beam widths). A dict field declared ``option({}, ...,
+    changes=Changes(...))`` holds such changes: its options are those of the ``Changes``.
+    """
+
+    config: type
+    help: dict[str, str] | None = None
+    over: str = ""
+    types: dict[str, Any] = field(default_factory=dict)
+
+
 def updated(config: Any, **changes: Any) -> Any:
     """``dataclasses.replace(config, **changes)``, where a field of a config that ``config`` holds
     (``RagConfig.decode``'s ``num_beams``) may be named as if it were ``config``'s own, or by one of
-    its ``aliases`` (``max_answer_length``); its holder is then replaced with it changed. Unknown
-    names raise ``TypeError``, as ``replace`` does."""
+    its ``aliases`` (``max_answer_length``); its holder is then replaced with it changed. So may a
+    field of the config whose changes a dict field holds (``RetrievalConfig.fusion_changes``'s
+    ``fusion_weight``), merged into them. Unknown names raise ``TypeError``, as ``replace`` does."""
     nested: dict[str, dict] = {}
-    for name, (holder, field_name) in _inner_names(config).items():
+    for name, (holder, field_name) in _inner_names(type(config)).items():
         if name in changes and holder not in changes:
             nested.setdefault(holder, {})[field_name] = changes.pop(name)
     for holder, inner in nested.items():
-        changes[holder] = dataclasses.replace(getattr(config, holder), **inner)
+        value = getattr(config, holder)
+        changes[holder] = ({**value, **inner} if isinstance(value, dict)
+                           else dataclasses.replace(value, **inner))
     return dataclasses.replace(config, **changes)
 
 
 def settable(config: Any) -> set[str]:
     """The names :func:`updated` takes for ``config``."""
-    return {f.name for f in dataclasses.fields(config)} | set(_inner_names(config))
+    return {f.name for f in dataclasses.fields(config)} | set(_inner_names(type(config)))
 
 
-def _inner_names(config: Any) -> dict[str, tuple[str, str]]:
-    """``{name or alias: (holder, field)}`` for the fields of the configs ``config`` holds, less
-    names of ``config``'s own fields."""
-    own = {f.name for f in dataclasses.fields(config)}
+def held(cls: type) -> dict[str, type]:
+    """``{field: config class}`` for the fields of ``cls`` that hold a config (a dataclass) or the
+    changes of one (a dict declared with ``changes=Changes(...)``)."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "changes" in f.metadata:
+            out[f.name] = f.metadata["changes"].config
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = hints[f.name]
+    return out
+
+
+@functools.cache
+def _inner_names(cls: type) -> dict[str, tuple[str, str]]:
+    """``{name or alias: (holder, field)}`` for the fields of the configs ``cls`` holds, less
+    names of ``cls``'s own fields."""
+    own = {f.name for f in dataclasses.fields(cls)}
     names = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            for g in dataclasses.fields(value):
-                for name in (g.name, *(a.lstrip("-") for a in g.metadata.get("aliases", []))):
-                    if name.isidentifier() and name not in own:
-                        names[name] = (f.name, g.name)
+    for holder, inner in held(cls).items():
+        for g in dataclasses.fields(inner):
+            for name in (g.name, *(a.lstrip("-") for a in g.metadata.get("aliases", []))):
+                if name.isidentifier() and name not in own:
+                    names[name] = (holder, g.name)
     return names
 
 
@@ -119,16 +159,35 @@ def check_fields(config: Any) -> None:
     ``Literal[...]`` holds one of its values and each field declared ``within`` a :class:`Range`
     holds a number in it (each number, for a list). ``None`` passes where the type allows it
     (the setting left unset). Configs call this first in ``__post_init__``."""
-    for name, (choices, within, optional) in _checks(type(config)).items():
-        value = getattr(config, name)
-        if value is None and optional:
-            continue
-        if choices is not None:
-            require(value in choices, name, value,
-                    f"must be one of {', '.join(map(repr, choices))}")
-        if within is not None:
-            values = value if isinstance(value, list | tuple) else [value]
-            require(all(v in within for v in values), name, value, f"must be {within.words()}")
+    for name, check in _checks(type(config)).items():
+        _check(name, getattr(config, name), *check)
+
+
+def check_changes(cls: type, changes: Mapping[str, Any]) -> None:
+    """:func:`check_fields` for ``changes`` of a ``cls`` config (the names :func:`updated` takes):
+    each value one its field takes. An unknown name raises ``TypeError``, as ``updated`` does."""
+    own, inner, holders = {f.name for f in dataclasses.fields(cls)}, _inner_names(cls), held(cls)
+    for name, value in changes.items():
+        if name in own:
+            owner, field_name = cls, name
+        elif name in inner:
+            holder, field_name = inner[name]
+            owner = holders[holder]
+        else:
+            raise TypeError(f"{cls.__name__} has no setting {name!r}")
+        if field_name in _checks(owner):
+            _check(field_name, value, *_checks(owner)[field_name])
+
+
+def _check(name: str, value: Any, choices: tuple | None, within: Range | None,
+           optional: bool) -> None:
+    if value is None and optional:
+        return
+    if choices is not None:
+        require(value in choices, name, value, f"must be one of {', '.join(map(repr, choices))}")
+    if within is not None:
+        values = value if isinstance(value, list | tuple) else [value]
+        require(all(v in within for v in values), name, value, f"must be {within.words()}")
 
 
 @functools.cache

@@ -9,8 +9,9 @@ from dataclasses import asdict
 import pytest
 
 from rag.common.errors import UserError
+from rag.common.options import updated
 from rag.config import DecodeConfig, RagConfig, read_config, write_config
-from retriever.fusion import RetrievalConfig
+from retriever.fusion import FusionConfig, RetrievalConfig
 
 CONFIG = RagConfig(mode="token", k=3, decode=DecodeConfig(num_beams=2, max_length=9,
                                                          length_penalty=0.5, constrain="spans"),
@@ -18,10 +19,43 @@ CONFIG = RagConfig(mode="token", k=3, decode=DecodeConfig(num_beams=2, max_lengt
 
 
 def test_a_written_config_reads_back_equal(tmp_path):
-    write_config(tmp_path, CONFIG, RetrievalConfig(retrieval="hybrid"))
+    write_config(tmp_path, CONFIG, RetrievalConfig("hybrid", {"fusion_weight": 0.0}, mmap=True))
     config, retrieval = read_config(tmp_path)
-    assert config == CONFIG and retrieval.retrieval == "hybrid"
-    assert json.loads((tmp_path / "rag_config.json").read_text())["decode"]["max_length"] == 9
+    assert config == CONFIG and retrieval == RetrievalConfig("hybrid", {"fusion_weight": 0.0})
+    saved = json.loads((tmp_path / "rag_config.json").read_text())
+    assert saved["decode"]["max_length"] == 9
+    # the file's format: a fusion setting left to the index is "", null or 0; mmap is not saved
+    assert saved["retrieval"] == {"retrieval": "hybrid", "fusion": "", "fusion_weight": 0.0,
+                                  "candidates": 0}
+
+
+@pytest.mark.parametrize("retrieval, want", [
+    ({}, RetrievalConfig()),
+    ({"retrieval": "", "fusion": "", "fusion_weight": None, "candidates": 0}, RetrievalConfig()),
+    ({"retrieval": "sparse", "fusion": "rrf", "fusion_weight": 0.0, "candidates": 20},
+     RetrievalConfig("sparse", {"fusion": "rrf", "fusion_weight": 0.0, "candidates": 20})),
+    ({"fusion_weight": 0.3}, RetrievalConfig(fusion_changes={"fusion_weight": 0.3})),
+])
+def test_saved_retrieval_settings_left_to_the_index_read_as_the_index_s(tmp_path, retrieval, want):
+    (tmp_path / "rag_config.json").write_text(json.dumps({**asdict(CONFIG), "retrieval": retrieval}))
+    assert read_config(tmp_path)[1] == want
+
+
+@pytest.mark.parametrize("retrieval", [{"candidates": -1}, {"fusion": "max"}, {"beams": 2}, [1]])
+def test_bad_retrieval_settings_are_refused_naming_the_file(tmp_path, retrieval):
+    (tmp_path / "rag_config.json").write_text(json.dumps({**asdict(CONFIG), "retrieval": retrieval}))
+    with pytest.raises(UserError, match="rag_config.json: bad retrieval settings"):
+        read_config(tmp_path)
+
+
+def test_a_saved_retrieval_config_changed_by_name_keeps_the_rest():
+    saved = RetrievalConfig("dense", {"candidates": 7})
+    assert updated(saved, fusion_weight=0.3, mmap=True) == RetrievalConfig(
+        "dense", {"candidates": 7, "fusion_weight": 0.3}, mmap=True)
+    assert updated(saved, retrieval="").fusion_config({"fusion": "rrf"}) == FusionConfig(
+        "rrf", candidates=7)
+    with pytest.raises(UserError, match="--candidates"):
+        updated(saved, candidates=0)
 
 
 def test_an_older_flat_config_reads_into_decode(tmp_path):
@@ -36,7 +70,7 @@ def test_an_older_flat_config_reads_into_decode(tmp_path):
     assert (config.mode, config.k, config.score_scale, config.index) == ("token", 3, 5.0, "idx")
 
 
-def test_overrides_may_name_search_settings_as_fields(tmp_path):
+def test_changes_may_name_search_settings_as_fields(tmp_path):
     write_config(tmp_path, CONFIG, RetrievalConfig())
     config, _ = read_config(tmp_path, num_beams=1, constrain="none", max_answer_length=5, k=2)
     assert config.decode == DecodeConfig(num_beams=1, max_length=5, length_penalty=0.5)

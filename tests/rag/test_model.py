@@ -266,12 +266,12 @@ def test_one_retrieval_path_rag_and_evaluation_agree(mode, rag_index_dir, rag_qu
     generator, tokenizer = load_generator(rag_generator_dir)
     model = RagModel(Encoder.from_pretrained(str(rag_question_encoder_dir)), generator, tokenizer,
                      index, RagConfig(k=3, max_input_length=64, decode=DecodeConfig(max_length=8)),
-                     RetrievalConfig(candidates=4)).eval()
+                     RetrievalConfig(fusion_changes={"candidates": 4})).eval()
     assert model.retriever.mode == mode
     questions = read_questions(squad_questions)
     kept: list = []
     retriever = Retriever(Encoder.from_pretrained(str(rag_question_encoder_dir)), index,
-                          RetrievalConfig(candidates=4))
+                          RetrievalConfig(fusion_changes={"candidates": 4}))
     evaluate_retrieval(retriever, questions, [1, 3], batch_size=4, progress=False, results=kept)
     for grad in (False, True):
         with torch.set_grad_enabled(grad):

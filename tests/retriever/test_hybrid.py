@@ -14,6 +14,7 @@ import Stemmer
 import torch
 
 from rag.common.errors import UserError
+from rag.common.options import updated
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
 from retriever.encoder import Encoder
@@ -98,7 +99,8 @@ def brute_force(index: DenseIndex, encoder, questions, fusion: FusionConfig):
                                     FusionConfig(fusion="rrf", candidates=8)])
 def test_fused_ranking_equals_brute_force_when_candidates_cover_the_corpus(index, encoder, fusion):
     questions = QUERIES[:3] + ["Who developed relativity?", "python language"]
-    config = RetrievalConfig("hybrid", fusion.fusion, fusion.fusion_weight, len(index))
+    config = RetrievalConfig("hybrid", {"fusion": fusion.fusion, "fusion_weight": fusion.fusion_weight,
+                                         "candidates": len(index)})
     scores, result = Retriever(encoder, index, config).search(questions, k=len(index))
     want = brute_force(index, encoder, questions, fusion)  # (B, R)
     order = np.argsort(-want, axis=1, kind="stable")
@@ -108,8 +110,8 @@ def test_fused_ranking_equals_brute_force_when_candidates_cover_the_corpus(index
 
 
 def test_hybrid_differs_from_either_side_and_top_k_is_a_prefix(index, encoder):
-    full = Retriever(encoder, index, RetrievalConfig("hybrid", candidates=8)).retrieve(QUERIES, 8)
-    top3 = Retriever(encoder, index, RetrievalConfig("hybrid", candidates=8)).retrieve(QUERIES, 3)
+    full = Retriever(encoder, index, RetrievalConfig("hybrid", {"candidates": 8})).retrieve(QUERIES, 8)
+    top3 = Retriever(encoder, index, RetrievalConfig("hybrid", {"candidates": 8})).retrieve(QUERIES, 3)
     np.testing.assert_array_equal(top3.rows, full.rows[:, :3])
     dense = Retriever(encoder, index, RetrievalConfig("dense")).retrieve(QUERIES, 8)
     sparse = Retriever(encoder, index, RetrievalConfig("sparse")).retrieve(QUERIES, 8)
@@ -127,7 +129,7 @@ def test_sparse_side_survives_save_and_load(index, encoder, tmp_path):
     assert loaded.manifest["fusion"] == {"fusion": "linear", "fusion_weight": DEFAULT_WEIGHT,
                                         "candidates": DEFAULT_CANDIDATES}
     np.testing.assert_array_equal(loaded.sparse.scores(QUERIES), index.sparse.scores(QUERIES))
-    config = RetrievalConfig(candidates=8)  # "" = hybrid, since the index has a sparse side
+    config = RetrievalConfig(fusion_changes={"candidates": 8})  # "" = hybrid: the index has a sparse side
     before = Retriever(encoder, index, config).retrieve(QUERIES, 4)
     after = Retriever(encoder, loaded, config).retrieve(QUERIES, 4)
     assert Retriever(encoder, loaded, config).mode == "hybrid"
@@ -179,13 +181,13 @@ def test_hot_swap_is_consistent_on_both_sides(encoder, passages, tmp_path_factor
         dense_vecs = encode_texts(encoder, question[:1], config=QUIET)
         assert "kilimanjaro" in loaded.search(dense_vecs, 8).ids[0]  # ... and by the dense side
         for mode in ("dense", "sparse", "hybrid"):  # the removed one by neither
-            got = Retriever(encoder, loaded, RetrievalConfig(mode, candidates=8)).retrieve(question, 8)
+            got = Retriever(encoder, loaded, RetrievalConfig(mode, {"candidates": 8})).retrieve(question, 8)
             assert all("paris" not in ids for ids in got.ids), mode
             assert len(got.ids[1]) == 8 and "kilimanjaro" in got.ids[0]
 
 
 def test_hybrid_gradient_reaches_the_question_encoder_through_the_dense_score_only(index, encoder):
-    retriever = Retriever(encoder, index, RetrievalConfig("hybrid", fusion_weight=5.0, candidates=8))
+    retriever = Retriever(encoder, index, RetrievalConfig("hybrid", {"fusion_weight": 5.0, "candidates": 8}))
     encoder.eval()  # no dropout: both passes see the same network
     encoder.zero_grad()
     scores, result = retriever.search(QUERIES, k=4, grad=True)
@@ -208,7 +210,7 @@ def test_hybrid_gradient_reaches_the_question_encoder_through_the_dense_score_on
 
 def test_evaluation_returns_what_the_retriever_returns(index, encoder, squad_questions):
     questions = read_questions(squad_questions)
-    retriever = Retriever(encoder, index, RetrievalConfig(candidates=8))
+    retriever = Retriever(encoder, index, RetrievalConfig(fusion_changes={"candidates": 8}))
     kept: list = []
     evaluate_retrieval(retriever, questions, [1, 3], batch_size=3, progress=False, results=kept)
     direct = retriever.retrieve([q.question for q in questions], 3)
@@ -223,9 +225,9 @@ def test_bad_settings_get_one_clear_error(index, encoder, passages, tmp_path_fac
                        (dict(candidates=-3), "candidates"), (dict(fusion="max"), "fusion"),
                        (dict(retrieval="bm25"), "retrieval")]:
         with pytest.raises(UserError, match=match):
-            RetrievalConfig(**bad)
+            updated(RetrievalConfig(), **bad)
     with pytest.raises(UserError, match="smaller than k"):
-        Retriever(encoder, index, RetrievalConfig(candidates=2)).retrieve(QUERIES, 3)
+        Retriever(encoder, index, RetrievalConfig(fusion_changes={"candidates": 2})).retrieve(QUERIES, 3)
     path = tmp_path_factory.mktemp("dense") / "p.arrow"
     write_arrow(iter(passages), path)
     table = open_shards([path])

@@ -14,7 +14,9 @@ from rag.common.options import (
     FRACTION,
     NON_NEGATIVE,
     POSITIVE,
+    Changes,
     Range,
+    check_changes,
     check_fields,
     option,
     settable,
@@ -52,6 +54,32 @@ def test_updated_refuses_unknown_names_as_replace_does():
 
 def test_settable_names_fields_held_fields_and_aliases():
     assert settable(Model()) == {"k", "search", "tags", "beams", "max_length", "max_answer_length"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Changes of an index's Search (its own are elsewhere), held as a dict."""
+
+    k: int = option(5, "passages", within=POSITIVE)
+    search: dict = option({}, "Search fields changed", changes=Changes(Search))
+
+
+def test_updated_merges_into_a_held_dict_of_changes_by_field_name_or_alias():
+    run = updated(Run(search={"beams": 2}), max_answer_length=30, k=3)
+    assert run == Run(k=3, search={"beams": 2, "max_length": 30})
+    assert updated(run, search={}).search == {}  # given whole, it replaces them
+    assert settable(Run()) == {"k", "search", "beams", "max_length", "max_answer_length"}
+
+
+def test_check_changes_checks_each_value_as_its_field_would():
+    check_changes(Model, {"k": 2, "beams": 3})
+    check_changes(Run, {"beams": 3, "max_answer_length": 9})
+    with pytest.raises(UserError, match="^--k must be a positive number, got 0"):
+        check_changes(Run, {"k": 0})
+    with pytest.raises(UserError, match="^--colour must be one of 'red', 'green', got 'blue'"):
+        check_changes(Paint, {"colour": "blue"})
+    with pytest.raises(TypeError, match="width"):
+        check_changes(Model, {"width": 3})
 
 
 def test_a_list_default_is_a_fresh_copy_for_each_instance():
