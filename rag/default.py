@@ -33,10 +33,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RAGQA_CACHE", Path.home() / ".cache" / "ragqa"))
 
 
-def default_index(context_encoder: Encoder | None = None, device: str | torch.device | None = None
-                  ) -> DenseIndex:
+def default_index(context_encoder: Encoder | None = None, device: str | torch.device | None = None,
+                  fingerprint: str | None = None) -> DenseIndex:
     """The embedded corpus's index, built with ``context_encoder`` (default: all-MiniLM-L6-v2)
-    on ``device`` (the one the command was given: a GPU encodes it there) when it is not cached."""
+    on ``device`` (the one the command was given: a GPU encodes it there) when it is not cached.
+
+    ``fingerprint``, the context encoder's when the caller knows it (the starter's question
+    encoder records the one it is paired with), finds a cached index without loading the
+    encoder at all."""
+    if fingerprint is not None and context_encoder is None:
+        path = cache_dir() / f"default-index-{fingerprint}"
+        if (path / "manifest.json").is_file():
+            index = DenseIndex.load(path)
+            if index.sparse is not None:
+                return index
     encoder = context_encoder or Encoder.from_pretrained(CONTEXT_ENCODER)
     path = cache_dir() / f"default-index-{encoder.fingerprint}"
     if (path / "manifest.json").is_file():

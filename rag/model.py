@@ -43,6 +43,7 @@ from rag.common.device import quantize_int8
 from rag.common.errors import UserError
 from rag.common.options import updated
 from retriever.encoder import Encoder
+from retriever.encoder_checkpoint import read_meta
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex, SearchResult
 from retriever.search import Retriever, check_questions
@@ -287,7 +288,8 @@ class RagModel(nn.Module):
         if config.reader == "span":  # before any index is loaded or built
             check_span_reader(generator)
         if index is None and starter:  # first use: the embedded corpus encoded on ``device``
-            index = default.default_index(device=device)
+            paired = read_meta(str(model_dir / "question_encoder")).get("paired_context_fingerprint")
+            index = default.default_index(device=device, fingerprint=paired)
         if config.mode == "closed_book":
             return cls(None, generator, tokenizer, None, config)
         if index is None or isinstance(index, str | os.PathLike):

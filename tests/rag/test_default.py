@@ -74,7 +74,29 @@ def test_the_first_use_index_is_encoded_on_the_commands_device(tmp_path, monkeyp
     assert events == [("to", "cuda:1"), ("build",)]
 
     seen = []
-    monkeypatch.setattr(default, "default_index", lambda device=None: seen.append(device) or 0 / 0)
+    monkeypatch.setattr(default, "default_index",
+                        lambda device=None, fingerprint=None: seen.append(device) or 0 / 0)
     with pytest.raises(ZeroDivisionError):  # stops right after the index is asked for
         loading.load_model(None, device="cuda:1")
     assert seen == ["cuda:1"]
+
+
+def test_a_cached_index_is_found_without_loading_the_context_encoder(tmp_path, monkeypatch):
+    """The starter's question encoder names the context encoder it is paired with: a cached
+    index of that fingerprint is loaded without loading the encoder (a cold-start saving), and
+    an unknown fingerprint falls back to the encoder's own."""
+    from retriever.encoder import Encoder
+    from retriever.encoder_checkpoint import read_meta
+
+    monkeypatch.setenv("RAGQA_CACHE", str(tmp_path))
+    built = default.default_index()  # the real first use: encoder loaded, index cached
+    paired = read_meta(str(default.MODEL / "question_encoder"))["paired_context_fingerprint"]
+    assert (tmp_path / f"default-index-{paired}" / "manifest.json").is_file()
+    loads = []
+    real = Encoder.from_pretrained.__func__
+    monkeypatch.setattr(Encoder, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or real(cls, *a, **k)))
+    again = default.default_index(fingerprint=paired)
+    assert loads == [] and len(again) == len(built)
+    default.default_index(fingerprint="0" * 16)  # not cached under that name: the encoder says
+    assert len(loads) == 1
