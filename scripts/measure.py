@@ -4,7 +4,8 @@ directory, as Python puts a script's own directory on its path).
 - :class:`Stopwatch`: the wall-clock seconds of one block;
 - :func:`median_seconds`: one function, repeated; :func:`alternating`: several, taking turns, so
   that a machine slowing down mid-run slows every contender alike;
-- :func:`process_rss`: this process's resident and peak memory, read from ``/proc`` (Linux).
+- :func:`process_rss`: this process's resident and peak memory, read from ``/proc`` (Linux);
+- :class:`ModuleTime`: the part of a block spent inside ``torch.nn.Module`` calls.
 """
 
 from __future__ import annotations
@@ -64,3 +65,33 @@ def process_rss() -> dict[str, int]:
     with open("/proc/self/status") as f:
         fields = dict(line.split(":", 1) for line in f)
     return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
+
+
+class ModuleTime:
+    """Seconds spent inside ``torch.nn.Module`` calls (the outermost call of each nesting counted
+    once) while the block runs: ``with ModuleTime() as inside: work()``, then ``inside.seconds``.
+    With the block's own wall time it gives the share of a computation that is the model's own
+    forwards, as against the Python and tensor work around them."""
+
+    def __enter__(self) -> ModuleTime:
+        from torch.nn.modules import module
+
+        self.seconds, self._depth, self._start = 0.0, 0, 0.0
+
+        def enter(mod, args):
+            if self._depth == 0:
+                self._start = time.perf_counter()
+            self._depth += 1
+
+        def leave(mod, args, out):
+            self._depth -= 1
+            if self._depth == 0:
+                self.seconds += time.perf_counter() - self._start
+
+        self._hooks = [module.register_module_forward_pre_hook(enter),
+                       module.register_module_forward_hook(leave)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for hook in self._hooks:
+            hook.remove()
