@@ -46,16 +46,16 @@ import faiss
 import numpy as np
 from measure import MiB, Stopwatch, process_rss  # this directory: the perf scripts' one set
 from scale_data import cached, exact_top_k, load_queries, make_corpus
-from scale_report import table, targets
+from scale_report import rerank_targets, table, targets
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.errors import UserError, require
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.questions import read_questions
 from retriever.corpus import open_shards
 from retriever.index import DenseIndex
 from retriever.index_factory import INDEX_TYPES, IndexConfig, ivf_of
-from retriever.questions import read_questions
 
 log = logging.getLogger("perf_scale")
 RECIPE_VERSION = 1
@@ -276,27 +276,6 @@ def hnsw_skip_reason(size: int, limit: int, rate: dict) -> str:
     n, t = rate["size"], rate["build_s"]
     hours = t * size / n * math.log(size) / math.log(n) / 3600
     return why + f"; at the rate measured at {n:,} ({t:.0f}s) its build would take ~{hours:.1f} h"
-
-
-def rerank_targets(report: dict, k: int) -> list[str]:
-    """PASS/MISS of the re-ranking target (module doc) per size, with the best setting's RSS."""
-    lines, key = [], f"recall_at_{k}"
-    for size, entry in report["runs"].items():
-        got = {r["index"]: r for r in entry["indexes"] if "search" in r}
-        ranked = [(name, r, s) for name, r in got.items() for s in r["search"]
-                  if "vector_bytes_per_query" in s]
-        if "flat" not in got or not ranked:
-            continue
-        budget = got["flat"]["rss_mib"]["ram"]["loaded"] / 8
-        best = max(((s["qps_batch"], name, s, r["rss_mib"]["ram"]) for name, r, s in ranked
-                    if s[key] >= 0.95 and r["rss_mib"]["ram"]["loaded"] <= budget),
-                   key=lambda hit: hit[0], default=None)
-        lines.append(f"{'PASS' if best else 'MISS'}  N={int(size):,}: re-ranked IVF-PQ, RSS <= {budget:.0f} "
-                     f"MiB (1/8 of flat's) at recall@{k} >= 0.95: " + (
-                         f"fastest {best[1]} {best[2]['setting']} ({best[0]} q/s, recall {best[2][key]}, RSS "
-                         f"{best[3]['loaded']} MiB loaded, {best[3]['searched']} searched, "
-                         f"{best[3]['searched_anon']} of it not file pages)" if best else "none"))
-    return lines
 
 
 def check(args: Args) -> tuple[DenseIndex, list[str]]:
