@@ -26,7 +26,7 @@ from transformers import (
 
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError, loading
-from retriever.model_path import resolve_pretrained, weights_file
+from rag.common.model_path import resolve_pretrained, weights_file
 
 from .copy import COPY_HEAD_KEYS, CopyBartForConditionalGeneration
 from .span import SPAN_HEAD_KEYS, has_span_head

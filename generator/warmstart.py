@@ -53,7 +53,7 @@ from transformers import (
 )
 
 from rag.common.errors import UserError
-from retriever.model_path import resolve_pretrained
+from rag.common.model_path import resolve_pretrained
 
 from .model import apply_layer_norm_eps, load_pretrained_config, save_generator
 

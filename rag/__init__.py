@@ -16,7 +16,7 @@ Public names (imported on first use, so that ``import rag`` stays fast):
 - :func:`updated`: a config with some fields changed, those of the configs it holds included
   (``updated(FinetuneConfig(), lr=1e-4)``, ``rag.common.options``);
 - :class:`BenchmarkConfig`, :func:`run_benchmark`: exact match and latency (``rag.benchmark``);
-- :func:`qa_metrics`: SQuAD EM and F1 (``rag.metrics``);
+- :func:`qa_metrics`: SQuAD EM and F1 (``rag.common.qa_metrics``);
 - :func:`export`: a transformers RAG directory of a model (``rag.hf_rag``).
 
 The command line is ``ragqa`` (``rag.commands``); retrieval is the ``retriever`` package and the
@@ -32,7 +32,7 @@ _EXPORTS = {
     "Answer": "rag.answers", "updated": "rag.common.options",
     "FinetuneConfig": "rag.train", "finetune": "rag.train",
     "BenchmarkConfig": "rag.benchmark", "run_benchmark": "rag.benchmark",
-    "qa_metrics": "rag.metrics", "export": "rag.hf_rag",
+    "qa_metrics": "rag.common.qa_metrics", "export": "rag.hf_rag",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,7 @@
 One run answers every question once and reports (``BenchmarkResult.metrics``)::
 
     n                   questions answered
-    exact_match, f1     SQuAD EM and token F1 in percent (rag.metrics; regex answers for patterns)
+    exact_match, f1     SQuAD EM and token F1 in percent (rag.common.qa_metrics; regex answers for patterns)
     top_k_accuracy      {"1": frac, "5": frac, ...}: fraction of questions with an answer-bearing
                         passage among the top k *that the answers were generated from*, for k in
                         1, 5, 10, 20, 50, 100, ... below the run's k, and the run's k itself
@@ -41,18 +41,20 @@ from typing import Any
 
 import numpy as np
 import torch
+import transformers
+from transformers import set_seed
 
 from rag.common.atomic import atomic_file, check_output_parent
 from rag.common.collective import gather_shares, share, world
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from rag.common.progress import progress_bar
+from rag.common.qa_metrics import check_patterns, qa_scores
+from rag.common.questions import Question, read_questions
 from retriever.metrics import Match, answer_test, retrieval_metrics
-from retriever.questions import Question, read_questions
 
 from .config import Quantize
 from .loading import load_model
-from .metrics import check_patterns, qa_scores
 from .model import RagModel
 
 TOP_K_STEPS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -97,8 +99,8 @@ def _percentile_ms(seconds: list[float], q: float) -> float:
 
 
 def _versions() -> dict[str, str]:
+    # lazy: faiss is an optional extra; retriever.index_factory, loaded by now, says how to install it
     import faiss
-    import transformers
 
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "faiss": faiss.__version__}
@@ -112,8 +114,6 @@ def run_benchmark(model: RagModel, questions: list[Question], config: BenchmarkC
     The ``config`` record of the metrics names the run's model settings; the caller adds where the
     model, index and questions came from.
     """
-    from transformers import set_seed
-
     questions = questions[: config.limit] if config.limit else list(questions)
     if not questions:
         raise UserError("no questions to answer")

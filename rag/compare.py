@@ -100,6 +100,7 @@ def sweep_problem(runs: Sequence[Run]) -> str | None:
 def plot_em_vs_k(runs: Sequence[Run], out: str | os.PathLike) -> None:
     """Plot exact match and F1 (percent) against k and save the figure (any format matplotlib
     writes, from the suffix of ``out``) atomically."""
+    # lazy: matplotlib, only when the runs are a k sweep to plot
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -27,15 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
+from datasets import Dataset
+from transformers import AutoTokenizer, DPRConfig, DPRQuestionEncoder, RagTokenizer
 
 from generator.copy import has_copy_head
 from generator.inputs import DOC_SEP, TITLE_SEP
 from rag.common.artefact import check_output_dir
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError, loading
+from rag.common.model_path import weights_file
 from retriever.batch_encode import to_numpy32
 from retriever.encoder import Encoder, EncoderConfig
-from retriever.model_path import weights_file
 
 PASSAGES, FAISS_FILE, EXPORT_NOTE = "passages", "passages.faiss", "ragqa_export.json"
 
@@ -52,9 +55,6 @@ def is_transformers_rag(path: str | os.PathLike) -> bool:
 def load(path: str | os.PathLike) -> tuple[Encoder, torch.nn.Module, object, dict]:
     """``(question encoder, generator, generator tokenizer, RagConfig fields)`` of a transformers
     RAG directory (module doc)."""
-    import transformers
-    from transformers import AutoTokenizer
-
     path = Path(path)
     with loading(path / "config.json"):  # a bad question_encoder field is transformers' error
         config = transformers.RagConfig.from_pretrained(str(path))
@@ -99,8 +99,6 @@ def _check_question_encoder(encoder: Encoder) -> None:
 
 def _dpr_question_encoder(encoder: Encoder):
     """Our (checked) question encoder as a transformers ``DPRQuestionEncoder``, same outputs."""
-    from transformers import DPRConfig, DPRQuestionEncoder
-
     if encoder.backbone.config.model_type == "dpr":
         return encoder.backbone
     bert = encoder.backbone.config.to_dict()
@@ -137,10 +135,8 @@ def check_exportable(model) -> None:
 def export(model, out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``model`` (a :class:`rag.model.RagModel`) and its index as a transformers RAG
     directory with ``RagRetriever`` files (module doc); returns the directory."""
+    # lazy: faiss is an optional extra; retriever.index_factory, loaded by now, says how to install it
     import faiss
-    import transformers
-    from datasets import Dataset
-    from transformers import RagTokenizer
 
     check_exportable(model)
     out = Path(out_dir).resolve()

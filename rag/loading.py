@@ -12,14 +12,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from generator.copy import has_copy_head
+from generator.copy import CopyBartForConditionalGeneration, has_copy_head
 from generator.model import load_generator
+from generator.warmstart import warm_start_bart
 from rag.common.errors import UserError
 from retriever.encoder import Encoder
 from retriever.fusion import RetrievalConfig
 from retriever.shards import load_index
 
 from .config import CONFIG_NAME, LoadConfig, Quantize, RagConfig, run_changes, run_config
+from .hf_rag import is_transformers_rag, load
 from .model import RagModel
 from .span_reader import check_span_reader
 
@@ -106,11 +108,6 @@ def load_model(model_dir: str | os.PathLike | None, index: str | os.PathLike | N
 def _generator_from(name: str, copy_head: bool, starter: dict) -> tuple[nn.Module, object,
                                                                          Encoder | None]:
     """``(generator, tokenizer, question encoder or None)`` for :func:`assemble`."""
-    from generator.copy import CopyBartForConditionalGeneration
-    from generator.warmstart import warm_start_bart
-
-    from .hf_rag import is_transformers_rag, load
-
     q_enc = None
     if is_transformers_rag(name):
         q_enc, generator, tokenizer, _ = load(name)

@@ -45,14 +45,16 @@ from rag.common.options import updated
 from retriever.encoder import Encoder
 from retriever.encoder_checkpoint import read_meta
 from retriever.fusion import RetrievalConfig
-from retriever.index import DenseIndex, SearchResult
+from retriever.index_protocol import Index, SearchResult
 from retriever.search import Retriever, check_questions
 from retriever.shards import load_index
 
+from . import default
 from .answers import Answer, make_answers
 from .config import CONFIG_NAME, RagConfig, read_config, write_config
 from .decode_sequence import rag_sequence_generate
 from .decode_token import rag_token_generate
+from .hf_rag import is_transformers_rag, load
 from .marginal import rag_loss
 from .reads import Read, TrainBatch, training_targets
 from .span_reader import check_span_reader, span_answers
@@ -64,7 +66,7 @@ class RagModel(nn.Module):
     """Question encoder + index + BART generator, in one of the modes of :class:`RagConfig`."""
 
     def __init__(self, question_encoder: Encoder | None, generator, tokenizer,
-                 index: DenseIndex | None, config: RagConfig | None = None,
+                 index: Index | None, config: RagConfig | None = None,
                  retrieval: RetrievalConfig | None = None, pair: bool = False):
         super().__init__()
         self.config = config = config or RagConfig()
@@ -89,7 +91,7 @@ class RagModel(nn.Module):
                 passages: list[tuple[str, str]] | None = None, *, batch: TrainBatch | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """The training loss (what accelerate/DDP call): see :meth:`loss`; ``batch`` is one
-        :meth:`training_batch` prepared already (by a loader worker, ``retriever.loop``)."""
+        :meth:`training_batch` prepared already (by a loader worker, ``rag.common.loop``)."""
         return self.loss_on(batch if batch is not None
                             else self.training_batch(questions, answers, passages))
 
@@ -253,7 +255,7 @@ class RagModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_dir: str | os.PathLike | None = None,
-                        index: DenseIndex | str | None = None,
+                        index: Index | str | None = None,
                         retrieval: Mapping[str, Any] | None = None,
                         device: str | torch.device | None = None, **changes) -> RagModel:
         """Load a model: the starter shipped with the package (no ``model_dir``), one of our
@@ -267,8 +269,6 @@ class RagModel(nn.Module):
         ``num_beams=1``. ``device`` is where the starter's embedded corpus is encoded on its first
         use; the model itself is loaded on the CPU (``rag.loading.load_model`` moves it).
         """
-        from . import default
-
         starter = model_dir is None
         if starter:
             if not (default.MODEL / CONFIG_NAME).is_file():
@@ -276,8 +276,6 @@ class RagModel(nn.Module):
             model_dir = default.MODEL
         model_dir = Path(model_dir)
         if not (model_dir / CONFIG_NAME).is_file():
-            from .hf_rag import is_transformers_rag
-
             if is_transformers_rag(model_dir):
                 return cls._from_transformers(model_dir, index, retrieval, **changes)
             raise UserError(f"{model_dir}: not a RAG model directory (no {CONFIG_NAME}, and not a "
@@ -307,11 +305,9 @@ class RagModel(nn.Module):
                    config, retrieval, pair=True)
 
     @classmethod
-    def _from_transformers(cls, model_dir: Path, index: DenseIndex | str | None,
+    def _from_transformers(cls, model_dir: Path, index: Index | str | None,
                            retrieval: Mapping[str, Any] | None, **changes) -> RagModel:
         """A transformers RAG checkpoint (``rag.hf_rag``) with ``index``, paired explicitly."""
-        from .hf_rag import load
-
         q_enc, generator, tokenizer, fields = load(model_dir)
         config = updated(RagConfig(), **{**fields, **changes})
         retrieval = updated(RetrievalConfig(), **(retrieval or {}))

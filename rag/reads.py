@@ -1,7 +1,7 @@
 """What the generator reads for a batch (:class:`Read`), a training batch prepared ahead of its
 step (:class:`TrainBatch`), and the pointer and span targets of the passages read
 (:func:`training_targets`). Preparing a training batch needs no weights, so a DataLoader worker
-can (``retriever.loop.prepared_batches``); ``RagModel.training_batch`` builds one.
+can (``rag.common.loop.prepared_batches``); ``RagModel.training_batch`` builds one.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -48,8 +49,6 @@ MAX_BEAMS = 16
 
 def _request_models():
     """The pydantic request bodies (strict: no type coercion, no unknown fields)."""
-    from pydantic import BaseModel, ConfigDict
-
     class Query(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
         question: str | list[str]
@@ -155,8 +154,6 @@ def create_app(service: Service):
     async def parse(request: Request, model):
         """The JSON body (whatever the content type says, as curl -d sends it) as ``model``, or
         the 4xx response naming what is wrong."""
-        from pydantic import ValidationError
-
         try:
             raw = await request.body()
         except ClientDisconnect:  # it hung up mid-body: nobody is left to answer
@@ -200,7 +197,7 @@ def create_app(service: Service):
         if mode is None:
             return None
         index = service.model.index
-        if mode in ("sparse", "hybrid") and getattr(index, "sparse", None) is None:
+        if mode in ("sparse", "hybrid") and (index is None or index.sparse is None):
             return error(422, f"retrieval: {mode!r} needs an index with a BM25 side")
         if mode == "hybrid" and service.model.retriever.fusion.fusion == "rrf":
             return error(422, "retrieval: hybrid with rrf fusion gives no scores for p(z|x)")

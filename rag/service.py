@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass
 
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, Range, check_fields, option, updated
+from retriever.batch_encode import encode_texts
+from retriever.encoder import Encoder
 
 from .answers import with_offsets
 from .batcher import Batcher
@@ -106,9 +108,6 @@ class Service:
 
     def add_passages(self, rows: list[dict]) -> dict:
         """Encode and add passages to both sides of the index (on the worker thread)."""
-        from retriever.batch_encode import encode_texts
-        from retriever.encoder import Encoder
-
         index = self.model.index
         if self.context_encoder is None:
             self.context_encoder = Encoder.from_pretrained(index.manifest["encoder"]["name"])

@@ -30,7 +30,7 @@ from torch import Tensor
 from generator.inputs import text_region, token_layout
 from generator.span import has_span_head, span_logprobs
 from rag.common.errors import UserError
-from retriever.metrics import normalize_answer
+from rag.common.qa_metrics import normalize_answer
 
 from .answers import Answer
 from .passages import encode_passages

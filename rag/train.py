@@ -24,18 +24,16 @@ from typing import Literal
 
 import torch
 
-from rag.common.collective import gather_shares, share
-from rag.common.errors import UserError, require
-from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
-from retriever.checkpoint import (
+from rag.common.checkpoint import (
     checkpoint_dir,
     data_digest,
     load_checkpoint,
     restore_rng,
     training_settings,
 )
-from retriever.gold import gold_rows
-from retriever.loop import (
+from rag.common.collective import gather_shares, share
+from rag.common.errors import UserError, require
+from rag.common.loop import (
     NOT_SHAPING,
     OptimConfig,
     Saving,
@@ -43,8 +41,10 @@ from retriever.loop import (
     optimizer_step,
     train_loop,
 )
-from retriever.metrics import exact_match
-from retriever.questions import Question, dev_subset
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.qa_metrics import exact_match
+from rag.common.questions import Question, collapse_ws, dev_subset
+from retriever.gold import gold_rows
 
 from .model import RagModel
 from .reads import TrainBatch
@@ -144,8 +144,6 @@ def gold_examples(train: Sequence[Question], model: RagModel, width: int, seed: 
 
     ``seed`` None centres each answer in its window; otherwise its place is drawn at random
     (see :func:`answer_window`)."""
-    from retriever.corpus import collapse_ws
-
     if model.index is None:
         raise UserError("gold_window needs an index (the titles of the gold paragraphs)")
     table = model.index.passages

@@ -11,7 +11,8 @@ Public names (imported on first use):
   (``retriever.search``, ``retriever.fusion``);
 - :func:`evaluate_retrieval`: DPR top-k accuracy, gold recall, MRR (``retriever.evaluation``);
 - :func:`train_dpr`, :class:`TrainConfig`: question-encoder training (``retriever.train``);
-- :func:`read_questions`, :func:`load_corpus`: question and corpus readers;
+- :func:`read_questions`, :func:`load_corpus`: question and corpus readers (``rag.common.questions``,
+  ``retriever.corpus``);
 - :class:`UserError`: the one exception for bad input (``rag.common.errors``).
 
 Example::
@@ -33,7 +34,7 @@ _EXPORTS = {
     "Retriever": "retriever.search", "RetrievalConfig": "retriever.fusion",
     "evaluate_retrieval": "retriever.evaluation",
     "train_dpr": "retriever.train", "TrainConfig": "retriever.train",
-    "read_questions": "retriever.questions", "load_corpus": "retriever.corpus",
+    "read_questions": "rag.common.questions", "load_corpus": "retriever.corpus",
     "UserError": "rag.common.errors",
 }
 __all__ = list(_EXPORTS)

@@ -17,12 +17,15 @@ import torch
 from .batch_encode import EncodeConfig, encode_texts
 from .encoder import Encoder
 from .examples import Example, active_rows
-from .index import DenseIndex
+from .fusion import normalise_sparse
+from .index import sparse_scores
+from .index_protocol import Index
+from .lexical import bm25_weights, fit_head
 
 log = logging.getLogger(__name__)
 
 
-def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarray) -> torch.Tensor:
+def context_vectors(index: Index, context_encoder: Encoder, rows: np.ndarray) -> torch.Tensor:
     """Vectors (len(rows), D) of the given rows: read from a flat/HNSW index, else re-encoded."""
     if index.config.index_type in ("flat", "hnsw"):
         return torch.from_numpy(index.vectors(rows))
@@ -34,7 +37,7 @@ def context_vectors(index: DenseIndex, context_encoder: Encoder, rows: np.ndarra
 class FrozenContexts:
     """Vectors of a frozen context encoder for a fixed set of index rows; ``self(rows)`` -> (C, D)."""
 
-    def __init__(self, index: DenseIndex, ctx_enc: Encoder, rows: np.ndarray):
+    def __init__(self, index: Index, ctx_enc: Encoder, rows: np.ndarray):
         self.rows = rows
         self.rows_t = torch.from_numpy(rows)  # (R,)
         self.slot = {int(r): i for i, r in enumerate(rows)}
@@ -49,11 +52,9 @@ class FrozenContexts:
         return self.vectors[[self.slot[r] for r in rows]]
 
 
-def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: DenseIndex, weight: float) -> None:
+def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: Index, weight: float) -> None:
     """Add a lexical head to ``q_enc`` and fit it to BM25 over the passages of ``ctx`` (all of the
     index's live rows; retriever.lexical)."""
-    from .lexical import bm25_weights, fit_head
-
     part = index.passages[ctx.rows.tolist()]
     bm25 = bm25_weights(q_enc.tokenizer, part["title"], part["text"])
     head = q_enc.add_lexical_head()
@@ -61,19 +62,16 @@ def fit_lexical_head(q_enc: Encoder, ctx: FrozenContexts, index: DenseIndex, wei
     log.info("lexical head fitted to BM25 over %d passages (weight %g)", len(ctx.rows), weight)
 
 
-def sparse_term(index: DenseIndex, questions: list[str], rows: torch.Tensor, weight: float
+def sparse_term(index: Index, questions: list[str], rows: torch.Tensor, weight: float
                 ) -> torch.Tensor:
     """The hybrid's sparse term (B, C) of candidate rows (C,): weight * BM25 / the question's best
     (retriever.fusion)."""
-    from .fusion import normalise_sparse
-    from .search import sparse_scores
-
     scores = sparse_scores(index, questions)  # (B, R)
     return weight * torch.from_numpy(normalise_sparse(scores[:, rows.cpu().numpy()],
                                                       scores.max(axis=1)))
 
 
-def frozen_contexts(index: DenseIndex, ctx_enc: Encoder, examples: list[Example],
+def frozen_contexts(index: Index, ctx_enc: Encoder, examples: list[Example],
                     whole_corpus: bool) -> FrozenContexts:
     """The frozen context encoder's vectors of every passage training meets: each example's
     positive and negatives, or, ``whole_corpus`` (corpus negatives), every live passage."""
@@ -86,7 +84,7 @@ def frozen_contexts(index: DenseIndex, ctx_enc: Encoder, examples: list[Example]
     return lookup
 
 
-def passage_encoding(index: DenseIndex, ctx_enc: Encoder, forward):
+def passage_encoding(index: Index, ctx_enc: Encoder, forward):
     """Candidate rows -> vectors (C, D) encoded by the training context encoder, through
     ``forward`` (the prepared, DDP module under torch.distributed)."""
     def lookup(rows):

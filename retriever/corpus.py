@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -27,15 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from datasets import Dataset, concatenate_datasets
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
 from rag.common.atomic import atomic_file, remove_with
 from rag.common.errors import UserError
 from rag.common.jsonl import json_lines, load_json, utf8_lines
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.questions import collapse_ws
 
 SCHEMA = pa.schema([("id", pa.string()), ("title", pa.string()), ("text", pa.string())])
-_WS = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,6 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-
-
-def collapse_ws(text: str) -> str:
-    """Collapse runs of whitespace to one space and strip; used to match gold contexts to passages."""
-    return _WS.sub(" ", text).strip()
 
 
 def _check_file(path: str | os.PathLike) -> Path:
@@ -133,8 +128,6 @@ def _columnar_rows(source: object, names: list[str], batches: Iterator[dict[str,
 
 
 def _read_parquet(path: Path) -> Iterator[dict]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(str(path))
         names = pf.schema_arrow.names
@@ -153,8 +146,6 @@ def _read_dataset(dataset: Dataset, source: object) -> Iterator[dict]:
 
 def _load_saved(path: Path) -> Dataset:
     """A ``save_to_disk`` directory as a memory-mapped Dataset (a DatasetDict: its one split)."""
-    from datasets import DatasetDict, load_from_disk
-
     try:
         loaded = load_from_disk(str(path))
     except (OSError, ValueError, FileNotFoundError) as err:
@@ -227,8 +218,6 @@ def iter_passages(path: str | os.PathLike | Dataset, config: CorpusConfig = Corp
 
 def corpus_embeddings(path: str | os.PathLike | Dataset, column: str = "embeddings") -> np.ndarray:
     """The passage vectors (N, D) float32 stored in a columnar corpus's ``column``, in row order."""
-    import pyarrow.parquet as pq
-
     source = "the dataset" if isinstance(path, Dataset) else _check_file(path)
     kind = "dataset" if isinstance(path, Dataset) else corpus_format(source)
     if kind not in ("dataset", "parquet", "datasets"):

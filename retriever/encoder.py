@@ -32,6 +32,7 @@ from torch import nn
 
 from rag.common.atomic import atomic_directory
 from rag.common.errors import UserError
+from rag.common.model_path import resolve_pretrained
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 
 from .encoder_checkpoint import (
@@ -45,7 +46,6 @@ from .encoder_checkpoint import (
     read_meta,
 )
 from .lexical import HEAD_NAME, LexicalHead
-from .model_path import resolve_pretrained
 from .st_folder import DenseLayer, read_folder, write_folder
 
 # sentence-transformers' pooling modes, and "pooler" (DPR checkpoints)
@@ -297,7 +297,7 @@ class Encoder(nn.Module):
         """Raise :class:`UserError` unless ``source``'s weights equal this encoder's backbone;
         then take them (exact where ours were float16-rounded), so that the fingerprint saved is
         the one the directory loads with."""
-        from transformers import AutoModel
+        from transformers import AutoModel  # lazy: transformers, with a backbone (encoder_checkpoint)
 
         source_dir = resolve_pretrained(source, config_file=False)
         other = AutoModel.from_pretrained(source_dir, dtype=torch.float32).state_dict()

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from rag.common.errors import UserError, loading
+from rag.common.model_path import resolve_pretrained, weights_file
 
 from .lexical import HEAD_NAME, LexicalHead
-from .model_path import resolve_pretrained, weights_file
 
 CONFIG_NAME = "ragqa_encoder.json"
 PROJECTION_NAME = "projection.safetensors"
@@ -47,6 +47,7 @@ def load_config_and_tokenizer(name_or_path: str, path: str, weights: str):
     Raises :class:`UserError` when either cannot be read, or when the config is a
     sequence-to-sequence model's (a generator given as an encoder).
     """
+    # lazy: transformers (most of a second), loaded with the first encoder, not with retriever.encoder
     from transformers import AutoConfig, AutoTokenizer
 
     try:
@@ -65,17 +66,15 @@ def load_backbone(hf_config, weights: str, pooler: bool) -> nn.Module:
     """The transformers model under an encoder, float32: DPR's own classes for a DPR checkpoint,
     else ``AutoModel`` (BERT-family models without the pooler they build, unless ``pooler``).
     An error reading the weights becomes one :class:`UserError` naming the file."""
-    from transformers import AutoModel
+    # lazy: transformers, as in load_config_and_tokenizer
+    from transformers import AutoModel, DPRContextEncoder, DPRQuestionEncoder
+    from transformers.utils import logging as hf_logging
 
     with loading(weights_file(weights)):
         if hf_config.model_type == "dpr":
-            from transformers import DPRContextEncoder, DPRQuestionEncoder
-
             archs = hf_config.architectures or []
             model_cls = DPRContextEncoder if "DPRContextEncoder" in archs else DPRQuestionEncoder
             return model_cls.from_pretrained(weights, dtype=torch.float32)
-        from transformers.utils import logging as hf_logging
-
         level = hf_logging.get_verbosity()  # the pooler weights left out on purpose are
         hf_logging.set_verbosity_error()  # not worth transformers' "unexpected keys" report
         try:

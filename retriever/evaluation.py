@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from rag.common.collective import gather_shares, share
 from rag.common.errors import UserError
 from rag.common.progress import progress_bar
+from rag.common.questions import Question
 
 from .gold import gold_passage_ids
 from .metrics import MATCHES, answer_test, retrieval_metrics
-from .questions import Question
 from .search import Retriever
 
 

@@ -16,13 +16,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rag.common.errors import UserError
+from rag.common.qa_metrics import normalize_answer
+from rag.common.questions import Question
 
 from .batch_encode import EncodeConfig, encode_texts
 from .encoder import Encoder
 from .gold import gold_passage_ids
-from .index import DenseIndex
+from .index import sparse_scores
+from .index_protocol import Index
 from .metrics import has_answer
-from .questions import Question
+from .sparse import SparseIndex, passage_texts, top_k
 
 if TYPE_CHECKING:
     from .train import TrainConfig
@@ -38,7 +41,7 @@ class Example:
     negatives: tuple[int, ...]  # rows of hard negatives
 
 
-def positives_from_index(index: DenseIndex, questions: Sequence[Question]) -> list[int | None]:
+def positives_from_index(index: Index, questions: Sequence[Question]) -> list[int | None]:
     """Row of each question's gold passage in ``index`` (DPR positive ids or SQuAD context)."""
     golds = gold_passage_ids(index, questions)
     if golds is None:
@@ -47,13 +50,10 @@ def positives_from_index(index: DenseIndex, questions: Sequence[Question]) -> li
             for gold in golds]
 
 
-def mine_bm25_negatives(index: DenseIndex, questions: Sequence[Question], positives: Sequence[int],
+def mine_bm25_negatives(index: Index, questions: Sequence[Question], positives: Sequence[int],
                         n: int, depth: int) -> list[tuple[int, ...]]:
     """For each question, the top BM25 passages that are not its positive and hold no gold answer
     (BM25: the index's sparse side, or one built with the default settings when it has none)."""
-    from .search import sparse_scores
-    from .sparse import SparseIndex, passage_texts, top_k
-
     texts = passage_texts(index.passages["title"], index.passages["text"])
     sparse = index.sparse or SparseIndex.build(index.passages["title"], index.passages["text"])
     depth = min(depth, len(index))
@@ -68,12 +68,10 @@ def mine_bm25_negatives(index: DenseIndex, questions: Sequence[Question], positi
     return out
 
 
-def mine_dense_negatives(index: DenseIndex, q_enc: Encoder, questions: Sequence[Question],
+def mine_dense_negatives(index: Index, q_enc: Encoder, questions: Sequence[Question],
                          positives: Sequence[int], n: int, depth: int) -> list[tuple[int, ...]]:
     """Hard negatives from the retriever itself (as ANCE/RocketQA mine them): the top-ranked
     passages of the starting question encoder that are not the positive and hold no gold answer."""
-    from .metrics import normalize_answer
-
     vecs = encode_texts(q_enc, [q.question for q in questions], config=EncodeConfig(),
                         desc="mining dense negatives")
     _, rows = index.search_knn(vecs, min(depth, len(index)))
@@ -96,12 +94,12 @@ PSEUDO_WORDS = (8, 16)  # words in a pseudo-question's window, inclusive
 PSEUDO_DROP = 0.25  # fraction of the window's words dropped
 
 
-def active_rows(index: DenseIndex) -> np.ndarray:
+def active_rows(index: Index) -> np.ndarray:
     """Rows of the index that hold a passage (hot-swap removals excluded), ascending."""
     return np.setdiff1d(np.arange(int(index.manifest["rows"])), index.removed)
 
 
-def pseudo_questions(index: DenseIndex, n: int, seed: int) -> tuple[list[Question], list[int]]:
+def pseudo_questions(index: Index, n: int, seed: int) -> tuple[list[Question], list[int]]:
     """``n`` pseudo-questions per passage (TrainConfig.pseudo_queries) and their passages' rows."""
     rng = np.random.default_rng(seed)
     rows = active_rows(index)
@@ -119,7 +117,7 @@ def pseudo_questions(index: DenseIndex, n: int, seed: int) -> tuple[list[Questio
     return questions, positives
 
 
-def build_examples(index: DenseIndex, questions: Sequence[Question], config: TrainConfig,
+def build_examples(index: Index, questions: Sequence[Question], config: TrainConfig,
                    q_enc: Encoder | None = None) -> list[Example]:
     """Training examples: question, gold row, hard-negative rows (given, else BM25-mined), then
     ``config.pseudo_queries`` pseudo-questions per passage (no given negatives; mined alike)."""
@@ -140,7 +138,7 @@ def build_examples(index: DenseIndex, questions: Sequence[Question], config: Tra
     return examples
 
 
-def _with_negatives(index: DenseIndex, questions: list[Question], positives: list[int],
+def _with_negatives(index: Index, questions: list[Question], positives: list[int],
                     config: TrainConfig, q_enc: Encoder | None) -> list[Example]:
     if config.negatives == "corpus":
         negatives = [()] * len(questions)

@@ -2,7 +2,7 @@
 
 DPR-format questions name theirs (``positive_ctxs``); a SQuAD question carries the paragraph it
 was written on, which is matched to the passages with the same text, whitespace collapsed
-(``retriever.corpus.collapse_ws``). Evaluation (gold recall), training examples (positives), the
+(``rag.common.questions.collapse_ws``). Evaluation (gold recall), training examples (positives), the
 scaling sweep and the reader warm-up (``rag.train``) all match them here.
 """
 
@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .corpus import collapse_ws
-from .questions import Question
+from rag.common.questions import Question, collapse_ws
 
 
 def gold_rows(questions: Sequence[Question], texts: Sequence[str]) -> list[list[int]]:

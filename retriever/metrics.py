@@ -12,32 +12,24 @@ of the top-k passages contains a gold answer. "Contains" has two definitions her
 Regular-expression answers (CuratedTREC, as DPR distributes it) are tested the way DPR's regex
 has_answer does under either definition: pattern and passage NFD-normalised, the pattern searched
 anywhere in the passage, case-insensitive, multi-line.
+
+The answer normalisation and the pattern compiler are the QA metrics' (``rag.common.qa_metrics``),
+so a passage "holds" an answer by the same rule that scores it.
 """
 
 from __future__ import annotations
 
-import re
-import string
 import unicodedata
 from collections.abc import Callable, Sequence
-from functools import lru_cache
 from typing import Literal, get_args
 
 import regex
 
-from rag.common.errors import UserError
+from rag.common.qa_metrics import compile_pattern, normalize_answer
 
 Match = Literal["dpr", "substring"]
 MATCHES = get_args(Match)
 _TOKEN = regex.compile(r"[\p{L}\p{N}\p{M}]+|[^\p{Z}\p{C}]")
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 answer normalisation: lowercase, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def has_answer(passage: str, answers: Sequence[str], normalized: bool = False) -> bool:
@@ -69,16 +61,6 @@ def token_has_answer(passage_tokens: Sequence[str], answers: Sequence[str]) -> b
                      for i in range(len(passage_tokens) - n + 1)):
             return True
     return False
-
-
-@lru_cache(maxsize=4096)
-def compile_pattern(pattern: str) -> re.Pattern:
-    """A regex answer, compiled as DPR compiles them (case-insensitive, Unicode, multi-line);
-    an invalid one raises :class:`UserError` naming it."""
-    try:
-        return re.compile(pattern, flags=re.IGNORECASE | re.UNICODE | re.MULTILINE)
-    except re.error as err:
-        raise UserError(f"answer pattern {pattern!r} is not a valid regular expression ({err})") from None
 
 
 def regex_has_answer(passage: str, patterns: Sequence[str]) -> bool:
@@ -134,9 +116,3 @@ def retrieval_metrics(
         gold_first = [next((r for r, g in enumerate(row) if g), None) for row in gold_matrix]
         gold = {str(k): sum(f is not None and f < k for f in gold_first) / n for k in ks}
     return {"n": n, "top_k_accuracy": acc, "gold_recall": gold, "mrr": mrr}
-
-
-def exact_match(prediction: str, golds: Sequence[str]) -> float:
-    """1.0 if the normalised prediction equals a normalised gold answer (SQuAD EM), else 0.0."""
-    pred = normalize_answer(prediction)
-    return float(any(pred == normalize_answer(g) for g in golds))

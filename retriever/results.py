@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 
 from rag.common.atomic import atomic_file
+from rag.common.questions import Question
 
 from .metrics import answer_test
-from .questions import Question
 
 
 def dpr_results(questions: Sequence[Question], passages: Sequence[list[dict]],

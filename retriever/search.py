@@ -32,11 +32,7 @@ from rag.common.errors import UserError
 from .batch_encode import EncodeConfig, encode_texts, to_numpy32
 from .encoder import Encoder
 from .fusion import FusionConfig, RetrievalConfig, fuse, normalise_sparse
-from .index import sparse_scores
 from .index_protocol import Index, SearchResult
-
-# sparse_scores is the index's (retriever.index); examples and candidates import it from here
-__all__ = ["Retriever", "check_questions", "sparse_scores"]
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from .corpus import open_shards
 from .fusion import union
 from .index import DenseIndex, best_first, query_matrix, sparse_scores
 from .index_factory import IndexConfig, trained_index
-from .index_protocol import IndexRows
+from .index_protocol import Index, IndexRows
 from .sparse import SparseIndex, top_k
 
 SHARDS_FILE = "shards.json"
@@ -61,7 +61,7 @@ def is_sharded(path: str | os.PathLike) -> bool:
     return (Path(path) / SHARDS_FILE).is_file()
 
 
-def load_index(path: str | os.PathLike, mmap: bool = False) -> DenseIndex | ShardedIndex:
+def load_index(path: str | os.PathLike, mmap: bool = False) -> Index:
     """An index directory, sharded (:class:`ShardedIndex`, collective) or not (``DenseIndex``)."""
     return ShardedIndex.load(path, mmap) if is_sharded(path) else DenseIndex.load(path, mmap)
 

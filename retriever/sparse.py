@@ -34,6 +34,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
+import Stemmer
 
 from rag.common.artefact import inside
 from rag.common.errors import UserError
@@ -86,8 +87,6 @@ class Tokenize:
                 raise ValueError("the wordpiece sparse tokenizer needs the encoder's tokenizer")
             self._keep = content_tokens(tokenizer)
         else:
-            import Stemmer
-
             self._stemmer = Stemmer.Stemmer("english")
 
     def __call__(self, texts: list[str]) -> list[list[str]]:
@@ -103,7 +102,7 @@ class Tokenize:
 
 def _bm25s():
     """bm25s, its logger quieted (it sets itself to DEBUG on import and logs every build)."""
-    import bm25s
+    import bm25s  # lazy: so that its logger is quieted right after its import, once
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
     return bm25s
@@ -195,7 +194,7 @@ class SparseIndex:
                 raise UserError(f"{where}: incomplete sparse index (missing {name})")
         tokenizer = None
         if config.sparse_tokenizer == "wordpiece":
-            from transformers import AutoTokenizer
+            from transformers import AutoTokenizer  # lazy: transformers, for a wordpiece side only
 
             try:
                 tokenizer = AutoTokenizer.from_pretrained(str(where / TOKENIZER_DIR))

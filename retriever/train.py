@@ -32,22 +32,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rag.common.device import fp32_einsum
-from rag.common.errors import UserError
-from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
-
-from .candidates import FrozenContexts, fit_lexical_head, frozen_contexts, passage_encoding, sparse_term
-from .checkpoint import (
+from rag.common.checkpoint import (
     data_digest,
     load_checkpoint,
     restore_rng,
     training_settings,
 )
+from rag.common.device import fp32_einsum
+from rag.common.errors import UserError
+from rag.common.loop import NOT_SHAPING, OptimConfig, Saving, new_progress, optimizer_step, train_loop
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.questions import Question
+
+from .candidates import FrozenContexts, fit_lexical_head, frozen_contexts, passage_encoding, sparse_term
 from .encoder import Encoder
 from .examples import EXAMPLES, Example, active_rows, build_examples
 from .index import DenseIndex
-from .loop import NOT_SHAPING, OptimConfig, Saving, new_progress, optimizer_step, train_loop
-from .questions import Question
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ def train_dpr(q_enc: Encoder, ctx_enc: Encoder, index: DenseIndex, train: Sequen
     ``config.hybrid``, ``sparse_weight`` is w (default: the index's ``fusion_weight``). With
     ``checkpoint`` (a directory; frozen context encoder only) the run saves its progress there every
     ``config.save_every`` optimizer updates and resumes from it exactly: the caller passes the checkpoint's
-    question encoder (``retriever.checkpoint.resume_dir``) as ``q_enc``.
+    question encoder (``rag.common.checkpoint.resume_dir``) as ``q_enc``.
     """
     acc = accelerator or config.optim.accelerator()
     random.seed(config.seed)

@@ -148,9 +148,9 @@ def greedy_answers(device: torch.device) -> str:
 def finetune(precision: str) -> Callable[[torch.device], str]:
     def check(device: torch.device) -> str:
         from rag.common.options import updated
+        from rag.common.questions import Question
         from rag.train import FinetuneConfig
         from rag.train import finetune as run_finetune
-        from retriever.questions import Question
 
         if device.type != "cuda":
             raise Skip(f"{precision} training is a GPU check")
@@ -168,8 +168,8 @@ def finetune(precision: str) -> Callable[[torch.device], str]:
 
 def train_retriever_fp16(device: torch.device) -> str:
     from rag.common.options import updated
+    from rag.common.questions import Question
     from retriever.metrics import has_answer
-    from retriever.questions import Question
     from retriever.train import TrainConfig, train_dpr
 
     if device.type != "cuda":
@@ -189,7 +189,7 @@ def train_retriever_fp16(device: torch.device) -> str:
 
 
 def checkpoint_to_cpu(device: torch.device) -> str:
-    from retriever.checkpoint import load_checkpoint, save_checkpoint
+    from rag.common.checkpoint import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 2).to(device)

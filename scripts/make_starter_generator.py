@@ -15,8 +15,8 @@ from typing import Literal
 
 from rag.commands.cli import parse, run
 from rag.common.errors import UserError
+from rag.common.model_path import packaged_model_path
 from rag.common.options import option
-from retriever.model_path import packaged_model_path
 
 
 def _packaged_minilm() -> str:

@@ -34,13 +34,13 @@ from measure import Stopwatch, median_seconds  # this directory: the perf script
 
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, remove_with, write_json
+from rag.common.model_path import resolve_pretrained
 from rag.common.options import POSITIVE, check_fields, option
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import load_corpus, open_shards, write_arrow
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.index_factory import IndexConfig
-from retriever.model_path import resolve_pretrained
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ def perf_hnsw(args: Args, base: np.ndarray, queries: np.ndarray) -> dict:
 
 
 def perf_hybrid(args: Args) -> dict:
-    from retriever.questions import read_questions
+    from rag.common.questions import read_questions
 
     index = DenseIndex.load(args.hybrid_index)
     encoder = Encoder.from_pretrained(index.manifest["encoder"]["name"]).eval()

@@ -33,7 +33,7 @@ import numpy as np
 from rag.commands.cli import parse, run
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.options import POSITIVE, check_fields, option
-from retriever.questions import read_questions
+from rag.common.questions import read_questions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -67,7 +67,7 @@ def rss_mib() -> float:
 def worker(args: Args) -> None:
     """One process: load, search its share of the queries, report (collective with the others)."""
     from rag.common import collective
-    from retriever.loop import make_accelerator
+    from rag.common.loop import make_accelerator
     from retriever.shards import load_index
 
     acc = make_accelerator()
@@ -113,9 +113,9 @@ def launch(args: Args, index: Path, processes: int, out: Path) -> dict:
 def query_vectors(args: Args, index) -> np.ndarray:
     if args.query_vectors:
         return np.load(args.query_vectors).astype(np.float32)
+    from rag.common.questions import read_questions
     from retriever.batch_encode import EncodeConfig, encode_texts
     from retriever.encoder import Encoder
-    from retriever.questions import read_questions
 
     encoder = Encoder.from_pretrained(index.manifest["encoder"]["name"])
     questions = [q.question for q in read_questions(args.questions)]

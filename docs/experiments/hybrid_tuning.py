@@ -19,11 +19,11 @@ import sys
 
 import torch
 
+from rag.common.questions import read_questions
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
-from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.sparse import SparseConfig
 

@@ -15,12 +15,13 @@ import sys
 import numpy as np
 import torch
 
+from rag.common.qa_metrics import normalize_answer
+from rag.common.questions import read_questions
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 from retriever.lexical import LexicalHead, bm25_weights, content_tokens, fit_head
-from retriever.metrics import has_answer, normalize_answer
-from retriever.questions import read_questions
+from retriever.metrics import has_answer
 
 KS = (1, 5, 20)
 index_dir, questions_path = sys.argv[1:3]

@@ -14,11 +14,10 @@ from the repository root (docs/benchmarks.md has the figures):
 import argparse
 import random
 
+from rag.common.qa_metrics import exact_match
+from rag.common.questions import collapse_ws, dev_subset, read_questions
 from rag.model import RagModel
 from rag.train import answer_window
-from retriever.corpus import collapse_ws
-from retriever.metrics import exact_match
-from retriever.questions import dev_subset, read_questions
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("model_dir")

@@ -11,10 +11,10 @@ import argparse
 import copy
 import json
 
+from rag.common.questions import read_questions
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.index import DenseIndex
-from retriever.questions import read_questions
 from retriever.search import Retriever
 
 parser = argparse.ArgumentParser(description=__doc__)

@@ -1,8 +1,8 @@
 """The ``ragqa`` command: one subcommand per task, each a module of this package with a ``main()``.
 
 ``ragqa SUB [options]`` runs ``SUB``'s ``main`` under :func:`rag.commands.cli.run` (a user error is
-one ``error:`` line and exit status 2). ``scripts/*.py`` of the same names are one-line wrappers,
-kept so that older command lines still work.
+one ``error:`` line and exit status 2). ``ragqa --help`` reads the subcommands' summaries from
+their sources without importing them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import importlib
 import sys
 from importlib import metadata
 from pathlib import Path
+
+from rag.commands.cli import run
 
 COMMANDS = {  # subcommand -> module of this package
     "ask": "ask",
@@ -44,8 +46,6 @@ def usage() -> str:
 
 def run_command(name: str, args: list[str]) -> None:
     """Run subcommand ``name`` with ``args`` as a user would (``ragqa name args...``)."""
-    from rag.commands.cli import run
-
     sys.argv = [f"ragqa {name}", *args]
     # imported inside run: a missing optional dependency is one error line too
     run(lambda: importlib.import_module(f"{__name__}.{COMMANDS[name]}").main())
@@ -65,8 +65,3 @@ def main(argv: list[str] | None = None) -> None:
               file=sys.stderr)
         sys.exit(2)
     run_command(argv[0], argv[1:])
-
-
-def script(name: str) -> None:
-    """What ``scripts/<module>.py`` runs: the subcommand, with the script's arguments."""
-    run_command(name, sys.argv[1:])

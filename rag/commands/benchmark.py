@@ -23,10 +23,10 @@ from rag.commands.cli import parse
 from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
+from rag.common.loop import make_accelerator
 from rag.common.options import Changes, option
 from rag.config import RUN_CHANGES, LoadConfig
 from retriever.fusion import RetrievalConfig
-from retriever.loop import make_accelerator
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from rag.common.artefact import check_output_dir, check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
 from rag.common.errors import UserError
+from rag.common.loop import make_accelerator
 from rag.common.options import NON_NEGATIVE, check_fields, option
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
@@ -38,7 +39,6 @@ from retriever.encoder import Encoder
 from retriever.fusion import FusionConfig
 from retriever.index import DenseIndex
 from retriever.index_factory import IndexConfig
-from retriever.loop import make_accelerator
 from retriever.shards import split_index
 from retriever.sparse import SPARSE_DIR, SparseConfig
 

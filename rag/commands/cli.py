@@ -28,6 +28,7 @@ from typing import Any, Literal, NoReturn
 
 from rag.common.errors import UserError
 from rag.common.options import Changes, Range, check_changes, held
+from rag.common.progress import set_progress
 
 Spec = type | Changes  # what parse takes: a config dataclass, or the changes of one
 
@@ -207,8 +208,6 @@ def _options(spec: Spec) -> tuple[list[_Option], Callable[[dict], Any]]:
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, quiet_by_default: bool = False) -> None:
     """Log levels and progress bars as the module doc describes."""
-    from rag.common.progress import set_progress
-
     other_rank = int(os.environ.get("RANK", "0")) != 0  # several processes: the first one talks
     level = (logging.ERROR if other_rank else logging.WARNING if quiet
              else logging.DEBUG if verbose else logging.WARNING if quiet_by_default
@@ -300,6 +299,7 @@ def run(main: Callable[[], Any]) -> None:
     a bug and keeps its traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # lazy: transformers (half a second): `ragqa --help` and the parser's other users go without it
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -325,7 +325,7 @@ def run(main: Callable[[], Any]) -> None:
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     if "torch.distributed" in sys.modules:  # one process of a job: let the others say it too
-        from rag.common.collective import settle
+        from rag.common.collective import settle  # lazy: torch; only a job's process gets here
 
         settle()
     sys.exit(2)

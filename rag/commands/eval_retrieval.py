@@ -16,14 +16,14 @@ from rag.commands.cli import parse
 from rag.common.artefact import check_paths
 from rag.common.atomic import check_output_parent, write_json
 from rag.common.device import DeviceConfig
+from rag.common.loop import make_accelerator
 from rag.common.malloc import fix_mmap_threshold
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.questions import read_questions
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
-from retriever.loop import make_accelerator
 from retriever.metrics import Match
-from retriever.questions import read_questions
 from retriever.results import ResultsWriter
 from retriever.search import Retriever
 from retriever.shards import load_index

@@ -22,12 +22,12 @@ from generator.warmstart import CrossAttentionInit
 from rag.commands.cli import parse
 from rag.commands.training_run import TrainingRun
 from rag.common.atomic import write_json
+from rag.common.checkpoint import resume_dir
 from rag.common.options import NON_NEGATIVE, POSITIVE, Changes, check_fields, option, updated
 from rag.config import RagConfig
 from rag.loading import assemble
 from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
-from retriever.checkpoint import resume_dir
 from retriever.fusion import RetrievalConfig
 
 log = logging.getLogger(__name__)

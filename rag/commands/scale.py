@@ -17,6 +17,7 @@ Commands (each has --help):
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -169,9 +170,7 @@ def select_command(argv: Sequence[str]) -> None:
 
 def sweep_command(argv: Sequence[str]) -> None:
     """``ragqa scale sweep``: train and measure each (l, D) not yet in --out, printing each row."""
-    import logging
-
-    from rag.common.device import resolve_device
+    from rag.common.device import resolve_device  # lazy: torch; fit and select run without it
 
     args, config = parse([SweepArgs, SweepConfig], argv,
                          description="ragqa scale sweep: measure truncated encoders for the laws.")

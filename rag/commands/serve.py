@@ -91,6 +91,7 @@ def main() -> None:
     if config.host not in LOCAL:
         print(f"warning: --host {config.host} serves to other machines; nothing here "
               "authenticates readers", file=sys.stderr)
+    # lazy: uvicorn, and the model's stack (faiss, datasets, the generator): --help goes without them
     import uvicorn
 
     from rag.loading import load_model

@@ -23,10 +23,10 @@ from rag.commands.cli import parse
 from rag.commands.training_run import TrainingRun
 from rag.common.artefact import check_output_dir
 from rag.common.atomic import write_json
+from rag.common.checkpoint import checkpoint_dir, resume_dir
 from rag.common.errors import UserError
 from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
 from retriever.build import BuildConfig, build_index
-from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from rag.common.artefact import Kind, check_output_dir, check_paths
 from rag.common.atomic import check_output_parent
 from rag.common.options import NON_NEGATIVE, check_fields, option
-from retriever.questions import Question, read_questions
+from rag.common.questions import Question, read_questions
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
+from torch.ao.quantization import quantize_dynamic
 
 from .errors import UserError
 from .options import check_fields, option
@@ -113,10 +115,6 @@ def quantize_int8(*modules) -> None:
     """Dynamic int8 quantization, torch's own (``quantize_dynamic``), of every ``nn.Linear``
     inside ``modules``, in place: weights stored in int8, activations quantized per batch on the
     fly. For answering on the CPU; a quantized module no longer trains."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
     with warnings.catch_warnings():  # torch points at torchao, which this project does not need
         warnings.simplefilter("ignore")
         for module in modules:

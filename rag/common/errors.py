@@ -54,13 +54,13 @@ def _library_errors() -> tuple[type[BaseException], ...]:
     safetensors file, a config field huggingface_hub's strict dataclasses reject."""
     found: list[type[BaseException]] = []
     try:
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError  # lazy: every command imports errors, --help too
 
         found.append(SafetensorError)
     except ImportError:
         pass
     try:
-        from huggingface_hub.errors import StrictDataclassError
+        from huggingface_hub.errors import StrictDataclassError  # lazy: as safetensors above
 
         found.append(StrictDataclassError)
     except ImportError:

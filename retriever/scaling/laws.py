@@ -201,7 +201,7 @@ def count_non_embedding_params(model: torch.nn.Module) -> int:
     the model has one. Parameters shared between modules (tied output heads) are counted once,
     and a head tied to the token table is excluded with it.
     """
-    import torch
+    import torch  # lazy: the laws' fit and selection run without torch (package doc)
 
     embedding_types = (torch.nn.Embedding, torch.nn.EmbeddingBag)
     excluded = {

@@ -39,6 +39,7 @@ def _panel(ax, x: np.ndarray, group: np.ndarray, cols: dict[str, np.ndarray], cm
 def plot_fits(rows: Sequence[Measurement], fits: dict[str, FitResult],
               path: str | Path) -> Path:
     """Write a PNG of the measurements with the fitted curves; returns the path written."""
+    # lazy: matplotlib, only to plot
     import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

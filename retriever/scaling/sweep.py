@@ -51,7 +51,9 @@ from typing import Any, Literal
 import numpy as np
 
 from rag.common.errors import UserError
-from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option
+from rag.common.options import NON_NEGATIVE, POSITIVE, check_fields, option, updated
+from rag.common.questions import dev_subset, read_questions
+from retriever.gold import gold_rows
 
 from .entropy import contrastive_entropy, negative_pool_indices
 from .laws import count_non_embedding_params
@@ -105,8 +107,6 @@ class SweepData:
 def _first_gold_rows(questions: Sequence[Any], texts: Sequence[str]) -> tuple[list[int], np.ndarray]:
     """The positions (into ``questions``) of the questions whose gold context is a passage of
     ``texts``, and the (matched,) int64 row of each one's first such passage."""
-    from retriever.gold import gold_rows
-
     matched = gold_rows(questions, texts)
     kept = [i for i, rows in enumerate(matched) if rows]
     return kept, np.asarray([matched[i][0] for i in kept], dtype=np.int64)
@@ -120,8 +120,7 @@ def load_sweep_data(corpus: str | Path, train: str | Path, dev: str | Path,
     log). Raises :class:`UserError` when no training or dev question has a gold passage, or
     when the pool is smaller than ``num_negatives``.
     """
-    from retriever.corpus import load_corpus
-    from retriever.questions import dev_subset, read_questions
+    from retriever.corpus import load_corpus  # lazy: datasets, as torch below
 
     table = load_corpus(corpus)
     ids, titles, texts = table["id"], table["title"], table["text"]
@@ -185,7 +184,7 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
                          ctx_vecs: dict[int, np.ndarray] | None, config: SweepConfig,
                          data: SweepData | None = None) -> float:
     """One epoch of in-batch-negative DPR training of ``q_enc``, in the order given, through
-    ``retriever.train``'s loss and ``retriever.loop``'s epoch.
+    ``retriever.train``'s loss and ``rag.common.loop``'s epoch.
 
     ``gold`` (D,) holds each question's corpus row. Passages are scored by their frozen vectors
     ``ctx_vecs`` (row -> (H,) float32), or, when ``config.train_context``, encoded by ``q_enc``
@@ -194,11 +193,11 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
     against its own gold passage as a negative. Gradients are not clipped; AdamW keeps its
     default weight decay (0.01). Returns the mean loss.
     """
+    # lazy: torch (and datasets): `ragqa scale fit` and `select` import this module without them
     import torch
 
-    from rag.common.options import updated
+    from rag.common.loop import new_progress, optimizer_step, train_loop
     from retriever.examples import Example
-    from retriever.loop import new_progress, optimizer_step, train_loop
     from retriever.train import TrainConfig, dpr_batch, dpr_batch_loss, dpr_optimizer
 
     train = updated(TrainConfig(), epochs=1, batch_size=config.batch_size, hard_negatives=0,
@@ -230,7 +229,7 @@ def train_question_tower(q_enc, questions: Sequence[str], gold: np.ndarray,
 
 def _encode_rows(encoder, data: SweepData, rows: np.ndarray, encode_cfg) -> dict[int, np.ndarray]:
     """Corpus row -> (H,) float32 vector of each passage in ``rows`` under ``encoder``."""
-    from retriever.batch_encode import encode_texts
+    from retriever.batch_encode import encode_texts  # lazy: torch, as in train_question_tower
 
     vecs = encode_texts(encoder, [data.texts[r] for r in rows], [data.titles[r] for r in rows],
                         encode_cfg)  # (rows, H)
@@ -261,6 +260,7 @@ def run_sweep(data: SweepData, layers: Sequence[int], train_sizes: Sequence[int]
     ``n_train_pairs``, ``contrastive_entropy``, ``ce_std`` and run details). Returns the rows
     written by this call. Raises :class:`UserError` when a D exceeds the training pairs.
     """
+    # lazy: torch, as in train_question_tower
     from retriever.batch_encode import EncodeConfig
     from retriever.encoder import Encoder
 
@@ -313,7 +313,7 @@ def _sweep_point(base, n_layers: int, d: int, ctx_vecs: dict[int, np.ndarray] | 
                  data: SweepData, config: SweepConfig, device: str, encode_cfg) -> dict[str, Any]:
     """Train the ``n_layers``-layer question tower (or shared encoder) on the first ``d`` pairs,
     from ``config.seed``, and measure it: the point's measurement row."""
-    import torch
+    import torch  # lazy: as in train_question_tower
 
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -336,7 +336,7 @@ def _evaluate(q_enc, ctx_vecs: dict[int, np.ndarray] | None, data: SweepData,
     """Contrastive entropy (mean, std over negative redraws) of the trained ``q_enc`` on the dev
     pairs, scored ``score_scale * q . p``; passages by ``ctx_vecs`` (the frozen tower's), or
     when None encoded by ``q_enc`` itself (the trained shared encoder)."""
-    from retriever.batch_encode import encode_texts
+    from retriever.batch_encode import encode_texts  # lazy: torch, as in train_question_tower
 
     vecs = ctx_vecs if ctx_vecs is not None else _encode_rows(
         q_enc, data, np.unique(np.concatenate([data.dev_gold, data.pool])), encode_cfg)

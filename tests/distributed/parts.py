@@ -12,13 +12,13 @@ import torch
 from rag.benchmark import BenchmarkConfig, run_benchmark
 from rag.common.errors import UserError
 from rag.common.options import updated
+from rag.common.questions import read_questions
 from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import RetrievalConfig
 from retriever.index import DenseIndex
-from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.shards import load_index
 from retriever.train import TrainConfig, train_dpr

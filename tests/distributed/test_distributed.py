@@ -27,14 +27,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rag.common.loop import make_accelerator
+from rag.common.questions import read_questions
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.index import DenseIndex
-from retriever.loop import make_accelerator
-from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.shards import split_index
 from retriever.sparse import SparseConfig

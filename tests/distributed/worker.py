@@ -21,7 +21,7 @@ from parts import dpr_part, rag_part, search_part  # this directory: torchrun ru
 from safetensors.torch import save_file
 
 from rag.commands import run_command
-from retriever.loop import make_accelerator
+from rag.common.loop import make_accelerator
 
 
 def main(encoder_dir, index_dir, rag_dir, shards, layouts, questions, out) -> None:

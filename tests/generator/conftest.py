@@ -62,7 +62,7 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, bert_tokenizer) -> P
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     """The packaged all-MiniLM-L6-v2 (6 layers, D=384) as a BERT directory."""
-    from retriever.model_path import packaged_model_path
+    from rag.common.model_path import packaged_model_path
 
     found = packaged_model_path("all-MiniLM-L6-v2")  # the library's own resolver
     if found is None or not (Path(found) / "model.safetensors").is_file():

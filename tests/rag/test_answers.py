@@ -11,7 +11,7 @@ from rag.answers import copy_span
 def minilm_tokenizer():
     from transformers import AutoTokenizer
 
-    from retriever.model_path import packaged_model_path
+    from rag.common.model_path import packaged_model_path
 
     return AutoTokenizer.from_pretrained(packaged_model_path("all-MiniLM-L6-v2"))
 

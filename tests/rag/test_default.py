@@ -45,7 +45,7 @@ def test_starter_answers_with_the_right_provenance(starter):
 def test_starter_reads(starter):
     """The shipped starter answers most embedded questions exactly (33 of 40 when it shipped, see
     docs/benchmarks.md), and every answer is a stretch of one of its passages (span reader)."""
-    from retriever.metrics import exact_match, normalize_answer
+    from rag.common.qa_metrics import exact_match, normalize_answer
 
     model, _ = starter
     questions = [json.loads(line) for line in default.QUESTIONS.read_text().splitlines()]

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 import retriever.train as dpr_mod
 from rag.common.device import fp32_einsum
 from rag.common.options import updated
+from rag.common.questions import Question
 from rag.model import RagModel
 from rag.train import FinetuneConfig, finetune
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
-from retriever.questions import Question
 from retriever.train import TrainConfig, train_dpr
 
 

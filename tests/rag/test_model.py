@@ -14,7 +14,8 @@ from rag.common.errors import UserError
 from rag.config import DecodeConfig, RagConfig
 from rag.model import RagModel
 from retriever.encoder import Encoder
-from retriever.index import DenseIndex, SearchResult
+from retriever.index import DenseIndex
+from retriever.index_protocol import SearchResult
 
 QUESTIONS = ["What is the capital of France?", "Who developed the theory of relativity?",
              "When did Apollo 11 land on the Moon?"]
@@ -252,9 +253,9 @@ def test_one_retrieval_path_rag_and_evaluation_agree(mode, rag_index_dir, rag_qu
     """RagModel retrieves through the same Retriever as evaluation (eval_retrieval.py): the same
     passages, and scores equal up to the factor of p(z|x), with and without gradient."""
     from generator.model import load_generator
+    from rag.common.questions import read_questions
     from retriever.evaluation import evaluate_retrieval
     from retriever.fusion import RetrievalConfig
-    from retriever.questions import read_questions
     from retriever.search import Retriever
 
     index = DenseIndex.load(rag_index_dir)

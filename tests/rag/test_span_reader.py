@@ -11,9 +11,9 @@ import torch
 
 from generator.copy import CopyBartForConditionalGeneration
 from rag.common.errors import UserError
+from rag.common.qa_metrics import normalize_answer
 from rag.model import RagModel
 from rag.span_reader import read_answers, span_nll
-from retriever.metrics import normalize_answer
 
 WORDS = ["the", "Nile", "river", "Paris", "a", "Nile.", "Seine", "The"]
 

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import rag.train as rag_train
+from rag.common.checkpoint import checkpoint_dir, resume_dir
 from rag.common.errors import UserError
 from rag.common.options import updated
+from rag.common.questions import Question, dev_subset
 from rag.model import RagModel
 from rag.train import (
     FinetuneConfig,
@@ -19,9 +21,7 @@ from rag.train import (
     finetune,
     gold_examples,
 )
-from retriever.checkpoint import checkpoint_dir, resume_dir
 from retriever.index import DenseIndex
-from retriever.questions import Question, dev_subset
 from retriever.shards import load_index, split_index
 
 

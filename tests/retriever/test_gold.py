@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from rag.common.questions import Question, read_questions
 from retriever.gold import gold_passage_ids, gold_rows
-from retriever.questions import Question, read_questions
 
 TEXTS = ["The Nile  flows north.", "Paris is a city.", "The Nile flows north.", "Other."]
 INDEX = SimpleNamespace(passages={"id": ["n1", "p", "n2", "o"], "text": TEXTS})

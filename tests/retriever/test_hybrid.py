@@ -15,13 +15,13 @@ import torch
 
 from rag.common.errors import UserError
 from rag.common.options import updated
+from rag.common.questions import read_questions
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.fusion import DEFAULT_CANDIDATES, DEFAULT_WEIGHT, RRF_K, FusionConfig, RetrievalConfig
 from retriever.index import DenseIndex
-from retriever.questions import read_questions
 from retriever.search import Retriever
 from retriever.sparse import SparseConfig, SparseIndex, top_k
 

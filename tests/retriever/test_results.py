@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from retriever.questions import Question
+from rag.common.questions import Question
 from retriever.results import ResultsWriter, dpr_results, trec_lines
 
 QUESTIONS = [Question(question=f"q{i}?", answers=(f"a{i}",), id="" if i % 2 else f"id {i}")

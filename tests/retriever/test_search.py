@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from rag.common.errors import UserError
+from rag.common.questions import read_questions
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_retrieval
 from retriever.index import DenseIndex
 from retriever.metrics import has_answer
-from retriever.questions import read_questions
 from retriever.search import Retriever, check_questions
 
 QUIET = EncodeConfig(progress=False)

@@ -11,12 +11,12 @@ import torch
 
 from rag.common.errors import UserError
 from rag.common.options import updated
+from rag.common.questions import Question, read_questions
 from retriever.batch_encode import EncodeConfig, encode_texts
 from retriever.corpus import open_shards, write_arrow
 from retriever.encoder import Encoder
 from retriever.examples import Example, build_examples, mine_bm25_negatives
 from retriever.index import DenseIndex
-from retriever.questions import Question, read_questions
 from retriever.train import TrainConfig, dpr_loss, train_dpr, train_step_loss
 
 QUIET = EncodeConfig(progress=False)

@@ -12,12 +12,12 @@ import time
 
 import torch
 
+from rag.common.loop import new_progress
 from rag.model import RagModel
 from retriever.batch_encode import EncodeConfig
 from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
-from retriever.loop import new_progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",

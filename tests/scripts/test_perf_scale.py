@@ -24,7 +24,7 @@ from retriever.build import BuildConfig, build_index
 from retriever.encoder import Encoder
 from retriever.index import DenseIndex
 
-PRELOAD = ["faiss", "retriever.index", "retriever.search", "retriever.questions",
+PRELOAD = ["faiss", "retriever.index", "retriever.search", "rag.common.questions",
            "transformers:AutoConfig,AutoModel,AutoTokenizer,HfArgumentParser"]
 N, K = 2000, 5
 
