@@ -35,12 +35,11 @@ from .corpus import open_shards, write_arrow
 from .fusion import FusionConfig, union
 from .index_factory import IndexConfig, faiss, ivf_of, trained_index
 from .index_files import arrow_files, new_manifest, read_index, write_index
-from .index_protocol import IndexRows, SearchResult
+from .index_protocol import Index, IndexRows
 from .rerank import VECTORS_FILE, FullVectors, exact_scores
 from .sparse import SparseConfig, SparseIndex, top_k
 
-# SearchResult is the interface's (retriever.index_protocol), imported from here too
-__all__ = ["ADD_CHUNK", "DenseIndex", "SearchResult", "best_first", "query_matrix", "sparse_scores"]
+__all__ = ["ADD_CHUNK", "DenseIndex", "best_first", "query_matrix", "sparse_scores"]
 
 ADD_CHUNK = 65_536  # rows converted to float32 and added to FAISS at a time
 
@@ -62,7 +61,7 @@ def query_matrix(queries, dim: int) -> np.ndarray:
     return queries
 
 
-def sparse_scores(index: DenseIndex, questions: list[str], sparse: SparseIndex | None = None
+def sparse_scores(index: Index, questions: list[str], sparse: SparseIndex | None = None
                   ) -> np.ndarray:
     """BM25 scores (Q, N) of every row of ``index`` by its sparse side (or ``sparse``, one built
     over the same rows); rows removed by hot-swapping get -inf."""
