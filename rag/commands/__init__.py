@@ -8,6 +8,7 @@ their sources without importing them.
 from __future__ import annotations
 
 import ast
+import gc
 import importlib
 import sys
 from importlib import metadata
@@ -45,10 +46,24 @@ def usage() -> str:
 
 
 def run_command(name: str, args: list[str]) -> None:
-    """Run subcommand ``name`` with ``args`` as a user would (``ragqa name args...``)."""
+    """Run subcommand ``name`` with ``args`` as a user would (``ragqa name args...``).
+
+    The garbage collector is told to leave alone what exists once the command's modules are
+    imported, and again once it is done (``gc.freeze``): the modules of torch, transformers and
+    their dependencies are millions of objects that live until the process ends, and each full
+    collection, the ones at exit included, would walk them all (a second of ``ragqa ask``'s five,
+    docs/benchmarks.md). Nothing is left unfreed that would have been: what those objects hold
+    is freed at exit as before."""
     sys.argv = [f"ragqa {name}", *args]
-    # imported inside run: a missing optional dependency is one error line too
-    run(lambda: importlib.import_module(f"{__name__}.{COMMANDS[name]}").main())
+
+    def command() -> None:
+        # imported inside run: a missing optional dependency is one error line too
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name]}")
+        gc.freeze()
+        module.main()
+
+    run(command)
+    gc.freeze()
 
 
 def main(argv: list[str] | None = None) -> None:
