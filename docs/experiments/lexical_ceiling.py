@@ -34,7 +34,8 @@ bm25 = bm25_weights(enc.tokenizer, list(index.passages["title"]), list(index.pas
 texts = [normalize_answer(t) for t in index.passages["text"]]
 dense = encode_texts(enc, [q.question for q in dev], config=EncodeConfig(progress=False)) @ passages.numpy().T
 tok = enc.tokenize([q.question for q in dev])
-keep = tok["attention_mask"].bool() & content_tokens(enc.tokenizer)[tok["input_ids"]]  # (N, L)
+content = torch.from_numpy(content_tokens(enc.tokenizer))  # (V,) bool
+keep = tok["attention_mask"].bool() & content[tok["input_ids"]]  # (N, L)
 question_of, _ = torch.nonzero(keep, as_tuple=True)
 pairs = sorted(set(zip(question_of.tolist(), tok["input_ids"][keep].tolist(), strict=True)))
 bag = torch.sparse_coo_tensor(torch.tensor(pairs).T, torch.ones(len(pairs)), (len(dev), bm25.shape[1]),

@@ -100,3 +100,24 @@ def test_a_cached_index_is_found_without_loading_the_context_encoder(tmp_path, m
     assert loads == [] and len(again) == len(built)
     default.default_index(fingerprint="0" * 16)  # not cached under that name: the encoder says
     assert len(loads) == 1
+
+
+def test_the_cold_start_path_answers_byte_for_byte_as_before(starter):
+    """``load_model(None)``, as ``ragqa ask`` loads the starter (its cached index found by the
+    fingerprint its question encoder records, the context encoder not loaded), gives the 40
+    embedded questions the same JSON, byte for byte, as the starter built the long way (the
+    context encoder loaded to name and build its index)."""
+    from dataclasses import asdict
+
+    from rag.loading import load_model
+
+    reference, _ = starter
+    model, _ = load_model(None)
+    questions = [json.loads(line)["question"] for line in default.QUESTIONS.read_text().splitlines()]
+    assert len(questions) == 40
+
+    def as_json(m):
+        return [json.dumps(asdict(a)) for start in range(0, 40, 8)
+                for a in m.answer(questions[start : start + 8])]
+
+    assert as_json(model) == as_json(reference)
