@@ -61,7 +61,8 @@ def passage_cross_cache(generator: PreTrainedModel, encoder_states: Tensor,
 
 def tree_decoder_states(generator: PreTrainedModel, encoder_states: Tensor,
                         context_attention_mask: Tensor, inputs: Tensor, q_idx: Tensor,
-                        alive: Tensor, cross: DynamicCache | None = None) -> Tensor:
+                        alive: Tensor, cross: DynamicCache | None = None,
+                        owner: Tensor | None = None) -> Tensor:
     """Teacher-forced decoder states of ``inputs`` under each passage of their question.
 
     Args:
@@ -73,6 +74,7 @@ def tree_decoder_states(generator: PreTrainedModel, encoder_states: Tensor,
         alive: (M, T1) bool, the positions whose states are wanted, a prefix of each row.
         cross: the passages' cross-attention cache (:func:`passage_cross_cache` with the same
             states and mask), if made already; else the first pass makes it.
+        owner: ``prefix_owner(inputs, q_idx)``, if the caller has it already.
 
     Returns:
         (M, K, T1, D) float: the state at every position that shares its prefix with a wanted
@@ -80,7 +82,7 @@ def tree_decoder_states(generator: PreTrainedModel, encoder_states: Tensor,
     """
     B, K, L, D = encoder_states.shape
     M, T1 = inputs.shape
-    tree = _Tree.plan(inputs, q_idx, alive, B)
+    tree = _Tree.plan(inputs, q_idx, alive, B, owner)
     # transformers boundary: passages flattened to (B*K, ...)
     flat_enc = encoder_states.reshape(B * K, L, D)
     flat_mask = context_attention_mask.reshape(B * K, L)
@@ -103,12 +105,14 @@ def tree_decoder_states(generator: PreTrainedModel, encoder_states: Tensor,
 class _Tree:
     """Where each tree node sits: its group (pass), its slot in the row, its token and depth."""
 
-    def __init__(self, inputs: Tensor, q_idx: Tensor, alive: Tensor, B: int, per_group: int):
+    def __init__(self, inputs: Tensor, q_idx: Tensor, alive: Tensor, B: int, per_group: int,
+                 owner: Tensor | None = None):
         M, T1 = inputs.shape
         rank = _rank_in_question(q_idx, B)  # (M,)
         self.groups = int(rank.max()) // per_group + 1 if M else 0
         self.group_of = rank // per_group  # (M,) the pass of each hypothesis
-        owner = prefix_owner(inputs, q_idx * self.groups + self.group_of)  # (M, T1)
+        if owner is None or self.groups > 1:  # groups share no nodes: owners within the group
+            owner = prefix_owner(inputs, q_idx * self.groups + self.group_of)  # (M, T1)
         needed = torch.zeros(M, T1, device=inputs.device).scatter_add_(0, owner, alive.float()) > 0
         node_m, node_t = needed.nonzero(as_tuple=True)  # (U,) each node by its owner
         key = (q_idx[node_m] * self.groups + self.group_of[node_m]) * T1 + node_t
@@ -126,10 +130,11 @@ class _Tree:
         self.node_m, self.node_t, self.node_slot = node_m, node_t, node_slot
 
     @classmethod
-    def plan(cls, inputs: Tensor, q_idx: Tensor, alive: Tensor, B: int) -> _Tree:
+    def plan(cls, inputs: Tensor, q_idx: Tensor, alive: Tensor, B: int,
+             owner: Tensor | None = None) -> _Tree:
         """One group per question if every tree fits ``_TREE_TOKENS`` slots, else groups of
-        hypotheses small enough that any tree of theirs does."""
-        whole = cls(inputs, q_idx, alive, B, per_group=len(inputs) or 1)
+        hypotheses small enough that any tree of theirs does (``owner``: by question, if known)."""
+        whole = cls(inputs, q_idx, alive, B, per_group=len(inputs) or 1, owner=owner)
         if whole.width <= _TREE_TOKENS:
             return whole
         return cls(inputs, q_idx, alive, B, per_group=max(1, _TREE_TOKENS // inputs.shape[1]))

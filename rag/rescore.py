@@ -64,11 +64,12 @@ def hypothesis_logprobs(
     real = targets.ne(generator.config.pad_token_id)  # (M, T-1)
     last = (real * torch.arange(1, T, device=hyps.device)).amax(dim=1)  # (M,) last real + 1
     alive = torch.arange(T - 1, device=hyps.device)[None, :] < last[:, None]  # (M, T-1)
+    owner = prefix_owner(hyps[:, : T - 1], q_idx)  # (M, T-1): first hypothesis sharing the prefix
     hidden = tree_decoder_states(generator, encoder_states, context_attention_mask,
-                                 hyps[:, : T - 1], q_idx, alive, cross)  # (M, K, T-1, D)
+                                 hyps[:, : T - 1], q_idx, alive, cross, owner)  # (M, K, T-1, D)
     weight, bias = _output_layer(generator)  # (V, D), (V,)
     gold = torch.einsum("mktd,mtd->mkt", hidden, weight[targets]) + bias[targets][:, None, :]
-    lse = _log_normaliser(hidden, hyps, q_idx, real, weight, bias)  # (M, K, T-1)
+    lse = _log_normaliser(hidden, owner, real, weight, bias)  # (M, K, T-1)
     logp = gold - lse  # (M, K, T-1) log p_vocab of each target
     if has_copy_head(generator):
         logp = _copy_target_logprobs(generator, hidden, logp, encoder_states,
@@ -108,22 +109,23 @@ def _output_layer(generator: PreTrainedModel) -> tuple[Tensor, Tensor]:
 
 
 def _log_normaliser(
-    hidden: Tensor, hyps: Tensor, q_idx: Tensor, real: Tensor, weight: Tensor, bias: Tensor
+    hidden: Tensor, owner: Tensor, real: Tensor, weight: Tensor, bias: Tensor
 ) -> Tensor:
     """logsumexp_v of the logits at every (hypothesis, passage, position) whose target is real,
     computed once per distinct (question, prefix).
 
     Args:
-        hidden: (M, K, T-1, D) decoder states; hyps: (M, T); q_idx: (M,).
+        hidden: (M, K, T-1, D) decoder states.
+        owner: (M, T-1) the first hypothesis of the question sharing each prefix
+            (``rag.prefix_tree.prefix_owner``).
         real: (M, T-1) bool, True where the target is not padding.
 
     Returns:
         (M, K, T-1) float, 0 where no target is real.
     """
     M, K, T1, D = hidden.shape
-    owner = prefix_owner(hyps[:, :T1], q_idx)  # (M, T-1): first hypothesis sharing the prefix
     # a prefix needs its normaliser if any hypothesis through it has a real target there
-    needed = torch.zeros(M, T1, device=hyps.device).scatter_add_(0, owner, real.float()) > 0
+    needed = torch.zeros(M, T1, device=owner.device).scatter_add_(0, owner, real.float()) > 0
     m_idx, t_idx = needed.nonzero(as_tuple=True)  # only owners can be needed
     states = hidden[m_idx, :, t_idx].reshape(-1, D)  # (U*K, D) distinct prefixes
     per_chunk = max(1, _CHUNK_ELEMENTS // weight.shape[0])
