@@ -42,7 +42,8 @@ class GroupedStep:
         generator: a BART-family seq2seq LM (:func:`can_group`).
         cache: the cache of the first step, run on (B*K) rows by the ordinary forward: its
             cross-attention part holds each passage's keys and values and is kept as it is; its
-            self-attention part is fanned out to the (B*N*K) beam rows (``fan_out``).
+            self-attention part is fanned out to the (B*N*K) beam rows (``fan_out``); the
+            search reorders that part between steps, as it does the ordinary cache's.
         mask: (B*K, L) the passages' attention mask.
         beams: N; passages: K.
     """
@@ -58,11 +59,6 @@ class GroupedStep:
         self.cross_mask = create_bidirectional_mask(  # (B*K) rows of N queries over L positions
             config=self.decoder.config, inputs_embeds=keys.new_zeros(BK, beams, D),
             attention_mask=mask, encoder_hidden_states=keys.new_zeros(BK, L, D))
-
-    def reorder(self, rows: Tensor) -> None:
-        """Keep self-attention rows ``rows`` (B*N*K,) for the next step (beam reordering within
-        a question: each row keeps its passage, so the passages' cache stays as it is)."""
-        self.cache.self_attention_cache.reorder_cache(rows)
 
     def hidden(self, inputs: Tensor) -> Tensor:
         """Decoder states (B*N*K, 1, D) for the next tokens ``inputs`` (B*N*K, 1)."""
